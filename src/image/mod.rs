@@ -1,0 +1,181 @@
+//! Guest images: what a built or pulled image is, where images are cached, and how one is
+//! chosen for a machine.
+//!
+//! An image is a directory `<cache>/images/<version>/` holding `vmlinuz`, `initrd.img` and
+//! `manifest.json`. The directory appears only once it is complete (it is assembled under a
+//! `.partial-*` name and renamed), so a half-built or half-downloaded image is never used.
+//! `build` assembles one from Debian packages, `pull` downloads one.
+
+pub mod build;
+pub mod pull;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Name of the manifest inside an image directory.
+pub const MANIFEST: &str = "manifest.json";
+/// Kernel file name inside an image directory.
+pub const KERNEL: &str = "vmlinuz";
+/// Initramfs file name inside an image directory.
+pub const INITRD: &str = "initrd.img";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("no guest image is installed in {dir}")]
+    NoImage { dir: PathBuf },
+    #[error("image {version} not found in {dir}")]
+    NotFound { version: String, dir: PathBuf },
+    #[error("image {dir} is damaged: {what}")]
+    Damaged { dir: PathBuf, what: String },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl ImageError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            ImageError::NoImage { .. } | ImageError::NotFound { .. } => Some(
+                "build one with `devbox image build` (or download one with `devbox image pull URL`)"
+                    .into(),
+            ),
+            ImageError::Damaged { .. } => {
+                Some("rebuild it with `devbox image build --force`".into())
+            }
+            ImageError::Io(_) => None,
+        }
+    }
+}
+
+/// `manifest.json`: what an image contains, written last when an image is assembled.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Manifest {
+    /// Content-derived version: the first 16 hex digits of the sha256 over the recipe
+    /// (package list with exact versions, and the embedded guest files).
+    pub version: String,
+    /// `x86_64` or `aarch64`.
+    pub arch: String,
+    /// `uname -r` of the kernel, e.g. `6.1.0-56-cloud-amd64`.
+    pub kernel_version: String,
+    /// RFC 3339 creation time.
+    pub created: String,
+    /// Debian packages (name -> version) the image was assembled from.
+    pub packages: BTreeMap<String, String>,
+    /// sha256 (hex) of each payload file, by file name (`vmlinuz`, `initrd.img`).
+    pub files: BTreeMap<String, String>,
+}
+
+/// An image present in the cache.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Image {
+    pub fn kernel(&self) -> PathBuf {
+        self.dir.join(KERNEL)
+    }
+    pub fn initrd(&self) -> PathBuf {
+        self.dir.join(INITRD)
+    }
+
+    /// Opens an image directory and reads its manifest (no checksum pass).
+    pub fn open(dir: &Path) -> Result<Image, ImageError> {
+        let path = dir.join(MANIFEST);
+        let text = fs_err::read_to_string(&path)?;
+        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| ImageError::Damaged {
+            dir: dir.to_owned(),
+            what: format!("{}: {e}", path.display()),
+        })?;
+        for f in [KERNEL, INITRD] {
+            if !manifest.files.contains_key(f) || !dir.join(f).is_file() {
+                return Err(ImageError::Damaged {
+                    dir: dir.to_owned(),
+                    what: format!("{f} is missing"),
+                });
+            }
+        }
+        Ok(Image {
+            dir: dir.to_owned(),
+            manifest,
+        })
+    }
+
+    /// Recomputes every payload checksum and compares it with the manifest.
+    pub fn verify(&self) -> Result<(), ImageError> {
+        for (name, want) in &self.manifest.files {
+            let got = sha256_file(&self.dir.join(name))?;
+            if &got != want {
+                return Err(ImageError::Damaged {
+                    dir: self.dir.clone(),
+                    what: format!("{name} has sha256 {got}, manifest says {want}"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `<cache>/images`.
+pub fn images_dir(cache: &Path) -> PathBuf {
+    cache.join("images")
+}
+
+/// Every complete image in the cache, newest first.
+pub fn list(cache: &Path) -> Result<Vec<Image>, ImageError> {
+    let dir = images_dir(cache);
+    let mut out = Vec::new();
+    let entries = match fs_err::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e.into()),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue; // in-progress builds and downloads
+        }
+        if let Ok(img) = Image::open(&entry.path()) {
+            out.push(img);
+        }
+    }
+    out.sort_by(|a, b| b.manifest.created.cmp(&a.manifest.created));
+    Ok(out)
+}
+
+/// The image with this version, or the newest one when `version` is `None`.
+pub fn find(cache: &Path, version: Option<&str>) -> Result<Image, ImageError> {
+    let all = list(cache)?;
+    match version {
+        Some(v) => all
+            .into_iter()
+            .find(|i| i.manifest.version == v)
+            .ok_or_else(|| ImageError::NotFound {
+                version: v.to_owned(),
+                dir: images_dir(cache),
+            }),
+        None => all.into_iter().next().ok_or_else(|| ImageError::NoImage {
+            dir: images_dir(cache),
+        }),
+    }
+}
+
+/// Hex sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String, std::io::Error> {
+    let mut f = fs_err::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}

@@ -1,0 +1,1 @@
+//! Downloads a built guest image (filled in by the image-pull work).

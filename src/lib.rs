@@ -1,0 +1,18 @@
+//! devbox: a developer machine orchestrator. The binary's `main` calls [`run`]; everything
+//! else lives in the modules below (see ARCHITECTURE in the README).
+
+pub mod cli;
+pub mod commands;
+pub mod hypervisor;
+pub mod image;
+pub mod machine;
+pub mod net;
+pub mod output;
+pub mod ssh;
+pub mod supervisor;
+
+/// Parses `args`, runs the verb, prints any error with its causes and hint, and returns the
+/// process exit code.
+pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
+    commands::run(args)
+}

@@ -1,0 +1,1 @@
+//! SSH client (filled in by the ssh work).
