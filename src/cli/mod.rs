@@ -1,1 +1,204 @@
-//! cli
+//! Command-line types (clap derive). No I/O here: `commands/` turns these into actions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "devbox",
+    version,
+    about = "Developer machines: a small Linux guest running Docker, on the host's hypervisor",
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// State directory (machines, keys, sockets).
+    #[arg(long, env = "DEVBOX_HOME", global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// Cache directory (guest images, downloaded packages).
+    #[arg(long, env = "DEVBOX_CACHE", global = true, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a machine (does not start it).
+    Create(CreateArgs),
+    /// Start a machine and wait until Docker answers in it.
+    Start(StartArgs),
+    /// Stop a machine (guest poweroff, then kill after a timeout).
+    Stop(StopArgs),
+    /// Stop then start a machine.
+    Restart(StartArgs),
+    /// Remove a machine and everything it owns.
+    Rm(RmArgs),
+    /// List machines.
+    Ls(LsArgs),
+    /// Show a machine's state.
+    Status(StatusArgs),
+    /// Show everything known about a machine, as JSON.
+    Inspect(NameArg),
+    /// Print a machine's IP address.
+    Ip(NameArg),
+    /// Open a shell in a machine, or run a command: `devbox ssh NAME -- CMD…`.
+    Ssh(SshArgs),
+    /// Show a machine's serial console log.
+    Logs(LogsArgs),
+    /// Print the environment that points the docker CLI at a machine.
+    Env(EnvArgs),
+    /// Build, download or list guest images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Print a shell completion script.
+    Completion(CompletionArgs),
+    /// Run a machine's supervisor in the foreground (spawned by `start`).
+    #[command(hide = true, name = "__supervise")]
+    Supervise(StartArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DriverArg {
+    /// External qemu-system-x86_64 (KVM acceleration where it works, TCG otherwise).
+    Qemu,
+    /// In-process KVM virtual machine monitor (Linux).
+    Kvm,
+    /// Virtualization.framework (macOS).
+    Vz,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Machine name: a DNS label (a-z, 0-9, '-', 1 to 63 characters).
+    pub name: String,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 2048, value_name = "MiB")]
+    pub memory: u64,
+    /// Size of the sparse data disk (e.g. 20G, 512M).
+    #[arg(long, default_value = "20G", value_name = "SIZE")]
+    pub disk_size: String,
+    /// Hypervisor driver (default: the best one this host can run).
+    #[arg(long)]
+    pub driver: Option<DriverArg>,
+    /// Docker bridge address and prefix inside the machine (Docker's `bip`).
+    #[arg(long, default_value = "172.18.0.1/16", value_name = "CIDR")]
+    pub docker_subnet: String,
+    /// Guest image version (default: the newest installed image).
+    #[arg(long, value_name = "VERSION")]
+    pub image: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    /// Machine name.
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Machine name.
+    pub name: String,
+    /// Seconds to wait for the machine to be ready.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Machine name.
+    pub name: String,
+    /// Kill the machine at once instead of shutting the guest down.
+    #[arg(long, short)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Machine name.
+    pub name: String,
+    /// Stop the machine first if it is running.
+    #[arg(long, short)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Machine name.
+    pub name: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    /// Machine name.
+    pub name: String,
+    /// Command to run instead of an interactive shell (after `--`).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Machine name.
+    pub name: String,
+    /// Keep printing as the console writes.
+    #[arg(long, short)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EnvArgs {
+    /// Machine name.
+    pub name: String,
+    /// Print the commands that undo the environment instead.
+    #[arg(long, short)]
+    pub unset: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Assemble a guest image from Debian packages (cached: a second build reuses it).
+    Build(ImageBuildArgs),
+    /// Download a built image: URL of its manifest.json.
+    Pull(ImagePullArgs),
+    /// List installed images.
+    Ls(LsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImageBuildArgs {
+    /// Rebuild even if an image for the same recipe exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagePullArgs {
+    /// URL of the image's manifest.json.
+    pub url: String,
+    /// Expected sha256 of manifest.json.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// Shell to print the completion script for.
+    pub shell: clap_complete::Shell,
+}

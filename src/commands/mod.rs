@@ -1,5 +1,141 @@
-//! One file per verb; orchestration only.
+//! One file per verb; each only orchestrates the modules that do the work. `run` parses the
+//! command line, dispatches, and turns errors into `error:` / `caused by:` / `hint:` lines and
+//! an exit code.
 
-pub fn run(_args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
-    0
+mod completion;
+mod create;
+mod env;
+mod image;
+mod inspect;
+mod ip;
+mod logs;
+mod ls;
+mod rm;
+mod ssh;
+mod start;
+mod status;
+mod stop;
+
+use anyhow::Result;
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::machine::Store;
+use crate::output;
+
+/// Exit code for errors (clap uses 2 for usage errors).
+const EXIT_ERROR: i32 = 1;
+
+pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    let store = Store::new(cli.home.clone(), cli.cache.clone());
+    match dispatch(&store, cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            output::error(&e, hint(&e));
+            EXIT_ERROR
+        }
+    }
+}
+
+fn dispatch(store: &Store, command: Command) -> Result<i32> {
+    match command {
+        Command::Create(a) => create::run(store, a),
+        Command::Start(a) => start::run(store, &a),
+        Command::Stop(a) => stop::run(store, &a),
+        Command::Restart(a) => {
+            stop::run(
+                store,
+                &crate::cli::StopArgs {
+                    name: a.name.clone(),
+                    force: false,
+                },
+            )?;
+            start::run(store, &a)
+        }
+        Command::Rm(a) => rm::run(store, &a),
+        Command::Ls(a) => ls::run(store, &a),
+        Command::Status(a) => status::run(store, &a),
+        Command::Inspect(a) => inspect::run(store, &a.name),
+        Command::Ip(a) => ip::run(store, &a.name),
+        Command::Ssh(a) => ssh::run(store, &a),
+        Command::Logs(a) => logs::run(store, &a),
+        Command::Env(a) => env::run(store, &a),
+        Command::Image(c) => image::run(store, c),
+        Command::Completion(a) => completion::run(&a),
+        Command::Supervise(a) => {
+            crate::supervisor::run(store, &a.name, std::time::Duration::from_secs(a.timeout))?;
+            Ok(0)
+        }
+    }
+}
+
+/// The first known fix found along the error's chain.
+fn hint(e: &anyhow::Error) -> Option<String> {
+    for cause in e.chain() {
+        let h = if let Some(x) = cause.downcast_ref::<CommandError>() {
+            x.hint()
+        } else if let Some(x) = cause.downcast_ref::<crate::machine::store::StoreError>() {
+            x.hint()
+        } else if let Some(x) = cause.downcast_ref::<crate::machine::lock::LockError>() {
+            x.hint()
+        } else if let Some(x) = cause.downcast_ref::<crate::hypervisor::HypervisorError>() {
+            x.hint()
+        } else if let Some(x) = cause.downcast_ref::<crate::image::ImageError>() {
+            x.hint()
+        } else if let Some(x) = cause.downcast_ref::<crate::image::build::BuildError>() {
+            x.hint()
+        } else if let Some(x) = cause.downcast_ref::<crate::image::pull::PullError>() {
+            x.hint()
+        } else if let Some(x) = cause.downcast_ref::<crate::net::NetError>() {
+            x.hint()
+        } else if let Some(x) = cause.downcast_ref::<crate::ssh::SshError>() {
+            x.hint()
+        } else {
+            None
+        };
+        if h.is_some() {
+            return h;
+        }
+    }
+    None
+}
+
+/// Errors that belong to the verbs themselves (machine in the wrong state, and such).
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("machine {name:?} is not running (it is {state})")]
+    NotRunning { name: String, state: String },
+    #[error("machine {name:?} is running")]
+    Running { name: String },
+    #[error("machine {name:?} did not become ready: {reason}")]
+    NotReady {
+        name: String,
+        reason: String,
+        console_tail: String,
+    },
+    #[error("machine {name:?} did not stop within {seconds} s; its supervisor was killed")]
+    StopTimeout { name: String, seconds: u64 },
+}
+
+impl CommandError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            CommandError::NotRunning { name, .. } => Some(format!("start it: devbox start {name}")),
+            CommandError::Running { name } => Some(format!(
+                "stop it first (devbox stop {name}) or use --force"
+            )),
+            CommandError::NotReady { name, .. } => Some(format!(
+                "the whole console log: devbox logs {name}; the supervisor's: {}",
+                "machines/<name>/supervisor.log"
+            )),
+            CommandError::StopTimeout { .. } => None,
+        }
+    }
 }

@@ -1,1 +1,13 @@
-//! machine
+//! Machines at rest: the validated spec (`spec`), the files under `$DEVBOX_HOME` (`store`),
+//! locking (`lock`), the observed state (`state`) and the config drive the guest reads at
+//! boot (`config_drive`).
+
+pub mod config_drive;
+pub mod lock;
+pub mod spec;
+pub mod state;
+pub mod store;
+
+pub use spec::{Driver, MachineSpec};
+pub use state::{MachineState, Observed};
+pub use store::{MachineDir, Store};

@@ -1,1 +1,387 @@
-//! supervisor
+//! The per-machine supervisor: a detached `devbox __supervise NAME` process that owns a running
+//! machine and everything attached to it, and tears it all down when the machine ends.
+//!
+//! It holds `supervisor.lock` for its whole life (a free lock means it is gone), writes
+//! `supervisor.pid` and `state.json`, and owns:
+//! - the TAP device (its descriptor is shared only with the guest process, so the interface
+//!   disappears when both are gone, even after SIGKILL);
+//! - the hypervisor driver's running machine (a QEMU child that dies with the supervisor);
+//! - the docker socket forwarder (`docker.sock` → the guest's `/var/run/docker.sock` over SSH).
+//!
+//! Threads: the main loop (owns the machine, reacts to events), `control` (the control socket),
+//! `ready` (waits for SSH and Docker once per boot), `signals` (SIGTERM/SIGINT/SIGHUP become a
+//! graceful stop). They talk to the main loop through one channel of [`Event`]s.
+
+pub mod control;
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::hypervisor::{self, BootConfig, RunningVm};
+use crate::machine::config_drive;
+use crate::machine::lock::lock_supervisor;
+use crate::machine::state::{Phase, StateFile, write_state_file};
+use crate::machine::store::write_atomic;
+use crate::machine::{MachineDir, MachineSpec, Store};
+use crate::{image, net, ssh};
+
+/// How long a guest gets to power off before it is killed.
+const GRACEFUL_STOP: Duration = Duration::from_secs(60);
+
+/// What the main loop reacts to.
+pub enum Event {
+    Control(control::ControlEvent),
+    Ready { docker_version: String },
+    NotReady { reason: String },
+    Signal(Signal),
+}
+
+/// Timestamped line in `supervisor.log` (the supervisor's stderr).
+fn log(msg: impl AsRef<str>) {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    eprintln!("{now} {}", msg.as_ref());
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// The SSH target for a machine.
+pub fn ssh_target(dir: &MachineDir, spec: &MachineSpec) -> Result<ssh::Target> {
+    let host_key = fs_err::read_to_string(dir.host_pub_path())?;
+    Ok(ssh::Target {
+        addr: std::net::SocketAddr::new(spec.network.guest_ip.into(), 22),
+        user: "root".into(),
+        identity: dir.client_key_path(),
+        host_key: host_key.trim().to_owned(),
+    })
+}
+
+/// Shared, written-through state.
+struct State {
+    dir: MachineDir,
+    shared: Arc<Mutex<StateFile>>,
+}
+
+impl State {
+    fn update(&self, f: impl FnOnce(&mut StateFile)) {
+        let snapshot = {
+            let mut st = self.shared.lock().expect("state lock");
+            f(&mut st);
+            st.clone()
+        };
+        if let Err(e) = write_state_file(&self.dir, &snapshot) {
+            log(format!("writing state: {e}"));
+        }
+    }
+}
+
+/// Runs the supervisor for machine `name` until the machine ends.
+pub fn run(store: &Store, name: &str, ready_timeout: Duration) -> Result<()> {
+    // Block the stop signals in every thread; the `signals` thread receives them with sigwait.
+    let mut sigs = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        sigs.add(s);
+    }
+    sigs.thread_block().context("blocking signals")?;
+
+    let dir = store.existing(name)?;
+    let _lock = lock_supervisor(&dir)?;
+    let spec = dir.load_spec()?;
+    log(format!("supervisor {} for machine {name}", std::process::id()));
+    write_atomic(&dir.pid_path(), format!("{}\n", std::process::id()).as_bytes(), 0o644)?;
+
+    let state = State {
+        dir: dir.clone(),
+        shared: Arc::new(Mutex::new(StateFile {
+            phase: Phase::Starting,
+            step: "preparing".into(),
+            supervisor_pid: std::process::id(),
+            vm_pid: None,
+            accel: None,
+            accel_reason: None,
+            started: now(),
+            ready: None,
+            error: None,
+        })),
+    };
+    state.update(|_| {});
+
+    let (tx, rx) = channel();
+    let outcome = supervise(store, &dir, &spec, &state, ready_timeout, sigs, tx, rx);
+
+    for path in [
+        dir.docker_socket_path(),
+        dir.control_socket_path(),
+        dir.qmp_socket_path(),
+        dir.pid_path(),
+    ] {
+        let _ = std::fs::remove_file(path);
+    }
+    match &outcome {
+        Ok(why) => {
+            log(format!("machine stopped: {why}"));
+            state.update(|s| {
+                s.phase = Phase::Stopped;
+                s.step = "stopped".into();
+                s.vm_pid = None;
+                s.error = Some(why.clone());
+            });
+        }
+        Err(e) => {
+            log(format!("machine failed: {e:#}"));
+            state.update(|s| {
+                s.phase = Phase::Failed;
+                s.step = "failed".into();
+                s.vm_pid = None;
+                s.error = Some(format!("{e:#}"));
+            });
+        }
+    }
+    outcome.map(|_| ())
+}
+
+/// Boots the machine and runs the event loop; returns why the machine ended.
+#[allow(clippy::too_many_arguments)]
+fn supervise(
+    store: &Store,
+    dir: &MachineDir,
+    spec: &MachineSpec,
+    state: &State,
+    ready_timeout: Duration,
+    sigs: SigSet,
+    tx: Sender<Event>,
+    rx: Receiver<Event>,
+) -> Result<String> {
+    let deadline = Instant::now() + ready_timeout;
+    let image = image::find(&store.cache, Some(&spec.image))?;
+    let hv = hypervisor::for_driver(spec.driver)?;
+    hv.preflight()?;
+    state.update(|s| {
+        s.accel = Some(hv.accel().name.to_owned());
+        s.accel_reason = Some(hv.accel().reason.clone());
+    });
+    log(format!(
+        "driver {}, acceleration {} ({})",
+        hv.driver(),
+        hv.accel().name,
+        hv.accel().reason
+    ));
+
+    // The host-only /24 must still be free: a VPN may have claimed it since `create`.
+    let routes = net::host_routes()?;
+    let hostonly = net::HostOnlyNet::from_index(spec.network.index);
+    net::check_conflicts(&hostonly, &routes)?;
+
+    state.update(|s| s.step = "writing the config drive".into());
+    let client_pub = fs_err::read_to_string(dir.client_pub_path())?;
+    let host_key = fs_err::read_to_string(dir.host_key_path())?;
+    let host_pub = fs_err::read_to_string(dir.host_pub_path())?;
+    config_drive::write(
+        &dir.config_drive_path(),
+        spec,
+        &config_drive::DriveInputs {
+            authorized_key: &client_pub,
+            host_key_private: &host_key,
+            host_key_public: &host_pub,
+            dns: &[],
+        },
+    )?;
+
+    state.update(|s| s.step = "creating the network device".into());
+    let tap = net::Tap::create(&net::tap_name(spec.network.index), true)?;
+    tap.configure(spec.network.host_ip, spec.network.subnet.prefix_len())?;
+    log(format!(
+        "{} up with {}/{}",
+        tap.name(),
+        spec.network.host_ip,
+        spec.network.subnet.prefix_len()
+    ));
+
+    rotate_serial_log(dir);
+    state.update(|s| s.step = "booting".into());
+    let mut vm = hv.boot(BootConfig {
+        name: spec.name.clone(),
+        cpus: spec.cpus,
+        memory_mib: spec.memory_mib,
+        kernel: image.kernel(),
+        initrd: image.initrd(),
+        data_disk: dir.disk_path(),
+        config_drive: dir.config_drive_path(),
+        tap: tap.into_fd(),
+        mac: spec.network.mac.clone(),
+        serial_log: dir.serial_log_path(),
+        monitor_socket: dir.qmp_socket_path(),
+    })?;
+    state.update(|s| s.vm_pid = vm.pid());
+    log(format!("guest process {:?} started", vm.pid()));
+
+    control::serve(&dir.control_socket_path(), tx.clone(), state.shared.clone())?;
+    spawn_signal_thread(sigs, tx.clone());
+
+    let target = ssh_target(dir, spec)?;
+    spawn_ready_thread(target.clone(), deadline, state.shared.clone(), dir.clone(), tx);
+
+    let mut forwarder: Option<ssh::Forwarder> = None;
+    let mut stopping: Option<Instant> = None;
+    loop {
+        if let Some(exit) = vm.try_wait()? {
+            drop(forwarder.take());
+            return if state.shared.lock().expect("state").phase == Phase::Starting
+                && stopping.is_none()
+            {
+                Err(anyhow::anyhow!("the guest ended before it was ready: {}", exit.description))
+            } else {
+                Ok(exit.description)
+            };
+        }
+        if let Some(since) = stopping {
+            if since.elapsed() > GRACEFUL_STOP {
+                log("the guest did not power off in time; killing it");
+                vm.kill()?;
+                continue;
+            }
+        }
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {}
+            Ok(Event::Ready { docker_version }) => {
+                if stopping.is_some() {
+                    continue;
+                }
+                match ssh::forward_unix_socket(&target, &dir.docker_socket_path(), "/var/run/docker.sock") {
+                    Ok(f) => forwarder = Some(f),
+                    Err(e) => {
+                        vm.kill()?;
+                        return Err(anyhow::Error::new(e).context("forwarding the docker socket"));
+                    }
+                }
+                log(format!("ready: Docker {docker_version} answers"));
+                state.update(|s| {
+                    s.phase = Phase::Running;
+                    s.step = "running".into();
+                    s.ready = Some(now());
+                });
+            }
+            Ok(Event::NotReady { reason }) => {
+                if stopping.is_none() {
+                    vm.kill()?;
+                    return Err(anyhow::anyhow!("the machine did not become ready: {reason}"));
+                }
+            }
+            Ok(Event::Control(control::ControlEvent::Stop { force })) => {
+                if force {
+                    log("stop requested (force): killing the guest");
+                    drop(forwarder.take());
+                    vm.kill()?;
+                    stopping.get_or_insert_with(Instant::now);
+                } else if stopping.is_none() {
+                    begin_graceful_stop(state, &target, vm.as_mut(), &mut forwarder);
+                    stopping = Some(Instant::now());
+                }
+            }
+            Ok(Event::Signal(sig)) => {
+                if stopping.is_none() {
+                    log(format!("{sig} received"));
+                    begin_graceful_stop(state, &target, vm.as_mut(), &mut forwarder);
+                    stopping = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
+
+/// Asks the guest to power off: through SSH when it answers (the guest stops dockerd and
+/// unmounts its disk first), else through the driver's power button.
+fn begin_graceful_stop(
+    state: &State,
+    target: &ssh::Target,
+    vm: &mut dyn RunningVm,
+    forwarder: &mut Option<ssh::Forwarder>,
+) {
+    log("stopping: asking the guest to power off");
+    state.update(|s| {
+        s.phase = Phase::Stopping;
+        s.step = "stopping".into();
+    });
+    drop(forwarder.take());
+    let via_ssh = ssh::Connection::connect(target, Duration::from_secs(5))
+        .and_then(|c| c.exec_capture("poweroff"));
+    if let Err(e) = via_ssh {
+        log(format!("poweroff over SSH failed ({e}); pressing the power button"));
+        if let Err(e) = vm.request_stop() {
+            log(format!("power button failed: {e}"));
+        }
+    }
+}
+
+/// The previous boot's console log is kept as `serial.log.1`.
+fn rotate_serial_log(dir: &MachineDir) {
+    let log_path = dir.serial_log_path();
+    if log_path.exists() {
+        let _ = std::fs::rename(&log_path, log_path.with_extension("log.1"));
+    }
+}
+
+fn spawn_signal_thread(sigs: SigSet, tx: Sender<Event>) {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            while let Ok(sig) = sigs.wait() {
+                if tx.send(Event::Signal(sig)).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("spawning the signal thread");
+}
+
+/// Waits for SSH, then for Docker, and reports once.
+fn spawn_ready_thread(
+    target: ssh::Target,
+    deadline: Instant,
+    shared: Arc<Mutex<StateFile>>,
+    dir: MachineDir,
+    tx: Sender<Event>,
+) {
+    let step = move |s: &str| {
+        let snapshot = {
+            let mut st = shared.lock().expect("state lock");
+            st.step = s.to_owned();
+            st.clone()
+        };
+        let _ = write_state_file(&dir, &snapshot);
+    };
+    std::thread::Builder::new()
+        .name("ready".into())
+        .spawn(move || {
+            step("waiting for SSH");
+            let event = match wait_ready(&target, deadline, &step) {
+                Ok(docker_version) => Event::Ready { docker_version },
+                Err(reason) => Event::NotReady { reason },
+            };
+            let _ = tx.send(event);
+        })
+        .expect("spawning the readiness thread");
+}
+
+fn wait_ready(target: &ssh::Target, deadline: Instant, step: &dyn Fn(&str)) -> Result<String, String> {
+    let conn = ssh::wait_until_reachable(target, deadline).map_err(|e| format!("SSH: {e}"))?;
+    step("waiting for Docker");
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match conn.exec_capture("docker info --format '{{.ServerVersion}}'") {
+            Ok(out) if out.status == 0 => {
+                return Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+            }
+            Ok(out) => last = String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            Err(e) => return Err(format!("SSH: {e}")),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Err(format!("Docker did not answer in time (last error: {last})"))
+}

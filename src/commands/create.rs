@@ -1,0 +1,111 @@
+//! `devbox create NAME`: validate, allocate the host-only network, generate the machine's SSH
+//! keys and sparse disk, and write the spec, all in a staging directory renamed into place
+//! only when complete (a failed create leaves nothing behind).
+
+use anyhow::{Context, Result};
+
+use crate::cli::{CreateArgs, DriverArg};
+use crate::machine::spec::{self, DockerSpec, HostLimits, NetworkSpec};
+use crate::machine::{Driver, MachineSpec, Store};
+use crate::{hypervisor, image, net, output, ssh};
+
+pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
+    spec::validate_name(&a.name)?;
+    let limits = HostLimits::of_this_host();
+    spec::validate_cpus(a.cpus, &limits)?;
+    spec::validate_memory(a.memory, &limits)?;
+    let disk_bytes = spec::parse_disk_size(&a.disk_size)?;
+    let bip = spec::parse_docker_bip(&a.docker_subnet)?;
+
+    let (driver, why) = match a.driver {
+        None => hypervisor::default_driver(),
+        Some(d) => {
+            let d = match d {
+                DriverArg::Qemu => Driver::Qemu,
+                DriverArg::Kvm => Driver::Kvm,
+                DriverArg::Vz => Driver::Vz,
+            };
+            (d, "chosen with --driver".to_owned())
+        }
+    };
+    // Refuse a driver this host cannot run now, not at the first start.
+    hypervisor::for_driver(driver)?;
+
+    let image = image::find(&store.cache, a.image.as_deref())?;
+
+    // One create at a time allocates networks, so two creates never get the same /24.
+    fs_err::create_dir_all(store.machines_dir())?;
+    let alloc_lock = fs_err::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(store.machines_dir().join(".create.lock"))?;
+    let _alloc = nix::fcntl::Flock::lock(alloc_lock.into_parts().0, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| std::io::Error::from(e))
+        .context("locking the machine store")?;
+
+    if store.machine(&a.name).spec_path().exists() {
+        return Err(crate::machine::store::StoreError::Exists { name: a.name }.into());
+    }
+    let mut taken = Vec::new();
+    for other in store.names()? {
+        if let Ok(s) = store.machine(&other).load_spec() {
+            taken.push(s.network.index);
+        }
+    }
+    let routes = net::host_routes()?;
+    let hostonly = net::allocate_host_only(&taken, &routes)?;
+    if net_overlaps(&bip, &hostonly.subnet) {
+        anyhow::bail!(
+            "--docker-subnet {bip} overlaps the machine's host-only network {}; pick another subnet",
+            hostonly.subnet
+        );
+    }
+
+    let staging = store.stage(&a.name)?;
+    let dir = staging.dir();
+    let client = ssh::generate_ed25519(&format!("devbox-{}", a.name))?;
+    ssh::write_keypair(&client, &dir.client_key_path(), &dir.client_pub_path())?;
+    let host = ssh::generate_ed25519(&format!("devbox-{}-host", a.name))?;
+    ssh::write_keypair(&host, &dir.host_key_path(), &dir.host_pub_path())?;
+
+    let disk = fs_err::File::create(dir.disk_path())?;
+    disk.set_len(disk_bytes)
+        .with_context(|| format!("sizing {}", dir.disk_path().display()))?;
+
+    let spec = MachineSpec {
+        name: a.name.clone(),
+        driver,
+        cpus: a.cpus,
+        memory_mib: a.memory,
+        disk_bytes,
+        image: image.manifest.version.clone(),
+        network: NetworkSpec {
+            index: hostonly.index,
+            subnet: hostonly.subnet,
+            host_ip: hostonly.host_ip,
+            guest_ip: hostonly.guest_ip,
+            mac: spec::mac_for(&a.name),
+        },
+        docker: DockerSpec { bip },
+        created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    };
+    dir.save_spec(&spec)?;
+    staging.commit()?;
+
+    output::info(format!(
+        "Created machine {} ({driver}: {why}; {} CPUs, {} MiB, {} disk, IP {}, image {})",
+        spec.name,
+        spec.cpus,
+        spec.memory_mib,
+        spec::format_size(spec.disk_bytes),
+        spec.network.guest_ip,
+        spec.image
+    ));
+    output::info(format!("Start it with: devbox start {}", spec.name));
+    Ok(0)
+}
+
+fn net_overlaps(a: &ipnet::Ipv4Net, b: &ipnet::Ipv4Net) -> bool {
+    a.trunc().contains(&b.network()) || b.trunc().contains(&a.network())
+}

@@ -1,0 +1,70 @@
+//! `devbox image build|pull|ls`.
+
+use anyhow::Result;
+
+use crate::cli::ImageCommand;
+use crate::image::{self, build};
+use crate::machine::Store;
+use crate::machine::spec::format_size;
+use crate::output;
+
+pub fn run(store: &Store, c: ImageCommand) -> Result<i32> {
+    match c {
+        ImageCommand::Build(a) => {
+            let opts = build::BuildOptions {
+                cache: store.cache.clone(),
+                force: a.force,
+                arch: build::Arch::X86_64,
+            };
+            let img = build::build(&opts, &mut |msg: &str| output::info(msg))?;
+            output::info(format!(
+                "Image {} ready (kernel {}) in {}",
+                img.manifest.version,
+                img.manifest.kernel_version,
+                img.dir.display()
+            ));
+            output::data(&img.manifest.version);
+        }
+        ImageCommand::Pull(a) => {
+            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let img = image::pull::pull(&store.cache, &a.url, a.sha256.as_deref(), progress)?;
+            output::info(format!(
+                "Image {} ready (kernel {}) in {}",
+                img.manifest.version,
+                img.manifest.kernel_version,
+                img.dir.display()
+            ));
+            output::data(&img.manifest.version);
+        }
+        ImageCommand::Ls(a) => {
+            let images = image::list(&store.cache)?;
+            if a.json {
+                let v: Vec<_> = images
+                    .iter()
+                    .map(|i| serde_json::json!({"dir": i.dir, "manifest": i.manifest}))
+                    .collect();
+                output::json(&v);
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = images
+                .iter()
+                .map(|i| {
+                    let size: u64 = [image::KERNEL, image::INITRD]
+                        .iter()
+                        .filter_map(|f| std::fs::metadata(i.dir.join(f)).ok())
+                        .map(|m| m.len())
+                        .sum();
+                    vec![
+                        i.manifest.version.clone(),
+                        i.manifest.arch.clone(),
+                        i.manifest.kernel_version.clone(),
+                        i.manifest.created.clone(),
+                        format_size(size),
+                    ]
+                })
+                .collect();
+            output::table(&["VERSION", "ARCH", "KERNEL", "CREATED", "SIZE"], &rows);
+        }
+    }
+    Ok(0)
+}

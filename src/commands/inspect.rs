@@ -1,0 +1,43 @@
+//! `devbox inspect NAME`: everything known about a machine, as JSON.
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::machine::state::observe;
+use crate::machine::Store;
+use crate::{hypervisor, output};
+
+pub fn run(store: &Store, name: &str) -> Result<i32> {
+    let dir = store.existing(name)?;
+    let spec = dir.load_spec()?;
+    let obs = observe(&dir)?;
+    let kvm = hypervisor::probe::kvm();
+    let image = crate::image::find(&store.cache, Some(&spec.image)).ok();
+    output::json(&json!({
+        "name": spec.name,
+        "state": obs.state,
+        "spec": spec,
+        "runtime": obs.file,
+        "driver": {
+            "name": spec.driver,
+            "kvm_usable": kvm.usable,
+            "kvm_probe": kvm.reason,
+        },
+        "image": image.map(|i| json!({
+            "version": i.manifest.version,
+            "kernel_version": i.manifest.kernel_version,
+            "dir": i.dir,
+        })),
+        "paths": {
+            "dir": dir.path,
+            "disk": dir.disk_path(),
+            "serial_log": dir.serial_log_path(),
+            "supervisor_log": dir.supervisor_log_path(),
+            "control_socket": dir.control_socket_path(),
+            "docker_socket": dir.docker_socket_path(),
+            "ssh_key": dir.client_key_path(),
+        },
+        "docker_host": format!("unix://{}", dir.docker_socket_path().display()),
+    }));
+    Ok(0)
+}

@@ -1,0 +1,75 @@
+//! `devbox ls`: one row per machine, like `docker-machine ls`.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::cli::LsArgs;
+use crate::machine::spec::format_size;
+use crate::machine::state::observe;
+use crate::machine::Store;
+use crate::output;
+
+#[derive(Serialize)]
+struct Row {
+    name: String,
+    state: String,
+    driver: String,
+    ip: String,
+    cpus: u32,
+    memory_mib: u64,
+    disk_bytes: u64,
+    error: Option<String>,
+}
+
+pub fn run(store: &Store, a: &LsArgs) -> Result<i32> {
+    let mut rows = Vec::new();
+    for name in store.names()? {
+        let dir = store.machine(&name);
+        let state = observe(&dir)?.state.as_str().to_owned();
+        match dir.load_spec() {
+            Ok(s) => rows.push(Row {
+                name,
+                state,
+                driver: s.driver.to_string(),
+                ip: s.network.guest_ip.to_string(),
+                cpus: s.cpus,
+                memory_mib: s.memory_mib,
+                disk_bytes: s.disk_bytes,
+                error: None,
+            }),
+            Err(e) => rows.push(Row {
+                name,
+                state: "Error".into(),
+                driver: String::new(),
+                ip: String::new(),
+                cpus: 0,
+                memory_mib: 0,
+                disk_bytes: 0,
+                error: Some(e.to_string()),
+            }),
+        }
+    }
+    if a.json {
+        output::json(&rows);
+        return Ok(0);
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            if let Some(e) = &r.error {
+                return vec![r.name.clone(), r.state.clone(), e.clone()];
+            }
+            vec![
+                r.name.clone(),
+                r.state.clone(),
+                r.driver.clone(),
+                r.ip.clone(),
+                r.cpus.to_string(),
+                format!("{} MiB", r.memory_mib),
+                format_size(r.disk_bytes),
+            ]
+        })
+        .collect();
+    output::table(&["NAME", "STATE", "DRIVER", "IP", "CPUS", "MEMORY", "DISK"], &table);
+    Ok(0)
+}

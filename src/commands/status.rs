@@ -1,0 +1,38 @@
+//! `devbox status NAME`: the observed state (and why a machine stopped or failed).
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::cli::StatusArgs;
+use crate::machine::state::observe;
+use crate::machine::Store;
+use crate::output;
+
+pub fn run(store: &Store, a: &StatusArgs) -> Result<i32> {
+    let dir = store.existing(&a.name)?;
+    let obs = observe(&dir)?;
+    if a.json {
+        output::json(&json!({
+            "name": a.name,
+            "state": obs.state,
+            "detail": obs.file,
+        }));
+        return Ok(0);
+    }
+    output::data(obs.state.as_str());
+    if let Some(f) = &obs.file {
+        match obs.state {
+            crate::machine::MachineState::Crashed => output::warn(format!(
+                "the supervisor (pid {}) died without stopping the machine; `devbox start {}` recovers",
+                f.supervisor_pid, a.name
+            )),
+            crate::machine::MachineState::Failed => {
+                if let Some(e) = &f.error {
+                    output::info(format!("last start failed: {e}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,300 @@
+//! The QEMU driver: runs `qemu-system-x86_64` as a child of the supervisor.
+//!
+//! Machine type `microvm` with ACPI (Debian's `virtio_mmio` finds devices only through ACPI or
+//! a device tree: research/vmm.md §0), virtio-mmio disks and NIC, serial console to a file, and
+//! a QMP socket for the ACPI power button. Under TCG the guest needs `tsc_early_khz` and
+//! `tsc=reliable`, or it hangs calibrating the TSC and then loses a third of its clock
+//! (research/guest-poc.md pitfalls 1–2).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::probe::KvmProbe;
+use super::{Accel, BootConfig, Hypervisor, HypervisorError, RunningVm, VmExit};
+use crate::machine::Driver;
+
+pub const PROGRAM: &str = "qemu-system-x86_64";
+const PACKAGE: &str = "qemu-system-x86";
+
+pub struct Qemu {
+    accel: Accel,
+    tsc_khz: Option<u64>,
+}
+
+impl Qemu {
+    pub fn new(kvm: &KvmProbe) -> Qemu {
+        let accel = if kvm.usable {
+            Accel {
+                name: "kvm",
+                reason: kvm.reason.clone(),
+            }
+        } else {
+            Accel {
+                name: "tcg",
+                reason: kvm.reason.clone(),
+            }
+        };
+        Qemu {
+            accel,
+            tsc_khz: host_tsc_khz(),
+        }
+    }
+}
+
+/// The host's TSC frequency in kHz, which TCG guests see too.
+fn host_tsc_khz() -> Option<u64> {
+    if let Ok(s) = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz") {
+        if let Ok(v) = s.trim().parse() {
+            return Some(v);
+        }
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((mhz * 1000.0).round() as u64)
+}
+
+/// The guest kernel command line. Nothing secret ever goes here: it is world-readable in the
+/// guest and in the host's process list.
+pub fn kernel_cmdline(accel: &str, tsc_khz: Option<u64>) -> String {
+    let mut parts = vec![
+        "console=ttyS0".to_owned(),
+        "panic=-1".to_owned(),
+        "loglevel=4".to_owned(),
+    ];
+    if accel == "tcg" {
+        if let Some(khz) = tsc_khz {
+            parts.push(format!("tsc_early_khz={khz}"));
+        }
+        parts.push("tsc=reliable".to_owned());
+    }
+    parts.join(" ")
+}
+
+/// The QEMU arguments for a machine (without the program name). `tap_fd` is the descriptor
+/// number the child inherits.
+pub fn args(cfg: &BootConfig, accel: &str, tsc_khz: Option<u64>, tap_fd: i32) -> Vec<String> {
+    let p = |p: &Path| p.display().to_string();
+    let (accel_arg, cpu) = if accel == "kvm" {
+        ("kvm", "host")
+    } else {
+        ("tcg", "max")
+    };
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+    push(&["-name", &format!("devbox-{},process=devbox-{}", cfg.name, cfg.name)]);
+    push(&["-machine", "microvm,acpi=on,rtc=on"]);
+    push(&["-accel", accel_arg, "-cpu", cpu]);
+    push(&["-smp", &cfg.cpus.to_string(), "-m", &cfg.memory_mib.to_string()]);
+    push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+    push(&[
+        "-chardev",
+        &format!("file,id=console,path={}", p(&cfg.serial_log)),
+        "-serial",
+        "chardev:console",
+    ]);
+    push(&["-kernel", &p(&cfg.kernel), "-initrd", &p(&cfg.initrd)]);
+    push(&["-append", &kernel_cmdline(accel, tsc_khz)]);
+    push(&[
+        "-drive",
+        &format!(
+            "id=config,file={},format=raw,if=none,readonly=on",
+            p(&cfg.config_drive)
+        ),
+        "-device",
+        "virtio-blk-device,drive=config,serial=devbox-config",
+    ]);
+    // discard=unmap passes the guest's TRIM through as holes in the sparse file;
+    // detect-zeroes=unmap does the same for blocks the guest zeroes.
+    push(&[
+        "-drive",
+        &format!(
+            "id=data,file={},format=raw,if=none,cache=writeback,discard=unmap,detect-zeroes=unmap",
+            p(&cfg.data_disk)
+        ),
+        "-device",
+        "virtio-blk-device,drive=data,serial=devbox-data",
+    ]);
+    push(&[
+        "-netdev",
+        &format!("tap,id=net0,fd={tap_fd},vhost=off"),
+        "-device",
+        &format!("virtio-net-device,netdev=net0,mac={}", cfg.mac),
+    ]);
+    push(&["-device", "virtio-rng-device"]);
+    push(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", p(&cfg.monitor_socket)),
+    ]);
+    a
+}
+
+/// Finds a program on PATH.
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+impl Hypervisor for Qemu {
+    fn driver(&self) -> Driver {
+        Driver::Qemu
+    }
+
+    fn accel(&self) -> &Accel {
+        &self.accel
+    }
+
+    fn preflight(&self) -> Result<(), HypervisorError> {
+        if which(PROGRAM).is_none() {
+            return Err(HypervisorError::MissingProgram {
+                program: PROGRAM.into(),
+                package: PACKAGE.into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn boot(&self, cfg: BootConfig) -> Result<Box<dyn RunningVm>, HypervisorError> {
+        self.preflight()?;
+        let tap_fd = cfg.tap.as_raw_fd();
+        // The child must inherit the TAP descriptor: clear close-on-exec on it.
+        nix::fcntl::fcntl(
+            &cfg.tap,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .map_err(std::io::Error::from)?;
+        let _ = std::fs::remove_file(&cfg.monitor_socket);
+        let mut cmd = Command::new(PROGRAM);
+        cmd.args(args(&cfg, self.accel.name, self.tsc_khz, tap_fd))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        super::sys::kill_with_parent(&mut cmd);
+        let mut child = cmd.spawn().map_err(|source| HypervisorError::Spawn {
+            program: PROGRAM.into(),
+            source,
+        })?;
+        // QEMU reports bad arguments on stderr and exits at once; keep its last words.
+        let stderr = child.stderr.take().expect("piped");
+        let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let tail2 = tail.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut t = tail2.lock().expect("stderr tail");
+                t.push(line);
+                if t.len() > 20 {
+                    t.remove(0);
+                }
+            }
+        });
+        Ok(Box::new(QemuVm {
+            child,
+            _tap: cfg.tap,
+            monitor: cfg.monitor_socket,
+            stderr_tail: tail,
+        }))
+    }
+}
+
+struct QemuVm {
+    child: Child,
+    /// Held so the TAP device lives exactly as long as the machine.
+    _tap: OwnedFd,
+    monitor: PathBuf,
+    stderr_tail: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RunningVm for QemuVm {
+    fn pid(&self) -> Option<u32> {
+        Some(self.child.id())
+    }
+
+    fn request_stop(&mut self) -> Result<(), HypervisorError> {
+        qmp_command(&self.monitor, "system_powerdown").map_err(|source| HypervisorError::Monitor {
+            path: self.monitor.clone(),
+            source,
+        })
+    }
+
+    fn kill(&mut self) -> Result<(), HypervisorError> {
+        match self.child.kill() {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {} // already exited
+            Err(e) => return Err(e.into()),
+        }
+        self.child.wait()?;
+        Ok(())
+    }
+
+    fn try_wait(&mut self) -> Result<Option<VmExit>, HypervisorError> {
+        let Some(status) = self.child.try_wait()? else {
+            return Ok(None);
+        };
+        // Give the stderr reader a moment to collect QEMU's last lines.
+        std::thread::sleep(Duration::from_millis(50));
+        let tail = self.stderr_tail.lock().expect("stderr tail").join("\n");
+        let mut description = match status.code() {
+            Some(0) => "the guest powered off".to_owned(),
+            Some(c) => format!("{PROGRAM} exited with status {c}"),
+            None => format!("{PROGRAM} was killed ({status})"),
+        };
+        if !tail.trim().is_empty() && status.code() != Some(0) {
+            description.push_str(&format!(": {}", tail.trim()));
+        }
+        Ok(Some(VmExit { description }))
+    }
+}
+
+/// Sends one QMP command (after the capabilities handshake) and waits for its reply.
+fn qmp_command(socket: &Path, command: &str) -> std::io::Result<()> {
+    let stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    let mut line = String::new();
+    reader.read_line(&mut line)?; // greeting
+    for cmd in ["qmp_capabilities", command] {
+        writeln!(writer, "{{\"execute\":\"{cmd}\"}}")?;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                return Err(std::io::Error::other("QMP closed the connection"));
+            }
+            let v: serde_json::Value = serde_json::from_str(&line).map_err(std::io::Error::other)?;
+            if v.get("return").is_some() {
+                break;
+            }
+            if let Some(e) = v.get("error") {
+                return Err(std::io::Error::other(format!("QMP {cmd}: {e}")));
+            }
+            // Asynchronous events may arrive in between; skip them.
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_has_tsc_help_only_under_tcg() {
+        assert_eq!(
+            kernel_cmdline("tcg", Some(2_000_000)),
+            "console=ttyS0 panic=-1 loglevel=4 tsc_early_khz=2000000 tsc=reliable"
+        );
+        assert_eq!(kernel_cmdline("kvm", Some(2_000_000)), "console=ttyS0 panic=-1 loglevel=4");
+    }
+}

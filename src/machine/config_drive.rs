@@ -1,0 +1,126 @@
+//! The config drive: a plain tar archive the host writes at every start and attaches to the
+//! guest as a read-only disk with the virtio serial `devbox-config`. The guest's init extracts
+//! it (busybox tar reads the raw block device), so the guest needs no metadata service and no
+//! secret ever goes on the kernel command line. The contract is in `assets/guest/README.md`.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use super::spec::MachineSpec;
+use super::store::write_atomic;
+
+/// One file of the drive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveFile {
+    pub name: &'static str,
+    pub mode: u32,
+    pub contents: Vec<u8>,
+}
+
+/// Inputs that are not in the spec.
+pub struct DriveInputs<'a> {
+    /// The machine's client public key (OpenSSH one-line), for `authorized_keys`.
+    pub authorized_key: &'a str,
+    /// The machine's pinned SSH host key, private (OpenSSH format) and public.
+    pub host_key_private: &'a str,
+    pub host_key_public: &'a str,
+    /// Nameservers for the guest's resolv.conf.
+    pub dns: &'a [std::net::IpAddr],
+}
+
+/// Docker's `daemon.json` for the machine.
+pub fn daemon_json(spec: &MachineSpec) -> String {
+    let v = json!({
+        "bip": spec.docker.bip.to_string(),
+        // The guest has no systemd: dockerd's own log file is the one place to look.
+        "log-level": "info",
+    });
+    let mut s = serde_json::to_string_pretty(&v).expect("static JSON");
+    s.push('\n');
+    s
+}
+
+/// `devbox.env`: shell-sourceable settings for the guest init.
+pub fn env_file(spec: &MachineSpec, dns: &[std::net::IpAddr]) -> String {
+    let dns: Vec<String> = dns.iter().map(|a| a.to_string()).collect();
+    let lines = [
+        ("DEVBOX_NAME", spec.name.clone()),
+        ("DEVBOX_HOSTNAME", spec.name.clone()),
+        (
+            "DEVBOX_GUEST_IP",
+            format!("{}/{}", spec.network.guest_ip, spec.network.subnet.prefix_len()),
+        ),
+        ("DEVBOX_HOST_IP", spec.network.host_ip.to_string()),
+        ("DEVBOX_DNS", dns.join(" ")),
+    ];
+    let mut out = String::from("# Written by devbox at each start; the guest init sources it.\n");
+    for (k, v) in lines {
+        out.push_str(&format!("{k}='{}'\n", shell_quote_inner(&v)));
+    }
+    out
+}
+
+/// Escapes a value for use inside single quotes.
+fn shell_quote_inner(v: &str) -> String {
+    v.replace('\'', r"'\''")
+}
+
+/// Every file on the drive, in a stable order.
+pub fn files(spec: &MachineSpec, inputs: &DriveInputs) -> Vec<DriveFile> {
+    let mut authorized = inputs.authorized_key.trim().to_owned();
+    authorized.push('\n');
+    vec![
+        DriveFile {
+            name: "devbox.env",
+            mode: 0o644,
+            contents: env_file(spec, inputs.dns).into_bytes(),
+        },
+        DriveFile {
+            name: "authorized_keys",
+            mode: 0o600,
+            contents: authorized.into_bytes(),
+        },
+        DriveFile {
+            name: "ssh_host_ed25519_key",
+            mode: 0o600,
+            contents: inputs.host_key_private.as_bytes().to_vec(),
+        },
+        DriveFile {
+            name: "ssh_host_ed25519_key.pub",
+            mode: 0o644,
+            contents: format!("{}\n", inputs.host_key_public.trim()).into_bytes(),
+        },
+        DriveFile {
+            name: "daemon.json",
+            mode: 0o644,
+            contents: daemon_json(spec).into_bytes(),
+        },
+    ]
+}
+
+/// Builds the tar image (padded to whole 512-byte blocks, as a block device needs).
+pub fn render(files: &[DriveFile]) -> std::io::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    for f in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(f.contents.len() as u64);
+        h.set_mode(f.mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, f.name, f.contents.as_slice())?;
+    }
+    let mut out = b.into_inner()?;
+    // Round up to 64 KiB so the device is never smaller than one virtio-blk request.
+    let len = out.len().div_ceil(65536) * 65536;
+    out.resize(len, 0);
+    Ok(out)
+}
+
+/// Writes the drive for `spec` to `path` (mode 0600: it holds the host's private key).
+pub fn write(path: &Path, spec: &MachineSpec, inputs: &DriveInputs) -> std::io::Result<()> {
+    let bytes = render(&files(spec, inputs))?;
+    write_atomic(path, &bytes, 0o600)
+}

@@ -1,0 +1,114 @@
+//! Observed state: what the supervisor wrote in `state.json`, checked against whether the
+//! supervisor is actually alive (its lock). A dead supervisor is never reported as running.
+
+use serde::{Deserialize, Serialize};
+
+use super::lock::supervisor_alive;
+use super::store::{MachineDir, StoreError, write_atomic};
+
+/// The phase the supervisor reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+/// `state.json`, written by the supervisor at each phase change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateFile {
+    pub phase: Phase,
+    /// What the supervisor is doing, for progress display ("booting", "waiting for SSH").
+    pub step: String,
+    pub supervisor_pid: u32,
+    pub vm_pid: Option<u32>,
+    /// Acceleration actually used (`kvm` or `tcg`) and why.
+    pub accel: Option<String>,
+    pub accel_reason: Option<String>,
+    pub started: String,
+    pub ready: Option<String>,
+    /// Why the machine stopped or failed.
+    pub error: Option<String>,
+}
+
+/// The state shown to users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineState {
+    Stopped,
+    Starting,
+    Running,
+    Stopping,
+    /// The supervisor died without shutting down (killed, or a bug).
+    Crashed,
+    /// The last start failed; `error` says why.
+    Failed,
+}
+
+impl MachineState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MachineState::Stopped => "Stopped",
+            MachineState::Starting => "Starting",
+            MachineState::Running => "Running",
+            MachineState::Stopping => "Stopping",
+            MachineState::Crashed => "Crashed",
+            MachineState::Failed => "Failed",
+        }
+    }
+
+    /// A supervisor owns the machine right now.
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            MachineState::Starting | MachineState::Running | MachineState::Stopping
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub state: MachineState,
+    pub file: Option<StateFile>,
+}
+
+pub fn read_state_file(dir: &MachineDir) -> Result<Option<StateFile>, StoreError> {
+    let path = dir.state_path();
+    match fs_err::read_to_string(&path) {
+        Ok(text) => Ok(serde_json::from_str(&text).ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn write_state_file(dir: &MachineDir, st: &StateFile) -> Result<(), StoreError> {
+    let text = serde_json::to_vec_pretty(st).map_err(std::io::Error::other)?;
+    write_atomic(&dir.state_path(), &text, 0o644)?;
+    Ok(())
+}
+
+/// Combines `state.json` with the liveness of the supervisor lock.
+pub fn observe(dir: &MachineDir) -> Result<Observed, StoreError> {
+    let file = read_state_file(dir)?;
+    let alive = supervisor_alive(dir)?;
+    let state = match (&file, alive) {
+        (Some(f), true) => match f.phase {
+            Phase::Starting => MachineState::Starting,
+            Phase::Running => MachineState::Running,
+            // The supervisor is still tearing down.
+            Phase::Stopping | Phase::Stopped | Phase::Failed => MachineState::Stopping,
+        },
+        // Alive but has not written its state yet.
+        (None, true) => MachineState::Starting,
+        (Some(f), false) => match f.phase {
+            Phase::Stopped => MachineState::Stopped,
+            Phase::Failed => MachineState::Failed,
+            Phase::Starting | Phase::Running | Phase::Stopping => MachineState::Crashed,
+        },
+        (None, false) => MachineState::Stopped,
+    };
+    Ok(Observed { state, file })
+}

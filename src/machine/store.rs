@@ -1,0 +1,355 @@
+//! The state directory: `$DEVBOX_HOME/machines/<name>/`, one directory per machine.
+//!
+//! Every file is written atomically (temp file in the same directory, fsync, rename, fsync the
+//! directory), so a crash never leaves a torn `machine.yaml` or `state.json`. A machine
+//! directory appears under its name only when complete: `create` assembles it under a
+//! dot-name and renames it into place.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use fs_err as fs;
+
+use super::spec::{MachineSpec, SpecError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no machine named {name:?}")]
+    NotFound { name: String },
+    #[error("a machine named {name:?} already exists")]
+    Exists { name: String },
+    #[error("{path}:{line}:{column}: {message}")]
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path} is not a valid machine spec")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: SpecError,
+    },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl StoreError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            StoreError::NotFound { .. } => Some("`devbox ls` lists the machines".into()),
+            StoreError::Exists { name } => Some(format!(
+                "pick another name, or remove the old one with `devbox rm {name}`"
+            )),
+            StoreError::Corrupt { path, .. } | StoreError::Invalid { path, .. } => Some(format!(
+                "fix {} by hand, or remove the machine with `devbox rm --force`",
+                path.display()
+            )),
+            StoreError::Io(_) => None,
+        }
+    }
+}
+
+/// Where devbox keeps machines and where it caches images.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub home: PathBuf,
+    pub cache: PathBuf,
+}
+
+impl Store {
+    pub fn new(home: Option<PathBuf>, cache: Option<PathBuf>) -> Store {
+        let user_home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/root"));
+        let home = home.unwrap_or_else(|| user_home.join(".devbox"));
+        let cache = cache.unwrap_or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| user_home.join(".cache"))
+                .join("devbox")
+        });
+        Store { home, cache }
+    }
+
+    pub fn machines_dir(&self) -> PathBuf {
+        self.home.join("machines")
+    }
+
+    pub fn machine(&self, name: &str) -> MachineDir {
+        MachineDir {
+            name: name.to_owned(),
+            path: self.machines_dir().join(name),
+        }
+    }
+
+    /// An existing machine's directory, or `NotFound`.
+    pub fn existing(&self, name: &str) -> Result<MachineDir, StoreError> {
+        let dir = self.machine(name);
+        if !dir.spec_path().is_file() {
+            return Err(StoreError::NotFound {
+                name: name.to_owned(),
+            });
+        }
+        Ok(dir)
+    }
+
+    /// Names of all machines, sorted.
+    pub fn names(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        let entries = match fs::read_dir(self.machines_dir()) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e.into()),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') && entry.path().join(SPEC_FILE).is_file() {
+                out.push(name);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// A fresh staging directory for `create`; [`Staging::commit`] renames it into place.
+    pub fn stage(&self, name: &str) -> Result<Staging, StoreError> {
+        let machines = self.machines_dir();
+        fs::create_dir_all(&machines)?;
+        if self.machine(name).path.exists() {
+            return Err(StoreError::Exists {
+                name: name.to_owned(),
+            });
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".creating-{name}-"))
+            .tempdir_in(&machines)
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("creating a directory in {}: {e}", machines.display()),
+                )
+            })?;
+        Ok(Staging {
+            name: name.to_owned(),
+            dir: Some(tmp),
+            target: self.machine(name).path,
+        })
+    }
+}
+
+/// A machine directory being assembled. Dropped without `commit`, it is removed whole.
+pub struct Staging {
+    name: String,
+    dir: Option<tempfile::TempDir>,
+    target: PathBuf,
+}
+
+impl Staging {
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().expect("staging dir present until commit").path()
+    }
+
+    pub fn dir(&self) -> MachineDir {
+        MachineDir {
+            name: self.name.clone(),
+            path: self.path().to_owned(),
+        }
+    }
+
+    /// Moves the finished directory to `machines/<name>`. Fails (and cleans up) if another
+    /// `create` got there first: renaming onto a non-empty directory is refused by the kernel.
+    pub fn commit(mut self) -> Result<MachineDir, StoreError> {
+        let tmp = self.dir.take().expect("staging dir present until commit");
+        let from = tmp.keep();
+        match std::fs::rename(&from, &self.target) {
+            Ok(()) => {
+                sync_dir(self.target.parent().expect("machine dir has a parent"))?;
+                Ok(MachineDir {
+                    name: self.name.clone(),
+                    path: self.target.clone(),
+                })
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&from);
+                if self.target.exists() {
+                    Err(StoreError::Exists {
+                        name: self.name.clone(),
+                    })
+                } else {
+                    Err(std::io::Error::new(
+                        e.kind(),
+                        format!("renaming {} to {}: {e}", from.display(), self.target.display()),
+                    )
+                    .into())
+                }
+            }
+        }
+    }
+}
+
+const SPEC_FILE: &str = "machine.yaml";
+
+/// The files of one machine.
+#[derive(Debug, Clone)]
+pub struct MachineDir {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl MachineDir {
+    pub fn spec_path(&self) -> PathBuf {
+        self.path.join(SPEC_FILE)
+    }
+    pub fn state_path(&self) -> PathBuf {
+        self.path.join("state.json")
+    }
+    pub fn disk_path(&self) -> PathBuf {
+        self.path.join("disk.raw")
+    }
+    pub fn config_drive_path(&self) -> PathBuf {
+        self.path.join("config.tar")
+    }
+    pub fn client_key_path(&self) -> PathBuf {
+        self.path.join("id_ed25519")
+    }
+    pub fn client_pub_path(&self) -> PathBuf {
+        self.path.join("id_ed25519.pub")
+    }
+    pub fn host_key_path(&self) -> PathBuf {
+        self.path.join("ssh_host_ed25519_key")
+    }
+    pub fn host_pub_path(&self) -> PathBuf {
+        self.path.join("ssh_host_ed25519_key.pub")
+    }
+    pub fn serial_log_path(&self) -> PathBuf {
+        self.path.join("serial.log")
+    }
+    pub fn supervisor_log_path(&self) -> PathBuf {
+        self.path.join("supervisor.log")
+    }
+    pub fn pid_path(&self) -> PathBuf {
+        self.path.join("supervisor.pid")
+    }
+    pub fn control_socket_path(&self) -> PathBuf {
+        self.path.join("control.sock")
+    }
+    pub fn docker_socket_path(&self) -> PathBuf {
+        self.path.join("docker.sock")
+    }
+    pub fn qmp_socket_path(&self) -> PathBuf {
+        self.path.join("qmp.sock")
+    }
+    pub fn lock_path(&self) -> PathBuf {
+        self.path.join("machine.lock")
+    }
+    pub fn supervisor_lock_path(&self) -> PathBuf {
+        self.path.join("supervisor.lock")
+    }
+
+    /// Reads and validates `machine.yaml`; a parse error names the file, line and column.
+    pub fn load_spec(&self) -> Result<MachineSpec, StoreError> {
+        let path = self.spec_path();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound {
+                    name: self.name.clone(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let spec: MachineSpec = serde_norway::from_str(&text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
+            StoreError::Corrupt {
+                path: path.clone(),
+                line,
+                column,
+                message: e.to_string(),
+            }
+        })?;
+        if spec.name != self.name {
+            return Err(StoreError::Corrupt {
+                path,
+                line: 1,
+                column: 1,
+                message: format!(
+                    "name: {:?} does not match the directory name {:?}",
+                    spec.name, self.name
+                ),
+            });
+        }
+        spec.validate(&super::spec::HostLimits::of_this_host())
+            .map_err(|source| StoreError::Invalid { path, source })?;
+        Ok(spec)
+    }
+
+    pub fn save_spec(&self, spec: &MachineSpec) -> Result<(), StoreError> {
+        let text = serde_norway::to_string(spec).map_err(std::io::Error::other)?;
+        write_atomic(&self.spec_path(), text.as_bytes(), 0o644)?;
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `path` atomically: temp file beside it, fsync, rename, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(|e| {
+            std::io::Error::new(e.kind(), format!("creating a temp file in {}: {e}", dir.display()))
+        })?;
+    let with_path = |e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("writing {}: {e}", path.display()))
+    };
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(with_path)?;
+    tmp.write_all(bytes).map_err(with_path)?;
+    tmp.as_file().sync_all().map_err(with_path)?;
+    tmp.persist(path).map_err(|e| with_path(e.error))?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_whole_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        write_atomic(&p, b"one", 0o600).unwrap();
+        write_atomic(&p, b"two", 0o600).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temp files left behind");
+    }
+
+    #[test]
+    fn staging_is_removed_unless_committed() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::new(Some(d.path().to_owned()), None);
+        {
+            let st = store.stage("a").unwrap();
+            std::fs::write(st.path().join("x"), "y").unwrap();
+        }
+        assert_eq!(std::fs::read_dir(store.machines_dir()).unwrap().count(), 0);
+        let st = store.stage("a").unwrap();
+        std::fs::write(st.path().join("machine.yaml"), "y").unwrap();
+        st.commit().unwrap();
+        assert_eq!(store.names().unwrap(), vec!["a".to_string()]);
+        assert!(matches!(store.stage("a"), Err(StoreError::Exists { .. })));
+    }
+}
