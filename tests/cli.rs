@@ -1,0 +1,394 @@
+//! Tier 2: the real binary against a temporary DEVBOX_HOME, no guest. Help, errors, exit
+//! codes, and the state logic that does not need a booted machine.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    home: PathBuf,
+    cache: PathBuf,
+}
+
+impl Env {
+    /// A fresh home and a cache holding one image (a manifest and two small payload files:
+    /// enough for `create`, which only records the version).
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        let cache = tmp.path().join("cache");
+        let img = cache.join("images/0123456789abcdef");
+        std::fs::create_dir_all(&img).unwrap();
+        std::fs::write(img.join("vmlinuz"), "k").unwrap();
+        std::fs::write(img.join("initrd.img"), "i").unwrap();
+        let sha = |s: &str| {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(s.as_bytes()))
+        };
+        let manifest = serde_json::json!({
+            "version": "0123456789abcdef",
+            "arch": "x86_64",
+            "kernel_version": "6.1.0-test-cloud-amd64",
+            "created": "2026-11-21T00:00:00Z",
+            "packages": {},
+            "files": {"vmlinuz": sha("k"), "initrd.img": sha("i")},
+        });
+        std::fs::write(img.join("manifest.json"), manifest.to_string()).unwrap();
+        Env {
+            _tmp: tmp,
+            home,
+            cache,
+        }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("devbox").unwrap();
+        c.env("DEVBOX_HOME", &self.home)
+            .env("DEVBOX_CACHE", &self.cache)
+            .env("NO_COLOR", "1");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    fn machine_dir(&self, name: &str) -> PathBuf {
+        self.home.join("machines").join(name)
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[track_caller]
+fn fails_with(o: &Output, needle: &str) {
+    assert_eq!(o.status.code(), Some(1), "exit code; stderr: {}", stderr(o));
+    assert!(
+        stderr(o).contains(needle),
+        "stderr should contain {needle:?}:\n{}",
+        stderr(o)
+    );
+}
+
+#[track_caller]
+fn succeeds(o: &Output) {
+    assert!(o.status.success(), "failed: {}\n{}", stderr(o), stdout(o));
+}
+
+/// `create` needs to read the host's routes; keep it to a small machine.
+fn create(env: &Env, name: &str) -> Output {
+    env.run(&["create", name, "--cpus", "1", "--memory", "512", "--disk-size", "2G"])
+}
+
+#[test]
+fn help_lists_the_verbs() {
+    let o = Env::new().run(&["--help"]);
+    succeeds(&o);
+    for verb in [
+        "create", "start", "stop", "restart", "rm", "ls", "status", "inspect", "ip", "ssh", "logs",
+        "env", "image", "completion",
+    ] {
+        assert!(stdout(&o).contains(verb), "help lacks {verb}");
+    }
+    assert!(!stdout(&o).contains("__supervise"));
+}
+
+#[test]
+fn create_ls_inspect_ip_rm() {
+    let env = Env::new();
+    succeeds(&create(&env, "dev"));
+    let dir = env.machine_dir("dev");
+    for f in ["machine.yaml", "disk.raw", "id_ed25519", "id_ed25519.pub", "ssh_host_ed25519_key"] {
+        assert!(dir.join(f).exists(), "{f} missing");
+    }
+    // The disk is sparse: its apparent size is the requested one, almost nothing allocated.
+    let meta = std::fs::metadata(dir.join("disk.raw")).unwrap();
+    assert_eq!(meta.len(), 2 << 30);
+    assert!(std::os::unix::fs::MetadataExt::blocks(&meta) < 64);
+    // The client key is private.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.join("id_ed25519")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o077, 0, "private key readable by others");
+
+    let ls = env.run(&["ls"]);
+    succeeds(&ls);
+    let out = stdout(&ls);
+    assert!(out.starts_with("NAME"), "{out}");
+    assert!(out.contains("dev") && out.contains("Stopped") && out.contains("qemu"), "{out}");
+    assert!(out.contains("192.168.") && out.contains("2G"), "{out}");
+
+    let js: serde_json::Value = serde_json::from_slice(&env.run(&["ls", "--json"]).stdout).unwrap();
+    assert_eq!(js[0]["name"], "dev");
+    assert_eq!(js[0]["state"], "Stopped");
+    assert_eq!(js[0]["cpus"], 1);
+
+    let ins: serde_json::Value =
+        serde_json::from_slice(&env.run(&["inspect", "dev"]).stdout).unwrap();
+    assert_eq!(ins["spec"]["memory_mib"], 512);
+    assert_eq!(ins["spec"]["docker"]["bip"], "172.18.0.1/16");
+    assert!(ins["driver"]["kvm_probe"].is_string());
+
+    let ip = env.run(&["ip", "dev"]);
+    succeeds(&ip);
+    assert!(stdout(&ip).trim().parse::<std::net::Ipv4Addr>().is_ok());
+
+    let st = env.run(&["status", "dev"]);
+    succeeds(&st);
+    assert_eq!(stdout(&st).trim(), "Stopped");
+
+    // Stopping a stopped machine is not an error.
+    let stop = env.run(&["stop", "dev"]);
+    succeeds(&stop);
+    assert!(stderr(&stop).contains("already stopped"));
+
+    succeeds(&env.run(&["rm", "dev"]));
+    assert!(!dir.exists());
+    assert_eq!(std::fs::read_dir(env.home.join("machines")).unwrap().filter(|e| {
+        !e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".create.lock")
+    }).count(), 0, "rm left files behind");
+}
+
+#[test]
+fn second_machine_gets_the_next_network() {
+    let env = Env::new();
+    succeeds(&create(&env, "a"));
+    succeeds(&create(&env, "b"));
+    let ip = |n| stdout(&env.run(&["ip", n])).trim().to_owned();
+    assert_ne!(ip("a"), ip("b"));
+}
+
+#[test]
+fn bad_names_are_refused_and_nothing_is_created() {
+    let env = Env::new();
+    for bad in ["Dev", "-x", "x-", "a_b", "a.b", &"a".repeat(64)] {
+        fails_with(&create(&env, bad), "invalid machine name");
+    }
+    let left = std::fs::read_dir(env.home.join("machines"))
+        .map(|d| d.filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.')).count())
+        .unwrap_or(0);
+    assert_eq!(left, 0);
+}
+
+#[test]
+fn duplicate_create_is_refused() {
+    let env = Env::new();
+    succeeds(&create(&env, "dup"));
+    let before = std::fs::read(env.machine_dir("dup").join("id_ed25519")).unwrap();
+    fails_with(&create(&env, "dup"), "already exists");
+    // The existing machine is untouched.
+    assert_eq!(std::fs::read(env.machine_dir("dup").join("id_ed25519")).unwrap(), before);
+}
+
+#[test]
+fn out_of_range_resources_are_refused() {
+    let env = Env::new();
+    fails_with(&env.run(&["create", "m", "--memory", "100"]), "--memory 100 MiB is out of range");
+    fails_with(&env.run(&["create", "m", "--memory", "99999999"]), "is out of range");
+    fails_with(&env.run(&["create", "m", "--cpus", "0"]), "--cpus 0 is out of range");
+    fails_with(&env.run(&["create", "m", "--cpus", "4096"]), "--cpus 4096 is out of range");
+    fails_with(&env.run(&["create", "m", "--disk-size", "lots"]), "invalid size");
+    fails_with(&env.run(&["create", "m", "--disk-size", "10M"]), "too small");
+    fails_with(&env.run(&["create", "m", "--docker-subnet", "172.18.0.1"]), "invalid --docker-subnet");
+    assert!(!env.machine_dir("m").exists());
+}
+
+#[test]
+fn unknown_machine_is_an_error_for_every_verb() {
+    let env = Env::new();
+    for verb in [
+        vec!["start", "nope"],
+        vec!["stop", "nope"],
+        vec!["restart", "nope"],
+        vec!["rm", "nope"],
+        vec!["status", "nope"],
+        vec!["inspect", "nope"],
+        vec!["ip", "nope"],
+        vec!["ssh", "nope"],
+        vec!["logs", "nope"],
+        vec!["env", "nope"],
+    ] {
+        let o = env.run(&verb);
+        fails_with(&o, "no machine named \"nope\"");
+        assert!(stderr(&o).contains("hint:"), "{verb:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn missing_image_names_the_fix() {
+    let env = Env::new();
+    std::fs::remove_dir_all(&env.cache).unwrap();
+    let o = create(&env, "m");
+    fails_with(&o, "no guest image");
+    assert!(stderr(&o).contains("devbox image build"));
+    assert!(!env.machine_dir("m").exists());
+}
+
+#[test]
+fn corrupted_spec_names_file_and_line() {
+    let env = Env::new();
+    succeeds(&create(&env, "m"));
+    let spec = env.machine_dir("m").join("machine.yaml");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(&spec, text.replace("cpus: 1", "cpus: [oops")).unwrap();
+    let o = env.run(&["start", "m"]);
+    fails_with(&o, "machine.yaml:");
+    let line = stderr(&o)
+        .split("machine.yaml:")
+        .nth(1)
+        .and_then(|s| s.split(':').next())
+        .and_then(|s| s.parse::<usize>().ok());
+    assert!(line.is_some_and(|l| l > 1), "{}", stderr(&o));
+    // A broken machine can still be removed.
+    succeeds(&env.run(&["rm", "m"]));
+}
+
+#[test]
+fn create_failing_midway_leaves_nothing() {
+    let env = Env::new();
+    // A disk no filesystem can hold: the last step of create fails.
+    let o = env.run(&["create", "big", "--disk-size", "8000000T"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let entries: Vec<String> = std::fs::read_dir(env.home.join("machines"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".create.lock")
+        .collect();
+    assert!(entries.is_empty(), "left behind: {entries:?}");
+}
+
+#[test]
+fn ssh_and_env_refuse_a_stopped_machine() {
+    let env = Env::new();
+    succeeds(&create(&env, "m"));
+    let o = env.run(&["ssh", "m", "--", "true"]);
+    fails_with(&o, "is not running");
+    assert!(stderr(&o).contains("devbox start m"));
+    fails_with(&env.run(&["env", "m"]), "is not running");
+}
+
+#[test]
+fn unavailable_drivers_are_refused_at_create() {
+    let env = Env::new();
+    fails_with(&env.run(&["create", "m", "--driver", "vz"]), "driver vz cannot run on this host");
+    fails_with(&env.run(&["create", "m", "--driver", "kvm"]), "driver kvm cannot run on this host");
+    assert!(!env.machine_dir("m").exists());
+}
+
+#[test]
+fn missing_qemu_is_named_with_its_package() {
+    let env = Env::new();
+    succeeds(&create(&env, "m"));
+    let o = env.cmd().args(["start", "m"]).env("PATH", "/nonexistent").output().unwrap();
+    fails_with(&o, "qemu-system-x86_64 was not found");
+    assert!(stderr(&o).contains("apt-get install qemu-system-x86"));
+    assert_eq!(stdout(&env.run(&["status", "m"])).trim(), "Stopped");
+}
+
+#[test]
+fn start_without_net_admin_names_the_privilege() {
+    if !Path::new("/usr/bin/setpriv").exists() || !nix_is_root() {
+        eprintln!("skipped: needs root and setpriv to drop CAP_NET_ADMIN");
+        return;
+    }
+    let env = Env::new();
+    succeeds(&create(&env, "m"));
+    let bin = assert_cmd::cargo::cargo_bin("devbox");
+    let o = std::process::Command::new("setpriv")
+        .args(["--bounding-set=-net_admin", "--inh-caps=-net_admin", "--"])
+        .arg(bin)
+        .args(["start", "m"])
+        .env("DEVBOX_HOME", &env.home)
+        .env("DEVBOX_CACHE", &env.cache)
+        .output()
+        .unwrap();
+    fails_with(&o, "CAP_NET_ADMIN");
+    assert!(stderr(&o).contains("setcap cap_net_admin+ep"), "{}", stderr(&o));
+    assert!(!env.machine_dir("m").join("supervisor.pid").exists());
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
+        .unwrap_or(false)
+}
+
+#[test]
+fn crashed_supervisor_is_reported_as_crashed() {
+    let env = Env::new();
+    succeeds(&create(&env, "m"));
+    // What a supervisor killed with SIGKILL leaves: a state file saying "running" and a
+    // supervisor lock nobody holds.
+    let dir = env.machine_dir("m");
+    let state = serde_json::json!({
+        "phase": "running", "step": "running", "supervisor_pid": 999999, "vm_pid": null,
+        "accel": "tcg", "accel_reason": "x", "started": "2026-11-21T00:00:00Z",
+        "ready": null, "error": null
+    });
+    std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
+    std::fs::write(dir.join("supervisor.lock"), "").unwrap();
+    let st = env.run(&["status", "m"]);
+    succeeds(&st);
+    assert_eq!(stdout(&st).trim(), "Crashed");
+    let ls = stdout(&env.run(&["ls"]));
+    assert!(ls.contains("Crashed") && !ls.contains("Running"), "{ls}");
+    fails_with(&env.run(&["ssh", "m", "--", "true"]), "is not running");
+    // `stop` cleans up after it.
+    let stop = env.run(&["stop", "m"]);
+    succeeds(&stop);
+    assert!(stderr(&stop).contains("crashed"));
+}
+
+#[test]
+fn rm_of_a_running_machine_needs_force() {
+    let env = Env::new();
+    succeeds(&create(&env, "m"));
+    let dir = env.machine_dir("m");
+    let state = serde_json::json!({
+        "phase": "running", "step": "running", "supervisor_pid": std::process::id(), "vm_pid": null,
+        "accel": "tcg", "accel_reason": "x", "started": "2026-11-21T00:00:00Z",
+        "ready": null, "error": null
+    });
+    std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
+    // Hold the supervisor lock as a live supervisor would.
+    let f = std::fs::File::create(dir.join("supervisor.lock")).unwrap();
+    let _held = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+    assert_eq!(stdout(&env.run(&["status", "m"])).trim(), "Running");
+    let o = env.run(&["rm", "m"]);
+    fails_with(&o, "is running");
+    assert!(stderr(&o).contains("--force"));
+    assert!(dir.join("machine.yaml").exists());
+}
+
+#[test]
+fn completion_scripts_are_printed() {
+    let env = Env::new();
+    for sh in ["bash", "zsh", "fish"] {
+        let o = env.run(&["completion", sh]);
+        succeeds(&o);
+        assert!(stdout(&o).contains("devbox"), "{sh}");
+    }
+}
+
+#[test]
+fn env_unset_prints_the_undo() {
+    let o = Env::new().run(&["env", "any", "--unset"]);
+    succeeds(&o);
+    assert!(stdout(&o).contains("unset DOCKER_HOST"));
+}
+
+#[test]
+fn logs_of_a_never_started_machine() {
+    let env = Env::new();
+    succeeds(&create(&env, "m"));
+    let o = env.run(&["logs", "m"]);
+    succeeds(&o);
+    assert!(stderr(&o).contains("never started"));
+}
