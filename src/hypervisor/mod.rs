@@ -74,7 +74,8 @@ pub struct BootConfig {
     pub initrd: PathBuf,
     pub data_disk: PathBuf,
     pub config_drive: PathBuf,
-    /// An open TAP device (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) the guest's NIC uses.
+    /// An open TAP device (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) the guest's NIC uses, with
+    /// close-on-exec cleared so a driver's child process (QEMU) inherits it.
     pub tap: OwnedFd,
     pub mac: String,
     /// Where the guest's serial console goes.

@@ -169,12 +169,6 @@ impl Hypervisor for Qemu {
     fn boot(&self, cfg: BootConfig) -> Result<Box<dyn RunningVm>, HypervisorError> {
         self.preflight()?;
         let tap_fd = cfg.tap.as_raw_fd();
-        // The child must inherit the TAP descriptor: clear close-on-exec on it.
-        nix::fcntl::fcntl(
-            &cfg.tap,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-        )
-        .map_err(std::io::Error::from)?;
         let _ = std::fs::remove_file(&cfg.monitor_socket);
         let mut cmd = Command::new(PROGRAM);
         cmd.args(args(&cfg, self.accel.name, self.tsc_khz, tap_fd))

@@ -174,7 +174,7 @@ fn supervise(
 
     // The host-only /24 must still be free: a VPN may have claimed it since `create`.
     let routes = net::host_routes()?;
-    let hostonly = net::HostOnlyNet::from_index(spec.network.index);
+    let hostonly = net::HostOnlyNet::from_index(spec.network.index)?;
     net::check_conflicts(&hostonly, &routes)?;
 
     state.update(|s| s.step = "writing the config drive".into());
@@ -212,7 +212,7 @@ fn supervise(
         initrd: image.initrd(),
         data_disk: dir.disk_path(),
         config_drive: dir.config_drive_path(),
-        tap: tap.into_fd(),
+        tap: tap.into_inheritable_fd()?,
         mac: spec.network.mac.clone(),
         serial_log: dir.serial_log_path(),
         monitor_socket: dir.qmp_socket_path(),
