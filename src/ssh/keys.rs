@@ -48,7 +48,11 @@ pub fn generate_ed25519(comment: &str) -> Result<KeyPair, SshError> {
 /// Writes the private key (mode 0600) and the public key (mode 0644, newline-terminated).
 /// Each file is written to a temporary file in the same directory, fsynced, then renamed over
 /// the destination, so a reader never sees a half-written key.
-pub fn write_keypair(kp: &KeyPair, private_path: &Path, public_path: &Path) -> Result<(), SshError> {
+pub fn write_keypair(
+    kp: &KeyPair,
+    private_path: &Path,
+    public_path: &Path,
+) -> Result<(), SshError> {
     write_atomic(private_path, kp.private_openssh.as_bytes(), 0o600)?;
     let mut public = kp.public_openssh.trim_end().to_string();
     public.push('\n');
@@ -146,7 +150,10 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&private), 0o600);
         assert_eq!(mode(&public), 0o644);
-        assert_eq!(std::fs::read_to_string(&private).unwrap(), kp.private_openssh);
+        assert_eq!(
+            std::fs::read_to_string(&private).unwrap(),
+            kp.private_openssh
+        );
         assert_eq!(
             std::fs::read_to_string(&public).unwrap(),
             format!("{}\n", kp.public_openssh)
