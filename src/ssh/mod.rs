@@ -25,6 +25,8 @@ mod exec;
 pub mod keys;
 mod pump;
 pub mod session;
+mod shell;
+mod sys;
 
 pub use error::SshError;
 pub use keys::{KeyPair, fingerprint, generate_ed25519, write_keypair};
