@@ -22,6 +22,7 @@
 
 mod error;
 mod exec;
+pub mod forward;
 pub mod keys;
 mod pump;
 pub mod session;
@@ -29,5 +30,6 @@ mod shell;
 mod sys;
 
 pub use error::SshError;
+pub use forward::{Forwarder, forward_unix_socket};
 pub use keys::{KeyPair, fingerprint, generate_ed25519, write_keypair};
 pub use session::{Connection, Output, Target, wait_until_reachable};
