@@ -492,7 +492,12 @@ fn forwarder_reconnects_after_the_server_restarts() {
         thread::sleep(Duration::from_millis(200));
     }
     // Sequential clients reuse the session opened by forward_unix_socket: no handshake each.
-    assert_eq!(sshd.log().matches("Accepted publickey").count(), 1, "{}", sshd.log());
+    assert_eq!(
+        sshd.log().matches("Accepted publickey").count(),
+        1,
+        "{}",
+        sshd.log()
+    );
     // The pooled session dies with the server; the next client must get a new one.
     assert!(
         sshd.restart() >= 1,
@@ -503,6 +508,42 @@ fn forwarder_reconnects_after_the_server_restarts() {
         round_trip(&path, b"after".to_vec())
     });
     assert_eq!(back, b"after", "{:?}\n{}", fwd.last_error(), sshd.log());
+    drop(fwd);
+    assert!(!local.exists());
+}
+
+#[test]
+fn forwarder_reports_a_missing_remote_socket() {
+    require!(SSHD);
+    let sshd = Sshd::start();
+    let local = sshd.dir.path().join("local.sock");
+    let missing = "/nonexistent/devbox-test.sock";
+    let fwd = forward_unix_socket(&sshd.target, &local, missing).unwrap();
+    // Each client's connection is closed instead of hanging.
+    for _ in 0..2 {
+        let path = local.clone();
+        let back = within(Duration::from_secs(20), "refused forward", move || {
+            let mut stream = UnixStream::connect(&path).unwrap();
+            let mut back = Vec::new();
+            let _ = stream.read_to_end(&mut back);
+            back
+        });
+        assert!(back.is_empty());
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fwd.last_error().is_none() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let error = fwd.last_error().expect("the failure is recorded");
+    assert!(error.contains(missing), "{error}");
+    // A refused channel leaves the session usable: it is kept, not replaced by a new one.
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        sshd.log().matches("Accepted publickey").count(),
+        1,
+        "{}",
+        sshd.log()
+    );
     drop(fwd);
     assert!(!local.exists());
 }

@@ -235,6 +235,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// `LIBSSH2_ERROR_CHANNEL_FAILURE`: the server refused the channel (e.g. no such socket in
+/// the machine); the session itself is fine.
+const LIBSSH2_ERROR_CHANNEL_FAILURE: i32 = -21;
+
 /// A session with an open channel to the remote socket: a pooled session if one still
 /// works, a new one otherwise.
 fn open(shared: &Shared) -> Result<(Connection, Channel), SshError> {
@@ -245,22 +249,43 @@ fn open(shared: &Shared) -> Result<(Connection, Channel), SshError> {
             continue;
         }
         let deadline = Some(Instant::now() + REUSE_OPEN_TIMEOUT);
-        if let Ok(channel) = open_channel(&conn, &shared.remote, deadline) {
-            return Ok((conn, channel));
+        match open_channel(&conn, &shared.remote, deadline) {
+            Ok(channel) => return Ok((conn, channel)),
+            Err(Failure::Ssh(e)) if refused(&e) => {
+                let err = forward_error(&conn, &shared.remote, e);
+                lock(&shared.idle).push((conn, Instant::now()));
+                return Err(err);
+            }
+            // Dead session (machine restarted, connection reset): drop it, try the next.
+            Err(_) => {}
         }
-        // Dead session (machine restarted, connection reset): drop it, try the next.
     }
     let conn = Connection::connect(&shared.target, CONNECT_TIMEOUT)?;
     let deadline = Some(Instant::now() + CONNECT_TIMEOUT);
-    let channel = open_channel(&conn, &shared.remote, deadline).map_err(|f| match f {
-        Failure::Ssh(source) => SshError::Forward {
-            addr: conn.addr(),
-            remote: shared.remote.clone(),
-            source,
-        },
-        other => conn.error(&shared.remote, other),
-    })?;
-    Ok((conn, channel))
+    match open_channel(&conn, &shared.remote, deadline) {
+        Ok(channel) => Ok((conn, channel)),
+        Err(Failure::Ssh(e)) => {
+            let refused = refused(&e);
+            let err = forward_error(&conn, &shared.remote, e);
+            if refused {
+                lock(&shared.idle).push((conn, Instant::now()));
+            }
+            Err(err)
+        }
+        Err(other) => Err(conn.error(&shared.remote, other)),
+    }
+}
+
+fn refused(e: &ssh2::Error) -> bool {
+    e.code() == ssh2::ErrorCode::Session(LIBSSH2_ERROR_CHANNEL_FAILURE)
+}
+
+fn forward_error(conn: &Connection, remote: &str, source: ssh2::Error) -> SshError {
+    SshError::Forward {
+        addr: conn.addr(),
+        remote: remote.to_string(),
+        source,
+    }
 }
 
 fn open_channel(

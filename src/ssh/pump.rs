@@ -231,7 +231,9 @@ pub(super) fn run_channel(
             }
         }
 
-        if progress || channel.read_window().available > 0 {
+        // Queued data is only worth another pass while a stream can still take it.
+        let queued = !(out_done && err_done) && channel.read_window().available > 0;
+        if progress || queued {
             continue;
         }
         let want_input = matches!(input, Input::Fd(_)) && !in_eof && pending_at == pending.len();

@@ -211,3 +211,24 @@ pub fn wait_until_reachable(t: &Target, deadline: Instant) -> Result<Connection,
         std::thread::sleep(PAUSE.min(left));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_can_move_between_threads() {
+        // The supervisor hands connections and forwarders to its own threads.
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Connection>();
+        send_sync::<crate::ssh::Forwarder>();
+        send_sync::<SshError>();
+    }
+
+    #[test]
+    fn rsa_pins_accept_every_rsa_signature_algorithm() {
+        let rsa = Algorithm::Rsa { hash: None };
+        assert_eq!(host_key_methods(&rsa), "rsa-sha2-512,rsa-sha2-256,ssh-rsa");
+        assert_eq!(host_key_methods(&Algorithm::Ed25519), "ssh-ed25519");
+    }
+}
