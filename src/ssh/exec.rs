@@ -1,0 +1,65 @@
+//! Running a command in the machine: [`Connection::exec`] streams, [`Connection::exec_capture`]
+//! collects. Both run on the caller's thread through the channel pump in `pump.rs`.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use super::SshError;
+use super::pump::{self, Input, Sinks};
+use super::session::{Connection, Output};
+
+/// How long an abandoned channel may take to close before the session is left as it is.
+const ABANDON_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Connection {
+    /// Runs `cmd` through the remote user's shell. Output is written to `stdout` and `stderr`
+    /// as it arrives; `stdin`, if given, is sent to the command followed by EOF (without it
+    /// the command sees EOF at once). Returns the exit status, or 128 + n when the command
+    /// was killed by signal n.
+    pub fn exec(
+        &self,
+        cmd: &str,
+        stdin: Option<&mut dyn Read>,
+        stdout: &mut dyn Write,
+        stderr: &mut dyn Write,
+    ) -> Result<i32, SshError> {
+        let _busy = self.exclusive();
+        let mut channel = self
+            .retry(None, || self.session.channel_session())
+            .map_err(|f| self.error(cmd, f))?;
+        let input = match stdin {
+            Some(r) => Input::Reader(r),
+            None => Input::Closed,
+        };
+        let result = self.retry(None, || channel.exec(cmd)).and_then(|()| {
+            pump::run_channel(
+                &self.session,
+                self.socket_fd(),
+                &mut channel,
+                input,
+                Sinks { stdout, stderr },
+                None,
+            )
+        });
+        result.map_err(|f| {
+            pump::abandon(
+                &self.session,
+                self.socket_fd(),
+                &mut channel,
+                Instant::now() + ABANDON_TIMEOUT,
+            );
+            self.error(cmd, f)
+        })
+    }
+
+    /// Runs `cmd` with no stdin and returns its exit status and complete output.
+    pub fn exec_capture(&self, cmd: &str) -> Result<Output, SshError> {
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let status = self.exec(cmd, None, &mut stdout, &mut stderr)?;
+        Ok(Output {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+}
