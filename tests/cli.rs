@@ -84,7 +84,17 @@ fn succeeds(o: &Output) {
 
 /// `create` needs to read the host's routes; keep it to a small machine.
 fn create(env: &Env, name: &str) -> Output {
-    env.run(&["create", name, "--cpus", "1", "--memory", "512", "--disk-size", "2G"])
+    env.run(&[
+        "create",
+        "--cpus",
+        "1",
+        "--memory",
+        "512",
+        "--disk-size",
+        "2G",
+        "--",
+        name,
+    ])
 }
 
 #[test]
@@ -92,8 +102,20 @@ fn help_lists_the_verbs() {
     let o = Env::new().run(&["--help"]);
     succeeds(&o);
     for verb in [
-        "create", "start", "stop", "restart", "rm", "ls", "status", "inspect", "ip", "ssh", "logs",
-        "env", "image", "completion",
+        "create",
+        "start",
+        "stop",
+        "restart",
+        "rm",
+        "ls",
+        "status",
+        "inspect",
+        "ip",
+        "ssh",
+        "logs",
+        "env",
+        "image",
+        "completion",
     ] {
         assert!(stdout(&o).contains(verb), "help lacks {verb}");
     }
@@ -105,7 +127,13 @@ fn create_ls_inspect_ip_rm() {
     let env = Env::new();
     succeeds(&create(&env, "dev"));
     let dir = env.machine_dir("dev");
-    for f in ["machine.yaml", "disk.raw", "id_ed25519", "id_ed25519.pub", "ssh_host_ed25519_key"] {
+    for f in [
+        "machine.yaml",
+        "disk.raw",
+        "id_ed25519",
+        "id_ed25519.pub",
+        "ssh_host_ed25519_key",
+    ] {
         assert!(dir.join(f).exists(), "{f} missing");
     }
     // The disk is sparse: its apparent size is the requested one, almost nothing allocated.
@@ -114,7 +142,9 @@ fn create_ls_inspect_ip_rm() {
     assert!(std::os::unix::fs::MetadataExt::blocks(&meta) < 64);
     // The client key is private.
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(dir.join("id_ed25519")).unwrap().permissions(),
+        &std::fs::metadata(dir.join("id_ed25519"))
+            .unwrap()
+            .permissions(),
     );
     assert_eq!(mode & 0o077, 0, "private key readable by others");
 
@@ -122,7 +152,10 @@ fn create_ls_inspect_ip_rm() {
     succeeds(&ls);
     let out = stdout(&ls);
     assert!(out.starts_with("NAME"), "{out}");
-    assert!(out.contains("dev") && out.contains("Stopped") && out.contains("qemu"), "{out}");
+    assert!(
+        out.contains("dev") && out.contains("Stopped") && out.contains("qemu"),
+        "{out}"
+    );
     assert!(out.contains("192.168.") && out.contains("2G"), "{out}");
 
     let js: serde_json::Value = serde_json::from_slice(&env.run(&["ls", "--json"]).stdout).unwrap();
@@ -151,9 +184,20 @@ fn create_ls_inspect_ip_rm() {
 
     succeeds(&env.run(&["rm", "dev"]));
     assert!(!dir.exists());
-    assert_eq!(std::fs::read_dir(env.home.join("machines")).unwrap().filter(|e| {
-        !e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".create.lock")
-    }).count(), 0, "rm left files behind");
+    assert_eq!(
+        std::fs::read_dir(env.home.join("machines"))
+            .unwrap()
+            .filter(|e| {
+                !e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".create.lock")
+            })
+            .count(),
+        0,
+        "rm left files behind"
+    );
 }
 
 #[test]
@@ -172,7 +216,16 @@ fn bad_names_are_refused_and_nothing_is_created() {
         fails_with(&create(&env, bad), "invalid machine name");
     }
     let left = std::fs::read_dir(env.home.join("machines"))
-        .map(|d| d.filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.')).count())
+        .map(|d| {
+            d.filter(|e| {
+                !e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with('.')
+            })
+            .count()
+        })
         .unwrap_or(0);
     assert_eq!(left, 0);
 }
@@ -184,19 +237,43 @@ fn duplicate_create_is_refused() {
     let before = std::fs::read(env.machine_dir("dup").join("id_ed25519")).unwrap();
     fails_with(&create(&env, "dup"), "already exists");
     // The existing machine is untouched.
-    assert_eq!(std::fs::read(env.machine_dir("dup").join("id_ed25519")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(env.machine_dir("dup").join("id_ed25519")).unwrap(),
+        before
+    );
 }
 
 #[test]
 fn out_of_range_resources_are_refused() {
     let env = Env::new();
-    fails_with(&env.run(&["create", "m", "--memory", "100"]), "--memory 100 MiB is out of range");
-    fails_with(&env.run(&["create", "m", "--memory", "99999999"]), "is out of range");
-    fails_with(&env.run(&["create", "m", "--cpus", "0"]), "--cpus 0 is out of range");
-    fails_with(&env.run(&["create", "m", "--cpus", "4096"]), "--cpus 4096 is out of range");
-    fails_with(&env.run(&["create", "m", "--disk-size", "lots"]), "invalid size");
-    fails_with(&env.run(&["create", "m", "--disk-size", "10M"]), "too small");
-    fails_with(&env.run(&["create", "m", "--docker-subnet", "172.18.0.1"]), "invalid --docker-subnet");
+    fails_with(
+        &env.run(&["create", "m", "--memory", "100"]),
+        "--memory 100 MiB is out of range",
+    );
+    fails_with(
+        &env.run(&["create", "m", "--memory", "99999999"]),
+        "is out of range",
+    );
+    fails_with(
+        &env.run(&["create", "m", "--cpus", "0"]),
+        "--cpus 0 is out of range",
+    );
+    fails_with(
+        &env.run(&["create", "m", "--cpus", "4096"]),
+        "--cpus 4096 is out of range",
+    );
+    fails_with(
+        &env.run(&["create", "m", "--disk-size", "lots"]),
+        "invalid size",
+    );
+    fails_with(
+        &env.run(&["create", "m", "--disk-size", "10M"]),
+        "too small",
+    );
+    fails_with(
+        &env.run(&["create", "m", "--docker-subnet", "172.18.0.1"]),
+        "invalid --docker-subnet",
+    );
     assert!(!env.machine_dir("m").exists());
 }
 
@@ -277,8 +354,14 @@ fn ssh_and_env_refuse_a_stopped_machine() {
 #[test]
 fn unavailable_drivers_are_refused_at_create() {
     let env = Env::new();
-    fails_with(&env.run(&["create", "m", "--driver", "vz"]), "driver vz cannot run on this host");
-    fails_with(&env.run(&["create", "m", "--driver", "kvm"]), "driver kvm cannot run on this host");
+    fails_with(
+        &env.run(&["create", "m", "--driver", "vz"]),
+        "driver vz cannot run on this host",
+    );
+    fails_with(
+        &env.run(&["create", "m", "--driver", "kvm"]),
+        "driver kvm cannot run on this host",
+    );
     assert!(!env.machine_dir("m").exists());
 }
 
@@ -286,7 +369,12 @@ fn unavailable_drivers_are_refused_at_create() {
 fn missing_qemu_is_named_with_its_package() {
     let env = Env::new();
     succeeds(&create(&env, "m"));
-    let o = env.cmd().args(["start", "m"]).env("PATH", "/nonexistent").output().unwrap();
+    let o = env
+        .cmd()
+        .args(["start", "m"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
     fails_with(&o, "qemu-system-x86_64 was not found");
     assert!(stderr(&o).contains("apt-get install qemu-system-x86"));
     assert_eq!(stdout(&env.run(&["status", "m"])).trim(), "Stopped");
@@ -310,13 +398,20 @@ fn start_without_net_admin_names_the_privilege() {
         .output()
         .unwrap();
     fails_with(&o, "CAP_NET_ADMIN");
-    assert!(stderr(&o).contains("setcap cap_net_admin+ep"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("setcap cap_net_admin+ep"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!env.machine_dir("m").join("supervisor.pid").exists());
 }
 
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+        })
         .unwrap_or(false)
 }
 

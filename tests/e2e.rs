@@ -24,7 +24,9 @@ impl Drop for Harness {
     fn drop(&mut self) {
         // Best effort: force the machine down, then remove the namespace.
         let _ = self.devbox(&["stop", "--force", MACHINE]);
-        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
     }
 }
 
@@ -73,7 +75,10 @@ impl Harness {
     fn new() -> Harness {
         let tmp = tempfile::tempdir().unwrap();
         let netns = format!("devbox-e2e-{}", std::process::id());
-        let st = Command::new("ip").args(["netns", "add", &netns]).status().unwrap();
+        let st = Command::new("ip")
+            .args(["netns", "add", &netns])
+            .status()
+            .unwrap();
         assert!(st.success(), "ip netns add {netns}");
         let st = Command::new("ip")
             .args(["-n", &netns, "link", "set", "lo", "up"])
@@ -116,7 +121,11 @@ impl Harness {
     fn ok(&self, args: &[&str]) -> String {
         let t = Instant::now();
         let o = self.devbox(args);
-        eprintln!("[e2e] devbox {} ({:.1} s)", args.join(" "), t.elapsed().as_secs_f64());
+        eprintln!(
+            "[e2e] devbox {} ({:.1} s)",
+            args.join(" "),
+            t.elapsed().as_secs_f64()
+        );
         if !o.status.success() {
             self.dump();
             panic!(
@@ -154,7 +163,9 @@ impl Harness {
     }
 
     fn status(&self) -> String {
-        text(&self.devbox(&["status", MACHINE]).stdout).trim().to_owned()
+        text(&self.devbox(&["status", MACHINE]).stdout)
+            .trim()
+            .to_owned()
     }
 
     /// Guest processes (QEMU) of this machine still alive anywhere on the host.
@@ -188,7 +199,9 @@ impl Harness {
             .lines()
             .find(|l| l.starts_with("export DOCKER_HOST="))
             .expect("env prints DOCKER_HOST");
-        line.trim_start_matches("export DOCKER_HOST=").trim_matches('"').to_owned()
+        line.trim_start_matches("export DOCKER_HOST=")
+            .trim_matches('"')
+            .to_owned()
     }
 }
 
@@ -206,7 +219,8 @@ fn busybox_rootfs_tar(dir: &Path) -> PathBuf {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_size(0);
-        b.append_link(&mut h, format!("bin/{applet}"), "busybox").unwrap();
+        b.append_link(&mut h, format!("bin/{applet}"), "busybox")
+            .unwrap();
     }
     b.finish().unwrap();
     tar_path
@@ -243,26 +257,58 @@ fn walking_skeleton_end_to_end() {
         .find(|i| i["manifest"]["version"] == version.as_str())
         .map(|i| i["manifest"]["kernel_version"].as_str().unwrap().to_owned())
         .expect("built image is listed");
-    eprintln!("[e2e] image {version} (kernel {kernel_version}) after {:?}", t0.elapsed());
+    eprintln!(
+        "[e2e] image {version} (kernel {kernel_version}) after {:?}",
+        t0.elapsed()
+    );
 
-    h.ok(&["create", MACHINE, "--cpus", "2", "--memory", "2048", "--disk-size", "4G"]);
+    h.ok(&[
+        "create",
+        MACHINE,
+        "--cpus",
+        "2",
+        "--memory",
+        "2048",
+        "--disk-size",
+        "4G",
+    ]);
 
     // ---- boot 1 ----
     h.ok(&["start", MACHINE, "--timeout", "600"]);
     assert_eq!(h.status(), "Running");
     assert!(h.tap_exists());
     let again = h.devbox(&["start", MACHINE]);
-    assert!(again.status.success(), "start of a running machine is not an error");
+    assert!(
+        again.status.success(),
+        "start of a running machine is not an error"
+    );
     assert!(text(&again.stderr).contains("already running"));
 
     assert_eq!(h.ssh("uname -r").trim(), kernel_version);
-    assert!(h.ssh("docker info --format '{{.ServerVersion}}'").trim().len() > 1);
-    let code = h.devbox(&["ssh", MACHINE, "--", "sh -c 'echo out; echo err >&2; exit 7'"]);
-    assert_eq!(code.status.code(), Some(7), "remote exit code passed through");
+    assert!(
+        h.ssh("docker info --format '{{.ServerVersion}}'")
+            .trim()
+            .len()
+            > 1
+    );
+    let code = h.devbox(&[
+        "ssh",
+        MACHINE,
+        "--",
+        "sh -c 'echo out; echo err >&2; exit 7'",
+    ]);
+    assert_eq!(
+        code.status.code(),
+        Some(7),
+        "remote exit code passed through"
+    );
     assert_eq!(text(&code.stdout).trim(), "out");
     assert_eq!(text(&code.stderr).trim(), "err");
     let logs = h.ok(&["logs", MACHINE]);
-    assert!(logs.contains("devbox-guest: ready"), "console log has the readiness marker");
+    assert!(
+        logs.contains("devbox-guest: ready"),
+        "console log has the readiness marker"
+    );
 
     // The host's docker CLI through the forwarded socket.
     let docker_host = h.docker_host();
@@ -274,51 +320,98 @@ fn walking_skeleton_end_to_end() {
             .unwrap()
     };
     let info = docker(&["info", "--format", "{{.ServerVersion}}"]);
-    assert!(info.status.success(), "docker info via DOCKER_HOST: {}", text(&info.stderr));
+    assert!(
+        info.status.success(),
+        "docker info via DOCKER_HOST: {}",
+        text(&info.stderr)
+    );
     let tar = busybox_rootfs_tar(h._tmp.path());
     let import = Command::new("docker")
-        .args(["-H", &docker_host, "import", tar.to_str().unwrap(), "bb:e2e"])
+        .args([
+            "-H",
+            &docker_host,
+            "import",
+            tar.to_str().unwrap(),
+            "bb:e2e",
+        ])
         .output()
         .unwrap();
-    assert!(import.status.success(), "docker import: {}", text(&import.stderr));
-    let run = docker(&["run", "--rm", "bb:e2e", "/bin/echo", "hello from a container"]);
+    assert!(
+        import.status.success(),
+        "docker import: {}",
+        text(&import.stderr)
+    );
+    let run = docker(&[
+        "run",
+        "--rm",
+        "bb:e2e",
+        "/bin/echo",
+        "hello from a container",
+    ]);
     assert!(run.status.success(), "docker run: {}", text(&run.stderr));
     assert_eq!(text(&run.stdout).trim(), "hello from a container");
 
     // Data in /var/lib/docker survives a restart.
     h.ssh("echo kept > /var/lib/docker/devbox-marker && sync");
     let rm = h.devbox(&["rm", MACHINE]);
-    assert_eq!(rm.status.code(), Some(1), "rm of a running machine without --force");
+    assert_eq!(
+        rm.status.code(),
+        Some(1),
+        "rm of a running machine without --force"
+    );
     assert!(text(&rm.stderr).contains("--force"));
 
     // ---- boot 2 ----
     h.ok(&["restart", MACHINE, "--timeout", "600"]);
     assert_eq!(h.ssh("cat /var/lib/docker/devbox-marker").trim(), "kept");
-    assert_eq!(h.ssh("docker images -q bb:e2e").trim().is_empty(), false);
+    assert!(!h.ssh("docker images -q bb:e2e").trim().is_empty());
 
     // A supervisor killed with SIGKILL takes its guest and TAP down and is reported crashed.
     let sup = h.supervisor_pid();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup), nix::sys::signal::Signal::SIGKILL)
-        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sup),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while (!h.guest_processes().is_empty() || h.tap_exists()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(h.guest_processes().is_empty(), "guest outlived its supervisor");
+    assert!(
+        h.guest_processes().is_empty(),
+        "guest outlived its supervisor"
+    );
     assert!(!h.tap_exists(), "TAP outlived its supervisor");
     assert_eq!(h.status(), "Crashed");
     let ssh = h.devbox(&["ssh", MACHINE, "--", "true"]);
     assert_eq!(ssh.status.code(), Some(1));
 
     // ---- boot 3: two concurrent starts, one wins ----
-    let a = h.devbox_cmd(&["start", MACHINE, "--timeout", "600"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let a = h
+        .devbox_cmd(&["start", MACHINE, "--timeout", "600"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let b = h.devbox(&["start", MACHINE, "--timeout", "600"]);
     let a = a.wait_with_output().unwrap();
     assert!(a.status.success(), "first start: {}", text(&a.stderr));
-    assert_eq!(b.status.code(), Some(1), "second start must lose: {}", text(&b.stderr));
-    assert!(text(&b.stderr).contains("another devbox command"), "{}", text(&b.stderr));
-    assert!(text(&a.stderr).contains("cleaning up"), "recovered from the crash");
+    assert_eq!(
+        b.status.code(),
+        Some(1),
+        "second start must lose: {}",
+        text(&b.stderr)
+    );
+    assert!(
+        text(&b.stderr).contains("another devbox command"),
+        "{}",
+        text(&b.stderr)
+    );
+    assert!(
+        text(&a.stderr).contains("cleaning up"),
+        "recovered from the crash"
+    );
     assert_eq!(h.ssh("cat /var/lib/docker/devbox-marker").trim(), "kept");
 
     // ---- stop and remove: nothing left behind ----

@@ -40,9 +40,12 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
         .truncate(false)
         .write(true)
         .open(store.machines_dir().join(".create.lock"))?;
-    let _alloc = nix::fcntl::Flock::lock(alloc_lock.into_parts().0, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| std::io::Error::from(e))
-        .context("locking the machine store")?;
+    let _alloc = nix::fcntl::Flock::lock(
+        alloc_lock.into_parts().0,
+        nix::fcntl::FlockArg::LockExclusive,
+    )
+    .map_err(|(_, e)| std::io::Error::from(e))
+    .context("locking the machine store")?;
 
     if store.machine(&a.name).spec_path().exists() {
         return Err(crate::machine::store::StoreError::Exists { name: a.name }.into());

@@ -10,7 +10,9 @@ use crate::output;
 
 pub fn run(store: &Store, a: &EnvArgs) -> Result<i32> {
     if a.unset {
-        output::data("unset DOCKER_HOST\n# Run this command to configure your shell:\n# eval \"$(devbox env --unset)\"");
+        output::data(
+            "unset DOCKER_HOST\n# Run this command to configure your shell:\n# eval \"$(devbox env --unset)\"",
+        );
         return Ok(0);
     }
     let dir = store.existing(&a.name)?;

@@ -3,8 +3,8 @@
 use anyhow::Result;
 use serde_json::json;
 
-use crate::machine::state::observe;
 use crate::machine::Store;
+use crate::machine::state::observe;
 use crate::{hypervisor, output};
 
 pub fn run(store: &Store, name: &str) -> Result<i32> {

@@ -4,9 +4,9 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::cli::LsArgs;
+use crate::machine::Store;
 use crate::machine::spec::format_size;
 use crate::machine::state::observe;
-use crate::machine::Store;
 use crate::output;
 
 #[derive(Serialize)]
@@ -70,6 +70,9 @@ pub fn run(store: &Store, a: &LsArgs) -> Result<i32> {
             ]
         })
         .collect();
-    output::table(&["NAME", "STATE", "DRIVER", "IP", "CPUS", "MEMORY", "DISK"], &table);
+    output::table(
+        &["NAME", "STATE", "DRIVER", "IP", "CPUS", "MEMORY", "DISK"],
+        &table,
+    );
     Ok(0)
 }

@@ -128,9 +128,9 @@ impl CommandError {
     pub fn hint(&self) -> Option<String> {
         match self {
             CommandError::NotRunning { name, .. } => Some(format!("start it: devbox start {name}")),
-            CommandError::Running { name } => Some(format!(
-                "stop it first (devbox stop {name}) or use --force"
-            )),
+            CommandError::Running { name } => {
+                Some(format!("stop it first (devbox stop {name}) or use --force"))
+            }
             CommandError::NotReady { name, .. } => Some(format!(
                 "the whole console log: devbox logs {name}; the supervisor's: {}",
                 "machines/<name>/supervisor.log"

@@ -12,14 +12,20 @@ use crate::output;
 pub fn run(store: &Store, a: &RmArgs) -> Result<i32> {
     let dir = store.machine(&a.name);
     if !dir.path.is_dir() {
-        return Err(crate::machine::store::StoreError::NotFound { name: a.name.clone() }.into());
+        return Err(crate::machine::store::StoreError::NotFound {
+            name: a.name.clone(),
+        }
+        .into());
     }
     let lock = lock_machine(&dir)?;
     // A broken machine.yaml must not prevent removal: state does not need the spec.
     let obs = observe(&dir)?;
     if obs.state.is_live() {
         if !a.force {
-            return Err(CommandError::Running { name: a.name.clone() }.into());
+            return Err(CommandError::Running {
+                name: a.name.clone(),
+            }
+            .into());
         }
         super::stop::stop_locked(&dir, false)?;
     }

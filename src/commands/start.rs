@@ -26,7 +26,10 @@ pub fn run(store: &Store, a: &StartArgs) -> Result<i32> {
             return Ok(0);
         }
         MachineState::Starting | MachineState::Stopping => {
-            return Err(crate::machine::lock::LockError::Busy { name: a.name.clone() }.into());
+            return Err(crate::machine::lock::LockError::Busy {
+                name: a.name.clone(),
+            }
+            .into());
         }
         MachineState::Crashed => {
             output::warn(format!(
@@ -125,13 +128,17 @@ fn wait_ready(dir: &MachineDir, limit: Duration) -> Result<i32> {
             }
             _ => {}
         }
-        if started.elapsed() > limit || (!seen_alive && started.elapsed() > Duration::from_secs(10)) {
+        if started.elapsed() > limit || (!seen_alive && started.elapsed() > Duration::from_secs(10))
+        {
             progress.abandon();
             let _ = crate::supervisor::control::request(
                 &dir.control_socket_path(),
                 &crate::supervisor::control::Request::Stop { force: true },
             );
-            return Err(not_ready(dir, format!("timed out after {} s", limit.as_secs())));
+            return Err(not_ready(
+                dir,
+                format!("timed out after {} s", limit.as_secs()),
+            ));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -140,12 +147,18 @@ fn wait_ready(dir: &MachineDir, limit: Duration) -> Result<i32> {
 fn not_ready(dir: &MachineDir, reason: String) -> anyhow::Error {
     let tail = console_tail(dir, 25);
     if !tail.is_empty() {
-        output::info(format!("Last lines of the console ({}):", dir.serial_log_path().display()));
+        output::info(format!(
+            "Last lines of the console ({}):",
+            dir.serial_log_path().display()
+        ));
         output::info(&tail);
     }
     let sup = console_tail_of(&dir.supervisor_log_path(), 5);
     if !sup.is_empty() {
-        output::info(format!("Last lines of {}:", dir.supervisor_log_path().display()));
+        output::info(format!(
+            "Last lines of {}:",
+            dir.supervisor_log_path().display()
+        ));
         output::info(&sup);
     }
     CommandError::NotReady {

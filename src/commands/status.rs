@@ -4,8 +4,8 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::cli::StatusArgs;
-use crate::machine::state::observe;
 use crate::machine::Store;
+use crate::machine::state::observe;
 use crate::output;
 
 pub fn run(store: &Store, a: &StatusArgs) -> Result<i32> {

@@ -32,7 +32,11 @@ pub fn probe_at(root: &Path) -> KvmProbe {
             "/dev/kvm is kvm_pvm, a software-nested hypervisor on which stock kernels fail".into(),
         );
     }
-    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(&dev) {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&dev)
+    {
         return no(format!(
             "cannot open /dev/kvm ({e}); add your user to the kvm group"
         ));
@@ -65,7 +69,11 @@ mod tests {
         if pvm {
             std::fs::create_dir_all(d.path().join("sys/module/kvm_pvm")).unwrap();
         }
-        std::fs::write(d.path().join("proc/cpuinfo"), format!("flags\t: fpu {flags}\n")).unwrap();
+        std::fs::write(
+            d.path().join("proc/cpuinfo"),
+            format!("flags\t: fpu {flags}\n"),
+        )
+        .unwrap();
         d
     }
 

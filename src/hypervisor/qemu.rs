@@ -47,10 +47,10 @@ impl Qemu {
 
 /// The host's TSC frequency in kHz, which TCG guests see too.
 fn host_tsc_khz() -> Option<u64> {
-    if let Ok(s) = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz") {
-        if let Ok(v) = s.trim().parse() {
-            return Some(v);
-        }
+    if let Ok(s) = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz")
+        && let Ok(v) = s.trim().parse()
+    {
+        return Some(v);
     }
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
     let mhz: f64 = cpuinfo
@@ -92,11 +92,25 @@ pub fn args(cfg: &BootConfig, accel: &str, tsc_khz: Option<u64>, tap_fd: i32) ->
     };
     let mut a: Vec<String> = Vec::new();
     let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
-    push(&["-name", &format!("devbox-{},process=devbox-{}", cfg.name, cfg.name)]);
+    push(&[
+        "-name",
+        &format!("devbox-{},process=devbox-{}", cfg.name, cfg.name),
+    ]);
     push(&["-machine", "microvm,acpi=on,rtc=on"]);
     push(&["-accel", accel_arg, "-cpu", cpu]);
-    push(&["-smp", &cfg.cpus.to_string(), "-m", &cfg.memory_mib.to_string()]);
-    push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+    push(&[
+        "-smp",
+        &cfg.cpus.to_string(),
+        "-m",
+        &cfg.memory_mib.to_string(),
+    ]);
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
     push(&[
         "-chardev",
         &format!("file,id=console,path={}", p(&cfg.serial_log)),
@@ -266,7 +280,8 @@ fn qmp_command(socket: &Path, command: &str) -> std::io::Result<()> {
             if reader.read_line(&mut line)? == 0 {
                 return Err(std::io::Error::other("QMP closed the connection"));
             }
-            let v: serde_json::Value = serde_json::from_str(&line).map_err(std::io::Error::other)?;
+            let v: serde_json::Value =
+                serde_json::from_str(&line).map_err(std::io::Error::other)?;
             if v.get("return").is_some() {
                 break;
             }
@@ -289,6 +304,9 @@ mod tests {
             kernel_cmdline("tcg", Some(2_000_000)),
             "console=ttyS0 panic=-1 loglevel=4 tsc_early_khz=2000000 tsc=reliable"
         );
-        assert_eq!(kernel_cmdline("kvm", Some(2_000_000)), "console=ttyS0 panic=-1 loglevel=4");
+        assert_eq!(
+            kernel_cmdline("kvm", Some(2_000_000)),
+            "console=ttyS0 panic=-1 loglevel=4"
+        );
     }
 }

@@ -49,7 +49,11 @@ pub fn env_file(spec: &MachineSpec, dns: &[std::net::IpAddr]) -> String {
         ("DEVBOX_HOSTNAME", spec.name.clone()),
         (
             "DEVBOX_GUEST_IP",
-            format!("{}/{}", spec.network.guest_ip, spec.network.subnet.prefix_len()),
+            format!(
+                "{}/{}",
+                spec.network.guest_ip,
+                spec.network.subnet.prefix_len()
+            ),
         ),
         ("DEVBOX_HOST_IP", spec.network.host_ip.to_string()),
         ("DEVBOX_DNS", dns.join(" ")),

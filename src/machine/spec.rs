@@ -21,9 +21,13 @@ pub enum SpecError {
     Name { name: String, why: &'static str },
     #[error("--cpus {cpus} is out of range: this host allows 1 to {max}")]
     Cpus { cpus: u32, max: u32 },
-    #[error("--memory {mib} MiB is out of range: at least {MIN_MEMORY_MIB} MiB, at most {max} MiB (this host's RAM)")]
+    #[error(
+        "--memory {mib} MiB is out of range: at least {MIN_MEMORY_MIB} MiB, at most {max} MiB (this host's RAM)"
+    )]
     Memory { mib: u64, max: u64 },
-    #[error("invalid size {text:?}: expected a number with an optional unit K, M, G or T (powers of 1024), e.g. 20G")]
+    #[error(
+        "invalid size {text:?}: expected a number with an optional unit K, M, G or T (powers of 1024), e.g. 20G"
+    )]
     Size { text: String },
     #[error("--disk-size {text} is too small: at least 1G")]
     DiskTooSmall { text: String },
@@ -208,11 +212,16 @@ pub fn parse_size(text: &str) -> Result<u64, SpecError> {
 
 /// Formats bytes the way `parse_size` reads them back, e.g. `20G`, `1.5G`, `512M`.
 pub fn format_size(bytes: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [(1 << 40, "T"), (1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")];
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "T"),
+        (1 << 30, "G"),
+        (1 << 20, "M"),
+        (1 << 10, "K"),
+    ];
     for (unit, suffix) in UNITS {
         if bytes >= unit {
             let v = bytes as f64 / unit as f64;
-            return if bytes % unit == 0 {
+            return if bytes.is_multiple_of(unit) {
                 format!("{}{suffix}", bytes / unit)
             } else {
                 format!("{v:.1}{suffix}")
@@ -278,7 +287,17 @@ mod tests {
         for ok in ["a", "dev", "my-box-2", &"a".repeat(63)] {
             assert_eq!(validate_name(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "-a", "a-", "Dev", "a_b", "a.b", "é", &"a".repeat(64), "../x"] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "Dev",
+            "a_b",
+            "a.b",
+            "é",
+            &"a".repeat(64),
+            "../x",
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -311,7 +330,13 @@ mod tests {
             parse_docker_bip("172.18.0.0/16").unwrap().to_string(),
             "172.18.0.1/16"
         );
-        for bad in ["172.18.0.1", "172.18.0.1/4", "172.18.0.1/30", "x/16", "10.0.0.255/24"] {
+        for bad in [
+            "172.18.0.1",
+            "172.18.0.1/4",
+            "172.18.0.1/30",
+            "x/16",
+            "10.0.0.255/24",
+        ] {
             assert!(parse_docker_bip(bad).is_err(), "{bad:?} accepted");
         }
     }

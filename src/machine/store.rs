@@ -149,7 +149,10 @@ pub struct Staging {
 
 impl Staging {
     pub fn path(&self) -> &Path {
-        self.dir.as_ref().expect("staging dir present until commit").path()
+        self.dir
+            .as_ref()
+            .expect("staging dir present until commit")
+            .path()
     }
 
     pub fn dir(&self) -> MachineDir {
@@ -181,7 +184,11 @@ impl Staging {
                 } else {
                     Err(std::io::Error::new(
                         e.kind(),
-                        format!("renaming {} to {}: {e}", from.display(), self.target.display()),
+                        format!(
+                            "renaming {} to {}: {e}",
+                            from.display(),
+                            self.target.display()
+                        ),
                     )
                     .into())
                 }
@@ -304,7 +311,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
         .prefix(".tmp-")
         .tempfile_in(dir)
         .map_err(|e| {
-            std::io::Error::new(e.kind(), format!("creating a temp file in {}: {e}", dir.display()))
+            std::io::Error::new(
+                e.kind(),
+                format!("creating a temp file in {}: {e}", dir.display()),
+            )
         })?;
     let with_path = |e: std::io::Error| {
         std::io::Error::new(e.kind(), format!("writing {}: {e}", path.display()))

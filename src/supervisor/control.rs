@@ -42,9 +42,8 @@ pub fn serve(
     state: std::sync::Arc<std::sync::Mutex<crate::machine::state::StateFile>>,
 ) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).map_err(|e| {
-        std::io::Error::new(e.kind(), format!("binding {}: {e}", path.display()))
-    })?;
+    let listener = UnixListener::bind(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("binding {}: {e}", path.display())))?;
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -77,7 +76,11 @@ fn handle(
         },
     };
     let mut w = &conn;
-    writeln!(w, "{}", serde_json::to_string(&reply).map_err(std::io::Error::other)?)
+    writeln!(
+        w,
+        "{}",
+        serde_json::to_string(&reply).map_err(std::io::Error::other)?
+    )
 }
 
 /// Sends one request to a supervisor and reads its reply.
@@ -87,7 +90,11 @@ pub fn request(path: &Path, req: &Request) -> std::io::Result<Reply> {
     })?;
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut w = &conn;
-    writeln!(w, "{}", serde_json::to_string(req).map_err(std::io::Error::other)?)?;
+    writeln!(
+        w,
+        "{}",
+        serde_json::to_string(req).map_err(std::io::Error::other)?
+    )?;
     let mut line = String::new();
     BufReader::new(&conn).read_line(&mut line)?;
     serde_json::from_str(&line).map_err(std::io::Error::other)

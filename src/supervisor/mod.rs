@@ -92,8 +92,15 @@ pub fn run(store: &Store, name: &str, ready_timeout: Duration) -> Result<()> {
     let dir = store.existing(name)?;
     let _lock = lock_supervisor(&dir)?;
     let spec = dir.load_spec()?;
-    log(format!("supervisor {} for machine {name}", std::process::id()));
-    write_atomic(&dir.pid_path(), format!("{}\n", std::process::id()).as_bytes(), 0o644)?;
+    log(format!(
+        "supervisor {} for machine {name}",
+        std::process::id()
+    ));
+    write_atomic(
+        &dir.pid_path(),
+        format!("{}\n", std::process::id()).as_bytes(),
+        0o644,
+    )?;
 
     let state = State {
         dir: dir.clone(),
@@ -224,7 +231,13 @@ fn supervise(
     spawn_signal_thread(sigs, tx.clone());
 
     let target = ssh_target(dir, spec)?;
-    spawn_ready_thread(target.clone(), deadline, state.shared.clone(), dir.clone(), tx);
+    spawn_ready_thread(
+        target.clone(),
+        deadline,
+        state.shared.clone(),
+        dir.clone(),
+        tx,
+    );
 
     let mut forwarder: Option<ssh::Forwarder> = None;
     let mut stopping: Option<Instant> = None;
@@ -234,17 +247,20 @@ fn supervise(
             return if state.shared.lock().expect("state").phase == Phase::Starting
                 && stopping.is_none()
             {
-                Err(anyhow::anyhow!("the guest ended before it was ready: {}", exit.description))
+                Err(anyhow::anyhow!(
+                    "the guest ended before it was ready: {}",
+                    exit.description
+                ))
             } else {
                 Ok(exit.description)
             };
         }
-        if let Some(since) = stopping {
-            if since.elapsed() > GRACEFUL_STOP {
-                log("the guest did not power off in time; killing it");
-                vm.kill()?;
-                continue;
-            }
+        if let Some(since) = stopping
+            && since.elapsed() > GRACEFUL_STOP
+        {
+            log("the guest did not power off in time; killing it");
+            vm.kill()?;
+            continue;
         }
         match rx.recv_timeout(Duration::from_millis(200)) {
             Err(RecvTimeoutError::Timeout) => {}
@@ -253,7 +269,11 @@ fn supervise(
                 if stopping.is_some() {
                     continue;
                 }
-                match ssh::forward_unix_socket(&target, &dir.docker_socket_path(), "/var/run/docker.sock") {
+                match ssh::forward_unix_socket(
+                    &target,
+                    &dir.docker_socket_path(),
+                    "/var/run/docker.sock",
+                ) {
                     Ok(f) => forwarder = Some(f),
                     Err(e) => {
                         vm.kill()?;
@@ -270,7 +290,9 @@ fn supervise(
             Ok(Event::NotReady { reason }) => {
                 if stopping.is_none() {
                     vm.kill()?;
-                    return Err(anyhow::anyhow!("the machine did not become ready: {reason}"));
+                    return Err(anyhow::anyhow!(
+                        "the machine did not become ready: {reason}"
+                    ));
                 }
             }
             Ok(Event::Control(control::ControlEvent::Stop { force })) => {
@@ -312,7 +334,9 @@ fn begin_graceful_stop(
     let via_ssh = ssh::Connection::connect(target, Duration::from_secs(5))
         .and_then(|c| c.exec_capture("poweroff"));
     if let Err(e) = via_ssh {
-        log(format!("poweroff over SSH failed ({e}); pressing the power button"));
+        log(format!(
+            "poweroff over SSH failed ({e}); pressing the power button"
+        ));
         if let Err(e) = vm.request_stop() {
             log(format!("power button failed: {e}"));
         }
@@ -369,7 +393,11 @@ fn spawn_ready_thread(
         .expect("spawning the readiness thread");
 }
 
-fn wait_ready(target: &ssh::Target, deadline: Instant, step: &dyn Fn(&str)) -> Result<String, String> {
+fn wait_ready(
+    target: &ssh::Target,
+    deadline: Instant,
+    step: &dyn Fn(&str),
+) -> Result<String, String> {
     let conn = ssh::wait_until_reachable(target, deadline).map_err(|e| format!("SSH: {e}"))?;
     step("waiting for Docker");
     let mut last = String::new();
@@ -383,5 +411,7 @@ fn wait_ready(target: &ssh::Target, deadline: Instant, step: &dyn Fn(&str)) -> R
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    Err(format!("Docker did not answer in time (last error: {last})"))
+    Err(format!(
+        "Docker did not answer in time (last error: {last})"
+    ))
 }

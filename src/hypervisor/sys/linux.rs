@@ -16,7 +16,9 @@ pub fn kill_with_parent(cmd: &mut Command) {
             }
             // The parent may have died before prctl took effect.
             if libc::getppid() == 1 {
-                return Err(std::io::Error::other("parent exited before the child started"));
+                return Err(std::io::Error::other(
+                    "parent exited before the child started",
+                ));
             }
             Ok(())
         });
