@@ -265,6 +265,16 @@ impl RunningVm for QemuVm {
     }
 }
 
+impl Drop for QemuVm {
+    /// A machine handle dropped on an error path must not leave its guest running.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Sends one QMP command (after the capabilities handshake) and waits for its reply.
 fn qmp_command(socket: &Path, command: &str) -> std::io::Result<()> {
     let stream = UnixStream::connect(socket)?;
