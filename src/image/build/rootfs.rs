@@ -255,7 +255,10 @@ pub fn assemble(
         let name = entry.file_name();
         let name = name.to_string_lossy();
         // arptables/ebtables/iptables translators (nft syntax) are not used.
-        if name.ends_with("-translate") || name.starts_with("arptables") || name.starts_with("ebtables") {
+        if name.ends_with("-translate")
+            || name.starts_with("arptables")
+            || name.starts_with("ebtables")
+        {
             remove(&entry.path())?;
         }
     }
@@ -288,7 +291,9 @@ fn unpack(deb: &Path, dest: &Path) -> Result<(), BuildError> {
         .map_err(|e| spawn_error(&dpkg, describe(&dpkg), e))?;
     let stdout = producer.stdout.take().expect("piped stdout");
     tar.stdin(stdout);
-    let consumer = tar.spawn().map_err(|e| spawn_error(&tar, describe(&tar), e));
+    let consumer = tar
+        .spawn()
+        .map_err(|e| spawn_error(&tar, describe(&tar), e));
     let dpkg_status = producer
         .wait()
         .map_err(|e| spawn_error(&dpkg, describe(&dpkg), e))?;
@@ -437,7 +442,11 @@ fn install_modules(
         }
         fs_err::copy(src.join(rel), &to)?;
     }
-    for f in ["modules.builtin", "modules.builtin.modinfo", "modules.order"] {
+    for f in [
+        "modules.builtin",
+        "modules.builtin.modinfo",
+        "modules.order",
+    ] {
         if src.join(f).exists() {
             fs_err::copy(src.join(f), dest.join(f))?;
         }
@@ -468,9 +477,13 @@ fn module_closure(deps: &BTreeMap<String, Vec<String>>, selection: &[&str]) -> B
     let mut todo: Vec<&String> = deps
         .keys()
         .filter(|m| {
-            selection
-                .iter()
-                .any(|s| if s.ends_with('/') { m.starts_with(s) } else { m == s })
+            selection.iter().any(|s| {
+                if s.ends_with('/') {
+                    m.starts_with(s)
+                } else {
+                    m == s
+                }
+            })
         })
         .collect();
     let mut out = BTreeSet::new();
@@ -561,7 +574,10 @@ mod tests {
                 "kernel/net/sunrpc/sunrpc.ko"
             ]
         );
-        assert_eq!(module_name("kernel/drivers/char/hw_random/virtio-rng.ko"), "virtio_rng");
+        assert_eq!(
+            module_name("kernel/drivers/char/hw_random/virtio-rng.ko"),
+            "virtio_rng"
+        );
     }
 
     #[test]
