@@ -117,8 +117,10 @@ mod tests {
     use std::io::Read;
     use std::os::unix::fs::symlink;
 
-    /// Reads back every entry: (name, mode, uid, gid, rdev, contents).
-    fn entries(path: &Path) -> Vec<(String, u32, u32, u32, (u32, u32), Vec<u8>)> {
+    /// One entry read back: (name, mode, uid, gid, rdev, contents).
+    type ReadEntry = (String, u32, u32, u32, (u32, u32), Vec<u8>);
+
+    fn entries(path: &Path) -> Vec<ReadEntry> {
         let mut input =
             zstd::stream::read::Decoder::new(fs_err::File::open(path).unwrap()).unwrap();
         let mut out = Vec::new();
