@@ -109,3 +109,30 @@ impl HostError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_privilege_names_it_and_the_commands_that_grant_it() {
+        let e = HostError::NoPrivilege {
+            what: "changing the host's routes".into(),
+            privilege: "CAP_NET_ADMIN",
+            command: "routes apply".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "changing the host's routes needs CAP_NET_ADMIN"
+        );
+        let hint = e.hint().unwrap();
+        assert!(hint.contains("`sudo devbox routes apply`"), "{hint}");
+        assert!(hint.contains("sudo setcap cap_net_admin+ep \"$(command -v devbox)\""));
+        let e = HostError::NoPrivilege {
+            what: "changing /etc/systemd/system/devbox-routes.path".into(),
+            privilege: "root",
+            command: "routes install".into(),
+        };
+        assert_eq!(e.hint().unwrap(), "run `sudo devbox routes install`");
+    }
+}

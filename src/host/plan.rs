@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::HostError;
 use super::commands::{
-    hostfilter_argv, ip_route_argv, join_argv, route_add_argv, route_delete_argv,
-    unit_load_argvs, unit_reload_argv, unit_unload_argvs,
+    hostfilter_argv, ip_route_argv, join_argv, route_add_argv, route_delete_argv, unit_load_argvs,
+    unit_reload_argv, unit_unload_argvs,
 };
 use crate::net::routes::{PlannedRoute, RoutePlan, devbox_link, validate_docker_subnet};
 
@@ -213,8 +213,14 @@ impl fmt::Display for HostPlan {
 pub(super) fn step_lines(step: &Step<'_>, os: HostOs) -> Vec<String> {
     let machine = |r: &PlannedRoute| format!("  # machine {}", r.machine);
     match step {
-        Step::UnloadUnit(u) => unit_unload_argvs(os, u).iter().map(|a| join_argv(a)).collect(),
-        Step::LoadUnit(u) => unit_load_argvs(os, u).iter().map(|a| join_argv(a)).collect(),
+        Step::UnloadUnit(u) => unit_unload_argvs(os, u)
+            .iter()
+            .map(|a| join_argv(a))
+            .collect(),
+        Step::LoadUnit(u) => unit_load_argvs(os, u)
+            .iter()
+            .map(|a| join_argv(a))
+            .collect(),
         Step::ReloadUnits => unit_reload_argv(os)
             .map(|a| join_argv(&a))
             .into_iter()
@@ -277,8 +283,7 @@ fn check_file(path: &Path) -> Result<(), HostError> {
             "not a canonical absolute path (no `.`, `..`, `//` or trailing `/`)".into(),
         ));
     }
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
-    else {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
         return Err(refused(item(), "no file name".into()));
     };
     let allowed = ALLOWED_FILES.iter().any(|(d, prefix)| {
@@ -325,10 +330,22 @@ mod tests {
             .unwrap();
         for (r, why) in [
             (route("8.8.8.0/24", "192.168.64.2", "dbx0"), "not private"),
-            (route("172.18.0.0/16", "192.168.64.2", "eth0"), "not a devbox TAP"),
-            (route("172.18.0.0/16", "192.168.64.9", "dbx0"), "the gateway must be"),
-            (route("172.18.0.0/16", "192.168.65.2", "dbx0"), "the gateway must be"),
-            (route("192.168.64.0/24", "192.168.64.2", "dbx0"), "host-only"),
+            (
+                route("172.18.0.0/16", "192.168.64.2", "eth0"),
+                "not a devbox TAP",
+            ),
+            (
+                route("172.18.0.0/16", "192.168.64.9", "dbx0"),
+                "the gateway must be",
+            ),
+            (
+                route("172.18.0.0/16", "192.168.65.2", "dbx0"),
+                "the gateway must be",
+            ),
+            (
+                route("192.168.64.0/24", "192.168.64.2", "dbx0"),
+                "host-only",
+            ),
             (route("10.0.0.0/8", "192.168.64.2", "dbx0"), "too large"),
         ] {
             let err = with_route(r.clone()).check_allowed().unwrap_err();
@@ -366,7 +383,12 @@ mod tests {
             mode: 0o4755,
             contents: String::new(),
         });
-        assert!(plan.check_allowed().unwrap_err().to_string().contains("mode"));
+        assert!(
+            plan.check_allowed()
+                .unwrap_err()
+                .to_string()
+                .contains("mode")
+        );
     }
 
     #[test]

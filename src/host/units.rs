@@ -187,14 +187,18 @@ mod tests {
         let plist = render_launchd_plist(Path::new("/opt/a&b/devbox"), Path::new("/h")).unwrap();
         assert!(plist.contains("<string>/opt/a&amp;b/devbox</string>"));
         let units = render_systemd_units(Path::new("/opt/50% $x/devbox"), Path::new("/h")).unwrap();
-        assert!(units[0].1.contains(r#"ExecStart="/opt/50%% $$x/devbox" routes apply"#));
+        assert!(
+            units[0]
+                .1
+                .contains(r#"ExecStart="/opt/50%% $$x/devbox" routes apply"#)
+        );
     }
 
     #[test]
     fn install_and_uninstall_are_allowed_and_mirror_each_other() {
         for os in [HostOs::Linux, HostOs::Macos] {
-            let inst = install_plan(os, Path::new("/usr/local/bin/devbox"), Path::new("/h"))
-                .unwrap();
+            let inst =
+                install_plan(os, Path::new("/usr/local/bin/devbox"), Path::new("/h")).unwrap();
             inst.check_allowed().unwrap();
             let un = uninstall_plan(os);
             un.check_allowed().unwrap();

@@ -522,11 +522,20 @@ mod tests {
         ));
         let lan = [route("172.19.4.0/24", None, "")];
         let err = route_plan_for("dev", &subnets, ip, "dbx0", &lan).unwrap_err();
-        assert!(err.to_string().contains("172.19.0.0/16 overlaps the host route 172.19.4.0/24 on no interface"));
+        assert!(
+            err.to_string()
+                .contains("172.19.0.0/16 overlaps the host route 172.19.4.0/24 on no interface")
+        );
 
         // The requested subnet is checked the same way at allocation time.
         let err = allocate_docker_subnets(&[], &vpn, Some(net("172.19.0.1/16"))).unwrap_err();
-        assert!(matches!(err, RouteError::Conflict { flag: "--docker-subnet", .. }));
+        assert!(matches!(
+            err,
+            RouteError::Conflict {
+                flag: "--docker-subnet",
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -572,7 +581,10 @@ mod tests {
         ];
         let plan = route_plan_for("dev", &subnets, ip, "dbx0", &table).unwrap();
         assert_eq!(plan.remove.len(), 1, "{plan:?}");
-        assert_eq!(plan.remove[0].to_string(), "172.30.0.0/16 via 192.168.64.2 dev dbx0");
+        assert_eq!(
+            plan.remove[0].to_string(),
+            "172.30.0.0/16 via 192.168.64.2 dev dbx0"
+        );
         let gone = removal_plan_for("dev", &subnets, ip, "dbx0").unwrap();
         assert!(gone.add.is_empty());
         assert_eq!(gone.remove.len(), 2);
@@ -581,16 +593,28 @@ mod tests {
     #[test]
     fn bad_subnets_are_refused_with_reasons() {
         let p = |s| validate_docker_subnet(net(s), &[]);
-        assert!(matches!(p("172.18.0.0/25"), Err(RouteError::TooSmall { .. })));
+        assert!(matches!(
+            p("172.18.0.0/25"),
+            Err(RouteError::TooSmall { .. })
+        ));
         assert!(matches!(p("10.0.0.0/8"), Err(RouteError::TooLarge { .. })));
-        assert!(matches!(p("8.8.8.0/24"), Err(RouteError::NotPrivate { .. })));
-        assert!(matches!(p("172.32.0.0/16"), Err(RouteError::NotPrivate { .. })));
+        assert!(matches!(
+            p("8.8.8.0/24"),
+            Err(RouteError::NotPrivate { .. })
+        ));
+        assert!(matches!(
+            p("172.32.0.0/16"),
+            Err(RouteError::NotPrivate { .. })
+        ));
         let err = p("192.168.64.0/24").unwrap_err();
         assert_eq!(
             err.to_string(),
             "Docker subnet 192.168.64.0/24 overlaps devbox's host-only networks 192.168.64.0/18"
         );
-        assert!(matches!(p("192.168.0.0/16"), Err(RouteError::OverlapsHostOnly { .. })));
+        assert!(matches!(
+            p("192.168.0.0/16"),
+            Err(RouteError::OverlapsHostOnly { .. })
+        ));
         p("172.18.0.0/24").unwrap();
         p("172.16.0.0/12").unwrap();
         p("192.168.200.0/24").unwrap();
@@ -610,7 +634,10 @@ mod tests {
 
     #[test]
     fn only_dbx_links_are_devbox_links() {
-        assert_eq!(devbox_link("dbx0").unwrap().guest_ip.to_string(), "192.168.64.2");
+        assert_eq!(
+            devbox_link("dbx0").unwrap().guest_ip.to_string(),
+            "192.168.64.2"
+        );
         assert_eq!(devbox_link("dbx63").unwrap().index, 63);
         for bad in ["dbx", "dbx64", "dbx01", "eth0", "dbx-1", "xdbx0", "dbx0a"] {
             assert!(devbox_link(bad).is_none(), "{bad}");
