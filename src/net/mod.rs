@@ -13,6 +13,7 @@
 //! CIDRs are [`ipnet::Ipv4Net`] (re-exported here) with [`overlaps`]; the routes feature uses
 //! the same type.
 
+pub mod routes;
 mod sys;
 
 use std::fmt;
@@ -21,7 +22,7 @@ use std::net::{IpAddr, Ipv4Addr};
 pub use ipnet::Ipv4Net;
 
 #[cfg(target_os = "linux")]
-pub use sys::linux::{Tap, have_net_admin, host_routes};
+pub use sys::linux::{Tap, add_route, delete_route, have_net_admin, host_routes};
 
 /// First /24 of the host-only pool.
 const POOL_FIRST: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 0);

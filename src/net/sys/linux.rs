@@ -214,6 +214,50 @@ pub fn host_routes() -> Result<Vec<HostRoute>, NetError> {
     })
 }
 
+/// Adds `dest via gateway dev interface` to the main table. The request carries
+/// `NLM_F_EXCL`, never `NLM_F_REPLACE`: an existing route to `dest` (which may belong to
+/// someone else) makes it fail instead of being overwritten.
+pub fn add_route(dest: Ipv4Net, gateway: Ipv4Addr, interface: &str) -> Result<(), NetError> {
+    let what = format!("add route {dest} via {gateway} dev {interface}");
+    let index = link_index(interface, &what)?;
+    netlink(&what, |handle| async move {
+        handle
+            .route()
+            .add(route_message(dest, gateway, index))
+            .execute()
+            .await
+    })
+}
+
+/// Deletes exactly `dest via gateway dev interface` from the main table; the kernel matches
+/// the gateway and device too, so a route to `dest` through anything else stays.
+pub fn delete_route(dest: Ipv4Net, gateway: Ipv4Addr, interface: &str) -> Result<(), NetError> {
+    let what = format!("delete route {dest} via {gateway} dev {interface}");
+    let index = link_index(interface, &what)?;
+    netlink(&what, |handle| async move {
+        handle
+            .route()
+            .del(route_message(dest, gateway, index))
+            .execute()
+            .await
+    })
+}
+
+fn route_message(dest: Ipv4Net, gateway: Ipv4Addr, index: u32) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dest.network(), dest.prefix_len())
+        .gateway(gateway)
+        .output_interface(index)
+        .build()
+}
+
+fn link_index(interface: &str, what: &str) -> Result<u32, NetError> {
+    nix::net::if_::if_nametoindex(interface).map_err(|e| NetError::Io {
+        what: what.to_owned(),
+        source: e.into(),
+    })
+}
+
 /// Converts one dumped route; `None` for other families and tables.
 fn host_route(msg: &RouteMessage, names: &HashMap<u32, String>) -> Option<HostRoute> {
     if msg.header.address_family != AddressFamily::Inet {

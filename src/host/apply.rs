@@ -1,0 +1,309 @@
+//! The applier: checks a [`HostPlan`] against the allowlist and the host's routing table,
+//! then carries it out step by step, skipping what is already in place.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::HostError;
+use super::commands::{join_argv, unit_load_argvs, unit_reload_argv, unit_unload_argvs};
+use super::plan::{HostOs, HostPlan, Step, step_lines};
+use super::sys;
+use crate::machine::store::write_atomic;
+use crate::net::overlaps;
+use crate::net::routes::{DOCKER_SUBNET_FLAG, PlannedRoute, RouteError};
+
+/// Where the applier acts. Routes always change in the caller's network namespace (tests
+/// run it inside one of their own); files land under `root`, and service managers are only
+/// called when `manage_services` is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyTarget {
+    pub root: PathBuf,
+    pub manage_services: bool,
+}
+
+impl ApplyTarget {
+    /// The real host: files under `/`, units through systemctl or launchctl.
+    pub fn system() -> ApplyTarget {
+        ApplyTarget {
+            root: PathBuf::from("/"),
+            manage_services: true,
+        }
+    }
+
+    /// A scratch tree (tests): `/etc/resolver/x` is written to `<root>/etc/resolver/x`, and
+    /// service managers are left alone.
+    pub fn under(root: impl Into<PathBuf>) -> ApplyTarget {
+        ApplyTarget {
+            root: root.into(),
+            manage_services: false,
+        }
+    }
+
+    fn host_path(&self, path: &Path) -> PathBuf {
+        self.root.join(path.strip_prefix("/").unwrap_or(path))
+    }
+
+    fn is_system(&self) -> bool {
+        self.root == Path::new("/")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// The host already looked like this; nothing was changed.
+    AlreadyDone,
+    /// `--dry-run`: nothing was attempted.
+    Planned,
+    /// Not done, and not needed: the reason says why.
+    Skipped(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedStep {
+    /// The step as the plan text shows it.
+    pub action: String,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppliedReport {
+    pub steps: Vec<AppliedStep>,
+}
+
+impl AppliedReport {
+    /// Whether any step changed the host.
+    pub fn changed(&self) -> bool {
+        self.steps.iter().any(|s| s.outcome == Outcome::Done)
+    }
+}
+
+impl fmt::Display for AppliedReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for s in &self.steps {
+            let outcome = match &s.outcome {
+                Outcome::Done => "done".to_owned(),
+                Outcome::AlreadyDone => "already done".to_owned(),
+                Outcome::Planned => "planned".to_owned(),
+                Outcome::Skipped(why) => format!("skipped: {why}"),
+            };
+            writeln!(f, "{} ({outcome})", s.action)?;
+        }
+        Ok(())
+    }
+}
+
+/// Carries out `plan` on this host ([`ApplyTarget::system`]).
+pub fn apply(plan: &HostPlan, dry_run: bool) -> Result<AppliedReport, HostError> {
+    apply_to(plan, dry_run, &ApplyTarget::system())
+}
+
+/// Carries out `plan` on `target`. Before changing anything it checks the allowlist, the
+/// privileges, and every route to add against the current routing table (a route that
+/// overlaps one devbox does not own is a [`RouteError::Conflict`]). A route add that fails
+/// takes back the routes this call added. With `dry_run` it only checks the allowlist.
+pub fn apply_to(
+    plan: &HostPlan,
+    dry_run: bool,
+    target: &ApplyTarget,
+) -> Result<AppliedReport, HostError> {
+    plan.check_allowed()?;
+    let os = HostOs::current();
+    let steps = plan.steps();
+    let action = |step: &Step| step_lines(step, os).join("; ");
+    if dry_run {
+        let steps = steps
+            .iter()
+            .map(|s| AppliedStep {
+                action: action(s),
+                outcome: Outcome::Planned,
+            })
+            .collect();
+        return Ok(AppliedReport { steps });
+    }
+    check_privileges(plan, target)?;
+
+    let touches_routes = !plan.routes.add.is_empty() || !plan.routes.remove.is_empty();
+    let table = if touches_routes {
+        sys::routes()?
+    } else {
+        Vec::new()
+    };
+    let present = |r: &PlannedRoute| table.iter().any(|t| r.matches(t));
+    for r in plan.routes.add.iter().filter(|r| !present(r)) {
+        let leaving = |t: &crate::net::HostRoute| plan.routes.remove.iter().any(|x| x.matches(t));
+        if let Some(t) = table.iter().find(|t| {
+            t.dest.prefix_len() > 0 && overlaps(&r.dest, &t.dest) && !r.matches(t) && !leaving(t)
+        }) {
+            return Err(RouteError::Conflict {
+                subnet: r.dest,
+                route: t.dest,
+                interface: if t.interface.is_empty() {
+                    "no interface".into()
+                } else {
+                    t.interface.clone()
+                },
+                flag: DOCKER_SUBNET_FLAG,
+            }
+            .into());
+        }
+    }
+
+    let mut report = AppliedReport::default();
+    let mut added: Vec<&PlannedRoute> = Vec::new();
+    for step in &steps {
+        let outcome = match run_step(step, os, target, &present) {
+            Ok(o) => o,
+            Err(e) => {
+                // Take back this call's routes so a failed apply leaves none half-made.
+                for r in added.iter().rev() {
+                    let _ = sys::delete_route(r);
+                }
+                return Err(e);
+            }
+        };
+        if let (Step::AddRoute(r), Outcome::Done) = (step, &outcome) {
+            added.push(r);
+        }
+        report.steps.push(AppliedStep {
+            action: action(step),
+            outcome,
+        });
+    }
+    Ok(report)
+}
+
+fn check_privileges(plan: &HostPlan, target: &ApplyTarget) -> Result<(), HostError> {
+    let routes = !plan.routes.add.is_empty() || !plan.routes.remove.is_empty();
+    if (routes || !plan.hostfilters.is_empty()) && !sys::can_change_routes() {
+        return Err(HostError::NoPrivilege {
+            what: "changing the host's routes".into(),
+            privilege: sys::ROUTE_PRIVILEGE,
+            command: plan.command.clone(),
+        });
+    }
+    let first_file = plan
+        .write_files
+        .iter()
+        .map(|f| f.path.as_path())
+        .chain(plan.remove_files.iter().map(PathBuf::as_path))
+        .chain(plan.load_units.iter().map(|u| u.path.as_path()))
+        .chain(plan.unload_units.iter().map(|u| u.path.as_path()))
+        .next();
+    if let Some(path) = first_file
+        && target.is_system()
+        && !nix::unistd::geteuid().is_root()
+    {
+        return Err(HostError::NoPrivilege {
+            what: format!("changing {}", path.display()),
+            privilege: "root",
+            command: plan.command.clone(),
+        });
+    }
+    Ok(())
+}
+
+fn run_step(
+    step: &Step,
+    os: HostOs,
+    target: &ApplyTarget,
+    present: &dyn Fn(&PlannedRoute) -> bool,
+) -> Result<Outcome, HostError> {
+    let not_managed = || Outcome::Skipped("service managers are not used for a test root".into());
+    match step {
+        Step::AddRoute(r) if present(r) => Ok(Outcome::AlreadyDone),
+        Step::AddRoute(r) => sys::add_route(r).map(|()| Outcome::Done),
+        Step::RemoveRoute(r) if !present(r) => Ok(Outcome::AlreadyDone),
+        Step::RemoveRoute(r) => sys::delete_route(r).map(|()| Outcome::Done),
+        Step::HostFilter(h) => sys::hostfilter(h).map(|()| Outcome::Done),
+        Step::WriteFile(f) => {
+            let path = target.host_path(&f.path);
+            if file_is(&path, f.contents.as_bytes(), f.mode) {
+                return Ok(Outcome::AlreadyDone);
+            }
+            let io = |what, source| HostError::Io {
+                what,
+                path: path.clone(),
+                source,
+            };
+            if let Some(dir) = path.parent() {
+                fs_err::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
+            }
+            write_atomic(&path, f.contents.as_bytes(), f.mode).map_err(|e| io("write", e))?;
+            Ok(Outcome::Done)
+        }
+        Step::RemoveFile(p) => {
+            let path = target.host_path(p);
+            match std::fs::remove_file(&path) {
+                Ok(()) => Ok(Outcome::Done),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Outcome::AlreadyDone),
+                Err(source) => Err(HostError::Io {
+                    what: "remove",
+                    path,
+                    source,
+                }),
+            }
+        }
+        Step::ReloadUnits if !target.manage_services => Ok(not_managed()),
+        Step::ReloadUnits => match unit_reload_argv(os) {
+            Some(argv) => run(&argv).map(|()| Outcome::Done),
+            None => Ok(Outcome::Skipped("launchd reads plists at bootstrap".into())),
+        },
+        Step::LoadUnit(_) | Step::UnloadUnit(_) if !target.manage_services => Ok(not_managed()),
+        Step::LoadUnit(u) => {
+            if os == HostOs::Macos {
+                // bootstrap refuses a loaded job: boot out the old one (absent is fine).
+                for argv in unit_unload_argvs(os, u) {
+                    let _ = run(&argv);
+                }
+            }
+            for argv in unit_load_argvs(os, u) {
+                run(&argv)?;
+            }
+            Ok(Outcome::Done)
+        }
+        Step::UnloadUnit(u) => {
+            // Stopping a unit that is not loaded fails, and leaves the state asked for.
+            for argv in unit_unload_argvs(os, u) {
+                if let Err(e) = run(&argv) {
+                    return Ok(Outcome::Skipped(e.to_string()));
+                }
+            }
+            Ok(Outcome::Done)
+        }
+    }
+}
+
+fn file_is(path: &Path, contents: &[u8], mode: u32) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let same_mode = std::fs::metadata(path)
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o7777 == mode);
+    same_mode && std::fs::read(path).is_ok_and(|c| c == contents)
+}
+
+/// Runs `argv` with no input; a non-zero exit is an error carrying its stderr.
+pub(super) fn run(argv: &[String]) -> Result<(), HostError> {
+    output(argv).map(drop)
+}
+
+/// Runs `argv` with no input and returns its stdout.
+pub(super) fn output(argv: &[String]) -> Result<String, HostError> {
+    let (program, args) = argv.split_first().expect("an argv has a program");
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| HostError::Spawn {
+            argv: join_argv(argv),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(HostError::Command {
+            argv: join_argv(argv),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

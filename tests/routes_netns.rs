@@ -1,0 +1,277 @@
+//! Tier 3: the applier against a real routing table, each test inside a network namespace
+//! of its own (`unshare(CLONE_NEWNET)` on a dedicated thread, as in `net_tap.rs`), so the
+//! host's interfaces and routes are never touched. Files go to a temporary root.
+//!
+//! Needs root. Without it the tests print why and pass, except under `CI=true`, where they
+//! fail.
+#![cfg(target_os = "linux")]
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use devbox::host::{ApplyTarget, FileSpec, HostError, HostPlan, Outcome, apply_to};
+use devbox::net::routes::{
+    DockerSubnets, PlannedRoute, RouteError, RoutePlan, removal_plan_for, route_plan_for,
+};
+use devbox::net::{HostOnlyNet, HostRoute, Tap, host_routes};
+use nix::sched::{CloneFlags, unshare};
+
+/// Runs `f` on a thread inside a fresh network namespace; `None` when skipped.
+fn in_new_netns<T: Send>(test: &str, f: impl FnOnce() -> T + Send) -> Option<T> {
+    if !nix::unistd::geteuid().is_root() {
+        let why = format!("{test}: needs root to create a network namespace and a TAP device");
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{why} (CI=true, so this is a failure)");
+        }
+        let _ = writeln!(std::io::stderr(), "skipped {why}");
+        return None;
+    }
+    std::thread::scope(|s| {
+        let worker = s.spawn(|| {
+            unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+            f()
+        });
+        match worker.join() {
+            Ok(v) => Some(v),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+/// The machine's TAP `dbx<index>`, up, with the host's address: what a running machine has.
+fn machine_tap(index: u8) -> (Tap, HostOnlyNet) {
+    let net = HostOnlyNet::from_index(index).unwrap();
+    let tap = Tap::create(&net.tap_name(), false).unwrap();
+    tap.configure(net.host_ip, 24).unwrap();
+    (tap, net)
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run `ip`");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn subnets() -> DockerSubnets {
+    DockerSubnets {
+        bridge: "172.18.0.1/16".parse().unwrap(),
+        pool: "172.19.0.0/16".parse().unwrap(),
+        pool_size: 24,
+    }
+}
+
+fn routes_to(dest: &str) -> Vec<HostRoute> {
+    host_routes()
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.dest.to_string() == dest)
+        .collect()
+}
+
+fn plan(routes: RoutePlan) -> HostPlan {
+    HostPlan {
+        command: "routes apply".into(),
+        routes,
+        ..HostPlan::default()
+    }
+}
+
+#[test]
+fn apply_adds_routes_once_and_removes_them() {
+    in_new_netns("apply_adds_routes_once_and_removes_them", || {
+        let (_tap, net) = machine_tap(0);
+        let root = tempfile::tempdir().unwrap();
+        let target = ApplyTarget::under(root.path());
+
+        let routes = route_plan_for(
+            "dev",
+            &subnets(),
+            net.guest_ip,
+            "dbx0",
+            &host_routes().unwrap(),
+        )
+        .unwrap();
+        let mut p = plan(routes);
+        p.write_files.push(FileSpec {
+            path: "/etc/resolver/dev.test".into(),
+            mode: 0o644,
+            contents: "nameserver 192.168.64.1\n".into(),
+        });
+        let report = apply_to(&p, false, &target).unwrap();
+        assert!(report.changed(), "{report}");
+        for dest in ["172.18.0.0/16", "172.19.0.0/16"] {
+            let r = routes_to(dest);
+            assert_eq!(r.len(), 1, "{dest}: {r:?}");
+            assert_eq!(
+                r[0].to_string(),
+                format!("{dest} via 192.168.64.2 dev dbx0")
+            );
+        }
+        let file = root.path().join("etc/resolver/dev.test");
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "nameserver 192.168.64.1\n"
+        );
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+
+        // Again, as the boot job does: the table now holds our routes; nothing changes.
+        let again = route_plan_for(
+            "dev",
+            &subnets(),
+            net.guest_ip,
+            "dbx0",
+            &host_routes().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            again, p.routes,
+            "the plan does not depend on what is applied"
+        );
+        let report = apply_to(&p, false, &target).unwrap();
+        assert!(!report.changed(), "{report}");
+        assert!(
+            report
+                .steps
+                .iter()
+                .all(|s| s.outcome == Outcome::AlreadyDone),
+            "{report}"
+        );
+        assert_eq!(routes_to("172.18.0.0/16").len(), 1, "no duplicate");
+
+        // Dry run changes nothing.
+        let removal = plan(removal_plan_for("dev", &subnets(), net.guest_ip, "dbx0").unwrap());
+        let dry = apply_to(&removal, true, &target).unwrap();
+        assert!(dry.steps.iter().all(|s| s.outcome == Outcome::Planned));
+        assert_eq!(routes_to("172.18.0.0/16").len(), 1);
+
+        let report = apply_to(&removal, false, &target).unwrap();
+        assert!(report.changed(), "{report}");
+        assert!(routes_to("172.18.0.0/16").is_empty());
+        assert!(routes_to("172.19.0.0/16").is_empty());
+        // The connected route of the TAP is not ours to touch.
+        assert_eq!(routes_to("192.168.64.0/24").len(), 1);
+        // Removing what is gone is fine.
+        apply_to(&removal, false, &target).unwrap();
+    });
+}
+
+#[test]
+fn a_foreign_route_is_a_conflict_and_stays() {
+    in_new_netns("a_foreign_route_is_a_conflict_and_stays", || {
+        let (_tap, net) = machine_tap(0);
+        // A "VPN" on another link already routes 172.18.0.0/16.
+        let vpn = Tap::create("vpn1", false).unwrap();
+        vpn.configure("10.8.0.1".parse().unwrap(), 24).unwrap();
+        ip(&[
+            "route",
+            "add",
+            "172.18.0.0/16",
+            "via",
+            "10.8.0.2",
+            "dev",
+            "vpn1",
+        ]);
+        let before = host_routes().unwrap();
+
+        // Planning sees it…
+        let err = route_plan_for("dev", &subnets(), net.guest_ip, "dbx0", &before).unwrap_err();
+        assert!(matches!(&err, RouteError::Conflict { interface, .. } if interface == "vpn1"));
+
+        // …and so does the applier, given a plan computed before the VPN came up.
+        let stale = route_plan_for("dev", &subnets(), net.guest_ip, "dbx0", &[]).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let err = apply_to(&plan(stale), false, &ApplyTarget::under(root.path())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Docker subnet 172.18.0.0/16 overlaps the host route 172.18.0.0/16 on vpn1; \
+             pick another subnet with --docker-subnet"
+        );
+        assert!(err.hint().unwrap().contains("vpn1"));
+        let after = host_routes().unwrap();
+        assert_eq!(before, after, "nothing added, the VPN route untouched");
+        assert_eq!(
+            routes_to("172.18.0.0/16")[0].to_string(),
+            "172.18.0.0/16 via 10.8.0.2 dev vpn1"
+        );
+    });
+}
+
+#[test]
+fn a_failed_add_leaves_no_route_behind() {
+    in_new_netns("a_failed_add_leaves_no_route_behind", || {
+        let (_tap, net) = machine_tap(0);
+        let mut routes = route_plan_for("dev", &subnets(), net.guest_ip, "dbx0", &[]).unwrap();
+        // dbx1 is allowed (a devbox link) but does not exist here: its add fails last.
+        routes.add.push(PlannedRoute {
+            dest: "172.30.0.0/16".parse().unwrap(),
+            gateway: "192.168.65.2".parse().unwrap(),
+            interface: "dbx1".into(),
+            machine: "web".into(),
+        });
+        routes.normalize();
+        let root = tempfile::tempdir().unwrap();
+        let err = apply_to(&plan(routes), false, &ApplyTarget::under(root.path())).unwrap_err();
+        assert!(matches!(err, HostError::Net(_)), "{err:?}");
+        for dest in ["172.18.0.0/16", "172.19.0.0/16", "172.30.0.0/16"] {
+            assert!(routes_to(dest).is_empty(), "{dest} left behind");
+        }
+    });
+}
+
+#[test]
+fn the_allowlist_refuses_before_any_change() {
+    in_new_netns("the_allowlist_refuses_before_any_change", || {
+        let (_tap, net) = machine_tap(0);
+        let other = Tap::create("eth9", false).unwrap();
+        other.configure("10.9.0.1".parse().unwrap(), 24).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let target = ApplyTarget::under(root.path());
+        let good = route_plan_for("dev", &subnets(), net.guest_ip, "dbx0", &[]).unwrap();
+        let before = host_routes().unwrap();
+
+        let with_extra = |extra: PlannedRoute| {
+            let mut r = good.clone();
+            r.add.push(extra);
+            r.normalize();
+            plan(r)
+        };
+        let public = with_extra(PlannedRoute {
+            dest: "8.8.8.0/24".parse().unwrap(),
+            gateway: net.guest_ip,
+            interface: "dbx0".into(),
+            machine: "dev".into(),
+        });
+        let foreign_link = with_extra(PlannedRoute {
+            dest: "172.20.0.0/16".parse().unwrap(),
+            gateway: "10.9.0.2".parse().unwrap(),
+            interface: "eth9".into(),
+            machine: "dev".into(),
+        });
+        let mut foreign_file = plan(good.clone());
+        foreign_file.write_files.push(FileSpec {
+            path: "/etc/passwd".into(),
+            mode: 0o644,
+            contents: "root::0:0::/:/bin/sh\n".into(),
+        });
+        for (p, why) in [
+            (public, "8.8.8.0/24"),
+            (foreign_link, "eth9"),
+            (foreign_file, "/etc/passwd"),
+        ] {
+            let err = apply_to(&p, false, &target).unwrap_err();
+            assert!(matches!(err, HostError::Refused { .. }), "{err:?}");
+            assert!(err.to_string().contains(why), "{err}");
+            // Refused in dry-run as well.
+            assert!(apply_to(&p, true, &target).is_err());
+        }
+        assert_eq!(host_routes().unwrap(), before, "no route changed");
+        assert!(!root.path().join("etc").exists(), "no file written");
+    });
+}
