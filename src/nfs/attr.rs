@@ -38,12 +38,13 @@ fn nfs_time(sec: i64, nsec: i64) -> (u32, u32) {
 }
 
 impl ExportFs {
+    #[allow(clippy::unnecessary_cast)] // field types differ between platforms
     pub(crate) fn attr(&self, st: &Stat) -> Attr {
         let key: Key = super::fs::key_of(st);
         let map = |id: u32, owner: u32| if id == owner { 0 } else { id };
         Attr {
-            kind: Kind::from_mode(st.st_mode as u32),
-            mode: st.st_mode as u32 & 0o7777,
+            kind: super::fs::kind_of(st),
+            mode: super::fs::mode_of(st) & 0o7777,
             nlink: u32::try_from(st.st_nlink).unwrap_or(u32::MAX),
             uid: map(st.st_uid, self.uid),
             gid: map(st.st_gid, self.gid),
@@ -55,9 +56,9 @@ impl ExportFs {
             ),
             fsid: self.fsid,
             fileid: self.fileid(key),
-            atime: nfs_time(st.st_atime as i64, st.st_atime_nsec as i64),
-            mtime: nfs_time(st.st_mtime as i64, st.st_mtime_nsec as i64),
-            ctime: nfs_time(st.st_ctime as i64, st.st_ctime_nsec as i64),
+            atime: nfs_time(st.st_atime as _, st.st_atime_nsec as _),
+            mtime: nfs_time(st.st_mtime as _, st.st_mtime_nsec as _),
+            ctime: nfs_time(st.st_ctime as _, st.st_ctime_nsec as _),
         }
     }
 

@@ -30,8 +30,20 @@ pub(crate) const NAME_MAX: usize = 255;
 /// Deepest chain of parents followed when rebuilding a path from the index.
 const MAX_DEPTH: usize = 4096;
 
+// `stat` field types differ between platforms (and libc/linux_raw backends); these casts
+// are no-ops on some of them.
+#[allow(clippy::unnecessary_cast)]
 pub(crate) fn key_of(st: &Stat) -> Key {
     (st.st_dev as u64, st.st_ino as u64)
+}
+
+#[allow(clippy::unnecessary_cast)]
+pub(crate) fn mode_of(st: &Stat) -> u32 {
+    st.st_mode as u32
+}
+
+pub(crate) fn kind_of(st: &Stat) -> Kind {
+    Kind::from_mode(mode_of(st))
 }
 
 /// A resolved object: its parent directory (an open fd) and its name in it, or the export
@@ -48,7 +60,7 @@ impl Loc {
     }
 
     pub(crate) fn kind(&self) -> Kind {
-        Kind::from_mode(self.st.st_mode as u32)
+        kind_of(&self.st)
     }
 
     /// Opens the object itself, never following a symlink, and checks that it is still the
@@ -177,7 +189,7 @@ impl ExportFs {
     pub(crate) fn handle(&self, st: &Stat) -> [u8; HANDLE_LEN] {
         Handle {
             export: self.id,
-            kind: Kind::from_mode(st.st_mode as u32),
+            kind: kind_of(st),
             key: key_of(st),
         }
         .encode()
@@ -201,7 +213,7 @@ impl ExportFs {
         if key == self.root_key {
             return;
         }
-        let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let mut index = self.lock();
         index.nodes.insert(
             key,
             Node {
@@ -212,7 +224,7 @@ impl ExportFs {
     }
 
     pub(crate) fn forget(&self, key: Key) {
-        let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let mut index = self.lock();
         index.nodes.remove(&key);
     }
 
@@ -225,9 +237,14 @@ impl ExportFs {
                 Err(Status::Stale)
             };
         }
-        let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        // Fast path: the key is indexed; walk without holding the lock.
+        let path = self.lock().path(handle.key, self.root_key).map(to_owned);
+        if let Some(Ok(loc)) = path.map(|path| self.walk(&path, handle)) {
+            return Ok(loc);
+        }
+        let mut index = self.lock();
         loop {
-            if let Some(path) = index.path(handle.key, self.root_key) {
+            if let Some(path) = index.path(handle.key, self.root_key).map(to_owned) {
                 match self.walk(&path, handle) {
                     Ok(loc) => return Ok(loc),
                     // Moved or deleted on the host since it was indexed: forget it; a new
@@ -244,13 +261,17 @@ impl ExportFs {
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Follows `path` from the root without following symlinks; the last component must be
     /// the object of `handle` (same key and type).
-    fn walk(&self, path: &[&[u8]], handle: &Handle) -> NfsResult<Loc> {
+    fn walk(&self, path: &[Box<[u8]>], handle: &Handle) -> NfsResult<Loc> {
         let (last, parents) = path.split_last().ok_or(Status::Stale)?;
         let mut dir = self.root.try_clone().map_err(|_| Status::ServerFault)?;
         for comp in parents {
-            let comp = CString::new(*comp).map_err(|_| Status::Stale)?;
+            let comp = CString::new(&comp[..]).map_err(|_| Status::Stale)?;
             dir = rustix::fs::openat(
                 &dir,
                 comp.as_c_str(),
@@ -258,9 +279,9 @@ impl ExportFs {
                 Mode::empty(),
             )?;
         }
-        let name = CString::new(*last).map_err(|_| Status::Stale)?;
+        let name = CString::new(&last[..]).map_err(|_| Status::Stale)?;
         let st = rustix::fs::statat(&dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
-        if key_of(&st) != handle.key || Kind::from_mode(st.st_mode as u32) != handle.kind {
+        if key_of(&st) != handle.key || kind_of(&st) != handle.kind {
             return Err(Status::Stale);
         }
         Ok(Loc {
@@ -286,7 +307,7 @@ impl ExportFs {
         } else {
             index
                 .path(dir_key, self.root_key)
-                .and_then(|path| self.walk(&path, &dir_handle).ok())
+                .and_then(|path| self.walk(&to_owned(path), &dir_handle).ok())
                 .and_then(|loc| loc.open_dir().ok())
         };
         let Some(dir) = dir else { return };
@@ -302,7 +323,7 @@ impl ExportFs {
                 FileType::Directory | FileType::Unknown => {
                     match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
                         Ok(st) => {
-                            if Kind::from_mode(st.st_mode as u32) == Kind::Dir {
+                            if kind_of(&st) == Kind::Dir {
                                 index.queue.push_back(key_of(&st));
                             }
                             key_of(&st)
@@ -369,6 +390,10 @@ impl ExportFs {
             key: key_of(&st),
         })
     }
+}
+
+fn to_owned(path: Vec<&[u8]>) -> Vec<Box<[u8]>> {
+    path.into_iter().map(Box::from).collect()
 }
 
 pub(crate) fn is_dot(name: &CStr) -> bool {

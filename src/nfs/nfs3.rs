@@ -499,7 +499,7 @@ fn list(
         let fileid = match &st {
             Ok(st) => e.fileid(key_of(st)),
             Err(_) if plus => continue, // vanished since listed
-            Err(_) => e.fileid((dir.st.st_dev as u64, entry.ino())),
+            Err(_) => e.fileid((dir.key().0, entry.ino())),
         };
         let name = name.to_bytes();
         let dir_part = 4 + 8 + XdrWriter::opaque_size(name.len()) + 8;

@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 use rustix::fs::{AtFlags, Gid, Mode, OFlags, Stat, Timespec, Timestamps, Uid};
 
 use super::attr::{Attr, Sattr, SetTime};
-use super::fs::{ExportFs, Loc, check_name, key_of};
+use super::fs::{ExportFs, Loc, check_name, key_of, kind_of};
 use super::handle::{Kind, NfsResult, Status};
 use super::rpc::MAX_IO;
 
@@ -89,10 +89,10 @@ impl ExportFs {
         guard: Option<(u32, u32)>,
     ) -> NfsResult<Attr> {
         self.writable()?;
-        if let Some(ctime) = guard {
-            if self.attr(&self.restat(loc)?).ctime != ctime {
-                return Err(Status::NotSync);
-            }
+        if let Some(ctime) = guard
+            && self.attr(&self.restat(loc)?).ctime != ctime
+        {
+            return Err(Status::NotSync);
         }
         self.apply(loc, s)?;
         Ok(self.attr(&self.restat(loc)?))
@@ -319,8 +319,7 @@ impl ExportFs {
             rustix::fs::fchmod(fd, Mode::from_raw_mode((mode & 0o7777) as _)).map_err(Status::from)
         });
         if result.is_err() {
-            let is_dir =
-                rustix::fs::fstat(fd).map(|st| Kind::from_mode(st.st_mode as u32) == Kind::Dir);
+            let is_dir = rustix::fs::fstat(fd).map(|st| kind_of(&st) == Kind::Dir);
             let flags = if is_dir == Ok(true) {
                 AtFlags::REMOVEDIR
             } else {
@@ -387,7 +386,7 @@ impl ExportFs {
         let cname = check_name(name)?;
         let dirfd = dir.open_dir()?;
         let st = rustix::fs::statat(&dirfd, cname.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
-        let is_dir = Kind::from_mode(st.st_mode as u32) == Kind::Dir;
+        let is_dir = kind_of(&st) == Kind::Dir;
         match (rmdir, is_dir) {
             (false, true) => return Err(Status::IsDir),
             (true, false) => return Err(Status::NotDir),
