@@ -8,6 +8,7 @@ pub mod hypervisor;
 pub mod image;
 pub mod machine;
 pub mod net;
+pub mod nfs;
 pub mod output;
 pub mod ssh;
 pub mod supervisor;

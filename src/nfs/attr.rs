@@ -1,0 +1,171 @@
+//! `fattr3` from host `stat`, `sattr3` from the wire, and the uid/gid mapping between them.
+//!
+//! Mapping (like `-mapall=uid:gid`): objects owned by the export's host user/group are
+//! shown to the guest as owned by uid/gid 0, so the guest's root (docker, build tools) can
+//! write them; other owners are shown as they are. In the other direction, a guest
+//! chown/chgrp may only name 0 or the export's own ids (both meaning the export's owner);
+//! anything else is NFS3ERR_PERM, so the guest can never hand a host file to another user.
+
+use rustix::fs::Stat;
+
+use super::fs::ExportFs;
+use super::handle::{Key, Kind, NfsResult, Status};
+use super::xdr::{Garbage, XdrReader, XdrResult, XdrWriter};
+
+/// `fattr3` (RFC 1813 §2.6).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attr {
+    pub kind: Kind,
+    pub mode: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub used: u64,
+    pub rdev: (u32, u32),
+    pub fsid: u64,
+    pub fileid: u64,
+    pub atime: (u32, u32),
+    pub mtime: (u32, u32),
+    pub ctime: (u32, u32),
+}
+
+fn nfs_time(sec: i64, nsec: i64) -> (u32, u32) {
+    (
+        u32::try_from(sec.max(0)).unwrap_or(u32::MAX),
+        u32::try_from(nsec.clamp(0, 999_999_999)).unwrap_or(0),
+    )
+}
+
+impl ExportFs {
+    #[allow(clippy::unnecessary_cast)] // field types differ between platforms
+    pub(crate) fn attr(&self, st: &Stat) -> Attr {
+        let key: Key = super::fs::key_of(st);
+        let map = |id: u32, owner: u32| if id == owner { 0 } else { id };
+        Attr {
+            kind: super::fs::kind_of(st),
+            mode: super::fs::mode_of(st) & 0o7777,
+            nlink: u32::try_from(st.st_nlink).unwrap_or(u32::MAX),
+            uid: map(st.st_uid, self.uid),
+            gid: map(st.st_gid, self.gid),
+            size: st.st_size as u64,
+            used: (st.st_blocks as u64).saturating_mul(512),
+            rdev: (
+                rustix::fs::major(st.st_rdev as _),
+                rustix::fs::minor(st.st_rdev as _),
+            ),
+            fsid: self.fsid,
+            fileid: self.fileid(key),
+            atime: nfs_time(st.st_atime as _, st.st_atime_nsec as _),
+            mtime: nfs_time(st.st_mtime as _, st.st_mtime_nsec as _),
+            ctime: nfs_time(st.st_ctime as _, st.st_ctime_nsec as _),
+        }
+    }
+
+    /// Host uid for a uid the guest asks for (see the module header).
+    pub(crate) fn host_uid(&self, guest: u32) -> NfsResult<u32> {
+        if guest == 0 || guest == self.uid {
+            Ok(self.uid)
+        } else {
+            Err(Status::Perm)
+        }
+    }
+
+    pub(crate) fn host_gid(&self, guest: u32) -> NfsResult<u32> {
+        if guest == 0 || guest == self.gid {
+            Ok(self.gid)
+        } else {
+            Err(Status::Perm)
+        }
+    }
+}
+
+pub(crate) fn put_fattr(w: &mut XdrWriter, a: &Attr) {
+    w.u32(a.kind as u32);
+    w.u32(a.mode);
+    w.u32(a.nlink);
+    w.u32(a.uid);
+    w.u32(a.gid);
+    w.u64(a.size);
+    w.u64(a.used);
+    w.u32(a.rdev.0);
+    w.u32(a.rdev.1);
+    w.u64(a.fsid);
+    w.u64(a.fileid);
+    for t in [a.atime, a.mtime, a.ctime] {
+        w.u32(t.0);
+        w.u32(t.1);
+    }
+}
+
+/// Encoded size of `fattr3`.
+pub(crate) const FATTR_SIZE: usize = 84;
+
+pub(crate) fn put_post_op(w: &mut XdrWriter, a: Option<&Attr>) {
+    w.bool(a.is_some());
+    if let Some(a) = a {
+        put_fattr(w, a);
+    }
+}
+
+/// `wcc_data` without pre-operation attributes (allowed by RFC 1813; the client then
+/// revalidates its cache from the post-operation attributes).
+pub(crate) fn put_wcc(w: &mut XdrWriter, after: Option<&Attr>) {
+    w.bool(false);
+    put_post_op(w, after);
+}
+
+/// `time_how` of `sattr3`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SetTime {
+    Keep,
+    ServerNow,
+    Client(u32, u32),
+}
+
+/// `sattr3`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sattr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: SetTime,
+    pub mtime: SetTime,
+}
+
+impl Sattr {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.mode.is_none()
+            && self.uid.is_none()
+            && self.gid.is_none()
+            && self.size.is_none()
+            && self.atime == SetTime::Keep
+            && self.mtime == SetTime::Keep
+    }
+}
+
+pub(crate) fn get_sattr(r: &mut XdrReader<'_>) -> XdrResult<Sattr> {
+    let mode = if r.bool()? { Some(r.u32()?) } else { None };
+    let uid = if r.bool()? { Some(r.u32()?) } else { None };
+    let gid = if r.bool()? { Some(r.u32()?) } else { None };
+    let size = if r.bool()? { Some(r.u64()?) } else { None };
+    let mut time = || -> XdrResult<SetTime> {
+        Ok(match r.u32()? {
+            0 => SetTime::Keep,
+            1 => SetTime::ServerNow,
+            2 => SetTime::Client(r.u32()?, r.u32()?),
+            _ => return Err(Garbage),
+        })
+    };
+    let atime = time()?;
+    let mtime = time()?;
+    Ok(Sattr {
+        mode,
+        uid,
+        gid,
+        size,
+        atime,
+        mtime,
+    })
+}

@@ -1,0 +1,104 @@
+//! The TCP side: accept loop with the peer allowlist, and per-connection tasks.
+//!
+//! Tasks: one accept task per server; per connection one reader task (this module's
+//! `connection`), one writer task, and one short task per request whose filesystem work
+//! runs on tokio's blocking pool. A connection has at most [`IN_FLIGHT`] requests being
+//! handled (the reader waits for a slot before reading the next record), so its memory is
+//! bounded by `IN_FLIGHT × MAX_RECORD` plus replies; the server takes at most
+//! [`MAX_CONNECTIONS`] connections.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use super::proto::{Shared, handle_record};
+use super::rpc::{read_record, write_record};
+
+/// Requests of one connection handled concurrently (the Linux client pipelines).
+const IN_FLIGHT: usize = 8;
+/// Concurrent connections (the guest kernel uses one per server).
+const MAX_CONNECTIONS: usize = 16;
+
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    allowed: IpAddr,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (sock, peer) = match accepted {
+            Ok(conn) => conn,
+            // Out of fds or similar: back off instead of spinning.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Anyone but the guest: closed before a byte is read.
+        if peer.ip().to_canonical() != allowed.to_canonical() {
+            drop(sock);
+            continue;
+        }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(sock);
+            continue;
+        };
+        let shared = shared.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            connection(sock, shared, stop).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn connection(sock: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let _ = sock.set_nodelay(true);
+    let (mut rd, mut wr) = sock.into_split();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
+    let writer = tokio::spawn(async move {
+        while let Some(reply) = rx.recv().await {
+            if write_record(&mut wr, &reply).await.is_err() {
+                break;
+            }
+        }
+    });
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let mut record = Vec::new();
+        let read = tokio::select! {
+            _ = stop.changed() => break,
+            read = read_record(&mut rd, &mut record) => read,
+        };
+        // End of stream, I/O error, or an oversized record: the connection is closed.
+        if !matches!(read, Ok(true)) {
+            break;
+        }
+        let shared = shared.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let reply = tokio::task::spawn_blocking(move || handle_record(&shared, &record)).await;
+            if let Ok(Some(reply)) = reply {
+                let _ = tx.send(reply).await;
+            }
+            drop(slot);
+        });
+    }
+    drop(tx);
+    if *stop.borrow() {
+        writer.abort();
+    } else {
+        let _ = writer.await;
+    }
+}
