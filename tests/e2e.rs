@@ -304,11 +304,13 @@ fn walking_skeleton_end_to_end() {
     );
     assert_eq!(text(&code.stdout).trim(), "out");
     assert_eq!(text(&code.stderr).trim(), "err");
-    let logs = h.ok(&["logs", MACHINE]);
-    assert!(
-        logs.contains("devbox-guest: ready"),
-        "console log has the readiness marker"
-    );
+    // The guest prints its marker once it sees Docker answer; it polls, so it may come a
+    // moment after devbox's own readiness check.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !h.ok(&["logs", MACHINE]).contains("devbox-guest: ready") {
+        assert!(Instant::now() < deadline, "console log has the readiness marker");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     // The host's docker CLI through the forwarded socket.
     let docker_host = h.docker_host();
