@@ -170,10 +170,10 @@ impl Harness {
 
     /// Guest processes (QEMU) of this machine still alive anywhere on the host.
     fn guest_processes(&self) -> Vec<String> {
-        let o = Command::new("pgrep")
-            .args(["-f", &format!("devbox-{MACHINE},process=")])
-            .output()
-            .unwrap();
+        // Match on this run's machine directory, which is in QEMU's arguments, so that
+        // another run of this test on the same host is not counted.
+        let pattern = format!("{}/serial.log", self.machine_dir().display());
+        let o = Command::new("pgrep").args(["-f", &pattern]).output().unwrap();
         text(&o.stdout).lines().map(str::to_owned).collect()
     }
 
