@@ -173,7 +173,10 @@ impl Harness {
         // Match on this run's machine directory, which is in QEMU's arguments, so that
         // another run of this test on the same host is not counted.
         let pattern = format!("{}/serial.log", self.machine_dir().display());
-        let o = Command::new("pgrep").args(["-f", &pattern]).output().unwrap();
+        let o = Command::new("pgrep")
+            .args(["-f", &pattern])
+            .output()
+            .unwrap();
         text(&o.stdout).lines().map(str::to_owned).collect()
     }
 
@@ -308,7 +311,10 @@ fn walking_skeleton_end_to_end() {
     // moment after devbox's own readiness check.
     let deadline = Instant::now() + Duration::from_secs(20);
     while !h.ok(&["logs", MACHINE]).contains("devbox-guest: ready") {
-        assert!(Instant::now() < deadline, "console log has the readiness marker");
+        assert!(
+            Instant::now() < deadline,
+            "console log has the readiness marker"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 
