@@ -166,7 +166,7 @@ fn create_ls_inspect_ip_rm() {
     let ins: serde_json::Value =
         serde_json::from_slice(&env.run(&["inspect", "dev"]).stdout).unwrap();
     assert_eq!(ins["spec"]["memory_mib"], 512);
-    assert_eq!(ins["spec"]["docker"]["bip"], "172.18.0.1/16");
+    assert_eq!(ins["spec"]["docker"]["bridge"], "172.18.0.1/16");
     assert!(ins["driver"]["kvm_probe"].is_string());
 
     let ip = env.run(&["ip", "dev"]);

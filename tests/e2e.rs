@@ -208,6 +208,200 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// The namespace's IPv4 routing table, as `ip route` prints it.
+    fn routes(&self) -> String {
+        let o = Command::new("ip")
+            .args(["-n", &self.netns, "route"])
+            .output()
+            .unwrap();
+        text(&o.stdout)
+    }
+
+    /// `curl` from the host side of the namespace.
+    fn curl(&self, url: &str) -> String {
+        let o = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                "curl",
+                "-sS",
+                "--max-time",
+                "20",
+                url,
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "curl {url}: {}", text(&o.stderr));
+        text(&o.stdout)
+    }
+}
+
+/// Host directories shared into the machine: one read-write, owned by an ordinary user (so the
+/// uid mapping shows), one read-only.
+struct Shares {
+    rw: PathBuf,
+    ro: PathBuf,
+    big_sha256: String,
+}
+
+const SHARE_UID: u32 = 1000;
+
+impl Shares {
+    fn prepare(tmp: &Path) -> Shares {
+        use sha2::Digest;
+        let rw = tmp.join("share-rw");
+        let ro = tmp.join("share-ro");
+        std::fs::create_dir_all(rw.join("many")).unwrap();
+        std::fs::create_dir_all(&ro).unwrap();
+        std::fs::write(rw.join("hello.txt"), "from host\n").unwrap();
+        std::fs::write(ro.join("readme.txt"), "read only\n").unwrap();
+        for i in 0..3000 {
+            std::fs::write(rw.join(format!("many/f{i:04}")), "").unwrap();
+        }
+        // 100 MiB of non-repeating bytes (xorshift), so a misplaced block changes the hash.
+        let mut big = vec![0u8; 100 << 20];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for chunk in big.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        std::fs::write(rw.join("big.bin"), &big).unwrap();
+        let big_sha256 = hex::encode(sha2::Sha256::digest(&big));
+        let st = Command::new("chown")
+            .args(["-R", &format!("{SHARE_UID}:{SHARE_UID}")])
+            .arg(&rw)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        Shares { rw, ro, big_sha256 }
+    }
+}
+
+fn check_shares(h: &Harness, shares: &Shares) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mounts = h.ssh("mount");
+    assert!(mounts.contains(" on /mnt/rw type nfs"), "{mounts}");
+    assert!(mounts.contains(" on /mnt/ro type nfs"), "{mounts}");
+    assert_eq!(h.ssh("cat /mnt/rw/hello.txt"), "from host\n");
+    // The host user's files look like the guest root's, so they are writable in the guest.
+    assert_eq!(h.ssh("stat -c %u /mnt/rw/hello.txt").trim(), "0");
+
+    // File operations, in the guest, then checked on the host.
+    h.ssh(
+        "set -e; cd /mnt/rw; echo one > a; echo two >> a; mkdir d; mv a d/b; \
+         echo 123456 > t; truncate -s 2 t; ln -s d/b link; [ \"$(readlink link)\" = d/b ]; \
+         chmod 600 t; mkdir gone; rmdir gone; echo x > del; rm del; cat link",
+    );
+    assert_eq!(
+        std::fs::read_to_string(shares.rw.join("d/b")).unwrap(),
+        "one\ntwo\n"
+    );
+    assert_eq!(std::fs::read_to_string(shares.rw.join("t")).unwrap(), "12");
+    let t = std::fs::metadata(shares.rw.join("t")).unwrap();
+    assert_eq!(t.permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        t.uid(),
+        SHARE_UID,
+        "files the guest creates belong to the share's owner"
+    );
+    assert_eq!(
+        std::fs::read_link(shares.rw.join("link")).unwrap(),
+        PathBuf::from("d/b")
+    );
+    assert!(!shares.rw.join("gone").exists() && !shares.rw.join("del").exists());
+
+    // Host to guest, after the mount.
+    std::fs::write(shares.rw.join("late.txt"), "written later\n").unwrap();
+    assert_eq!(h.ssh("cat /mnt/rw/late.txt"), "written later\n");
+
+    let sum = h.ssh("sha256sum /mnt/rw/big.bin");
+    assert_eq!(
+        sum.split_whitespace().next(),
+        Some(shares.big_sha256.as_str())
+    );
+    assert_eq!(
+        h.ssh("ls /mnt/rw/many | wc -l").trim(),
+        "3000",
+        "READDIR pages through"
+    );
+    assert_eq!(
+        h.ssh("ls -l /mnt/rw/many | grep -c '^-'").trim(),
+        "3000",
+        "READDIRPLUS pages through"
+    );
+
+    assert_eq!(h.ssh("cat /mnt/ro/readme.txt"), "read only\n");
+    let w = h.devbox(&["ssh", MACHINE, "--", "echo x > /mnt/ro/new"]);
+    assert_ne!(w.status.code(), Some(0), "a read-only share refuses writes");
+    assert!(!shares.ro.join("new").exists());
+}
+
+fn check_routes(h: &Harness, docker_host: &str) {
+    let routes = h.routes();
+    assert!(
+        routes.contains("172.18.0.0/16 via 192.168.64.2 dev dbx0"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("172.19.0.0/16 via 192.168.64.2 dev dbx0"),
+        "{routes}"
+    );
+    let docker = |args: &[&str]| {
+        let o = Command::new("docker")
+            .args(["-H", docker_host])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "docker {args:?}: {}", text(&o.stderr));
+        text(&o.stdout).trim().to_owned()
+    };
+    // Two web servers, both on port 80, none published: one on the default bridge, one on
+    // a user-defined network (its subnet comes from the machine's routed pool).
+    docker(&["network", "create", "demo"]);
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        "web1",
+        "bb:e2e",
+        "/bin/httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        "web2",
+        "--network",
+        "demo",
+        "bb:e2e",
+        "/bin/sh",
+        "-c",
+        "echo hello from web2 > /www/index.html && exec /bin/httpd -f -p 80 -h /www",
+    ]);
+    let ip = |name: &str| {
+        docker(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            name,
+        ])
+    };
+    let (ip1, ip2) = (ip("web1"), ip("web2"));
+    assert!(ip1.starts_with("172.18."), "{ip1}");
+    assert!(ip2.starts_with("172.19."), "{ip2}");
+    assert_eq!(h.curl(&format!("http://{ip1}/")), "hello from web\n");
+    assert_eq!(h.curl(&format!("http://{ip2}/")), "hello from web2\n");
+}
+
 /// A tar holding a static busybox: a container image without any registry.
 fn busybox_rootfs_tar(dir: &Path) -> PathBuf {
     let tar_path = dir.join("bb.tar");
@@ -218,7 +412,13 @@ fn busybox_rootfs_tar(dir: &Path) -> PathBuf {
     h.set_size(bb.len() as u64);
     h.set_mode(0o755);
     b.append_data(&mut h, "bin/busybox", bb.as_slice()).unwrap();
-    for applet in ["sh", "echo", "cat", "httpd"] {
+    let page = b"hello from web\n";
+    let mut h = tar::Header::new_gnu();
+    h.set_size(page.len() as u64);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "www/index.html", page.as_slice())
+        .unwrap();
+    for applet in ["sh", "echo", "cat", "httpd", "nslookup", "wget", "sleep"] {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_size(0);
@@ -265,6 +465,9 @@ fn walking_skeleton_end_to_end() {
         t0.elapsed()
     );
 
+    let shares = Shares::prepare(h._tmp.path());
+    let rw = format!("{}:/mnt/rw", shares.rw.display());
+    let ro = format!("{}:/mnt/ro:ro", shares.ro.display());
     h.ok(&[
         "create",
         MACHINE,
@@ -274,7 +477,37 @@ fn walking_skeleton_end_to_end() {
         "2048",
         "--disk-size",
         "4G",
+        "--share",
+        &rw,
+        "--share",
+        &ro,
     ]);
+    // A subnet that collides with a route the host already has is refused, naming it.
+    let st = Command::new("ip")
+        .args(["-n", &h.netns, "route", "add", "172.30.0.0/16", "dev", "lo"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let c = h.devbox(&[
+        "create",
+        "clash",
+        "--no-share",
+        "--docker-subnet",
+        "172.30.0.1/16",
+    ]);
+    assert_eq!(c.status.code(), Some(1), "{}", text(&c.stderr));
+    for needle in ["172.30.0.0/16", "lo", "--docker-subnet"] {
+        assert!(
+            text(&c.stderr).contains(needle),
+            "{needle}: {}",
+            text(&c.stderr)
+        );
+    }
+    assert!(
+        h.routes().contains("172.30.0.0/16 dev lo"),
+        "foreign route left untouched"
+    );
+    assert!(!h.home.join("machines/clash").exists());
 
     // ---- boot 1 ----
     h.ok(&["start", MACHINE, "--timeout", "600"]);
@@ -359,6 +592,9 @@ fn walking_skeleton_end_to_end() {
     assert!(run.status.success(), "docker run: {}", text(&run.stderr));
     assert_eq!(text(&run.stdout).trim(), "hello from a container");
 
+    check_shares(&h, &shares);
+    check_routes(&h, &docker_host);
+
     // Data in /var/lib/docker survives a restart.
     h.ssh("echo kept > /var/lib/docker/devbox-marker && sync");
     let rm = h.devbox(&["rm", MACHINE]);
@@ -373,6 +609,11 @@ fn walking_skeleton_end_to_end() {
     h.ok(&["restart", MACHINE, "--timeout", "600"]);
     assert_eq!(h.ssh("cat /var/lib/docker/devbox-marker").trim(), "kept");
     assert!(!h.ssh("docker images -q bb:e2e").trim().is_empty());
+    assert_eq!(
+        h.ssh("cat /mnt/rw/hello.txt"),
+        "from host\n",
+        "shares come back after a restart"
+    );
 
     // A supervisor killed with SIGKILL takes its guest and TAP down and is reported crashed.
     let sup = h.supervisor_pid();
@@ -425,6 +666,11 @@ fn walking_skeleton_end_to_end() {
     // ---- stop and remove: nothing left behind ----
     h.ok(&["stop", MACHINE]);
     assert_eq!(h.status(), "Stopped");
+    assert!(
+        !h.routes().contains("172.18.0.0/16"),
+        "stop removes the routes: {}",
+        h.routes()
+    );
     assert!(h.guest_processes().is_empty());
     assert!(!h.tap_exists());
     for f in ["docker.sock", "control.sock", "supervisor.pid", "qmp.sock"] {

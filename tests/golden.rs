@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use devbox::hypervisor::BootConfig;
 use devbox::hypervisor::qemu;
 use devbox::machine::config_drive;
-use devbox::machine::spec::{DockerSpec, Driver, MachineSpec, NetworkSpec, parse_docker_bip};
+use devbox::machine::spec::{Driver, MachineSpec, NetworkSpec, ShareSpec, parse_docker_bip};
+use devbox::net::routes::DockerSubnets;
 
 fn golden(name: &str, actual: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -46,16 +47,25 @@ fn spec() -> MachineSpec {
             guest_ip: "192.168.64.2".parse().unwrap(),
             mac: devbox::machine::spec::mac_for("dev"),
         },
-        docker: DockerSpec {
-            bip: parse_docker_bip("172.18.0.1/16").unwrap(),
+        docker: DockerSubnets {
+            bridge: parse_docker_bip("172.18.0.1/16").unwrap(),
+            pool: "172.19.0.0/16".parse().unwrap(),
+            pool_size: 24,
         },
+        shares: vec![ShareSpec {
+            host_path: "/home/alice".into(),
+            guest_path: "/home/alice".into(),
+            read_only: false,
+        }],
+        tld: "dev".into(),
         created: "2026-11-21T00:00:00Z".into(),
     }
 }
 
 #[test]
 fn daemon_json() {
-    golden("daemon.json", &config_drive::daemon_json(&spec()));
+    let dns = ["192.168.64.1".parse().unwrap()];
+    golden("daemon.json", &config_drive::daemon_json(&spec(), 20, &dns));
 }
 
 #[test]
@@ -76,6 +86,12 @@ fn config_drive_is_a_tar_the_guest_can_read() {
         host_key_private: "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE KEY-----\n",
         host_key_public: "ssh-ed25519 AAAA host",
         dns: &[],
+        docker_major: 20,
+        mounts: &[config_drive::NfsMount {
+            source: "192.168.64.1:/home/alice".into(),
+            guest_path: "/home/alice".into(),
+            options: "vers=3,proto=tcp,port=40000,mountport=40000,mountproto=tcp,nolock,noacl,addr=192.168.64.1".into(),
+        }],
     };
     let bytes = config_drive::render(&config_drive::files(&spec(), &inputs)).unwrap();
     assert_eq!(bytes.len() % 512, 0, "whole blocks");
@@ -90,6 +106,16 @@ fn config_drive_is_a_tar_the_guest_can_read() {
         ));
     }
     golden("config-drive.txt", &(names.join("\n") + "\n"));
+}
+
+#[test]
+fn nfs_mounts_file() {
+    let m = [config_drive::NfsMount {
+        source: "192.168.64.1:/home/alice".into(),
+        guest_path: "/home/alice".into(),
+        options: "vers=3,proto=tcp,port=40000,mountport=40000,mountproto=tcp,nolock,noacl,addr=192.168.64.1".into(),
+    }];
+    golden("nfs-mounts", &config_drive::nfs_mounts_file(&m));
 }
 
 #[test]

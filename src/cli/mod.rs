@@ -54,6 +54,9 @@ pub enum Command {
     /// Build, download or list guest images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Host routes to the machines' Docker subnets, and the boot-time job that restores them.
+    #[command(subcommand)]
+    Routes(RoutesCommand),
     /// Print a shell completion script.
     Completion(CompletionArgs),
     /// Run a machine's supervisor in the foreground (spawned by `start`).
@@ -87,9 +90,20 @@ pub struct CreateArgs {
     /// Hypervisor driver (default: the best one this host can run).
     #[arg(long)]
     pub driver: Option<DriverArg>,
-    /// Docker bridge address and prefix inside the machine (Docker's `bip`).
-    #[arg(long, default_value = "172.18.0.1/16", value_name = "CIDR")]
-    pub docker_subnet: String,
+    /// Docker bridge address and prefix inside the machine (Docker's `bip`; default: the
+    /// first free of 172.18.0.1/16, 172.20.0.1/16, …).
+    #[arg(long, value_name = "CIDR")]
+    pub docker_subnet: Option<String>,
+    /// Export a host directory into the machine over NFS: HOST_PATH[:GUEST_PATH][:ro]
+    /// (repeatable; default: your home directory at the same path).
+    #[arg(long = "share", value_name = "SHARE")]
+    pub shares: Vec<String>,
+    /// Do not export any directory (not even the default home share).
+    #[arg(long, conflicts_with = "shares")]
+    pub no_share: bool,
+    /// Top-level domain of the machine's DNS names (`<machine>.<tld>`).
+    #[arg(long, default_value = "dev", value_name = "TLD")]
+    pub tld: String,
     /// Guest image version (default: the newest installed image).
     #[arg(long, value_name = "VERSION")]
     pub image: Option<String>,
@@ -195,6 +209,24 @@ pub struct ImagePullArgs {
     /// Expected sha256 of manifest.json.
     #[arg(long, value_name = "HEX")]
     pub sha256: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RoutesCommand {
+    /// Make the host's routes match the running machines (idempotent; run at boot by the
+    /// installed job).
+    Apply(DryRunArg),
+    /// Install the boot-time job (systemd units on Linux, a LaunchDaemon on macOS).
+    Install(DryRunArg),
+    /// Remove the boot-time job.
+    Uninstall(DryRunArg),
+}
+
+#[derive(Debug, Args)]
+pub struct DryRunArg {
+    /// Print the plan without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,8 +5,9 @@
 use anyhow::{Context, Result};
 
 use crate::cli::{CreateArgs, DriverArg};
-use crate::machine::spec::{self, DockerSpec, HostLimits, NetworkSpec};
+use crate::machine::spec::{self, HostLimits, NetworkSpec};
 use crate::machine::{Driver, MachineSpec, Store};
+use crate::net::routes::{self, Claim};
 use crate::{hypervisor, image, net, output, ssh};
 
 pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
@@ -15,7 +16,23 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
     spec::validate_cpus(a.cpus, &limits)?;
     spec::validate_memory(a.memory, &limits)?;
     let disk_bytes = spec::parse_disk_size(&a.disk_size)?;
-    let bip = spec::parse_docker_bip(&a.docker_subnet)?;
+    let bip = a
+        .docker_subnet
+        .as_deref()
+        .map(spec::parse_docker_bip)
+        .transpose()?;
+    spec::validate_tld(&a.tld)?;
+    let shares = if a.no_share {
+        Vec::new()
+    } else if a.shares.is_empty() {
+        spec::default_shares()
+    } else {
+        a.shares
+            .iter()
+            .map(|s| spec::parse_share(s))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    spec::check_shares(&shares)?;
 
     let (driver, why) = match a.driver {
         None => hypervisor::default_driver(),
@@ -51,19 +68,21 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
         return Err(crate::machine::store::StoreError::Exists { name: a.name }.into());
     }
     let mut taken = Vec::new();
+    let mut claims = Vec::new();
     for other in store.names()? {
         if let Ok(s) = store.machine(&other).load_spec() {
             taken.push(s.network.index);
+            for subnet in s.docker.routed() {
+                claims.push(Claim {
+                    machine: other.clone(),
+                    subnet,
+                });
+            }
         }
     }
-    let routes = net::host_routes()?;
-    let hostonly = net::allocate_host_only(&taken, &routes)?;
-    if net_overlaps(&bip, &hostonly.subnet) {
-        anyhow::bail!(
-            "--docker-subnet {bip} overlaps the machine's host-only network {}; pick another subnet",
-            hostonly.subnet
-        );
-    }
+    let host_routes = net::host_routes()?;
+    let hostonly = net::allocate_host_only(&taken, &host_routes)?;
+    let docker = routes::allocate_docker_subnets(&claims, &host_routes, bip)?;
 
     let staging = store.stage(&a.name)?;
     let dir = staging.dir();
@@ -90,7 +109,9 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
             guest_ip: hostonly.guest_ip,
             mac: spec::mac_for(&a.name),
         },
-        docker: DockerSpec { bip },
+        docker,
+        shares,
+        tld: a.tld.clone(),
         created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     };
     dir.save_spec(&spec)?;
@@ -105,10 +126,18 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
         spec.network.guest_ip,
         spec.image
     ));
+    for sh in &spec.shares {
+        output::info(format!(
+            "Share: {} -> {}{}",
+            sh.host_path.display(),
+            sh.guest_path,
+            if sh.read_only { " (read-only)" } else { "" }
+        ));
+    }
+    output::info(format!(
+        "Docker: bridge {}, networks from {} (routed from this host)",
+        spec.docker.bridge, spec.docker.pool
+    ));
     output::info(format!("Start it with: devbox start {}", spec.name));
     Ok(0)
-}
-
-fn net_overlaps(a: &ipnet::Ipv4Net, b: &ipnet::Ipv4Net) -> bool {
-    a.trunc().contains(&b.network()) || b.trunc().contains(&a.network())
 }

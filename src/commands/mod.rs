@@ -11,6 +11,7 @@ mod ip;
 mod logs;
 mod ls;
 mod rm;
+mod routes;
 mod ssh;
 mod start;
 mod status;
@@ -68,6 +69,7 @@ fn dispatch(store: &Store, command: Command) -> Result<i32> {
         Command::Logs(a) => logs::run(store, &a),
         Command::Env(a) => env::run(store, &a),
         Command::Image(c) => image::run(store, c),
+        Command::Routes(c) => routes::run(store, c),
         Command::Completion(a) => completion::run(&a),
         Command::Supervise(a) => {
             crate::supervisor::run(store, &a.name, std::time::Duration::from_secs(a.timeout))?;
@@ -96,6 +98,14 @@ fn hint(e: &anyhow::Error) -> Option<String> {
         } else if let Some(x) = cause.downcast_ref::<crate::net::NetError>() {
             x.hint()
         } else if let Some(x) = cause.downcast_ref::<crate::ssh::SshError>() {
+            x.hint()
+        } else if let Some(x) = cause.downcast_ref::<crate::net::routes::RouteError>() {
+            x.hint()
+        } else if let Some(x) = cause.downcast_ref::<crate::host::HostError>() {
+            x.hint()
+        } else if let Some(x) = cause.downcast_ref::<crate::nfs::NfsError>() {
+            x.hint()
+        } else if let Some(x) = cause.downcast_ref::<crate::machine::spec::SpecError>() {
             x.hint()
         } else {
             None

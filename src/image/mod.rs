@@ -68,6 +68,18 @@ pub struct Manifest {
     pub files: BTreeMap<String, String>,
 }
 
+impl Manifest {
+    /// Major version of the image's Docker engine (`docker.io` 20.10.24+… → 20); 20 when the
+    /// manifest does not say (the Debian 12 engine).
+    pub fn docker_major(&self) -> u32 {
+        self.packages
+            .get("docker.io")
+            .and_then(|v| v.split(['.', ':']).next())
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(20)
+    }
+}
+
 /// An image present in the cache.
 #[derive(Debug, Clone)]
 pub struct Image {

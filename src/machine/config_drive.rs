@@ -27,18 +27,40 @@ pub struct DriveInputs<'a> {
     pub host_key_public: &'a str,
     /// Nameservers for the guest's resolv.conf.
     pub dns: &'a [std::net::IpAddr],
+    /// Major version of the guest's Docker engine (decides which daemon.json keys exist).
+    pub docker_major: u32,
+    /// NFS shares the guest mounts at boot.
+    pub mounts: &'a [NfsMount],
+}
+
+/// One NFS mount of the guest: `mount -t nfs -o OPTIONS SOURCE GUEST_PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NfsMount {
+    pub source: String,
+    pub guest_path: String,
+    pub options: String,
 }
 
 /// Docker's `daemon.json` for the machine.
-pub fn daemon_json(spec: &MachineSpec) -> String {
-    let v = json!({
-        "bip": spec.docker.bip.to_string(),
-        // The guest has no systemd: dockerd's own log file is the one place to look.
-        "log-level": "info",
-    });
+pub fn daemon_json(spec: &MachineSpec, docker_major: u32, dns: &[std::net::IpAddr]) -> String {
+    let mut v = spec.docker.daemon_json_fragment(docker_major);
+    // The guest has no systemd: dockerd's own log file is the one place to look.
+    v["log-level"] = json!("info");
+    if !dns.is_empty() {
+        // Containers resolve through devbox's DNS server on the host side.
+        v["dns"] = json!(dns.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+    }
     let mut s = serde_json::to_string_pretty(&v).expect("static JSON");
     s.push('\n');
     s
+}
+
+/// `nfs-mounts`: one `SOURCE<TAB>GUEST_PATH<TAB>OPTIONS` line per share.
+pub fn nfs_mounts_file(mounts: &[NfsMount]) -> String {
+    mounts
+        .iter()
+        .map(|m| format!("{}\t{}\t{}\n", m.source, m.guest_path, m.options))
+        .collect()
 }
 
 /// `devbox.env`: shell-sourceable settings for the guest init.
@@ -98,7 +120,12 @@ pub fn files(spec: &MachineSpec, inputs: &DriveInputs) -> Vec<DriveFile> {
         DriveFile {
             name: "daemon.json",
             mode: 0o644,
-            contents: daemon_json(spec).into_bytes(),
+            contents: daemon_json(spec, inputs.docker_major, inputs.dns).into_bytes(),
+        },
+        DriveFile {
+            name: "nfs-mounts",
+            mode: 0o644,
+            contents: nfs_mounts_file(inputs.mounts).into_bytes(),
         },
     ]
 }

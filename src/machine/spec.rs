@@ -3,10 +3,13 @@
 
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+
+use crate::net::routes::DockerSubnets;
 
 /// Smallest memory a machine may have: the initramfs OS alone pins ~250 MiB.
 pub const MIN_MEMORY_MIB: u64 = 256;
@@ -33,6 +36,22 @@ pub enum SpecError {
     DiskTooSmall { text: String },
     #[error("invalid --docker-subnet {text:?}: {why}")]
     DockerSubnet { text: String, why: String },
+    #[error("invalid --share {text:?}: {why}")]
+    Share { text: String, why: String },
+    #[error("invalid --tld {text:?}: {why}")]
+    Tld { text: String, why: &'static str },
+}
+
+impl SpecError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            SpecError::Share { .. } => {
+                Some("example: --share /home/me/src:/src (add :ro for read-only)".into())
+            }
+            SpecError::DockerSubnet { .. } => Some("example: --docker-subnet 172.24.0.1/16".into()),
+            _ => None,
+        }
+    }
 }
 
 /// Which hypervisor runs the machine.
@@ -66,12 +85,41 @@ pub struct NetworkSpec {
     pub mac: String,
 }
 
-/// Docker settings inside the guest.
+/// A host directory exported into the machine over NFS.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DockerSpec {
-    /// Docker's `bip`: the bridge's gateway address with its prefix, e.g. `172.18.0.1/16`.
-    pub bip: Ipv4Net,
+#[serde(deny_unknown_fields)]
+pub struct ShareSpec {
+    /// Absolute, canonical host directory.
+    pub host_path: PathBuf,
+    /// Absolute path where the guest mounts it.
+    pub guest_path: String,
+    #[serde(default)]
+    pub read_only: bool,
 }
+
+/// Guest paths a share may not cover: the guest's own system and Docker's data.
+const RESERVED_GUEST_PATHS: &[&str] = &[
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib64",
+    "/mnt/data",
+    "/proc",
+    "/root/.ssh",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/var",
+    "/var/lib",
+    "/var/lib/docker",
+    "/var/log",
+    "/var/run",
+];
 
 /// Desired state of one machine, as written at `create`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,9 +134,20 @@ pub struct MachineSpec {
     /// Version of the guest image the machine boots.
     pub image: String,
     pub network: NetworkSpec,
-    pub docker: DockerSpec,
+    /// Docker's bridge and address pool in the guest, routed from the host.
+    pub docker: DockerSubnets,
+    /// Host directories exported into the guest.
+    #[serde(default)]
+    pub shares: Vec<ShareSpec>,
+    /// Top-level domain of the machine's names (`<machine>.<tld>`).
+    #[serde(default = "default_tld")]
+    pub tld: String,
     /// RFC 3339 creation time.
     pub created: String,
+}
+
+fn default_tld() -> String {
+    "dev".to_owned()
 }
 
 impl MachineSpec {
@@ -250,9 +309,10 @@ pub fn parse_docker_bip(text: &str) -> Result<Ipv4Net, SpecError> {
     };
     let net = Ipv4Net::from_str(text.trim())
         .map_err(|_| err("expected an IPv4 address with a prefix, e.g. 172.18.0.1/16".into()))?;
-    if net.prefix_len() < 8 || net.prefix_len() > 28 {
+    // Sizes and ranges are checked against the host's routes by `net::routes`.
+    if net.prefix_len() > 30 {
         return Err(err(format!(
-            "the prefix /{} is out of range: use /8 to /28",
+            "the prefix /{} leaves no room for containers",
             net.prefix_len()
         )));
     }
@@ -276,6 +336,130 @@ pub fn mac_for(name: &str) -> String {
     use sha2::{Digest, Sha256};
     let h = Sha256::digest(name.as_bytes());
     format!("52:54:00:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2])
+}
+
+/// Parses `HOST_PATH[:GUEST_PATH][:ro]`. The host path must be an existing directory; the
+/// guest path defaults to the same path and must not cover the guest's system directories.
+pub fn parse_share(text: &str) -> Result<ShareSpec, SpecError> {
+    let err = |why: String| SpecError::Share {
+        text: text.to_owned(),
+        why,
+    };
+    let mut parts: Vec<&str> = text.split(':').collect();
+    let mut read_only = false;
+    if parts.len() > 1 && matches!(*parts.last().expect("non-empty"), "ro" | "rw") {
+        read_only = parts.pop() == Some("ro");
+    }
+    let (host, guest) = match parts.as_slice() {
+        [h] => (*h, None),
+        [h, g] => (*h, Some(*g)),
+        _ => return Err(err("expected HOST_PATH[:GUEST_PATH][:ro]".into())),
+    };
+    if !host.starts_with('/') {
+        return Err(err("the host path must be absolute".into()));
+    }
+    let host_path = std::fs::canonicalize(host)
+        .map_err(|e| err(format!("cannot use host path {host}: {e}")))?;
+    if !host_path.is_dir() {
+        return Err(err(format!("{} is not a directory", host_path.display())));
+    }
+    let guest_path = match guest {
+        Some(g) => g.to_owned(),
+        None => host_path.to_string_lossy().into_owned(),
+    };
+    validate_guest_path(&guest_path).map_err(err)?;
+    Ok(ShareSpec {
+        host_path,
+        guest_path,
+        read_only,
+    })
+}
+
+fn validate_guest_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err("the guest path must be absolute".into());
+    }
+    if p.contains("/../")
+        || p.ends_with("/..")
+        || p.contains("//")
+        || p.contains('\t')
+        || p.contains('\n')
+    {
+        return Err("the guest path must be a plain absolute path".into());
+    }
+    let norm = p.trim_end_matches('/');
+    let norm = if norm.is_empty() { "/" } else { norm };
+    if RESERVED_GUEST_PATHS.contains(&norm) {
+        return Err(format!(
+            "{norm} is a system directory of the guest; mount the share elsewhere"
+        ));
+    }
+    Ok(())
+}
+
+/// Shares must not repeat a guest path.
+pub fn check_shares(shares: &[ShareSpec]) -> Result<(), SpecError> {
+    for (i, a) in shares.iter().enumerate() {
+        if shares[..i].iter().any(|b| b.guest_path == a.guest_path) {
+            return Err(SpecError::Share {
+                text: a.guest_path.clone(),
+                why: "two shares use the same guest path".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The default share: the user's home directory at the same path, as docker-machine-nfs did
+/// with /Users. Under sudo that is the invoking user's home, not root's.
+pub fn default_shares() -> Vec<ShareSpec> {
+    let home = sudo_user_home().or_else(|| std::env::var_os("HOME").map(PathBuf::from));
+    match home.and_then(|h| std::fs::canonicalize(h).ok()) {
+        Some(h) if h.is_dir() && validate_guest_path(&h.to_string_lossy()).is_ok() => {
+            vec![ShareSpec {
+                guest_path: h.to_string_lossy().into_owned(),
+                host_path: h,
+                read_only: false,
+            }]
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn sudo_user_home() -> Option<PathBuf> {
+    let user = std::env::var("SUDO_USER").ok()?;
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > 5 && f[0] == user)
+        .map(|f| PathBuf::from(f[5]))
+}
+
+/// Owner of a share's host directory: files the guest creates belong to this user.
+pub fn share_owner(path: &Path) -> std::io::Result<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs_err::metadata(path)?;
+    Ok((m.uid(), m.gid()))
+}
+
+/// A TLD is one or more DNS labels, e.g. `dev`, `test`, `internal`.
+pub fn validate_tld(text: &str) -> Result<(), SpecError> {
+    let err = |why| {
+        Err(SpecError::Tld {
+            text: text.to_owned(),
+            why,
+        })
+    };
+    if text.is_empty() || text.len() > 63 {
+        return err("expected 1 to 63 characters");
+    }
+    for label in text.split('.') {
+        if validate_name(label).is_err() {
+            return err("each label must be a-z, 0-9 and '-', not starting or ending with '-'");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -330,14 +514,44 @@ mod tests {
             parse_docker_bip("172.18.0.0/16").unwrap().to_string(),
             "172.18.0.1/16"
         );
-        for bad in [
-            "172.18.0.1",
-            "172.18.0.1/4",
-            "172.18.0.1/30",
-            "x/16",
-            "10.0.0.255/24",
-        ] {
+        for bad in ["172.18.0.1", "172.18.0.1/31", "x/16", "10.0.0.255/24"] {
             assert!(parse_docker_bip(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn shares_parse_and_refuse_system_paths() {
+        let d = tempfile::tempdir().unwrap();
+        let host = d.path().canonicalize().unwrap();
+        let h = host.to_str().unwrap();
+        let s = parse_share(h).unwrap();
+        assert_eq!(s.guest_path, h);
+        assert!(!s.read_only);
+        let s = parse_share(&format!("{h}:/src:ro")).unwrap();
+        assert_eq!((s.guest_path.as_str(), s.read_only), ("/src", true));
+        let s = parse_share(&format!("{h}:ro")).unwrap();
+        assert!(s.read_only && s.guest_path == h);
+        for bad in [
+            "relative/dir".to_owned(),
+            format!("{h}/missing"),
+            format!("{h}:/var/lib/docker"),
+            format!("{h}:/"),
+            format!("{h}:relative"),
+            format!("{h}:/a:/b:ro"),
+        ] {
+            assert!(parse_share(&bad).is_err(), "{bad} accepted");
+        }
+        let a = parse_share(&format!("{h}:/x")).unwrap();
+        assert!(check_shares(&[a.clone(), a]).is_err());
+    }
+
+    #[test]
+    fn tlds_are_dns_labels() {
+        for ok in ["dev", "test", "internal", "my.lan"] {
+            assert!(validate_tld(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".dev", "dev.", "DEV", "d_v"] {
+            assert!(validate_tld(bad).is_err(), "{bad:?}");
         }
     }
 

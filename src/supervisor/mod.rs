@@ -6,7 +6,11 @@
 //! - the TAP device (its descriptor is shared only with the guest process, so the interface
 //!   disappears when both are gone, even after SIGKILL);
 //! - the hypervisor driver's running machine (a QEMU child that dies with the supervisor);
-//! - the docker socket forwarder (`docker.sock` → the guest's `/var/run/docker.sock` over SSH).
+//! - the docker socket forwarder (`docker.sock` → the guest's `/var/run/docker.sock` over SSH);
+//! - the host routes to the machine's Docker subnets (added through the host plan applier,
+//!   recorded in `$DEVBOX_HOME/routes.json` for the boot-time job);
+//! - the NFS server exporting the machine's shares, bound to the machine's host-side IP and
+//!   answering only the guest, on the `io` tokio runtime.
 //!
 //! Threads: the main loop (owns the machine, reacts to events), `control` (the control socket),
 //! `ready` (waits for SSH and Docker once per boot), `signals` (SIGTERM/SIGINT/SIGHUP become a
@@ -21,13 +25,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
 
+use crate::host::{self, HostPlan, MachineRoutes, RoutesState, routes_state_path};
 use crate::hypervisor::{self, BootConfig, RunningVm};
 use crate::machine::config_drive;
 use crate::machine::lock::lock_supervisor;
 use crate::machine::state::{Phase, StateFile, write_state_file};
 use crate::machine::store::write_atomic;
 use crate::machine::{MachineDir, MachineSpec, Store};
-use crate::{image, net, ssh};
+use crate::net::routes;
+use crate::{image, net, nfs, ssh};
 
 /// How long a guest gets to power off before it is killed.
 const GRACEFUL_STOP: Duration = Duration::from_secs(60);
@@ -120,6 +126,7 @@ pub fn run(store: &Store, name: &str, ready_timeout: Duration) -> Result<()> {
 
     let (tx, rx) = channel();
     let outcome = supervise(store, &dir, &spec, &state, ready_timeout, sigs, tx, rx);
+    forget_routes(store, &spec);
 
     for path in [
         dir.docker_socket_path(),
@@ -184,6 +191,43 @@ fn supervise(
     let hostonly = net::HostOnlyNet::from_index(spec.network.index)?;
     net::check_conflicts(&hostonly, &routes)?;
 
+    state.update(|s| s.step = "creating the network device".into());
+    let tap = net::Tap::create(&net::tap_name(spec.network.index), true)?;
+    tap.configure(spec.network.host_ip, spec.network.subnet.prefix_len())?;
+    log(format!(
+        "{} up with {}/{}",
+        tap.name(),
+        spec.network.host_ip,
+        spec.network.subnet.prefix_len()
+    ));
+
+    state.update(|s| s.step = "routing the Docker subnets".into());
+    add_routes(store, spec, tap.name())?;
+
+    // Host services run on one small tokio runtime; the machine's own threads stay plain.
+    let io = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("io")
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")?;
+    let _io_guard = io.enter();
+
+    state.update(|s| s.step = "exporting shares".into());
+    let nfs_server = start_nfs(&io, spec)?;
+    let mounts: Vec<config_drive::NfsMount> = match &nfs_server {
+        Some(server) => server
+            .mounts()
+            .into_iter()
+            .map(|m| config_drive::NfsMount {
+                guest_path: m.export.clone(),
+                source: m.source,
+                options: m.options,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+
     state.update(|s| s.step = "writing the config drive".into());
     let client_pub = fs_err::read_to_string(dir.client_pub_path())?;
     let host_key = fs_err::read_to_string(dir.host_key_path())?;
@@ -196,18 +240,10 @@ fn supervise(
             host_key_private: &host_key,
             host_key_public: &host_pub,
             dns: &[],
+            docker_major: image.manifest.docker_major(),
+            mounts: &mounts,
         },
     )?;
-
-    state.update(|s| s.step = "creating the network device".into());
-    let tap = net::Tap::create(&net::tap_name(spec.network.index), true)?;
-    tap.configure(spec.network.host_ip, spec.network.subnet.prefix_len())?;
-    log(format!(
-        "{} up with {}/{}",
-        tap.name(),
-        spec.network.host_ip,
-        spec.network.subnet.prefix_len()
-    ));
 
     rotate_serial_log(dir);
     state.update(|s| s.step = "booting".into());
@@ -402,7 +438,11 @@ fn wait_ready(
     step("waiting for Docker");
     let mut last = String::new();
     while Instant::now() < deadline {
-        match conn.exec_capture("docker info --format '{{.ServerVersion}}'") {
+        // The guest creates /run/devbox/ready once Docker answers and its firewall rule for
+        // routed container access is in place (assets/guest/README.md).
+        match conn
+            .exec_capture("test -e /run/devbox/ready && docker info --format '{{.ServerVersion}}'")
+        {
             Ok(out) if out.status == 0 => {
                 return Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned());
             }
@@ -414,4 +454,105 @@ fn wait_ready(
     Err(format!(
         "Docker did not answer in time (last error: {last})"
     ))
+}
+
+/// Starts the NFS server for the machine's shares (none: no server).
+fn start_nfs(io: &tokio::runtime::Runtime, spec: &MachineSpec) -> Result<Option<nfs::NfsServer>> {
+    if spec.shares.is_empty() {
+        return Ok(None);
+    }
+    let mut exports = Vec::new();
+    for share in &spec.shares {
+        let (uid, gid) = crate::machine::spec::share_owner(&share.host_path)?;
+        exports.push(nfs::Export {
+            // The guest path names the export: unique per machine, and stable across
+            // restarts, so file handles stay valid.
+            name: share.guest_path.clone(),
+            host_path: share.host_path.clone(),
+            read_only: share.read_only,
+            uid,
+            gid,
+        });
+    }
+    let server = io.block_on(nfs::NfsServer::start(nfs::NfsConfig {
+        bind: spec.network.host_ip.into(),
+        port: 0,
+        allowed_client: spec.network.guest_ip.into(),
+        exports,
+    }))?;
+    log(format!(
+        "NFS on {} exporting {}",
+        server.local_addr(),
+        spec.shares
+            .iter()
+            .map(|s| format!("{} as {}", s.host_path.display(), s.guest_path))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    Ok(Some(server))
+}
+
+/// Routes the machine's Docker subnets via its guest IP, and records them for the
+/// boot-time job (`devbox routes install`).
+fn add_routes(store: &Store, spec: &MachineSpec, tap: &str) -> Result<()> {
+    let table = net::host_routes()?;
+    let plan = HostPlan {
+        command: format!("start {}", spec.name),
+        routes: routes::route_plan_for(
+            &spec.name,
+            &spec.docker,
+            spec.network.guest_ip,
+            tap,
+            &table,
+        )?,
+        ..HostPlan::default()
+    };
+    host::apply(&plan, false)?;
+    let path = routes_state_path(&store.home);
+    let mut st = RoutesState::load(&path)?;
+    st.machines.insert(
+        spec.name.clone(),
+        MachineRoutes {
+            guest_ip: spec.network.guest_ip,
+            interface: tap.to_owned(),
+            docker: spec.docker,
+        },
+    );
+    st.save(&path)?;
+    log(format!(
+        "routes: {} via {} on {tap}",
+        spec.docker.routed().map(|n| n.to_string()).join(", "),
+        spec.network.guest_ip
+    ));
+    Ok(())
+}
+
+/// Takes the machine's routes away (the kernel already dropped them with the TAP device;
+/// this also covers a TAP that outlived us) and removes it from the routes state.
+fn forget_routes(store: &Store, spec: &MachineSpec) {
+    let tap = net::tap_name(spec.network.index);
+    match routes::removal_plan_for(&spec.name, &spec.docker, spec.network.guest_ip, &tap) {
+        Ok(r) => {
+            let plan = HostPlan {
+                command: format!("stop {}", spec.name),
+                routes: r,
+                ..HostPlan::default()
+            };
+            if let Err(e) = host::apply(&plan, false) {
+                log(format!("removing routes: {e}"));
+            }
+        }
+        Err(e) => log(format!("removing routes: {e}")),
+    }
+    let path = routes_state_path(&store.home);
+    match RoutesState::load(&path) {
+        Ok(mut st) => {
+            if st.machines.remove(&spec.name).is_some()
+                && let Err(e) = st.save(&path)
+            {
+                log(format!("updating {}: {e}", path.display()));
+            }
+        }
+        Err(e) => log(format!("reading {}: {e}", path.display())),
+    }
 }
