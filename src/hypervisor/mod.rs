@@ -9,6 +9,8 @@
 //! The driver does not own the network device or the disks' contents: the supervisor creates
 //! the TAP device and the config drive and hands them over in [`BootConfig`].
 
+#[cfg(target_os = "linux")]
+pub mod kvm;
 pub mod probe;
 pub mod qemu;
 mod sys;
