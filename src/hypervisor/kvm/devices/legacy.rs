@@ -40,11 +40,9 @@ impl SerialPort {
         self.0.read(offset)
     }
     pub fn write(&mut self, offset: u8, value: u8) {
-        // A full log disk must not stop the guest: output is best-effort.
+        // A full log disk must not stop the guest: output is best-effort. The writer
+        // decides when to flush (the driver's is line-buffered).
         let _ = self.0.write(offset, value);
-        if offset == 0 {
-            let _ = self.0.writer_mut().flush();
-        }
     }
 }
 
