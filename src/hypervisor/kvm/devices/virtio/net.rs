@@ -7,12 +7,12 @@
 //! RX: the TAP descriptor is watched edge-triggered; each readiness edge (and each guest
 //! refill of the RX queue) reads frames until the TAP is empty or the guest has no buffers.
 //! A frame that arrives while the guest has no buffers waits in `pending`; a frame larger than
-//! the buffer offered is dropped (counted) and the buffer is reused.
+//! the buffer offered is dropped (counted) and the buffer returned with length 0.
 //! TX: each chain's readable bytes (header + frame) are written to the TAP as one frame.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 
 use super::{F_VERSION_1, GuestRam, TYPE_NET, VirtioDevice, add_used, pop_chain};
 
@@ -145,9 +145,11 @@ impl Net {
                 Some(Ok(c)) => c,
             };
             if frame.len() < VNET_HDR_LEN || frame.len() as u64 > chain.writable_len() {
-                // Too big for the buffer the guest offered: drop the frame, keep the buffer.
+                // Too big for the buffer the guest offered: the frame is dropped and the
+                // buffer handed back empty, so one bad buffer cannot stall the queue.
                 self.counters.rx_dropped += 1;
-                q.go_to_previous_position();
+                add_used(q, mem, chain.head, 0);
+                used |= 1 << RX;
                 continue;
             }
             let n = chain.write_at(mem, 0, &frame);
