@@ -201,9 +201,7 @@ fn block_discard_and_write_zeroes_free_host_space() {
     assert!(after_discard <= full - 2 * MIB, "{full} -> {after_discard}");
     // SEEK_HOLE finds the hole at the start.
     let f = std::fs::File::open(&d.path).unwrap();
-    use std::os::fd::AsRawFd;
-    // SAFETY (test): lseek on an open descriptor.
-    let hole = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_HOLE) };
+    let hole = nix::unistd::lseek(&f, 0, nix::unistd::Whence::SeekHole).unwrap();
     assert_eq!(hole, 0);
     let (_, _, back) = request(&mut t, &mut g, block::T_IN, 0, &[], 4096);
     assert!(back.iter().all(|&b| b == 0));

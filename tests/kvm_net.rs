@@ -9,7 +9,7 @@ mod kvm_support;
 
 use std::io::Write;
 use std::net::{Ipv4Addr, UdpSocket};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,14 +83,10 @@ fn ip(args: &[&str]) {
     assert!(st.success(), "ip {args:?}");
 }
 
-fn wait_readable(fd: i32, ms: i32) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY (test): poll on one live pollfd.
-    unsafe { libc::poll(&mut p, 1, ms) > 0 }
+fn wait_readable(fd: BorrowedFd<'_>, ms: u16) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::from(ms)).unwrap_or(0) > 0
 }
 
 #[test]
@@ -116,7 +112,8 @@ fn frames_cross_a_tap_both_ways() {
             "dbxk0",
         ]);
         let fd: OwnedFd = tap.into_inheritable_fd().unwrap();
-        let raw = fd.as_raw_fd();
+        // A second descriptor of the same TAP queue, to wait on like the event loop does.
+        let watch = fd.try_clone().unwrap();
 
         let mem = Arc::new(guest_ram(64 << 20).unwrap());
         let dev = Net::new(fd, GUEST_MAC).unwrap();
@@ -165,7 +162,7 @@ fn frames_cross_a_tap_both_ways() {
         while got.is_none() && Instant::now() < deadline {
             // The first frame to arrive lands on the small buffer and is dropped; resend.
             out.send_to(payload, (GUEST_IP, 6666)).unwrap();
-            if wait_readable(raw, 100) {
+            if wait_readable(watch.as_fd(), 100) {
                 t.backend_ready();
             }
             for (id, len) in g.used(net::RX) {

@@ -121,7 +121,8 @@ pub fn describe(p: &boot_params, cmdline: &str) -> String {
     s.push_str(&format!("acpi_rsdp_addr={:#x}\n", { p.acpi_rsdp_addr }));
     for i in 0..p.e820_entries as usize {
         let e = p.e820_table[i];
-        let ty = match { e.r#type } {
+        let kind = e.r#type;
+        let ty = match kind {
             E820_RAM => "ram",
             E820_RESERVED => "reserved",
             _ => "other",

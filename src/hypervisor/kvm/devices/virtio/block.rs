@@ -138,7 +138,7 @@ impl Block {
         let data_out = chain.readable_len() - HEADER_LEN;
         match kind {
             T_IN => {
-                if data_in % SECTOR_SIZE != 0 {
+                if !data_in.is_multiple_of(SECTOR_SIZE) {
                     return (S_IOERR, 0);
                 }
                 let Some(off) = self.range(sector, data_in) else {
@@ -151,7 +151,7 @@ impl Block {
                 }
             }
             T_OUT => {
-                if self.read_only || data_out % SECTOR_SIZE != 0 {
+                if self.read_only || !data_out.is_multiple_of(SECTOR_SIZE) {
                     return (S_IOERR, 0);
                 }
                 let Some(off) = self.range(sector, data_out) else {
@@ -185,7 +185,10 @@ impl Block {
     }
 
     fn segments(&mut self, chain: &super::Chain, mem: &GuestRam, kind: u32, len: u64) -> u8 {
-        if len == 0 || len % SEGMENT_LEN != 0 || len / SEGMENT_LEN > u64::from(MAX_SEGMENTS) {
+        if len == 0
+            || !len.is_multiple_of(SEGMENT_LEN)
+            || len / SEGMENT_LEN > u64::from(MAX_SEGMENTS)
+        {
             return S_IOERR;
         }
         // Check every segment before changing anything.
