@@ -9,6 +9,8 @@
 //! The driver does not own the network device or the disks' contents: the supervisor creates
 //! the TAP device and the config drive and hands them over in [`BootConfig`].
 
+#[cfg(target_os = "linux")]
+pub mod kvm;
 pub mod probe;
 pub mod qemu;
 mod sys;
@@ -117,10 +119,12 @@ pub fn for_driver(driver: Driver) -> Result<Box<dyn Hypervisor>, HypervisorError
     let kvm = probe::kvm();
     match driver {
         Driver::Qemu => Ok(Box::new(qemu::Qemu::new(&kvm))),
+        #[cfg(target_os = "linux")]
+        Driver::Kvm if kvm.usable => Ok(Box::new(kvm::Kvm::new(&kvm))),
         Driver::Kvm => Err(HypervisorError::Unavailable {
             driver,
             reason: if kvm.usable {
-                "this build of devbox has no in-process KVM driver yet".into()
+                "the in-process KVM driver exists only on Linux".into()
             } else {
                 kvm.reason
             },
@@ -135,8 +139,11 @@ pub fn for_driver(driver: Driver) -> Result<Box<dyn Hypervisor>, HypervisorError
 /// The driver a new machine gets when `--driver` is not given, and why.
 pub fn default_driver() -> (Driver, String) {
     let kvm = probe::kvm();
+    if cfg!(target_os = "linux") && kvm.usable {
+        return (Driver::Kvm, format!("kvm: {}", kvm.reason));
+    }
     let why = if kvm.usable {
-        "qemu with KVM acceleration (the in-process kvm driver is not in this build)".to_owned()
+        "qemu with KVM acceleration (the in-process kvm driver runs only on Linux)".to_owned()
     } else {
         format!("qemu with TCG: {}", kvm.reason)
     };

@@ -1,0 +1,171 @@
+//! The in-process KVM driver (Linux): a small VMM on the rust-vmm crates.
+//!
+//! Shape (Firecracker / vmm-reference): [`vm::MachineConfig`] → [`vm::launch`] →
+//! [`vm::KvmMachine`]. Threads per machine:
+//! - one per vCPU (`devbox-vcpuN`): `KVM_RUN` and its exits (port I/O: serial, i8042, ACPI
+//!   sleep/reset registers; MMIO: virtio-mmio registers);
+//! - one event loop (`devbox-events`, `event-manager`): virtio queue ioeventfds, the TAP
+//!   descriptor, the i8042 reset line and ACPI power events.
+//!
+//! The guest finds its devices through ACPI (RSDP/XSDT/FADT/MADT/DSDT, [`acpi`]): Debian's
+//! `virtio_mmio` module knows no other way (research/vmm.md §0.4). A guest `poweroff`
+//! (ACPI S5) or reboot (i8042 or ACPI reset) ends the machine; `request_stop` presses the
+//! ACPI power button; `kill` stops the threads and frees RAM, the TAP and the disk files.
+//!
+//! Unsafe code is confined to this module; every block names its invariant.
+
+pub mod acpi;
+pub mod boot;
+pub mod cpu;
+pub mod devices;
+mod event_loop;
+pub mod layout;
+pub mod vm;
+
+use std::fs::File;
+
+use super::probe::KvmProbe;
+use super::{Accel, BootConfig, Hypervisor, HypervisorError, RunningVm};
+use crate::machine::Driver;
+use devices::virtio::block::BlockError;
+use devices::virtio::net::parse_mac;
+
+pub use vm::{DiskConfig, KvmMachine, MachineConfig, Payload, launch};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KvmError {
+    #[error("KVM: {what}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("/dev/kvm lacks a capability devbox needs: {0}")]
+    MissingCapability(&'static str),
+    #[error("{0}")]
+    Config(String),
+    #[error("allocating guest memory")]
+    Memory(#[source] std::io::Error),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Disk(#[from] BlockError),
+    #[error("setting up the TAP device")]
+    Tap(#[source] std::io::Error),
+    #[error("opening the serial log {path}")]
+    SerialLog {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Io(std::io::Error),
+}
+
+impl From<KvmError> for HypervisorError {
+    fn from(e: KvmError) -> HypervisorError {
+        HypervisorError::Unavailable {
+            driver: Driver::Kvm,
+            reason: error_chain(&e),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// The KVM driver.
+pub struct Kvm {
+    accel: Accel,
+}
+
+impl Kvm {
+    pub fn new(probe: &KvmProbe) -> Kvm {
+        Kvm {
+            accel: Accel {
+                name: "kvm",
+                reason: probe.reason.clone(),
+            },
+        }
+    }
+
+    /// The machine configuration for a supervisor's [`BootConfig`].
+    pub fn machine_config(cfg: BootConfig) -> Result<MachineConfig, KvmError> {
+        let mac = parse_mac(&cfg.mac)
+            .ok_or_else(|| KvmError::Config(format!("bad MAC address {:?}", cfg.mac)))?;
+        let cpus = u8::try_from(cfg.cpus)
+            .map_err(|_| KvmError::Config(format!("{} vCPUs is too many", cfg.cpus)))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&cfg.serial_log)
+            .map_err(|source| KvmError::SerialLog {
+                path: cfg.serial_log.clone(),
+                source,
+            })?;
+        Ok(MachineConfig {
+            cpus,
+            memory_bytes: cfg.memory_mib << 20,
+            payload: Payload::Linux {
+                kernel: cfg.kernel,
+                initrd: cfg.initrd,
+                cmdline: None,
+            },
+            disks: vec![
+                DiskConfig {
+                    path: cfg.config_drive,
+                    read_only: true,
+                    serial: "devbox-config".into(),
+                },
+                DiskConfig {
+                    path: cfg.data_disk,
+                    read_only: false,
+                    serial: "devbox-data".into(),
+                },
+            ],
+            net: Some((cfg.tap, mac)),
+            rng: true,
+            serial_out: Box::new(std::io::LineWriter::new(SerialLog(log))),
+        })
+    }
+}
+
+/// The serial log file (a newtype so the console writer is `Send` and named).
+struct SerialLog(File);
+
+impl std::io::Write for SerialLog {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Hypervisor for Kvm {
+    fn driver(&self) -> Driver {
+        Driver::Kvm
+    }
+    fn accel(&self) -> &Accel {
+        &self.accel
+    }
+    fn preflight(&self) -> Result<(), HypervisorError> {
+        kvm_ioctls::Kvm::new().map_err(|source| KvmError::Kvm {
+            what: "opening /dev/kvm",
+            source,
+        })?;
+        Ok(())
+    }
+    fn boot(&self, cfg: BootConfig) -> Result<Box<dyn RunningVm>, HypervisorError> {
+        let machine = launch(Self::machine_config(cfg)?)?;
+        Ok(Box::new(machine))
+    }
+}
