@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod dns;
 pub mod hypervisor;
 pub mod image;
 pub mod machine;
