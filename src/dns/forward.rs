@@ -113,7 +113,9 @@ async fn exchange_udp(upstream: SocketAddr, query: &[u8], id: u16) -> std::io::R
     let socket = UdpSocket::bind(unspecified_for(upstream)).await?;
     socket.connect(upstream).await?;
     socket.send(query).await?;
-    let mut buf = vec![0u8; 65535];
+    // Room for what the client said it can take (EDNS payload, at least 512 bytes): an
+    // upstream sends no more than that, and a flood of forwards stays small in memory.
+    let mut buf = vec![0u8; advertised_payload(query)];
     loop {
         let n = socket.recv(&mut buf).await?;
         // A stray or spoofed datagram with another id is skipped, not taken as the answer.
@@ -122,6 +124,15 @@ async fn exchange_udp(upstream: SocketAddr, query: &[u8], id: u16) -> std::io::R
             return Ok(buf);
         }
     }
+}
+
+/// The UDP payload size a query advertises in its OPT record, or 512 without one.
+fn advertised_payload(query: &[u8]) -> usize {
+    Message::from_bytes(query)
+        .ok()
+        .and_then(|m| m.edns.map(|e| usize::from(e.max_payload())))
+        .unwrap_or(512)
+        .max(512)
 }
 
 async fn exchange_tcp(upstream: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
+use hickory_proto::op::{Header, HeaderCounts, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::Record;
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use hickory_server::Server;
@@ -137,10 +137,14 @@ async fn udp_loop(socket: Arc<UdpSocket>, handler: Handler, cancel: Cancellation
             _ = cancel.cancelled() => return,
         };
         let packet = &buf[..len];
+        if let Some(rcode) = refuse_before_parsing(packet) {
+            reply_error(&socket, packet, src, rcode).await;
+            continue;
+        }
         let request = match Request::from_bytes(packet.to_vec(), src, Protocol::Udp) {
             Ok(r) => r,
             Err(_) => {
-                reply_formerr(&socket, packet, src).await;
+                reply_error(&socket, packet, src, ResponseCode::FormErr).await;
                 continue;
             }
         };
@@ -164,9 +168,25 @@ async fn udp_loop(socket: Arc<UdpSocket>, handler: Handler, cancel: Cancellation
     }
 }
 
-/// FORMERR for a datagram whose header parses but whose body does not; anything shorter
-/// than a header, or itself a response, is dropped.
-async fn reply_formerr(socket: &UdpSocket, packet: &[u8], dst: SocketAddr) {
+/// Error for a query that is not worth decoding: anything but a standard query (NOTIMP), or
+/// a header whose counts no query has (FORMERR): one question, no answer or authority
+/// records, at most an OPT and a signature. Decoding hostile counts makes the decoder reserve
+/// room for tens of thousands of records, which under a flood only inflates memory.
+fn refuse_before_parsing(packet: &[u8]) -> Option<ResponseCode> {
+    let header = Header::read(&mut BinDecoder::new(packet)).ok()?;
+    let c = header.counts;
+    if header.metadata.op_code != OpCode::Query {
+        Some(ResponseCode::NotImp)
+    } else if c.queries != 1 || c.answers != 0 || c.authorities != 0 || c.additionals > 2 {
+        Some(ResponseCode::FormErr)
+    } else {
+        None
+    }
+}
+
+/// An error reply carrying only the header; a datagram shorter than a header, or itself a
+/// response, is dropped.
+async fn reply_error(socket: &UdpSocket, packet: &[u8], dst: SocketAddr, rcode: ResponseCode) {
     let mut decoder = BinDecoder::new(packet);
     let Ok(header) = Header::read(&mut decoder) else {
         return;
@@ -175,7 +195,7 @@ async fn reply_formerr(socket: &UdpSocket, packet: &[u8], dst: SocketAddr) {
         return;
     }
     let mut metadata = Metadata::response_from_request(&header.metadata);
-    metadata.response_code = ResponseCode::FormErr;
+    metadata.response_code = rcode;
     let header = Header {
         metadata,
         counts: HeaderCounts::default(),
