@@ -57,7 +57,7 @@ pub fn macos_files(
         .iter()
         .map(|domain| {
             let text = format!(
-                "# Managed by devbox for machine `{machine}`; removed when it stops.\n\
+                "# Managed by devbox for machine `{machine}`; do not edit.\n\
                  nameserver {}\nport {}\n",
                 server.ip(),
                 server.port()
