@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod commands;
 pub mod host;
+pub mod dns;
 pub mod hypervisor;
 pub mod image;
 pub mod machine;

@@ -1,0 +1,122 @@
+//! Tier 1: golden tests of what the DNS module renders: the macOS resolver files, the
+//! systemd-resolved commands, the text shown when resolved is absent, and the zone itself.
+//! `UPDATE_GOLDEN=1 cargo test --test dns_golden` rewrites them; review the diff.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use devbox::dns::resolver_plan::{
+    macos_files, manual_instructions, owned_domains, resolved_commands, resolved_revert,
+};
+use devbox::dns::zone::{Container, Zone, ZoneConfig};
+
+fn golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/dns")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
+            path.display()
+        )
+    });
+    assert_eq!(
+        actual,
+        want,
+        "{} differs from the rendered output",
+        path.display()
+    );
+}
+
+fn server() -> SocketAddr {
+    "192.168.64.1:53".parse().unwrap()
+}
+
+fn zone() -> Zone {
+    let cfg = ZoneConfig {
+        machine: "dev".into(),
+        tld: "dev".into(),
+        guest_ip: "192.168.64.2".parse().unwrap(),
+        other_machines: vec!["work".into()],
+    };
+    let containers = [
+        Container {
+            id: "1".into(),
+            name: "/web".into(),
+            ips: vec!["172.18.0.3".parse().unwrap(), "fd00::3".parse().unwrap()],
+            aliases: vec![
+                "www.synbioz.dev".into(),
+                "api.synbioz.dev".into(),
+                "x.work.dev".into(),
+            ],
+        },
+        Container {
+            id: "2".into(),
+            name: "/db".into(),
+            ips: vec!["172.18.0.4".parse().unwrap()],
+            aliases: vec!["db.example.dev".into()],
+        },
+    ];
+    Zone::build(&cfg, &containers).0
+}
+
+fn domains() -> Vec<String> {
+    owned_domains("dev", "dev", &zone().alias_names())
+}
+
+#[test]
+fn zone_text() {
+    golden("zone.txt", &zone().to_text());
+}
+
+#[test]
+fn macos_resolver_files() {
+    let files = macos_files("dev", &domains(), server());
+    let paths: Vec<String> = files.iter().map(|(p, _)| p.display().to_string()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/etc/resolver/dev.dev",
+            "/etc/resolver/example.dev",
+            "/etc/resolver/synbioz.dev"
+        ]
+    );
+    for (path, text) in &files {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        golden(&format!("resolver-{name}"), text);
+    }
+}
+
+#[test]
+fn macos_resolver_file_with_port() {
+    let files = macos_files(
+        "dev",
+        &["dev.dev".to_string()],
+        "127.0.0.1:5353".parse().unwrap(),
+    );
+    golden("resolver-port-5353", &files[0].1);
+}
+
+#[test]
+fn resolved_commands_text() {
+    let mut text = String::new();
+    for argv in resolved_commands("devbox0", &domains(), server()) {
+        text.push_str(&argv.join(" "));
+        text.push('\n');
+    }
+    text.push_str(&resolved_revert("devbox0").join(" "));
+    text.push('\n');
+    golden("resolvectl.txt", &text);
+}
+
+#[test]
+fn no_resolved_text() {
+    golden(
+        "no-resolved.txt",
+        &manual_instructions(&domains(), server()),
+    );
+}

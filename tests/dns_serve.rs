@@ -1,0 +1,51 @@
+//! A test-mode entry that serves a fixed zone until killed, for `tests/bench/dns.sh`:
+//! `DEVBOX_DNS_BENCH_ADDR=127.0.0.1:5391 cargo test --release --test dns_serve -- --ignored`.
+//! Machine `bench`, TLD `dev`, containers `c0`…`cN-1` (N from `DEVBOX_DNS_BENCH_CONTAINERS`,
+//! default 1000) with one IPv4 and one IPv6 address each: `172.18.<i/250>.<i%250+2>` and
+//! `fd00::<i+2>` (hex), the same records the script gives dnsmasq.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use devbox::dns::zone::Container;
+use devbox::dns::{DnsConfig, DnsServer};
+
+fn bench_containers(n: usize) -> Vec<Container> {
+    (0..n)
+        .map(|i| {
+            let v4 = Ipv4Addr::new(172, 18, (i / 250) as u8, (i % 250 + 2) as u8);
+            let v6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, (i + 2) as u16);
+            Container {
+                id: format!("id{i}"),
+                name: format!("c{i}"),
+                ips: vec![IpAddr::V4(v4), IpAddr::V6(v6)],
+                aliases: vec![],
+            }
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "serves until killed; run by tests/bench/dns.sh"]
+fn serve_for_benchmark() {
+    let addr = std::env::var("DEVBOX_DNS_BENCH_ADDR").unwrap_or("127.0.0.1:5391".into());
+    let n: usize = std::env::var("DEVBOX_DNS_BENCH_CONTAINERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let server = DnsServer::start(DnsConfig {
+            machine: "bench".into(),
+            tld: "dev".into(),
+            guest_ip: "192.168.64.2".parse().unwrap(),
+            bind: addr.parse().unwrap(),
+            upstreams: vec![],
+            other_machines: vec![],
+        })
+        .await
+        .unwrap();
+        server.records().set_containers(&bench_containers(n));
+        eprintln!("serving {n} containers on {}", server.local_addr());
+        std::future::pending::<()>().await;
+    });
+}

@@ -1,0 +1,114 @@
+//! The container watcher's mapping from Docker's JSON (inspect responses and the event
+//! stream, as fixtures in `tests/golden/dns/`) to the zone's containers and records. The live
+//! loop needs a Docker daemon, which this host does not have; the end-to-end check runs it
+//! against a real guest.
+
+use std::path::Path;
+
+use bollard::models::{ContainerInspectResponse, EventMessage};
+use devbox::dns::zone::{Container, Lookup, Zone, ZoneConfig};
+use devbox::dns::{container_from_inspect, event_container_id};
+use hickory_proto::rr::{LowerName, Name, RecordType};
+
+fn fixture(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/dns")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn inspect(name: &str) -> ContainerInspectResponse {
+    serde_json::from_str(&fixture(name)).unwrap()
+}
+
+#[test]
+fn running_container_on_two_networks() {
+    let c = container_from_inspect(&inspect("inspect-web.json")).unwrap();
+    assert_eq!(
+        c,
+        Container {
+            id: "4f1c2a9e7b3d".into(),
+            name: "web".into(),
+            // networks in name order: backend, then bridge
+            ips: vec![
+                "172.19.0.2".parse().unwrap(),
+                "fd00:19::2".parse().unwrap(),
+                "172.18.0.3".parse().unwrap()
+            ],
+            aliases: vec![
+                "www.synbioz.dev".into(),
+                "api.synbioz.dev".into(),
+                "evil.com".into(),
+                "admin.synbioz.dev".into()
+            ],
+        }
+    );
+}
+
+#[test]
+fn stopped_container_is_not_served() {
+    assert_eq!(
+        container_from_inspect(&inspect("inspect-stopped.json")),
+        None
+    );
+}
+
+#[test]
+fn host_network_container_has_no_ip() {
+    let c = container_from_inspect(&inspect("inspect-hostnet.json")).unwrap();
+    assert_eq!(c.name, "agent");
+    assert!(c.ips.is_empty() && c.aliases.is_empty());
+}
+
+#[test]
+fn events_that_trigger_a_refresh() {
+    let ids: Vec<Option<String>> = fixture("events.jsonl")
+        .lines()
+        .map(|l| {
+            let e: EventMessage = serde_json::from_str(l).unwrap();
+            event_container_id(&e).map(str::to_string)
+        })
+        .collect();
+    let web = Some("4f1c2a9e7b3d".to_string());
+    assert_eq!(
+        ids,
+        [
+            web.clone(),            // start
+            web.clone(),            // rename
+            web.clone(),            // die
+            web.clone(),            // destroy
+            web.clone(),            // network connect
+            web.clone(),            // network disconnect
+            None,                   // exec_start
+            None,                   // health_status
+            None,                   // network create
+            None,                   // image pull
+            Some("77".to_string()), // unpause
+        ]
+    );
+}
+
+#[test]
+fn inspected_container_becomes_records_and_refusals() {
+    let cfg = ZoneConfig {
+        machine: "dev".into(),
+        tld: "dev".into(),
+        guest_ip: "192.168.64.2".parse().unwrap(),
+        other_machines: vec![],
+    };
+    let c = container_from_inspect(&inspect("inspect-web.json")).unwrap();
+    let (zone, refused) = Zone::build(&cfg, &[c]);
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].name, "evil.com");
+    let name = |s: &str| LowerName::new(&Name::from_ascii(s).unwrap());
+    for n in ["web.dev.dev.", "www.synbioz.dev.", "admin.synbioz.dev."] {
+        assert!(matches!(zone.lookup(&name(n), RecordType::A), Lookup::Answer(r) if r.len() == 2));
+        assert!(
+            matches!(zone.lookup(&name(n), RecordType::AAAA), Lookup::Answer(r) if r.len() == 1)
+        );
+    }
+    assert_eq!(
+        zone.lookup(&name("evil.com."), RecordType::A),
+        Lookup::NotOwned
+    );
+}
