@@ -19,6 +19,7 @@ mod apply;
 mod commands;
 mod plan;
 mod state;
+pub mod resolved;
 mod sys;
 mod units;
 

@@ -10,13 +10,17 @@
 //! - the host routes to the machine's Docker subnets (added through the host plan applier,
 //!   recorded in `$DEVBOX_HOME/routes.json` for the boot-time job);
 //! - the NFS server exporting the machine's shares, bound to the machine's host-side IP and
-//!   answering only the guest, on the `io` tokio runtime.
+//!   answering only the guest, on the `io` tokio runtime;
+//! - the DNS server for `<machine>.<tld>`, its containers and their aliases (same address,
+//!   port 53), fed by a container watcher on the forwarded docker socket once the machine is
+//!   ready, and the host resolver settings for the domains it owns (`resolver`).
 //!
 //! Threads: the main loop (owns the machine, reacts to events), `control` (the control socket),
 //! `ready` (waits for SSH and Docker once per boot), `signals` (SIGTERM/SIGINT/SIGHUP become a
 //! graceful stop). They talk to the main loop through one channel of [`Event`]s.
 
 pub mod control;
+mod resolver;
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
@@ -33,7 +37,7 @@ use crate::machine::state::{Phase, StateFile, write_state_file};
 use crate::machine::store::write_atomic;
 use crate::machine::{MachineDir, MachineSpec, Store};
 use crate::net::routes;
-use crate::{image, net, nfs, ssh};
+use crate::{dns, image, net, nfs, ssh};
 
 /// How long a guest gets to power off before it is killed.
 const GRACEFUL_STOP: Duration = Duration::from_secs(60);
@@ -228,6 +232,12 @@ fn supervise(
         None => Vec::new(),
     };
 
+    state.update(|s| s.step = "starting the DNS server".into());
+    let dns_server = start_dns(&io, store, spec)?;
+    // The guest and its containers resolve through it.
+    let guest_dns = [std::net::IpAddr::V4(spec.network.host_ip)];
+    let mut resolver = resolver::ResolverSync::new(dir, spec, dns_server.local_addr());
+
     state.update(|s| s.step = "writing the config drive".into());
     let client_pub = fs_err::read_to_string(dir.client_pub_path())?;
     let host_key = fs_err::read_to_string(dir.host_key_path())?;
@@ -239,7 +249,7 @@ fn supervise(
             authorized_key: &client_pub,
             host_key_private: &host_key,
             host_key_public: &host_pub,
-            dns: &[],
+            dns: &guest_dns,
             docker_major: image.manifest.docker_major(),
             mounts: &mounts,
         },
@@ -298,6 +308,7 @@ fn supervise(
             vm.kill()?;
             continue;
         }
+        resolver.sync(&dns_server.records().zone().alias_names());
         match rx.recv_timeout(Duration::from_millis(200)) {
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {}
@@ -316,6 +327,10 @@ fn supervise(
                         return Err(anyhow::Error::new(e).context("forwarding the docker socket"));
                     }
                 }
+                io.spawn(dns::watch_containers(
+                    dir.docker_socket_path(),
+                    dns_server.records(),
+                ));
                 log(format!("ready: Docker {docker_version} answers"));
                 state.update(|s| {
                     s.phase = Phase::Running;
@@ -555,4 +570,46 @@ fn forget_routes(store: &Store, spec: &MachineSpec) {
         }
         Err(e) => log(format!("reading {}: {e}", path.display())),
     }
+}
+
+/// Starts the machine's DNS server on its host-side IP, port 53.
+///
+/// Upstreams: `DEVBOX_DNS_UPSTREAMS` (comma-separated `ip:port`), else the host's resolvers.
+fn start_dns(io: &tokio::runtime::Runtime, store: &Store, spec: &MachineSpec) -> Result<dns::DnsServer> {
+    let upstreams = match std::env::var("DEVBOX_DNS_UPSTREAMS") {
+        Ok(v) if !v.trim().is_empty() => v
+            .split(',')
+            .map(|a| {
+                a.trim()
+                    .parse()
+                    .with_context(|| format!("DEVBOX_DNS_UPSTREAMS: {a:?} is not ip:port"))
+            })
+            .collect::<Result<Vec<std::net::SocketAddr>>>()?,
+        _ => dns::host_upstreams()?,
+    };
+    let other_machines = store
+        .names()?
+        .into_iter()
+        .filter(|n| n != &spec.name)
+        .collect();
+    let server = io.block_on(dns::DnsServer::start(dns::DnsConfig {
+        machine: spec.name.clone(),
+        tld: spec.tld.clone(),
+        guest_ip: spec.network.guest_ip.into(),
+        bind: std::net::SocketAddr::new(spec.network.host_ip.into(), 53),
+        upstreams: upstreams.clone(),
+        other_machines,
+    }))?;
+    log(format!(
+        "DNS on {} for {}.{} (upstreams: {})",
+        server.local_addr(),
+        spec.name,
+        spec.tld,
+        upstreams
+            .iter()
+            .map(|u| u.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    Ok(server)
 }
