@@ -23,6 +23,8 @@ pub use ipnet::Ipv4Net;
 
 #[cfg(target_os = "linux")]
 pub use sys::linux::{Tap, add_route, delete_route, have_net_admin, host_routes};
+#[cfg(target_os = "macos")]
+pub use sys::macos::{Tap, host_routes};
 
 /// First /24 of the host-only pool.
 const POOL_FIRST: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 0);
@@ -50,6 +52,8 @@ pub enum NetError {
     NoPrivilege { what: String },
     #[error("invalid interface name {name:?}: {reason}")]
     BadName { name: String, reason: &'static str },
+    #[error("cannot create TAP device {name}: macOS has no TAP devices")]
+    NoTap { name: String },
     #[error("network interface {name} already exists")]
     InterfaceExists { name: String },
     #[error("cannot {what}")]
