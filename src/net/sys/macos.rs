@@ -36,6 +36,13 @@ impl Tap {
     }
 }
 
+/// Whether `devbox start` may create a machine's network. On macOS there is nothing to
+/// create: the vz driver's NIC is on Virtualization.framework's NAT, which needs no
+/// privilege, so nothing is missing.
+pub fn have_net_admin() -> bool {
+    true
+}
+
 /// The IPv4 routes of the host's routing table.
 pub fn host_routes() -> Result<Vec<HostRoute>, NetError> {
     let what = || "read the routing table with `netstat -rn -f inet`".to_owned();
