@@ -2,6 +2,9 @@
 //! kernel command line, QEMU arguments). `UPDATE_GOLDEN=1 cargo test --test golden` rewrites
 //! the files; review the diff before committing it.
 
+// QEMU's arguments are among these goldens, and the qemu driver exists on Linux hosts only.
+#![cfg(target_os = "linux")]
+
 use std::path::{Path, PathBuf};
 
 use devbox::hypervisor::BootConfig;

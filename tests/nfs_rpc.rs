@@ -6,6 +6,9 @@
 //! The Linux kernel NFS client is not used: this host's kernel has no `nfs` filesystem
 //! (`/proc/filesystems`) and no modules; the real-guest mount is tested end to end.
 
+// The NFS server is Linux-only for now (see `pub mod nfs` in src/lib.rs).
+#![cfg(target_os = "linux")]
+
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

@@ -2,23 +2,36 @@
 //! it, wait for it. vCPUs, memory and interrupts stay inside each driver, because
 //! Virtualization.framework exposes none of them (Lima's driver interface draws the same line).
 //!
-//! - `qemu`: an external `qemu-system-x86_64` child, KVM-accelerated where the probe says KVM
-//!   can boot a stock kernel, TCG otherwise.
+//! - `qemu` (Linux hosts): an external `qemu-system-x86_64` child, KVM-accelerated where the
+//!   probe says KVM can boot a stock kernel, TCG otherwise.
+//! - `vz` (macOS hosts): Virtualization.framework inside the supervisor process; its plan
+//!   (`vz_plan`) is pure and tested everywhere.
 //! - `probe`: decides whether this host's KVM can run a stock guest kernel.
+//! - `guest_report`: the line a guest sends over vsock to report its address.
 //!
-//! The driver does not own the network device or the disks' contents: the supervisor creates
-//! the TAP device and the config drive and hands them over in [`BootConfig`].
+//! Which drivers exist on which host, and the default one, is in `sys/`.
+//!
+//! The driver does not own the disks' contents: the supervisor creates the config drive and
+//! hands it over in [`BootConfig`]. On Linux it also creates the TAP device; on macOS the vz
+//! driver puts the NIC on VZ's NAT itself, and the guest reports its address over vsock.
 
+pub mod guest_report;
 #[cfg(target_os = "linux")]
 pub mod kvm;
 pub mod probe;
+#[cfg(target_os = "linux")]
 pub mod qemu;
 mod sys;
+#[cfg(target_os = "macos")]
+pub mod vz;
+pub mod vz_plan;
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
 
 use crate::machine::Driver;
+use guest_report::{GuestReport, ReportError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HypervisorError {
@@ -39,19 +52,21 @@ pub enum HypervisorError {
         source: std::io::Error,
     },
     #[error(transparent)]
+    Vz(#[from] vz_plan::VzError),
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
 impl HypervisorError {
     pub fn hint(&self) -> Option<String> {
         match self {
-            HypervisorError::Unavailable { driver, .. } if *driver != Driver::Qemu => Some(
-                "create the machine with `--driver qemu` (it uses KVM acceleration where KVM works)"
-                    .into(),
-            ),
+            HypervisorError::Unavailable { driver, .. } if *driver != sys::FALLBACK_DRIVER => {
+                Some(sys::FALLBACK_HINT.into())
+            }
             HypervisorError::MissingProgram { package, .. } => {
                 Some(format!("install it: sudo apt-get install {package}"))
             }
+            HypervisorError::Vz(e) => e.hint(),
             _ => None,
         }
     }
@@ -102,6 +117,12 @@ pub trait RunningVm: Send {
     fn kill(&mut self) -> Result<(), HypervisorError>;
     /// `Some` once the machine has ended.
     fn try_wait(&mut self) -> Result<Option<VmExit>, HypervisorError>;
+    /// The guest's reports ([`guest_report`]), for drivers whose guest address the host does
+    /// not choose (vz); `None` for the others, whose guest has the machine spec's address.
+    /// The receiver is handed out once.
+    fn take_guest_reports(&mut self) -> Option<Receiver<Result<GuestReport, ReportError>>> {
+        None
+    }
 }
 
 /// A hypervisor driver.
@@ -116,36 +137,10 @@ pub trait Hypervisor {
 
 /// The driver for `driver` on this host.
 pub fn for_driver(driver: Driver) -> Result<Box<dyn Hypervisor>, HypervisorError> {
-    let kvm = probe::kvm();
-    match driver {
-        Driver::Qemu => Ok(Box::new(qemu::Qemu::new(&kvm))),
-        #[cfg(target_os = "linux")]
-        Driver::Kvm if kvm.usable => Ok(Box::new(kvm::Kvm::new(&kvm))),
-        Driver::Kvm => Err(HypervisorError::Unavailable {
-            driver,
-            reason: if kvm.usable {
-                "the in-process KVM driver exists only on Linux".into()
-            } else {
-                kvm.reason
-            },
-        }),
-        Driver::Vz => Err(HypervisorError::Unavailable {
-            driver,
-            reason: "Virtualization.framework exists only on macOS".into(),
-        }),
-    }
+    sys::for_driver(driver)
 }
 
 /// The driver a new machine gets when `--driver` is not given, and why.
 pub fn default_driver() -> (Driver, String) {
-    let kvm = probe::kvm();
-    if cfg!(target_os = "linux") && kvm.usable {
-        return (Driver::Kvm, format!("kvm: {}", kvm.reason));
-    }
-    let why = if kvm.usable {
-        "qemu with KVM acceleration (the in-process kvm driver runs only on Linux)".to_owned()
-    } else {
-        format!("qemu with TCG: {}", kvm.reason)
-    };
-    (Driver::Qemu, why)
+    sys::default_driver()
 }

@@ -3,8 +3,9 @@
 //!
 //! The pure part lives here: the subnet pool (`192.168.64.0/24` … `192.168.127.0/24`, host
 //! `.1`, guest `.2`), allocation against the machines' indexes and the host's routes, conflict
-//! reports, TAP names and the `CapEff` parse. The system calls (TAP via `/dev/net/tun`,
-//! addresses, links and routes via rtnetlink) live in `sys/linux.rs`.
+//! reports and TAP names. The system calls (TAP via `/dev/net/tun`, addresses, links and
+//! routes via rtnetlink, the `CapEff` check) live in `sys/linux.rs`; `sys/macos.rs` reads
+//! the routing table with `netstat` and has no TAP devices (the vz driver uses VZ's NAT).
 //!
 //! Threads: none are kept. Each netlink operation runs a current-thread tokio runtime on a
 //! short-lived thread of its own, so callers may be plain threads or inside a tokio runtime
@@ -23,13 +24,13 @@ pub use ipnet::Ipv4Net;
 
 #[cfg(target_os = "linux")]
 pub use sys::linux::{Tap, add_route, delete_route, have_net_admin, host_routes};
+#[cfg(target_os = "macos")]
+pub use sys::macos::{Tap, have_net_admin, host_routes};
 
 /// First /24 of the host-only pool.
 const POOL_FIRST: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 0);
 /// Number of /24s in the pool: 192.168.64.0/24 through 192.168.127.0/24 (= 192.168.64.0/18).
 pub const POOL_SIZE: u8 = 64;
-/// `CAP_NET_ADMIN`'s bit in the capability sets (linux/capability.h).
-const CAP_NET_ADMIN: u32 = 12;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -50,6 +51,8 @@ pub enum NetError {
     NoPrivilege { what: String },
     #[error("invalid interface name {name:?}: {reason}")]
     BadName { name: String, reason: &'static str },
+    #[error("cannot create TAP device {name}: macOS has no TAP devices")]
+    NoTap { name: String },
     #[error("network interface {name} already exists")]
     InterfaceExists { name: String },
     #[error("cannot {what}")]
@@ -196,15 +199,6 @@ fn first_conflict<'r>(
         .find(|r| overlaps(&net.subnet, &r.dest))
 }
 
-/// Whether the `CapEff:` line of a `/proc/<pid>/status` text has `CAP_NET_ADMIN`.
-fn cap_eff_has_net_admin(status: &str) -> bool {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,15 +320,5 @@ mod tests {
         .unwrap();
         assert!(hint.contains("sudo devbox"));
         assert!(hint.contains("sudo setcap cap_net_admin+ep \"$(command -v devbox)\""));
-    }
-
-    #[test]
-    fn cap_eff_bit_12_is_net_admin() {
-        let status = |eff: &str| format!("Name:\tdevbox\nCapPrm:\t0\nCapEff:\t{eff}\nCapBnd:\t0\n");
-        assert!(cap_eff_has_net_admin(&status("000001fffeffffff")));
-        assert!(cap_eff_has_net_admin(&status("0000000000001000")));
-        assert!(!cap_eff_has_net_admin(&status("0000000000000000")));
-        assert!(!cap_eff_has_net_admin(&status("0000000000002000")));
-        assert!(!cap_eff_has_net_admin("Name:\tdevbox\n"));
     }
 }

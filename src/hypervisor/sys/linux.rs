@@ -1,7 +1,11 @@
-//! Linux-only process plumbing for driver children.
+//! Linux: the drivers this host has (qemu; kvm once it exists), and process plumbing for
+//! driver children.
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+
+use crate::hypervisor::{Hypervisor, HypervisorError, probe, qemu};
+use crate::machine::Driver;
 
 /// Makes the child get SIGKILL when the thread that spawned it dies, so a supervisor killed
 /// with SIGKILL never leaves a guest running behind it (and the TAP device, whose last fd the
@@ -23,4 +27,36 @@ pub fn kill_with_parent(cmd: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// The driver to suggest when another is unavailable, and how.
+pub const FALLBACK_DRIVER: Driver = Driver::Qemu;
+pub const FALLBACK_HINT: &str =
+    "create the machine with `--driver qemu` (it uses KVM acceleration where KVM works)";
+
+/// The driver for `driver` on a Linux host.
+pub fn for_driver(driver: Driver) -> Result<Box<dyn Hypervisor>, HypervisorError> {
+    let kvm = probe::kvm();
+    match driver {
+        Driver::Qemu => Ok(Box::new(qemu::Qemu::new(&kvm))),
+        Driver::Kvm if kvm.usable => Ok(Box::new(super::super::kvm::Kvm::new(&kvm))),
+        Driver::Kvm => Err(HypervisorError::Unavailable {
+            driver,
+            reason: kvm.reason,
+        }),
+        Driver::Vz => Err(HypervisorError::Unavailable {
+            driver,
+            reason: "Virtualization.framework exists only on macOS".into(),
+        }),
+    }
+}
+
+/// The driver a new machine gets on a Linux host when `--driver` is not given, and why:
+/// the in-process KVM driver where KVM can boot a stock kernel, QEMU with TCG otherwise.
+pub fn default_driver() -> (Driver, String) {
+    let kvm = probe::kvm();
+    if kvm.usable {
+        return (Driver::Kvm, format!("kvm: {}", kvm.reason));
+    }
+    (Driver::Qemu, format!("qemu with TCG: {}", kvm.reason))
 }

@@ -21,9 +21,11 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 
-use crate::net::{HostRoute, Ipv4Net, NetError, cap_eff_has_net_admin};
+use crate::net::{HostRoute, Ipv4Net, NetError};
 
 const TUN_DEVICE: &str = "/dev/net/tun";
+/// `CAP_NET_ADMIN`'s bit in the capability sets (linux/capability.h).
+const CAP_NET_ADMIN: u32 = 12;
 
 /// A TAP device owned by this process. It is not persistent: the kernel removes the
 /// interface when the last file descriptor attached to it is closed, so a crashed
@@ -354,6 +356,15 @@ fn netlink_error(what: &str, e: rtnetlink::Error) -> NetError {
     }
 }
 
+/// Whether the `CapEff:` line of a `/proc/<pid>/status` text has `CAP_NET_ADMIN`.
+fn cap_eff_has_net_admin(status: &str) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,5 +445,15 @@ mod tests {
             tunsetiff_error("dbx0", Errno::EINVAL),
             NetError::Io { .. }
         ));
+    }
+
+    #[test]
+    fn cap_eff_bit_12_is_net_admin() {
+        let status = |eff: &str| format!("Name:\tdevbox\nCapPrm:\t0\nCapEff:\t{eff}\nCapBnd:\t0\n");
+        assert!(cap_eff_has_net_admin(&status("000001fffeffffff")));
+        assert!(cap_eff_has_net_admin(&status("0000000000001000")));
+        assert!(!cap_eff_has_net_admin(&status("0000000000000000")));
+        assert!(!cap_eff_has_net_admin(&status("0000000000002000")));
+        assert!(!cap_eff_has_net_admin("Name:\tdevbox\n"));
     }
 }

@@ -1,5 +1,8 @@
-//! System calls behind `net`: one file per host OS (only Linux so far; the macOS side will
-//! use `route`/`ifconfig` and vmnet).
+//! System calls behind `net`: one file per host OS, each exposing `Tap` and `host_routes`
+//! (Linux also the route and capability calls the host applier uses).
 
 #[cfg(target_os = "linux")]
 pub(super) mod linux;
+
+#[cfg(target_os = "macos")]
+pub(super) mod macos;

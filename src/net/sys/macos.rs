@@ -1,0 +1,69 @@
+//! macOS: the host's routing table through `netstat(1)`. There are no TAP devices on macOS
+//! (its `utun` interfaces carry IP, not Ethernet), so [`Tap`] cannot be created: the vz
+//! driver attaches the guest's NIC to Virtualization.framework's NAT instead
+//! (`hypervisor::vz`).
+
+use std::net::Ipv4Addr;
+use std::os::fd::{OwnedFd, RawFd};
+use std::process::Command;
+
+use crate::net::{HostRoute, NetError};
+
+/// A TAP device, which macOS does not have: the type has no values, and [`Tap::create`]
+/// always fails with [`NetError::NoTap`].
+#[derive(Debug)]
+pub enum Tap {}
+
+impl Tap {
+    pub fn create(name: &str, _vnet_hdr: bool) -> Result<Tap, NetError> {
+        Err(NetError::NoTap { name: name.into() })
+    }
+
+    pub fn configure(&self, _host_ip: Ipv4Addr, _prefix: u8) -> Result<(), NetError> {
+        match *self {}
+    }
+
+    pub fn name(&self) -> &str {
+        match *self {}
+    }
+
+    pub fn as_raw_fd(&self) -> RawFd {
+        match *self {}
+    }
+
+    pub fn into_inheritable_fd(self) -> Result<OwnedFd, NetError> {
+        match self {}
+    }
+}
+
+/// Whether `devbox start` may create a machine's network. On macOS there is nothing to
+/// create: the vz driver's NIC is on Virtualization.framework's NAT, which needs no
+/// privilege, so nothing is missing.
+pub fn have_net_admin() -> bool {
+    true
+}
+
+/// The IPv4 routes of the host's routing table.
+pub fn host_routes() -> Result<Vec<HostRoute>, NetError> {
+    let what = || "read the routing table with `netstat -rn -f inet`".to_owned();
+    let out = Command::new("netstat")
+        .args(["-rn", "-f", "inet"])
+        .output()
+        .map_err(|source| NetError::Io {
+            what: what(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(NetError::Io {
+            what: what(),
+            source: std::io::Error::other(format!(
+                "netstat exited with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+        });
+    }
+    Ok(crate::host::parse_netstat_routes(&String::from_utf8_lossy(
+        &out.stdout,
+    )))
+}
