@@ -3,8 +3,8 @@
 
 pub mod cli;
 pub mod commands;
-pub mod host;
 pub mod dns;
+pub mod host;
 pub mod hypervisor;
 pub mod image;
 pub mod machine;

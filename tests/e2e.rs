@@ -17,16 +17,23 @@ struct Harness {
     netns: String,
     home: PathBuf,
     cache: PathBuf,
+    upstream: std::process::Child,
     _tmp: tempfile::TempDir,
 }
+
+/// Port of the stand-in upstream resolver on the namespace's loopback.
+const UPSTREAM_PORT: &str = "5353";
 
 impl Drop for Harness {
     fn drop(&mut self) {
         // Best effort: force the machine down, then remove the namespace.
         let _ = self.devbox(&["stop", "--force", MACHINE]);
+        let _ = self.upstream.kill();
+        let _ = self.upstream.wait();
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
             .status();
+        let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&self.netns));
     }
 }
 
@@ -92,10 +99,39 @@ impl Harness {
                 PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
                     .join(".cache/devbox")
             });
+        // Inside the namespace, the host side resolves through the machine's DNS server, as
+        // a host with `devbox dns install` would (`ip netns exec` bind-mounts this file).
+        let etc = PathBuf::from("/etc/netns").join(&netns);
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(etc.join("resolv.conf"), "nameserver 192.168.64.1\n").unwrap();
+        // The host's own resolver is never a test's target: a dnsmasq inside the namespace
+        // stands in for it as the machine's upstream.
+        let upstream = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &netns,
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--no-resolv",
+            ])
+            .args([
+                "--no-hosts",
+                "--port",
+                UPSTREAM_PORT,
+                "--listen-address",
+                "127.0.0.1",
+            ])
+            .args(["--bind-interfaces", "--address=/pkg.go.dev/10.1.2.3"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         Harness {
             netns,
             home: tmp.path().join("home"),
             cache,
+            upstream,
             _tmp: tmp,
         }
     }
@@ -113,6 +149,7 @@ impl Harness {
             .env("DEVBOX_HOME", &self.home)
             .env("DEVBOX_CACHE", &self.cache)
             .env("NO_COLOR", "1")
+            .env("DEVBOX_DNS_UPSTREAMS", format!("127.0.0.1:{UPSTREAM_PORT}"))
             .stdin(Stdio::null());
         c
     }
@@ -402,6 +439,144 @@ fn check_routes(h: &Harness, docker_host: &str) {
     assert_eq!(h.curl(&format!("http://{ip2}/")), "hello from web2\n");
 }
 
+impl Harness {
+    /// `dig @server NAME TYPE` from the host side: (status, answers).
+    fn dig(&self, name: &str, rtype: &str) -> (String, Vec<String>) {
+        let o = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                "dig",
+                "@192.168.64.1",
+                "+tries=1",
+            ])
+            .args(["+time=2", name, rtype])
+            .output()
+            .unwrap();
+        let out = text(&o.stdout);
+        let status = out
+            .split("status: ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .unwrap_or("NO ANSWER")
+            .to_owned();
+        let short = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                "dig",
+                "@192.168.64.1",
+                "+short",
+                "+tries=1",
+            ])
+            .args(["+time=2", name, rtype])
+            .output()
+            .unwrap();
+        (
+            status,
+            text(&short.stdout).lines().map(str::to_owned).collect(),
+        )
+    }
+
+    /// Polls until `dig` gives `want` (answers, or an empty list for NXDOMAIN); returns the
+    /// time it took.
+    #[track_caller]
+    fn await_answer(&self, name: &str, want: &[String]) -> Duration {
+        let t = Instant::now();
+        loop {
+            let (status, answers) = self.dig(name, "A");
+            let done = if want.is_empty() {
+                status == "NXDOMAIN"
+            } else {
+                answers == want
+            };
+            if done {
+                return t.elapsed();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{name}: {status} {answers:?}, want {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn check_names(h: &Harness, docker_host: &str) {
+    let docker = |args: &[&str]| {
+        let o = Command::new("docker")
+            .args(["-H", docker_host])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "docker {args:?}: {}", text(&o.stderr));
+        text(&o.stdout).trim().to_owned()
+    };
+    let machine = format!("{MACHINE}.dev");
+    assert_eq!(h.dig(&machine, "A").1, vec!["192.168.64.2".to_owned()]);
+    let web1 = docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "web1"]);
+    h.await_answer(&format!("web1.{machine}"), std::slice::from_ref(&web1));
+    let (status, _) = h.dig(&format!("nope.{machine}"), "A");
+    assert_eq!(
+        status, "NXDOMAIN",
+        "unknown names under the machine are NXDOMAIN"
+    );
+
+    // An alias, dnsdock style, follows the container's start and stop.
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        "aliased",
+        "-e",
+        "DNSDOCK_ALIAS=www.synbioz.dev",
+        "bb:e2e",
+        "/bin/httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    let ip = docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "aliased"]);
+    let appeared = h.await_answer("www.synbioz.dev", std::slice::from_ref(&ip));
+    eprintln!("[e2e] alias answered {appeared:?} after `docker run` returned");
+    assert!(appeared < Duration::from_secs(1), "alias took {appeared:?}");
+    assert_eq!(
+        h.curl("http://www.synbioz.dev/"),
+        "hello from web\n",
+        "by name from the host side"
+    );
+    docker(&["stop", "-t", "1", "aliased"]);
+    let gone = h.await_answer("www.synbioz.dev", &[]);
+    eprintln!("[e2e] alias gone {gone:?} after `docker stop` returned");
+    assert!(gone < Duration::from_secs(1), "alias lingered {gone:?}");
+
+    // Names devbox does not own, even under the TLD, go to the upstream and come back as is.
+    assert_eq!(h.dig("pkg.go.dev", "A").1, vec!["10.1.2.3".to_owned()]);
+
+    // Containers resolve each other and the machine through the same server.
+    let out = docker(&[
+        "run",
+        "--rm",
+        "bb:e2e",
+        "/bin/nslookup",
+        &format!("web1.{machine}"),
+    ]);
+    assert!(out.contains(&web1), "{out}");
+    let out = docker(&["run", "--rm", "bb:e2e", "/bin/nslookup", &machine]);
+    assert!(out.contains("192.168.64.2"), "{out}");
+
+    // The host side: without systemd-resolved, the exact configuration to add is printed.
+    let plan = h.ok(&["dns", "install", MACHINE, "--dry-run"]);
+    assert!(
+        plan.contains(&format!("server=/{machine}/192.168.64.1")) || plan.contains("resolvectl"),
+        "{plan}"
+    );
+}
+
 /// A tar holding a static busybox: a container image without any registry.
 fn busybox_rootfs_tar(dir: &Path) -> PathBuf {
     let tar_path = dir.join("bb.tar");
@@ -594,6 +769,7 @@ fn walking_skeleton_end_to_end() {
 
     check_shares(&h, &shares);
     check_routes(&h, &docker_host);
+    check_names(&h, &docker_host);
 
     // Data in /var/lib/docker survives a restart.
     h.ssh("echo kept > /var/lib/docker/devbox-marker && sync");

@@ -57,6 +57,9 @@ pub enum Command {
     /// Host routes to the machines' Docker subnets, and the boot-time job that restores them.
     #[command(subcommand)]
     Routes(RoutesCommand),
+    /// Point the host's resolver at a running machine's DNS server for the domains it owns.
+    #[command(subcommand)]
+    Dns(DnsCommand),
     /// Print a shell completion script.
     Completion(CompletionArgs),
     /// Run a machine's supervisor in the foreground (spawned by `start`).
@@ -220,6 +223,24 @@ pub enum RoutesCommand {
     Install(DryRunArg),
     /// Remove the boot-time job.
     Uninstall(DryRunArg),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DnsCommand {
+    /// Route the machine's domains (`<machine>.<tld>` and its containers' alias domains) to
+    /// its DNS server: /etc/resolver files on macOS, systemd-resolved on Linux.
+    Install(DnsArgs),
+    /// Undo `dns install`.
+    Uninstall(DnsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DnsArgs {
+    /// Machine name.
+    pub name: String,
+    /// Print the plan without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@
 
 mod completion;
 mod create;
+mod dns;
 mod env;
 mod image;
 mod inspect;
@@ -70,6 +71,7 @@ fn dispatch(store: &Store, command: Command) -> Result<i32> {
         Command::Env(a) => env::run(store, &a),
         Command::Image(c) => image::run(store, c),
         Command::Routes(c) => routes::run(store, c),
+        Command::Dns(c) => dns::run(store, c),
         Command::Completion(a) => completion::run(&a),
         Command::Supervise(a) => {
             crate::supervisor::run(store, &a.name, std::time::Duration::from_secs(a.timeout))?;
@@ -102,6 +104,8 @@ fn hint(e: &anyhow::Error) -> Option<String> {
         } else if let Some(x) = cause.downcast_ref::<crate::net::routes::RouteError>() {
             x.hint()
         } else if let Some(x) = cause.downcast_ref::<crate::host::HostError>() {
+            x.hint()
+        } else if let Some(x) = cause.downcast_ref::<crate::dns::DnsError>() {
             x.hint()
         } else if let Some(x) = cause.downcast_ref::<crate::nfs::NfsError>() {
             x.hint()

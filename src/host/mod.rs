@@ -18,8 +18,8 @@
 mod apply;
 mod commands;
 mod plan;
-mod state;
 pub mod resolved;
+mod state;
 mod sys;
 mod units;
 

@@ -65,7 +65,12 @@ pub fn plan(
 }
 
 /// Points resolved at the machine's server for `domains`.
-pub fn apply(link: &str, domains: &[String], tld: &str, server: SocketAddr) -> Result<(), HostError> {
+pub fn apply(
+    link: &str,
+    domains: &[String],
+    tld: &str,
+    server: SocketAddr,
+) -> Result<(), HostError> {
     for argv in plan(link, domains, tld, server)? {
         run(&argv)?;
     }

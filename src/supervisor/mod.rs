@@ -20,7 +20,7 @@
 //! graceful stop). They talk to the main loop through one channel of [`Event`]s.
 
 pub mod control;
-mod resolver;
+pub mod resolver;
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
@@ -575,7 +575,11 @@ fn forget_routes(store: &Store, spec: &MachineSpec) {
 /// Starts the machine's DNS server on its host-side IP, port 53.
 ///
 /// Upstreams: `DEVBOX_DNS_UPSTREAMS` (comma-separated `ip:port`), else the host's resolvers.
-fn start_dns(io: &tokio::runtime::Runtime, store: &Store, spec: &MachineSpec) -> Result<dns::DnsServer> {
+fn start_dns(
+    io: &tokio::runtime::Runtime,
+    store: &Store,
+    spec: &MachineSpec,
+) -> Result<dns::DnsServer> {
     let upstreams = match std::env::var("DEVBOX_DNS_UPSTREAMS") {
         Ok(v) if !v.trim().is_empty() => v
             .split(',')
