@@ -82,42 +82,38 @@ fn dispatch(store: &Store, command: Command) -> Result<i32> {
 
 /// The first known fix found along the error's chain.
 fn hint(e: &anyhow::Error) -> Option<String> {
-    for cause in e.chain() {
-        let h = if let Some(x) = cause.downcast_ref::<CommandError>() {
-            x.hint()
-        } else if let Some(x) = cause.downcast_ref::<crate::machine::store::StoreError>() {
-            x.hint()
-        } else if let Some(x) = cause.downcast_ref::<crate::machine::lock::LockError>() {
-            x.hint()
-        } else if let Some(x) = cause.downcast_ref::<crate::hypervisor::HypervisorError>() {
-            x.hint()
-        } else if let Some(x) = cause.downcast_ref::<crate::image::ImageError>() {
-            x.hint()
-        } else if let Some(x) = cause.downcast_ref::<crate::image::build::BuildError>() {
-            x.hint()
-        } else if let Some(x) = cause.downcast_ref::<crate::image::pull::PullError>() {
-            x.hint()
-        } else if let Some(x) = cause.downcast_ref::<crate::net::NetError>() {
-            x.hint()
-        } else if let Some(x) = cause.downcast_ref::<crate::ssh::SshError>() {
-            x.hint()
-        } else if let Some(x) = cause.downcast_ref::<crate::net::routes::RouteError>() {
-            x.hint()
-        } else if let Some(x) = cause.downcast_ref::<crate::host::HostError>() {
-            x.hint()
-        } else if let Some(x) = cause.downcast_ref::<crate::dns::DnsError>() {
-            x.hint()
-        } else if let Some(x) = cause.downcast_ref::<crate::nfs::NfsError>() {
-            x.hint()
-        } else if let Some(x) = cause.downcast_ref::<crate::machine::spec::SpecError>() {
-            x.hint()
-        } else {
-            None
+    e.chain().find_map(hint_of)
+}
+
+/// The hint of one error in the chain, if its type has one.
+fn hint_of(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
+    macro_rules! hint_from {
+        ($($t:ty),* $(,)?) => {
+            $(
+                if let Some(x) = cause.downcast_ref::<$t>() {
+                    return x.hint();
+                }
+            )*
         };
-        if h.is_some() {
-            return h;
-        }
     }
+    hint_from!(
+        CommandError,
+        crate::machine::store::StoreError,
+        crate::machine::lock::LockError,
+        crate::machine::spec::SpecError,
+        crate::hypervisor::HypervisorError,
+        crate::image::ImageError,
+        crate::image::build::BuildError,
+        crate::image::pull::PullError,
+        crate::net::NetError,
+        crate::net::routes::RouteError,
+        crate::host::HostError,
+        crate::ssh::SshError,
+        crate::dns::DnsError,
+    );
+    // The NFS server exists only on Linux hosts for now (see src/nfs).
+    #[cfg(target_os = "linux")]
+    hint_from!(crate::nfs::NfsError);
     None
 }
 

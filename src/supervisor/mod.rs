@@ -21,6 +21,7 @@
 
 pub mod control;
 pub mod resolver;
+mod sys;
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
@@ -37,7 +38,7 @@ use crate::machine::state::{Phase, StateFile, write_state_file};
 use crate::machine::store::write_atomic;
 use crate::machine::{MachineDir, MachineSpec, Store};
 use crate::net::routes;
-use crate::{dns, image, net, nfs, ssh};
+use crate::{dns, image, net, ssh};
 
 /// How long a guest gets to power off before it is killed.
 const GRACEFUL_STOP: Duration = Duration::from_secs(60);
@@ -51,7 +52,7 @@ pub enum Event {
 }
 
 /// Timestamped line in `supervisor.log` (the supervisor's stderr).
-fn log(msg: impl AsRef<str>) {
+pub(crate) fn log(msg: impl AsRef<str>) {
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
     eprintln!("{now} {}", msg.as_ref());
 }
@@ -218,19 +219,8 @@ fn supervise(
     let _io_guard = io.enter();
 
     state.update(|s| s.step = "exporting shares".into());
-    let nfs_server = start_nfs(&io, spec)?;
-    let mounts: Vec<config_drive::NfsMount> = match &nfs_server {
-        Some(server) => server
-            .mounts()
-            .into_iter()
-            .map(|m| config_drive::NfsMount {
-                guest_path: m.export.clone(),
-                source: m.source,
-                options: m.options,
-            })
-            .collect(),
-        None => Vec::new(),
-    };
+    // Held until the machine ends.
+    let (_nfs_server, mounts) = sys::start_nfs(&io, spec)?;
 
     state.update(|s| s.step = "starting the DNS server".into());
     let dns_server = start_dns(&io, store, spec)?;
@@ -469,42 +459,6 @@ fn wait_ready(
     Err(format!(
         "Docker did not answer in time (last error: {last})"
     ))
-}
-
-/// Starts the NFS server for the machine's shares (none: no server).
-fn start_nfs(io: &tokio::runtime::Runtime, spec: &MachineSpec) -> Result<Option<nfs::NfsServer>> {
-    if spec.shares.is_empty() {
-        return Ok(None);
-    }
-    let mut exports = Vec::new();
-    for share in &spec.shares {
-        let (uid, gid) = crate::machine::spec::share_owner(&share.host_path)?;
-        exports.push(nfs::Export {
-            // The guest path names the export: unique per machine, and stable across
-            // restarts, so file handles stay valid.
-            name: share.guest_path.clone(),
-            host_path: share.host_path.clone(),
-            read_only: share.read_only,
-            uid,
-            gid,
-        });
-    }
-    let server = io.block_on(nfs::NfsServer::start(nfs::NfsConfig {
-        bind: spec.network.host_ip.into(),
-        port: 0,
-        allowed_client: spec.network.guest_ip.into(),
-        exports,
-    }))?;
-    log(format!(
-        "NFS on {} exporting {}",
-        server.local_addr(),
-        spec.shares
-            .iter()
-            .map(|s| format!("{} as {}", s.host_path.display(), s.guest_path))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ));
-    Ok(Some(server))
 }
 
 /// Routes the machine's Docker subnets via its guest IP, and records them for the
