@@ -3,10 +3,10 @@
 
 use anyhow::Result;
 
-use crate::supervisor::log;
 use crate::machine::MachineSpec;
 use crate::machine::config_drive::NfsMount;
 use crate::nfs;
+use crate::supervisor::log;
 
 /// A running share server.
 pub type NfsServer = nfs::NfsServer;
