@@ -2,35 +2,15 @@
 //! systemd-resolved commands, the text shown when resolved is absent, and the zone itself.
 //! `UPDATE_GOLDEN=1 cargo test --test dns_golden` rewrites them; review the diff.
 
+mod support;
+use support::golden;
+
 use std::net::SocketAddr;
-use std::path::Path;
 
 use devbox::dns::resolver_plan::{
     macos_files, manual_instructions, owned_domains, resolved_commands, resolved_revert,
 };
 use devbox::dns::zone::{Container, Zone, ZoneConfig};
-
-fn golden(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden/dns")
-        .join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
-            path.display()
-        )
-    });
-    assert_eq!(
-        actual,
-        want,
-        "{} differs from the rendered output",
-        path.display()
-    );
-}
 
 fn server() -> SocketAddr {
     "192.168.64.1:53".parse().unwrap()
@@ -70,7 +50,7 @@ fn domains() -> Vec<String> {
 
 #[test]
 fn zone_text() {
-    golden("zone.txt", &zone().to_text());
+    golden("dns", "zone.txt", &zone().to_text());
 }
 
 #[test]
@@ -87,7 +67,7 @@ fn macos_resolver_files() {
     );
     for (path, text) in &files {
         let name = path.file_name().unwrap().to_str().unwrap();
-        golden(&format!("resolver-{name}"), text);
+        golden("dns", &format!("resolver-{name}"), text);
     }
 }
 
@@ -98,7 +78,7 @@ fn macos_resolver_file_with_port() {
         &["dev.dev".to_string()],
         "127.0.0.1:5353".parse().unwrap(),
     );
-    golden("resolver-port-5353", &files[0].1);
+    golden("dns", "resolver-port-5353", &files[0].1);
 }
 
 #[test]
@@ -110,12 +90,13 @@ fn resolved_commands_text() {
     }
     text.push_str(&resolved_revert("devbox0").join(" "));
     text.push('\n');
-    golden("resolvectl.txt", &text);
+    golden("dns", "resolvectl.txt", &text);
 }
 
 #[test]
 fn no_resolved_text() {
     golden(
+        "dns",
         "no-resolved.txt",
         &manual_instructions(&domains(), server()),
     );

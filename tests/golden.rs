@@ -5,35 +5,15 @@
 // QEMU's arguments are among these goldens, and the qemu driver exists on Linux hosts only.
 #![cfg(target_os = "linux")]
 
-use std::path::{Path, PathBuf};
+mod support;
+use std::path::PathBuf;
+use support::golden;
 
 use devbox::hypervisor::BootConfig;
 use devbox::hypervisor::qemu;
 use devbox::machine::config_drive;
 use devbox::machine::spec::{Driver, MachineSpec, NetworkSpec, ShareSpec, parse_docker_bip};
 use devbox::net::routes::DockerSubnets;
-
-fn golden(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
-            path.display()
-        )
-    });
-    assert_eq!(
-        actual,
-        want,
-        "{} differs from the rendered output",
-        path.display()
-    );
-}
 
 fn spec() -> MachineSpec {
     MachineSpec {
@@ -68,18 +48,26 @@ fn spec() -> MachineSpec {
 #[test]
 fn daemon_json() {
     let dns = ["192.168.64.1".parse().unwrap()];
-    golden("daemon.json", &config_drive::daemon_json(&spec(), 20, &dns));
+    golden(
+        "",
+        "daemon.json",
+        &config_drive::daemon_json(&spec(), 20, &dns),
+    );
 }
 
 #[test]
 fn guest_env_file() {
     let dns = ["192.168.64.1".parse().unwrap()];
-    golden("devbox.env", &config_drive::env_file(&spec(), &dns));
+    golden("", "devbox.env", &config_drive::env_file(&spec(), &dns));
 }
 
 #[test]
 fn machine_yaml() {
-    golden("machine.yaml", &serde_norway::to_string(&spec()).unwrap());
+    golden(
+        "",
+        "machine.yaml",
+        &serde_norway::to_string(&spec()).unwrap(),
+    );
 }
 
 #[test]
@@ -108,7 +96,7 @@ fn config_drive_is_a_tar_the_guest_can_read() {
             e.header().mode().unwrap()
         ));
     }
-    golden("config-drive.txt", &(names.join("\n") + "\n"));
+    golden("", "config-drive.txt", &(names.join("\n") + "\n"));
 }
 
 #[test]
@@ -118,7 +106,7 @@ fn nfs_mounts_file() {
         guest_path: "/home/alice".into(),
         options: "vers=3,proto=tcp,port=40000,mountport=40000,mountproto=tcp,nolock,noacl,addr=192.168.64.1".into(),
     }];
-    golden("nfs-mounts", &config_drive::nfs_mounts_file(&m));
+    golden("", "nfs-mounts", &config_drive::nfs_mounts_file(&m));
 }
 
 #[test]
@@ -128,7 +116,7 @@ fn kernel_cmdline() {
         qemu::kernel_cmdline("tcg", Some(2_000_000)),
         qemu::kernel_cmdline("kvm", Some(2_000_000))
     );
-    golden("cmdline.txt", &out);
+    golden("", "cmdline.txt", &out);
 }
 
 #[test]
@@ -149,5 +137,5 @@ fn qemu_arguments() {
         monitor_socket: m.join("qmp.sock"),
     };
     let args = qemu::args(&cfg, "tcg", Some(2_000_000), 3);
-    golden("qemu-tcg.args", &(args.join("\n") + "\n"));
+    golden("", "qemu-tcg.args", &(args.join("\n") + "\n"));
 }

@@ -3,23 +3,11 @@
 //! (`UPDATE_GOLDEN=1 cargo test --test kvm_boot` rewrites tests/golden/kvm/).
 #![cfg(target_os = "linux")]
 
-use std::path::Path;
+mod support;
+use support::golden;
 
 use devbox::hypervisor::kvm::{acpi, boot, layout};
 use linux_loader::loader::bootparam::setup_header;
-
-fn golden(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden/kvm")
-        .join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
-    assert_eq!(actual, want, "{} differs", path.display());
-}
 
 fn sum(b: &[u8]) -> u8 {
     b.iter().fold(0u8, |a, &x| a.wrapping_add(x))
@@ -152,7 +140,7 @@ fn zero_page_e820_and_cmdline_golden() {
         out.push_str(&format!("# {mib} MiB, 4 virtio slots\n"));
         out.push_str(&boot::describe(&p, &cmdline));
     }
-    golden("boot-params.txt", &out);
+    golden("kvm", "boot-params.txt", &out);
 }
 
 #[test]

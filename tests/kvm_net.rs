@@ -7,7 +7,9 @@
 
 mod kvm_support;
 
-use std::io::Write;
+mod support;
+use support::in_new_netns;
+
 use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::Command;
@@ -19,31 +21,10 @@ use devbox::hypervisor::kvm::devices::virtio::mmio::MmioTransport;
 use devbox::hypervisor::kvm::devices::virtio::net::{self, Net, VNET_HDR_LEN};
 use devbox::net::Tap;
 use kvm_support::*;
-use nix::sched::{CloneFlags, unshare};
 
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
-
-fn in_new_netns(test: &str, f: impl FnOnce() + Send) {
-    if !nix::unistd::geteuid().is_root() {
-        let why = format!("{test}: needs root for a network namespace and a TAP device");
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{why} (CI=true, so this is a failure)");
-        }
-        let _ = writeln!(std::io::stderr(), "skipped {why}");
-        return;
-    }
-    std::thread::scope(|s| {
-        let h = s.spawn(|| {
-            unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-            f()
-        });
-        if let Err(p) = h.join() {
-            std::panic::resume_unwind(p);
-        }
-    });
-}
 
 fn checksum(b: &[u8]) -> u16 {
     let mut s: u32 = b

@@ -7,7 +7,9 @@
 //! tests print why and pass, except under `CI=true`, where they fail.
 #![cfg(target_os = "linux")]
 
-use std::io::Write;
+mod support;
+use support::in_new_netns;
+
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::process::Command;
@@ -17,30 +19,6 @@ use devbox::net::{
     HostOnlyNet, NetError, Tap, allocate_host_only, check_conflicts, have_net_admin, host_routes,
 };
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
-use nix::sched::{CloneFlags, unshare};
-
-/// Runs `f` on a thread inside a fresh network namespace; `None` when skipped.
-fn in_new_netns<T: Send>(test: &str, f: impl FnOnce() -> T + Send) -> Option<T> {
-    if !nix::unistd::geteuid().is_root() {
-        let why = format!("{test}: needs root to create a network namespace and a TAP device");
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{why} (CI=true, so this is a failure)");
-        }
-        // Straight to stderr: libtest captures `eprintln!`, and a skip should be seen.
-        let _ = writeln!(std::io::stderr(), "skipped {why}");
-        return None;
-    }
-    std::thread::scope(|s| {
-        let worker = s.spawn(|| {
-            unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-            f()
-        });
-        match worker.join() {
-            Ok(v) => Some(v),
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    })
-}
 
 /// `ip -j addr show dev NAME` in the caller's namespace, parsed; `None` if there is no
 /// such interface.

@@ -3,6 +3,9 @@
 //! back with the `plist` crate), the systemd units and the macOS command lines.
 //! `UPDATE_GOLDEN=1 cargo test --test routes_golden` rewrites the files; review the diff.
 
+mod support;
+use support::golden;
+
 use std::path::Path;
 
 use devbox::host::{
@@ -10,29 +13,6 @@ use devbox::host::{
 };
 use devbox::net::HostRoute;
 use devbox::net::routes::{Claim, DockerSubnets, allocate_docker_subnets, route_plan_for};
-
-fn golden(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden/host")
-        .join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
-            path.display()
-        )
-    });
-    assert_eq!(
-        actual,
-        want,
-        "{} differs from the rendered output",
-        path.display()
-    );
-}
 
 fn subnets() -> DockerSubnets {
     allocate_docker_subnets(&[], &[], None).unwrap()
@@ -104,8 +84,8 @@ fn daemon_json_fragment_for_the_bookworm_engine_and_for_28() {
         s.push('\n');
         s
     };
-    golden("daemon.json", &text(20));
-    golden("daemon-engine28.json", &text(28));
+    golden("host", "daemon.json", &text(20));
+    golden("host", "daemon-engine28.json", &text(28));
 }
 
 #[test]
@@ -120,34 +100,38 @@ fn route_plan_json() {
     .unwrap();
     let mut s = serde_json::to_string_pretty(&plan).unwrap();
     s.push('\n');
-    golden("route-plan.json", &s);
+    golden("host", "route-plan.json", &s);
 }
 
 #[test]
 fn dry_run_text_linux_and_macos() {
     let plan = two_machine_plan();
-    golden("plan-routes-linux.txt", &plan.render(HostOs::Linux));
+    golden("host", "plan-routes-linux.txt", &plan.render(HostOs::Linux));
     let mut mac = plan.clone();
     mac.hostfilters.push(HostFilter {
         bridge: "bridge100".into(),
         member: "vmenet0".into(),
     });
-    golden("plan-routes-macos.txt", &mac.render(HostOs::Macos));
+    golden("host", "plan-routes-macos.txt", &mac.render(HostOs::Macos));
 
     let install = |os| host::install_plan(os, Path::new(EXE), Path::new(HOME)).unwrap();
     golden(
+        "host",
         "plan-install-linux.txt",
         &install(HostOs::Linux).render(HostOs::Linux),
     );
     golden(
+        "host",
         "plan-install-macos.txt",
         &install(HostOs::Macos).render(HostOs::Macos),
     );
     golden(
+        "host",
         "plan-uninstall-linux.txt",
         &host::uninstall_plan(HostOs::Linux).render(HostOs::Linux),
     );
     golden(
+        "host",
         "plan-uninstall-macos.txt",
         &host::uninstall_plan(HostOs::Macos).render(HostOs::Macos),
     );
@@ -163,13 +147,13 @@ fn plan_serialises_for_the_privileged_door() {
     });
     let json = serde_json::to_string_pretty(&plan).unwrap();
     assert_eq!(serde_json::from_str::<HostPlan>(&json).unwrap(), plan);
-    golden("plan.json", &(json + "\n"));
+    golden("host", "plan.json", &(json + "\n"));
 }
 
 #[test]
 fn launchd_plist_renders_and_parses_back() {
     let text = host::render_launchd_plist(Path::new(EXE), Path::new(HOME)).unwrap();
-    golden("dev.devbox.routes.plist", &text);
+    golden("host", "dev.devbox.routes.plist", &text);
 
     let v: plist::Value = plist::from_bytes(text.as_bytes()).unwrap();
     let d = v.as_dictionary().unwrap();
@@ -210,7 +194,7 @@ fn systemd_units() {
     let names: Vec<&str> = units.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["devbox-routes.service", "devbox-routes.path"]);
     for (name, text) in &units {
-        golden(name, text);
+        golden("host", name, text);
         assert!(text.contains("WantedBy=multi-user.target"), "{name}");
     }
 }
@@ -243,5 +227,5 @@ fn macos_and_linux_command_lines() {
     .collect::<Vec<_>>()
     .join("\n");
     lines.push('\n');
-    golden("commands.argv", &lines);
+    golden("host", "commands.argv", &lines);
 }

@@ -6,7 +6,9 @@
 //! fail.
 #![cfg(target_os = "linux")]
 
-use std::io::Write;
+mod support;
+use support::in_new_netns;
+
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
@@ -15,29 +17,6 @@ use devbox::net::routes::{
     DockerSubnets, PlannedRoute, RouteError, RoutePlan, removal_plan_for, route_plan_for,
 };
 use devbox::net::{HostOnlyNet, HostRoute, Tap, host_routes};
-use nix::sched::{CloneFlags, unshare};
-
-/// Runs `f` on a thread inside a fresh network namespace; `None` when skipped.
-fn in_new_netns<T: Send>(test: &str, f: impl FnOnce() -> T + Send) -> Option<T> {
-    if !nix::unistd::geteuid().is_root() {
-        let why = format!("{test}: needs root to create a network namespace and a TAP device");
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{why} (CI=true, so this is a failure)");
-        }
-        let _ = writeln!(std::io::stderr(), "skipped {why}");
-        return None;
-    }
-    std::thread::scope(|s| {
-        let worker = s.spawn(|| {
-            unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-            f()
-        });
-        match worker.join() {
-            Ok(v) => Some(v),
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    })
-}
 
 /// The machine's TAP `dbx<index>`, up, with the host's address: what a running machine has.
 fn machine_tap(index: u8) -> (Tap, HostOnlyNet) {

@@ -1,0 +1,65 @@
+//! Helpers shared by the integration tests: golden files and a network namespace per test.
+//! Each test crate uses a subset, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::Path;
+
+/// Compares `actual` with `tests/golden/<dir>/<name>` (`dir` may be empty).
+/// `UPDATE_GOLDEN=1` rewrites the file instead; review the diff before committing it.
+#[track_caller]
+pub fn golden(dir: &str, name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(dir)
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().expect("golden files live in a directory")).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
+            path.display()
+        )
+    });
+    assert_eq!(
+        actual,
+        want,
+        "{} differs from the rendered output",
+        path.display()
+    );
+}
+
+/// Whether a missing prerequisite must fail the test (`CI=true`) rather than skip it.
+pub fn ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// Runs `f` on a thread inside a fresh network namespace (`unshare(CLONE_NEWNET)` on that
+/// thread only, so the host's interfaces and routes are never touched; the namespace goes
+/// when the thread ends). `None` when skipped: not root, and not under `CI=true`.
+#[cfg(target_os = "linux")]
+pub fn in_new_netns<T: Send>(test: &str, f: impl FnOnce() -> T + Send) -> Option<T> {
+    use nix::sched::{CloneFlags, unshare};
+    if !nix::unistd::geteuid().is_root() {
+        let why = format!("{test}: needs root to create a network namespace and a TAP device");
+        if ci() {
+            panic!("{why} (CI=true, so this is a failure)");
+        }
+        // Straight to stderr: libtest captures `eprintln!`, and a skip should be seen.
+        let _ = writeln!(std::io::stderr(), "skipped {why}");
+        return None;
+    }
+    std::thread::scope(|s| {
+        let worker = s.spawn(|| {
+            unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+            f()
+        });
+        match worker.join() {
+            Ok(v) => Some(v),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
