@@ -389,15 +389,7 @@ fn check_routes(h: &Harness, docker_host: &str) {
         routes.contains("172.19.0.0/16 via 192.168.64.2 dev dbx0"),
         "{routes}"
     );
-    let docker = |args: &[&str]| {
-        let o = Command::new("docker")
-            .args(["-H", docker_host])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "docker {args:?}: {}", text(&o.stderr));
-        text(&o.stdout).trim().to_owned()
-    };
+    let docker = |args: &[&str]| docker_ok(docker_host, args);
     // Two web servers, both on port 80, none published: one on the default bridge, one on
     // a user-defined network (its subnet comes from the machine's routed pool).
     docker(&["network", "create", "demo"]);
@@ -507,15 +499,7 @@ impl Harness {
 }
 
 fn check_names(h: &Harness, docker_host: &str) {
-    let docker = |args: &[&str]| {
-        let o = Command::new("docker")
-            .args(["-H", docker_host])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "docker {args:?}: {}", text(&o.stderr));
-        text(&o.stdout).trim().to_owned()
-    };
+    let docker = |args: &[&str]| docker_ok(docker_host, args);
     let machine = format!("{MACHINE}.dev");
     assert_eq!(h.dig(&machine, "A").1, vec!["192.168.64.2".to_owned()]);
     let web1 = docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "web1"]);
@@ -579,6 +563,18 @@ fn check_names(h: &Harness, docker_host: &str) {
         plan.contains(&format!("server=/{machine}/192.168.64.1")) || plan.contains("resolvectl"),
         "{plan}"
     );
+}
+
+/// The host's docker CLI against the machine, asserting success; trimmed stdout.
+#[track_caller]
+fn docker_ok(docker_host: &str, args: &[&str]) -> String {
+    let o = Command::new("docker")
+        .args(["-H", docker_host])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "docker {args:?}: {}", text(&o.stderr));
+    text(&o.stdout).trim().to_owned()
 }
 
 /// A tar holding a static busybox: a container image without any registry.
