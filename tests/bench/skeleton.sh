@@ -10,7 +10,7 @@ RUNS=${RUNS:-5}
 SSH_RUNS=${SSH_RUNS:-20}
 
 cargo build --release -q
-DEVBOX=$PWD/target/release/devbox
+DEVBOX=$(realpath "${CARGO_TARGET_DIR:-target}")/release/devbox
 work=$(mktemp -d)
 export DEVBOX_HOME=$work/home
 NS=devbox-bench-$$
