@@ -4,6 +4,7 @@
 
 mod completion;
 mod create;
+mod disk;
 mod dns;
 mod env;
 mod image;
@@ -72,6 +73,7 @@ fn dispatch(store: &Store, command: Command) -> Result<i32> {
         Command::Image(c) => image::run(store, c),
         Command::Routes(c) => routes::run(store, c),
         Command::Dns(c) => dns::run(store, c),
+        Command::Disk(c) => disk::run(store, c),
         Command::Completion(a) => completion::run(&a),
         Command::Supervise(a) => {
             crate::supervisor::run(store, &a.name, std::time::Duration::from_secs(a.timeout))?;
@@ -108,6 +110,8 @@ fn hint(e: &anyhow::Error) -> Option<String> {
         } else if let Some(x) = cause.downcast_ref::<crate::dns::DnsError>() {
             x.hint()
         } else if let Some(x) = cause.downcast_ref::<crate::nfs::NfsError>() {
+            x.hint()
+        } else if let Some(x) = cause.downcast_ref::<crate::disk::DiskError>() {
             x.hint()
         } else if let Some(x) = cause.downcast_ref::<crate::machine::spec::SpecError>() {
             x.hint()
