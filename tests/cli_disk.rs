@@ -215,8 +215,8 @@ fn status_and_ls_warn_from_80_percent() {
     env.create("m");
     let sample = |pct: u8| {
         serde_json::json!({
-            "size_bytes": 2 * GIB, "used_bytes": u64::from(pct) * 20 << 20,
-            "avail_bytes": u64::from(100 - pct) * 20 << 20, "used_pct": pct,
+            "size_bytes": 2 * GIB, "used_bytes": (u64::from(pct) * 20) << 20,
+            "avail_bytes": (u64::from(100 - pct) * 20) << 20, "used_pct": pct,
             "reserve_held": true, "measured": "2026-11-21T00:00:00Z"
         })
     };
