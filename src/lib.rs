@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod disk;
 pub mod dns;
 pub mod host;
 pub mod hypervisor;

@@ -60,6 +60,9 @@ pub enum Command {
     /// Point the host's resolver at a running machine's DNS server for the domains it owns.
     #[command(subcommand)]
     Dns(DnsCommand),
+    /// How full a machine's data disk is, and growing it.
+    #[command(subcommand)]
+    Disk(DiskCommand),
     /// Print a shell completion script.
     Completion(CompletionArgs),
     /// Run a machine's supervisor in the foreground (spawned by `start`).
@@ -241,6 +244,24 @@ pub struct DnsArgs {
     /// Print the plan without changing anything.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DiskCommand {
+    /// The guest filesystem's use, Docker's own view, and the host file's apparent and
+    /// allocated sizes.
+    Usage(StatusArgs),
+    /// Grow a stopped machine's data disk; the guest grows its filesystem at the next boot.
+    Resize(DiskResizeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiskResizeArgs {
+    /// Machine name.
+    pub name: String,
+    /// New size of the data disk (e.g. 40G); only growing is possible.
+    #[arg(value_name = "SIZE")]
+    pub size: String,
 }
 
 #[derive(Debug, Args)]

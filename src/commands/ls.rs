@@ -4,6 +4,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::cli::LsArgs;
+use crate::disk;
 use crate::machine::Store;
 use crate::machine::spec::format_size;
 use crate::machine::state::observe;
@@ -18,6 +19,8 @@ struct Row {
     cpus: u32,
     memory_mib: u64,
     disk_bytes: u64,
+    /// The guest filesystem's fill level at the supervisor's last measurement.
+    disk_used_pct: Option<u8>,
     error: Option<String>,
 }
 
@@ -25,7 +28,16 @@ pub fn run(store: &Store, a: &LsArgs) -> Result<i32> {
     let mut rows = Vec::new();
     for name in store.names()? {
         let dir = store.machine(&name);
-        let state = observe(&dir)?.state.as_str().to_owned();
+        let obs = observe(&dir)?;
+        let state = obs.state.as_str().to_owned();
+        let sample = obs.file.and_then(|f| f.disk);
+        if let Some(w) = sample
+            .as_ref()
+            .and_then(|d| disk::fullness_warning(&name, d))
+        {
+            output::warn(w);
+        }
+        let disk_used_pct = sample.map(|d| d.used_pct);
         match dir.load_spec() {
             Ok(s) => rows.push(Row {
                 name,
@@ -35,6 +47,7 @@ pub fn run(store: &Store, a: &LsArgs) -> Result<i32> {
                 cpus: s.cpus,
                 memory_mib: s.memory_mib,
                 disk_bytes: s.disk_bytes,
+                disk_used_pct,
                 error: None,
             }),
             Err(e) => rows.push(Row {
@@ -45,6 +58,7 @@ pub fn run(store: &Store, a: &LsArgs) -> Result<i32> {
                 cpus: 0,
                 memory_mib: 0,
                 disk_bytes: 0,
+                disk_used_pct,
                 error: Some(e.to_string()),
             }),
         }

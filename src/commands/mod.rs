@@ -4,6 +4,7 @@
 
 mod completion;
 mod create;
+mod disk;
 mod dns;
 mod env;
 mod image;
@@ -72,6 +73,7 @@ fn dispatch(store: &Store, command: Command) -> Result<i32> {
         Command::Image(c) => image::run(store, c),
         Command::Routes(c) => routes::run(store, c),
         Command::Dns(c) => dns::run(store, c),
+        Command::Disk(c) => disk::run(store, c),
         Command::Completion(a) => completion::run(&a),
         Command::Supervise(a) => {
             crate::supervisor::run(store, &a.name, std::time::Duration::from_secs(a.timeout))?;
@@ -110,6 +112,7 @@ fn hint_of(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
         crate::host::HostError,
         crate::ssh::SshError,
         crate::dns::DnsError,
+        crate::disk::DiskError,
     );
     // The NFS server exists only on Linux hosts for now (see src/nfs).
     #[cfg(target_os = "linux")]

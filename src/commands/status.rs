@@ -1,9 +1,11 @@
-//! `devbox status NAME`: the observed state (and why a machine stopped or failed).
+//! `devbox status NAME`: the observed state (and why a machine stopped or failed), and a
+//! warning when the supervisor last found the guest filesystem nearly full.
 
 use anyhow::Result;
 use serde_json::json;
 
 use crate::cli::StatusArgs;
+use crate::disk;
 use crate::machine::Store;
 use crate::machine::state::observe;
 use crate::output;
@@ -32,6 +34,14 @@ pub fn run(store: &Store, a: &StatusArgs) -> Result<i32> {
                 }
             }
             _ => {}
+        }
+        // Recorded by the supervisor; a stopped machine keeps its last figure.
+        if let Some(w) = f
+            .disk
+            .as_ref()
+            .and_then(|d| disk::fullness_warning(&a.name, d))
+        {
+            output::warn(w);
         }
     }
     Ok(0)

@@ -32,6 +32,10 @@ pub struct StateFile {
     pub ready: Option<String>,
     /// Why the machine stopped or failed.
     pub error: Option<String>,
+    /// The guest filesystem's fill level, measured by the supervisor every 30 s while the
+    /// machine runs (so `status` and `ls` need not reach the guest).
+    #[serde(default)]
+    pub disk: Option<crate::disk::GuestDiskSample>,
 }
 
 /// The state shown to users.

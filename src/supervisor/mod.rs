@@ -17,7 +17,8 @@
 //!
 //! Threads: the main loop (owns the machine, reacts to events), `control` (the control socket),
 //! `ready` (waits for SSH and Docker once per boot), `signals` (SIGTERM/SIGINT/SIGHUP become a
-//! graceful stop). They talk to the main loop through one channel of [`Event`]s.
+//! graceful stop), `disk` (measures the guest filesystem every 30 s once ready, into
+//! `state.json`). They talk to the main loop through one channel of [`Event`]s.
 
 pub mod control;
 pub mod resolver;
@@ -38,7 +39,10 @@ use crate::machine::state::{Phase, StateFile, write_state_file};
 use crate::machine::store::write_atomic;
 use crate::machine::{MachineDir, MachineSpec, Store};
 use crate::net::routes;
-use crate::{dns, image, net, ssh};
+use crate::{disk, dns, image, net, ssh};
+
+/// How often the guest filesystem's fill level is measured while the machine runs.
+const DISK_CHECK_EVERY: Duration = Duration::from_secs(30);
 
 /// How long a guest gets to power off before it is killed.
 const GRACEFUL_STOP: Duration = Duration::from_secs(60);
@@ -125,6 +129,7 @@ pub fn run(store: &Store, name: &str, ready_timeout: Duration) -> Result<()> {
             started: now(),
             ready: None,
             error: None,
+            disk: None,
         })),
     };
     state.update(|_| {});
@@ -327,6 +332,7 @@ fn supervise(
                     s.step = "running".into();
                     s.ready = Some(now());
                 });
+                spawn_disk_watch(target.clone(), state.shared.clone(), dir.clone());
             }
             Ok(Event::NotReady { reason }) => {
                 if stopping.is_none() {
@@ -459,6 +465,55 @@ fn wait_ready(
     Err(format!(
         "Docker did not answer in time (last error: {last})"
     ))
+}
+
+/// Measures the guest filesystem right away and then every [`DISK_CHECK_EVERY`] while the
+/// machine runs, records it in `state.json` (so `status` and `ls` read it without reaching the
+/// guest), and logs when it crosses [`disk::WARN_PCT`] either way. Also says once whether the
+/// host filesystem can take back what the guest frees.
+fn spawn_disk_watch(target: ssh::Target, shared: Arc<Mutex<StateFile>>, dir: MachineDir) {
+    std::thread::Builder::new()
+        .name("disk".into())
+        .spawn(move || {
+            log(disk::probe_reclaim(&dir.path).describe());
+            let mut conn: Option<ssh::Connection> = None;
+            let mut last_pct: Option<u8> = None;
+            while shared.lock().expect("state lock").phase == Phase::Running {
+                if conn.is_none() {
+                    conn = ssh::Connection::connect(&target, Duration::from_secs(5)).ok();
+                }
+                match conn.as_ref().map(disk::measure_guest) {
+                    Some(Ok(sample)) => {
+                        // Logged when crossing the threshold, and at each change above it.
+                        let was_full = last_pct.is_some_and(|p| p >= disk::WARN_PCT);
+                        let full = sample.is_nearly_full();
+                        if full != was_full || (full && last_pct != Some(sample.used_pct)) {
+                            match disk::fullness_warning(&dir.name, &sample) {
+                                Some(w) => log(format!("warning: {w}")),
+                                None => log(format!(
+                                    "disk: the guest filesystem is back to {}% full",
+                                    sample.used_pct
+                                )),
+                            }
+                        }
+                        last_pct = Some(sample.used_pct);
+                        let snapshot = {
+                            let mut st = shared.lock().expect("state lock");
+                            st.disk = Some(sample);
+                            st.clone()
+                        };
+                        let _ = write_state_file(&dir, &snapshot);
+                    }
+                    Some(Err(e)) => {
+                        log(format!("disk: {e:#}"));
+                        conn = None;
+                    }
+                    None => {}
+                }
+                std::thread::sleep(DISK_CHECK_EVERY);
+            }
+        })
+        .expect("spawning the disk thread");
 }
 
 /// Routes the machine's Docker subnets via its guest IP, and records them for the
