@@ -2,7 +2,6 @@
 //! Each test crate uses a subset, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
-use std::io::Write;
 use std::path::Path;
 
 /// Compares `actual` with `tests/golden/<dir>/<name>` (`dir` may be empty).
@@ -43,6 +42,7 @@ pub fn ci() -> bool {
 #[cfg(target_os = "linux")]
 pub fn in_new_netns<T: Send>(test: &str, f: impl FnOnce() -> T + Send) -> Option<T> {
     use nix::sched::{CloneFlags, unshare};
+    use std::io::Write;
     if !nix::unistd::geteuid().is_root() {
         let why = format!("{test}: needs root to create a network namespace and a TAP device");
         if ci() {
