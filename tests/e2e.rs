@@ -12,6 +12,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const MACHINE: &str = "e2e";
+/// A second machine, to check that machines get disjoint subnets.
+const SECOND: &str = "e2e2";
 
 struct Harness {
     netns: String,
@@ -28,6 +30,7 @@ impl Drop for Harness {
     fn drop(&mut self) {
         // Best effort: force the machine down, then remove the namespace.
         let _ = self.devbox(&["stop", "--force", MACHINE]);
+        let _ = self.devbox(&["stop", "--force", SECOND]);
         let _ = self.upstream.kill();
         let _ = self.upstream.wait();
         let _ = Command::new("ip")
@@ -838,6 +841,63 @@ fn walking_skeleton_end_to_end() {
         "recovered from the crash"
     );
     assert_eq!(h.ssh("cat /var/lib/docker/devbox-marker").trim(), "kept");
+
+    // ---- a second machine: the next subnets, and both machines' containers reachable ----
+    h.ok(&[
+        "create",
+        SECOND,
+        "--no-share",
+        "--cpus",
+        "1",
+        "--memory",
+        "1024",
+        "--disk-size",
+        "2G",
+    ]);
+    let second: serde_json::Value = serde_json::from_str(&h.ok(&["inspect", SECOND])).unwrap();
+    assert_eq!(second["spec"]["docker"]["bridge"], "172.20.0.1/16");
+    assert_eq!(second["spec"]["network"]["guest_ip"], "192.168.65.2");
+    h.ok(&["start", SECOND, "--timeout", "600"]);
+    let routes = h.routes();
+    assert!(
+        routes.contains("172.18.0.0/16 via 192.168.64.2 dev dbx0"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("172.20.0.0/16 via 192.168.65.2 dev dbx1"),
+        "{routes}"
+    );
+    let second_host = format!(
+        "unix://{}",
+        h.home
+            .join("machines")
+            .join(SECOND)
+            .join("docker.sock")
+            .display()
+    );
+    docker_ok(&second_host, &["import", tar.to_str().unwrap(), "bb:e2e"]);
+    let httpd = ["bb:e2e", "/bin/httpd", "-f", "-p", "80", "-h", "/www"];
+    for (host, name) in [(&docker_host, "first"), (&second_host, "second")] {
+        let mut args = vec!["run", "-d", "--name", name];
+        args.extend(httpd);
+        docker_ok(host, &args);
+    }
+    let ip_of = |host: &str, name: &str| {
+        docker_ok(
+            host,
+            &["inspect", "-f", "{{.NetworkSettings.IPAddress}}", name],
+        )
+    };
+    let (ip1, ip2) = (ip_of(&docker_host, "first"), ip_of(&second_host, "second"));
+    assert!(
+        ip1.starts_with("172.18.") && ip2.starts_with("172.20."),
+        "{ip1} {ip2}"
+    );
+    assert_eq!(h.curl(&format!("http://{ip1}/")), "hello from web\n");
+    assert_eq!(h.curl(&format!("http://{ip2}/")), "hello from web\n");
+    h.ok(&["stop", SECOND]);
+    assert!(!h.routes().contains("172.20.0.0/16"), "{}", h.routes());
+    h.ok(&["rm", SECOND]);
 
     // ---- stop and remove: nothing left behind ----
     h.ok(&["stop", MACHINE]);
