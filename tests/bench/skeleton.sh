@@ -13,6 +13,8 @@ cargo build --release -q
 DEVBOX=$(realpath "${CARGO_TARGET_DIR:-target}")/release/devbox
 work=$(mktemp -d)
 export DEVBOX_HOME=$work/home
+# The host's own resolver is never a target: names the machine does not own go nowhere.
+export DEVBOX_DNS_UPSTREAMS=127.0.0.1:53
 NS=devbox-bench-$$
 ip netns add "$NS"
 ip -n "$NS" link set lo up
