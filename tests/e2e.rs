@@ -846,7 +846,6 @@ fn walking_skeleton_end_to_end() {
     h.ok(&[
         "create",
         SECOND,
-        "--no-share",
         "--cpus",
         "1",
         "--memory",
@@ -858,6 +857,14 @@ fn walking_skeleton_end_to_end() {
     assert_eq!(second["spec"]["docker"]["bridge"], "172.20.0.1/16");
     assert_eq!(second["spec"]["network"]["guest_ip"], "192.168.65.2");
     h.ok(&["start", SECOND, "--timeout", "600"]);
+    // With no --share, the user's home is shared at the same path, even when that is root's
+    // own home in the guest (SSH keeps working: its keys live outside home directories).
+    let home = std::fs::canonicalize(std::env::var("HOME").unwrap()).unwrap();
+    let mounts = h.ok(&["ssh", SECOND, "--", "mount"]);
+    assert!(
+        mounts.contains(&format!(" on {} type nfs", home.display())),
+        "{mounts}"
+    );
     let routes = h.routes();
     assert!(
         routes.contains("172.18.0.0/16 via 192.168.64.2 dev dbx0"),
