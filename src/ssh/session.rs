@@ -190,15 +190,26 @@ fn host_key_methods(algorithm: &Algorithm) -> &str {
 /// refused authentication or a bad key are returned at once: waiting cannot fix them.
 pub fn wait_until_reachable(t: &Target, deadline: Instant) -> Result<Connection, SshError> {
     const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
-    const PAUSE: Duration = Duration::from_millis(200);
+    const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+    const PAUSE: Duration = Duration::from_millis(100);
     let start = Instant::now();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let attempt = left.clamp(Duration::from_millis(100), ATTEMPT_TIMEOUT);
-        let err = match Connection::connect(t, attempt) {
-            Ok(c) => return Ok(c),
-            Err(e @ (SshError::Connect { .. } | SshError::Handshake { .. })) => e,
-            Err(e) => return Err(e),
+        // A booting guest drops SYNs until its network is up, and a connect then waits for
+        // its whole timeout: probe the port with a short one first, so the real attempt
+        // starts within a fraction of a second of sshd listening.
+        let probe = left.clamp(Duration::from_millis(100), PROBE_TIMEOUT);
+        let err = match std::net::TcpStream::connect_timeout(&t.addr, probe) {
+            Err(source) => SshError::Connect {
+                addr: t.addr,
+                source,
+            },
+            Ok(_) => match Connection::connect(t, attempt) {
+                Ok(c) => return Ok(c),
+                Err(e @ (SshError::Connect { .. } | SshError::Handshake { .. })) => e,
+                Err(e) => return Err(e),
+            },
         };
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {

@@ -460,7 +460,7 @@ fn wait_ready(
             Ok(out) => last = String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             Err(e) => return Err(format!("SSH: {e}")),
         }
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(100));
     }
     Err(format!(
         "Docker did not answer in time (last error: {last})"
