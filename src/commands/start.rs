@@ -140,7 +140,7 @@ fn wait_ready(dir: &MachineDir, limit: Duration) -> Result<i32> {
                 format!("timed out after {} s", limit.as_secs()),
             ));
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
