@@ -135,10 +135,6 @@ const MODULE_SELECTION: &[&str] = &[
     "kernel/fs/lockd/",
     "kernel/fs/fscache/",
     "kernel/fs/netfs/",
-    // 9p over virtio: not used by devbox itself; it lets the NFS benchmark compare the
-    // shares with QEMU's virtfs on the very same image (tests/bench/nfs.sh).
-    "kernel/fs/9p/",
-    "kernel/net/9p/",
     // docker storage and FUSE
     "kernel/fs/overlayfs/",
     "kernel/fs/fuse/",
