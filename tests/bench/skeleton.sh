@@ -30,7 +30,8 @@ now() { date +%s.%N; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 "$DEVBOX" image build >/dev/null
-nsx "$DEVBOX" create bench --cpus 2 --memory 2048 --disk-size 4G >/dev/null 2>&1
+# No shares: the comparison is about orchestration; plain QEMU has no NFS server to mount.
+nsx "$DEVBOX" create bench --no-share --cpus 2 --memory 2048 --disk-size 4G >/dev/null 2>&1
 M=$DEVBOX_HOME/machines/bench
 echo "warm-up boot (formats the data disk; not measured)" >&2
 nsx "$DEVBOX" start bench >/dev/null 2>&1
@@ -48,28 +49,21 @@ for _ in $(seq "$SSH_RUNS"); do
 done
 nsx "$DEVBOX" stop bench >/dev/null 2>&1
 
-# ---- 1. boot to ready ----
-: > "$work/boot_devbox"
-for i in $(seq "$RUNS"); do
-  t=$(now); nsx "$DEVBOX" start bench >/dev/null 2>&1; d=$(echo "$(now) - $t" | bc -l)
-  echo "$d" >> "$work/boot_devbox"; echo "devbox start #$i: $d s" >&2
-  nsx "$DEVBOX" stop bench >/dev/null 2>&1
-done
-
+# ---- 1. boot to ready, devbox and plain QEMU alternating (so host load hits both alike) ----
 # Plain QEMU: the same image, config drive and disk (the machine is stopped), its own TAP.
 img=$(nsx "$DEVBOX" inspect bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["image"]["dir"])')
-nsx ip tuntap add dev tapbench mode tap
-nsx ip addr add 192.168.64.1/24 dev tapbench
-nsx ip link set tapbench up
 khz=$(awk -F: '/^cpu MHz/ {printf "%d", $2*1000; exit}' /proc/cpuinfo)
 if [ "$accel" = tcg ]; then
   accel_args=(-accel tcg -cpu max); cmdline="console=ttyS0 panic=-1 loglevel=4 tsc_early_khz=$khz tsc=reliable"
 else
   accel_args=(-accel kvm -cpu host); cmdline="console=ttyS0 panic=-1 loglevel=4"
 fi
-: > "$work/boot_qemu"
-for i in $(seq "$RUNS"); do
-  log=$work/serial-$i.log; : > "$log"
+plain_qemu() { # $1: run number
+  local log=$work/serial-$1.log t d
+  : > "$log"
+  nsx ip tuntap add dev tapbench mode tap
+  nsx ip addr add 192.168.64.1/24 dev tapbench
+  nsx ip link set tapbench up
   t=$(now)
   nsx qemu-system-x86_64 -machine microvm,acpi=on,rtc=on "${accel_args[@]}" -smp 2 -m 2048 \
     -nodefaults -no-user-config -display none -no-reboot \
@@ -81,11 +75,19 @@ for i in $(seq "$RUNS"); do
     -device virtio-rng-device &
   QPID=$!
   until grep -q "devbox-guest: ready" "$log"; do sleep 0.05; done
-  d=$(echo "$(now) - $t" | bc -l); echo "$d" >> "$work/boot_qemu"; echo "plain qemu #$i: $d s" >&2
+  d=$(echo "$(now) - $t" | bc -l); echo "$d" >> "$work/boot_qemu"; echo "plain qemu #$1: $d s" >&2
   # A clean poweroff, as devbox stop does, so the next boot finds a clean filesystem.
   nsx ssh "${ssh_opts[@]}" "root@$ip" poweroff >/dev/null 2>&1 || true
   for _ in $(seq 600); do kill -0 "$QPID" 2>/dev/null || break; sleep 0.1; done
   kill "$QPID" 2>/dev/null || true; wait "$QPID" 2>/dev/null || true; QPID=
+  nsx ip link del tapbench
+}
+: > "$work/boot_devbox"; : > "$work/boot_qemu"
+for i in $(seq "$RUNS"); do
+  t=$(now); nsx "$DEVBOX" start bench >/dev/null 2>&1; d=$(echo "$(now) - $t" | bc -l)
+  echo "$d" >> "$work/boot_devbox"; echo "devbox start #$i: $d s" >&2
+  nsx "$DEVBOX" stop bench >/dev/null 2>&1
+  plain_qemu "$i"
 done
 
 bd=$(median < "$work/boot_devbox"); bq=$(median < "$work/boot_qemu")
