@@ -145,8 +145,7 @@ impl CommandError {
                 Some(format!("stop it first (devbox stop {name}) or use --force"))
             }
             CommandError::NotReady { name, .. } => Some(format!(
-                "the whole console log: devbox logs {name}; the supervisor's: {}",
-                "machines/<name>/supervisor.log"
+                "the whole console log: devbox logs {name}; `devbox inspect {name}` names the supervisor's log"
             )),
             CommandError::StopTimeout { .. } => None,
         }
