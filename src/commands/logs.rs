@@ -7,7 +7,6 @@ use anyhow::Result;
 
 use crate::cli::LogsArgs;
 use crate::machine::Store;
-use crate::machine::state::observe;
 
 pub fn run(store: &Store, a: &LogsArgs) -> Result<i32> {
     let dir = store.existing(&a.name)?;
@@ -49,6 +48,5 @@ pub fn run(store: &Store, a: &LogsArgs) -> Result<i32> {
         if !dir.path.exists() {
             return Ok(0);
         }
-        let _ = observe(&dir);
     }
 }

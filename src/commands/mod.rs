@@ -128,11 +128,7 @@ pub enum CommandError {
     #[error("machine {name:?} is running")]
     Running { name: String },
     #[error("machine {name:?} did not become ready: {reason}")]
-    NotReady {
-        name: String,
-        reason: String,
-        console_tail: String,
-    },
+    NotReady { name: String, reason: String },
     #[error("machine {name:?} did not stop within {seconds} s; its supervisor was killed")]
     StopTimeout { name: String, seconds: u64 },
 }

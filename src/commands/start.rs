@@ -164,7 +164,6 @@ fn not_ready(dir: &MachineDir, reason: String) -> anyhow::Error {
     CommandError::NotReady {
         name: dir.name.clone(),
         reason,
-        console_tail: tail,
     }
     .into()
 }

@@ -299,8 +299,33 @@ pub fn route_plan_for(
     host_routes: &[HostRoute],
 ) -> Result<RoutePlan, RouteError> {
     check_devbox_link(machine, tap)?;
-    let wanted: Vec<PlannedRoute> = subnets
-        .routed()
+    let wanted = machine_routes(machine, subnets.routed(), guest_ip, tap);
+    for w in &wanted {
+        if let Some(r) = first_conflict(&w.dest, host_routes, Some(w)) {
+            return Err(conflict(w.dest, r));
+        }
+    }
+    let remove = host_routes
+        .iter()
+        .filter(|r| r.interface == tap && r.gateway == Some(IpAddr::V4(guest_ip)))
+        .filter(|r| r.dest.prefix_len() > 0 && !wanted.iter().any(|w| w.matches(r)))
+        .map(|r| r.dest)
+        .collect::<Vec<_>>();
+    let mut remove = machine_routes(machine, remove, guest_ip, tap);
+    remove.sort();
+    let mut add = wanted;
+    add.sort();
+    Ok(RoutePlan { add, remove })
+}
+
+/// Routes to `dests` via `machine`'s guest IP on its TAP.
+fn machine_routes(
+    machine: &str,
+    dests: impl IntoIterator<Item = Ipv4Net>,
+    guest_ip: Ipv4Addr,
+    tap: &str,
+) -> Vec<PlannedRoute> {
+    dests
         .into_iter()
         .map(|dest| PlannedRoute {
             dest,
@@ -308,27 +333,7 @@ pub fn route_plan_for(
             interface: tap.to_owned(),
             machine: machine.to_owned(),
         })
-        .collect();
-    for w in &wanted {
-        if let Some(r) = first_conflict(&w.dest, host_routes, Some(w)) {
-            return Err(conflict(w.dest, r));
-        }
-    }
-    let mut remove: Vec<PlannedRoute> = host_routes
-        .iter()
-        .filter(|r| r.interface == tap && r.gateway == Some(IpAddr::V4(guest_ip)))
-        .filter(|r| r.dest.prefix_len() > 0 && !wanted.iter().any(|w| w.matches(r)))
-        .map(|r| PlannedRoute {
-            dest: r.dest,
-            gateway: guest_ip,
-            interface: tap.to_owned(),
-            machine: machine.to_owned(),
-        })
-        .collect();
-    remove.sort();
-    let mut add = wanted;
-    add.sort();
-    Ok(RoutePlan { add, remove })
+        .collect()
 }
 
 /// The plan that takes `machine`'s Docker routes away (machine stopped or removed).
@@ -339,16 +344,7 @@ pub fn removal_plan_for(
     tap: &str,
 ) -> Result<RoutePlan, RouteError> {
     check_devbox_link(machine, tap)?;
-    let mut remove: Vec<PlannedRoute> = subnets
-        .routed()
-        .into_iter()
-        .map(|dest| PlannedRoute {
-            dest,
-            gateway: guest_ip,
-            interface: tap.to_owned(),
-            machine: machine.to_owned(),
-        })
-        .collect();
+    let mut remove = machine_routes(machine, subnets.routed(), guest_ip, tap);
     remove.sort();
     Ok(RoutePlan {
         add: Vec::new(),

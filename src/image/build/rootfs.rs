@@ -13,20 +13,9 @@ use super::{BuildError, command_failed, describe, run, spawn_error};
 /// The host's static busybox (Debian's busybox-static); it is the guest's init and shell.
 const HOST_BUSYBOX: &str = "/bin/busybox";
 
-/// Packages of the closure that are unpacked besides the `lib*` ones (zlib1g is a library
-/// whose name does not say so).
-const EXTRACT: &[&str] = &[
-    "zlib1g",
-    "docker.io",
-    "containerd",
-    "runc",
-    "tini",
-    "iptables",
-    "e2fsprogs",
-    "openssh-server",
-    "ca-certificates",
-    "netbase",
-];
+/// Packages of the closure unpacked besides the top-level ones (`super::PACKAGES`) and the
+/// `lib*` ones: zlib1g is a library whose name does not say so.
+const EXTRA_EXTRACT: &[&str] = &["zlib1g"];
 
 /// `lib*` packages of the closure that the guest does not need: PAM modules (sshd runs with
 /// `UsePAM no` and needs only libpam itself), perl, SELinux policy tools, dpkg's databases.
@@ -181,7 +170,7 @@ const IPTABLES_LINKS: &[&str] = &[
 /// image even when the packages stay the same.
 pub fn recipe() -> impl Iterator<Item = &'static str> {
     [
-        EXTRACT,
+        EXTRA_EXTRACT,
         LIB_DENY,
         PRUNE,
         MODULE_SELECTION,
@@ -211,7 +200,8 @@ pub fn select<'a>(closure: &'a [Package], kernel: &str) -> Vec<&'a Package> {
         .iter()
         .filter(|p| p.name != kernel)
         .filter(|p| {
-            EXTRACT.contains(&p.name.as_str())
+            super::PACKAGES.contains(&p.name.as_str())
+                || EXTRA_EXTRACT.contains(&p.name.as_str())
                 || (p.name.starts_with("lib")
                     && !p.name.ends_with("-perl")
                     && !p.name.starts_with("libperl")
