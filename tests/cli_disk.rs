@@ -3,62 +3,11 @@
 //! and `ls` from what a supervisor recorded.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
-use std::process::Output;
 
-use assert_cmd::Command;
-
-struct Env {
-    _tmp: tempfile::TempDir,
-    home: PathBuf,
-    cache: PathBuf,
-}
+mod support;
+use support::cli::{Env, fails_with, stderr, stdout, succeeds};
 
 impl Env {
-    /// A fresh home and a cache holding one image (enough for `create`).
-    fn new() -> Env {
-        let tmp = tempfile::tempdir().unwrap();
-        let home = tmp.path().join("home");
-        let cache = tmp.path().join("cache");
-        let img = cache.join("images/0123456789abcdef");
-        std::fs::create_dir_all(&img).unwrap();
-        std::fs::write(img.join("vmlinuz"), "k").unwrap();
-        std::fs::write(img.join("initrd.img"), "i").unwrap();
-        let sha = |s: &str| {
-            use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(s.as_bytes()))
-        };
-        let manifest = serde_json::json!({
-            "version": "0123456789abcdef",
-            "arch": "x86_64",
-            "kernel_version": "6.1.0-test-cloud-amd64",
-            "created": "2026-11-21T00:00:00Z",
-            "packages": {},
-            "files": {"vmlinuz": sha("k"), "initrd.img": sha("i")},
-        });
-        std::fs::write(img.join("manifest.json"), manifest.to_string()).unwrap();
-        Env {
-            _tmp: tmp,
-            home,
-            cache,
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::cargo_bin("devbox")
-            .unwrap()
-            .env("DEVBOX_HOME", &self.home)
-            .env("DEVBOX_CACHE", &self.cache)
-            .env("NO_COLOR", "1")
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn dir(&self, name: &str) -> PathBuf {
-        self.home.join("machines").join(name)
-    }
-
     /// A stopped 2G machine.
     fn create(&self, name: &str) {
         succeeds(&self.run(&[
@@ -76,7 +25,7 @@ impl Env {
     }
 
     fn disk_bytes_in_spec(&self, name: &str) -> u64 {
-        let text = std::fs::read_to_string(self.dir(name).join("machine.yaml")).unwrap();
+        let text = std::fs::read_to_string(self.machine_dir(name).join("machine.yaml")).unwrap();
         let line = text
             .lines()
             .find(|l| l.starts_with("disk_bytes:"))
@@ -94,36 +43,14 @@ impl Env {
         if let Some(d) = disk {
             state["disk"] = d;
         }
-        std::fs::write(self.dir(name).join("state.json"), state.to_string()).unwrap();
+        std::fs::write(self.machine_dir(name).join("state.json"), state.to_string()).unwrap();
     }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-#[track_caller]
-fn fails_with(o: &Output, needle: &str) {
-    assert_eq!(o.status.code(), Some(1), "exit code; stderr: {}", stderr(o));
-    assert!(
-        stderr(o).contains(needle),
-        "stderr should contain {needle:?}:\n{}",
-        stderr(o)
-    );
-}
-
-#[track_caller]
-fn succeeds(o: &Output) {
-    assert!(o.status.success(), "failed: {}\n{}", stderr(o), stdout(o));
 }
 
 const GIB: u64 = 1 << 30;
 
 fn disk_len(env: &Env, name: &str) -> u64 {
-    std::fs::metadata(env.dir(name).join("disk.raw"))
+    std::fs::metadata(env.machine_dir(name).join("disk.raw"))
         .unwrap()
         .len()
 }
@@ -157,7 +84,7 @@ fn resizing_a_running_machine_is_refused() {
     env.create("m");
     env.write_state("m", "running", None);
     // Hold the supervisor lock as a live supervisor would.
-    let f = std::fs::File::create(env.dir("m").join("supervisor.lock")).unwrap();
+    let f = std::fs::File::create(env.machine_dir("m").join("supervisor.lock")).unwrap();
     let _held = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
     let o = env.run(&["disk", "resize", "m", "4G"]);
     fails_with(&o, "machine \"m\" is running");
@@ -173,7 +100,7 @@ fn growing_a_stopped_machine_keeps_the_file_sparse_and_updates_the_spec() {
     let o = env.run(&["disk", "resize", "m", "4G"]);
     succeeds(&o);
     assert!(stderr(&o).contains("from 2G to 4G"), "{}", stderr(&o));
-    let meta = std::fs::metadata(env.dir("m").join("disk.raw")).unwrap();
+    let meta = std::fs::metadata(env.machine_dir("m").join("disk.raw")).unwrap();
     assert_eq!(meta.len(), 4 * GIB);
     assert!(meta.blocks() * 512 < 1 << 20, "still sparse");
     assert_eq!(env.disk_bytes_in_spec("m"), 4 * GIB);
@@ -183,7 +110,7 @@ fn growing_a_stopped_machine_keeps_the_file_sparse_and_updates_the_spec() {
     succeeds(&again);
     assert!(stderr(&again).contains("already 4G"), "{}", stderr(&again));
     // No temp file left next to machine.yaml.
-    let leftovers: Vec<_> = std::fs::read_dir(env.dir("m"))
+    let leftovers: Vec<_> = std::fs::read_dir(env.machine_dir("m"))
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))

@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+pub mod cli;
+
 /// Compares `actual` with `tests/golden/<dir>/<name>` (`dir` may be empty).
 /// `UPDATE_GOLDEN=1` rewrites the file instead; review the diff before committing it.
 #[track_caller]

@@ -1,0 +1,83 @@
+//! The tier-2 environment: the real binary against a temporary DEVBOX_HOME, with a cache
+//! holding one small image (enough for `create`, which only records its version).
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use assert_cmd::Command;
+
+pub struct Env {
+    _tmp: tempfile::TempDir,
+    pub home: PathBuf,
+    pub cache: PathBuf,
+}
+
+impl Env {
+    /// A fresh home and a cache holding one image (a manifest and two small payload files:
+    /// enough for `create`, which only records the version).
+    pub fn new() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        let cache = tmp.path().join("cache");
+        let img = cache.join("images/0123456789abcdef");
+        std::fs::create_dir_all(&img).unwrap();
+        std::fs::write(img.join("vmlinuz"), "k").unwrap();
+        std::fs::write(img.join("initrd.img"), "i").unwrap();
+        let sha = |s: &str| {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(s.as_bytes()))
+        };
+        let manifest = serde_json::json!({
+            "version": "0123456789abcdef",
+            "arch": "x86_64",
+            "kernel_version": "6.1.0-test-cloud-amd64",
+            "created": "2026-11-21T00:00:00Z",
+            "packages": {},
+            "files": {"vmlinuz": sha("k"), "initrd.img": sha("i")},
+        });
+        std::fs::write(img.join("manifest.json"), manifest.to_string()).unwrap();
+        Env {
+            _tmp: tmp,
+            home,
+            cache,
+        }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("devbox").unwrap();
+        c.env("DEVBOX_HOME", &self.home)
+            .env("DEVBOX_CACHE", &self.cache)
+            .env("NO_COLOR", "1");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    pub fn machine_dir(&self, name: &str) -> PathBuf {
+        self.home.join("machines").join(name)
+    }
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[track_caller]
+pub fn fails_with(o: &Output, needle: &str) {
+    assert_eq!(o.status.code(), Some(1), "exit code; stderr: {}", stderr(o));
+    assert!(
+        stderr(o).contains(needle),
+        "stderr should contain {needle:?}:\n{}",
+        stderr(o)
+    );
+}
+
+#[track_caller]
+pub fn succeeds(o: &Output) {
+    assert!(o.status.success(), "failed: {}\n{}", stderr(o), stdout(o));
+}
