@@ -7,6 +7,10 @@
 //! Never touches the host's real interfaces or routes: every machine command runs under
 //! `ip netns exec`, so the TAP device, its address and all guest traffic stay in the namespace.
 
+mod support;
+use support::ci;
+use support::guest::{bin, missing_prerequisite, text, which};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -38,47 +42,6 @@ impl Drop for Harness {
             .status();
         let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&self.netns));
     }
-}
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Returns why the end-to-end test cannot run here, if it cannot.
-fn missing_prerequisite() -> Option<String> {
-    if !nix::unistd::Uid::effective().is_root() {
-        return Some("needs root (network namespaces and TAP devices)".into());
-    }
-    for (prog, pkg) in [
-        ("qemu-system-x86_64", "qemu-system-x86"),
-        ("ip", "iproute2"),
-        ("docker", "docker CLI"),
-        ("busybox", "busybox-static"),
-        ("apt-get", "apt"),
-        ("dpkg-deb", "dpkg"),
-    ] {
-        if which(prog).is_none() {
-            return Some(format!("{prog} is not installed ({pkg})"));
-        }
-    }
-    if !Path::new("/dev/net/tun").exists() {
-        return Some("/dev/net/tun is missing".into());
-    }
-    None
-}
-
-fn which(prog: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(prog))
-        .find(|p| p.is_file())
-}
-
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_devbox"))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 impl Harness {

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 pub mod cli;
+pub mod guest;
 
 /// Compares `actual` with `tests/golden/<dir>/<name>` (`dir` may be empty).
 /// `UPDATE_GOLDEN=1` rewrites the file instead; review the diff before committing it.
