@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -19,6 +20,8 @@ use super::rpc::{read_record, write_record};
 
 /// Requests of one connection handled concurrently (the Linux client pipelines).
 const IN_FLIGHT: usize = 8;
+/// Bytes of replies gathered before a write (a READDIRPLUS reply of the default 32 KiB fits).
+const REPLY_BUFFER: usize = 64 * 1024;
 /// Concurrent connections (the guest kernel uses one per server).
 const MAX_CONNECTIONS: usize = 16;
 
@@ -62,11 +65,19 @@ pub(crate) async fn accept_loop(
 
 async fn connection(sock: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let _ = sock.set_nodelay(true);
-    let (mut rd, mut wr) = sock.into_split();
+    let (mut rd, wr) = sock.into_split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
     let writer = tokio::spawn(async move {
+        // Record mark and reply leave in one TCP segment (two writes with TCP_NODELAY are two
+        // segments, each an interrupt and an ACK in the guest: under TCG that doubled the
+        // cost of every small RPC), and replies that are ready together share segments.
+        // A reply larger than the buffer is written straight through.
+        let mut wr = BufWriter::with_capacity(REPLY_BUFFER, wr);
         while let Some(reply) = rx.recv().await {
             if write_record(&mut wr, &reply).await.is_err() {
+                break;
+            }
+            if rx.is_empty() && wr.flush().await.is_err() {
                 break;
             }
         }
