@@ -206,6 +206,10 @@ pub struct ImageBuildArgs {
     /// Rebuild even if an image for the same recipe exists.
     #[arg(long)]
     pub force: bool,
+    /// Debian kernel flavour: `cloud` (small, boots fastest; the default) or `generic`
+    /// (Debian's full kernel, with drivers and filesystems the cloud one lacks, such as 9p).
+    #[arg(long, value_enum, default_value = "cloud")]
+    pub kernel: crate::image::build::Kernel,
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,7 @@ pub fn run(store: &Store, c: ImageCommand) -> Result<i32> {
                 cache: store.cache.clone(),
                 force: a.force,
                 arch: build::Arch::X86_64,
+                kernel: a.kernel,
             };
             let img = build::build(&opts, &mut |msg: &str| output::info(msg))?;
             output::info(format!(

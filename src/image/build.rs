@@ -46,12 +46,22 @@ impl Arch {
             Arch::X86_64 => "amd64",
         }
     }
-    /// Debian's metapackage that depends on the current cloud kernel.
-    fn kernel_metapackage(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "linux-image-cloud-amd64",
+    /// Debian's metapackage that depends on the current kernel of `flavour`.
+    fn kernel_metapackage(self, flavour: Kernel) -> &'static str {
+        match (self, flavour) {
+            (Arch::X86_64, Kernel::Cloud) => "linux-image-cloud-amd64",
+            (Arch::X86_64, Kernel::Generic) => "linux-image-amd64",
         }
     }
+}
+
+/// Debian kernel flavour. `cloud` is built for VMs (virtio, no hardware drivers): a smaller
+/// image and a faster boot. `generic` is Debian's full kernel, for what `cloud` leaves out,
+/// 9p among it (`tests/bench/nfs.sh` uses it to compare shares against QEMU's virtfs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kernel {
+    Cloud,
+    Generic,
 }
 
 /// What `build` needs.
@@ -62,6 +72,7 @@ pub struct BuildOptions {
     /// Refresh the package lists and rebuild even if the image exists.
     pub force: bool,
     pub arch: Arch,
+    pub kernel: Kernel,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,10 +210,11 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
         progress("updating the package lists (private apt state)");
         apt.update()?;
     }
-    let mut wanted = vec![opts.arch.kernel_metapackage()];
+    let metapackage = opts.arch.kernel_metapackage(opts.kernel);
+    let mut wanted = vec![metapackage];
     wanted.extend_from_slice(PACKAGES);
     let closure = apt.resolve(&wanted)?;
-    let kernel = apt::kernel_package(&closure, opts.arch.kernel_metapackage())?;
+    let kernel = apt::kernel_package(&closure, metapackage)?;
     let busybox = rootfs::host_busybox()?;
     let version = image_version(opts.arch, &closure, &sha256_file(&busybox)?);
 

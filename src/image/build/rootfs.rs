@@ -124,6 +124,10 @@ const MODULE_SELECTION: &[&str] = &[
     "kernel/fs/lockd/",
     "kernel/fs/fscache/",
     "kernel/fs/netfs/",
+    // 9p (virtfs), where the kernel has it (generic flavour; the cloud kernel is built
+    // without CONFIG_9P_FS)
+    "kernel/fs/9p/",
+    "kernel/net/9p/",
     // docker storage and FUSE
     "kernel/fs/overlayfs/",
     "kernel/fs/fuse/",
