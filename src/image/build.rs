@@ -61,7 +61,7 @@ impl Arch {
         }
     }
     /// Debian architecture.
-    pub fn debian(self) -> &'static str {
+    fn debian(self) -> &'static str {
         match self {
             Arch::X86_64 => "amd64",
             Arch::Arm64 => "arm64",
