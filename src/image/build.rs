@@ -300,7 +300,13 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
         BusyboxSource::Host => (None, sha256_file(&host_busybox)?),
         BusyboxSource::Package(name) => {
             let pkg = apt::find_package(&closure, name)?;
-            let id = format!("{}={}", pkg.name, pkg.version);
+            // The host's busybox still shapes the image: applet directories, modules.dep.
+            let id = format!(
+                "{}={} host={}",
+                pkg.name,
+                pkg.version,
+                sha256_file(&host_busybox)?
+            );
             (Some(pkg), id)
         }
     };
