@@ -210,6 +210,20 @@ pub struct ImageBuildArgs {
     /// (Debian's full kernel, with drivers and filesystems the cloud one lacks, such as 9p).
     #[arg(long, value_enum, default_value = "cloud")]
     pub kernel: crate::image::build::Kernel,
+    /// Guest architecture (default: the host's). arm64 images are for Apple silicon hosts
+    /// and can be built on any host.
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Option<ArchArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ArchArg {
+    /// 64-bit x86 (Debian's amd64).
+    #[value(name = "x86_64", alias = "amd64")]
+    X86_64,
+    /// 64-bit ARM (Linux calls it aarch64).
+    #[value(alias = "aarch64")]
+    Arm64,
 }
 
 #[derive(Debug, Args)]
@@ -279,4 +293,47 @@ pub struct DryRunArg {
 pub struct CompletionArgs {
     /// Shell to print the completion script for.
     pub shell: clap_complete::Shell,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build_arch(args: &[&str]) -> Result<Option<ArchArg>, clap::Error> {
+        let cli = Cli::try_parse_from(["devbox", "image", "build"].iter().chain(args))?;
+        match cli.command {
+            Command::Image(ImageCommand::Build(a)) => Ok(a.arch),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn image_build_arch_names_and_synonyms() {
+        assert_eq!(build_arch(&[]).unwrap(), None);
+        assert_eq!(
+            build_arch(&["--arch", "arm64"]).unwrap(),
+            Some(ArchArg::Arm64)
+        );
+        assert_eq!(
+            build_arch(&["--arch", "aarch64"]).unwrap(),
+            Some(ArchArg::Arm64)
+        );
+        assert_eq!(
+            build_arch(&["--arch", "x86_64"]).unwrap(),
+            Some(ArchArg::X86_64)
+        );
+        assert_eq!(
+            build_arch(&["--arch", "amd64"]).unwrap(),
+            Some(ArchArg::X86_64)
+        );
+    }
+
+    #[test]
+    fn unknown_arch_lists_the_valid_ones() {
+        let e = build_arch(&["--arch", "riscv64"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
+        let msg = e.to_string();
+        assert!(msg.contains("riscv64"), "{msg}");
+        assert!(msg.contains("[possible values: x86_64, arm64]"), "{msg}");
+    }
 }

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use crate::cli::ImageCommand;
+use crate::cli::{ArchArg, ImageCommand};
 use crate::image::{self, build};
 use crate::machine::Store;
 use crate::machine::spec::format_size;
@@ -11,16 +11,24 @@ use crate::output;
 pub fn run(store: &Store, c: ImageCommand) -> Result<i32> {
     match c {
         ImageCommand::Build(a) => {
+            let arch = match a.arch {
+                Some(ArchArg::X86_64) => build::Arch::X86_64,
+                Some(ArchArg::Arm64) => build::Arch::Arm64,
+                None => build::Arch::host().ok_or(build::BuildError::UnsupportedHostArch {
+                    arch: std::env::consts::ARCH,
+                })?,
+            };
             let opts = build::BuildOptions {
                 cache: store.cache.clone(),
                 force: a.force,
-                arch: build::Arch::X86_64,
+                arch,
                 kernel: a.kernel,
             };
             let img = build::build(&opts, &mut |msg: &str| output::info(msg))?;
             output::info(format!(
-                "Image {} ready (kernel {}) in {}",
+                "Image {} ready ({}, kernel {}) in {}",
                 img.manifest.version,
+                img.manifest.arch,
                 img.manifest.kernel_version,
                 img.dir.display()
             ));

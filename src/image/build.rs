@@ -1,18 +1,23 @@
-//! `devbox image build`: assembles a guest image (kernel + initramfs) from Debian packages.
+//! `devbox image build`: assembles a guest image (kernel + initramfs) from Debian packages,
+//! for x86_64 or arm64 (the arm64 one is for Apple silicon hosts; it is built on any host).
 //!
 //! Steps, all on the calling thread (the compressor uses its own worker threads):
-//! 1. resolve the package closure with `apt-get` against a private apt state under
-//!    `<cache>/apt/` (the host's sources, never its dpkg status or lists; see [`apt`]);
-//! 2. derive the image version from that closure, the embedded guest files and the recipe
-//!    constants, and return the cached image when it already exists and verifies;
+//! 1. resolve the package closure with `apt-get` against a private apt state per arch under
+//!    `<cache>/apt/` or `<cache>/apt-<arch>/` (the host's sources, never its dpkg status or
+//!    lists; see [`apt`]);
+//! 2. derive the image version from the arch, that closure, the embedded guest files and the
+//!    recipe constants, and return the cached image when it already exists and verifies;
 //! 3. download the `.deb`s (cached), extract them into a merged-usr staging tree, add busybox,
 //!    kernel modules and the guest files (see [`rootfs`]);
-//! 4. pack the tree as a zstd-compressed newc cpio (see [`pack`]) and move the finished image
+//! 4. write the kernel in the form the arch's boot loaders take (see [`kernel`]), pack the
+//!    tree as a zstd-compressed newc cpio (see [`pack`]) and move the finished image
 //!    directory into place.
 //!
-//! Host tools used: `apt-get`, `dpkg-deb`, `tar`, and the host's static busybox.
+//! Host tools used: `apt-get`, `dpkg-deb`, `tar`, and the host's static busybox (the x86_64
+//! guest's busybox, and for every arch the `depmod` that indexes the guest's modules).
 
 mod apt;
+mod kernel;
 mod pack;
 mod rootfs;
 
@@ -27,23 +32,39 @@ use super::{INITRD, Image, ImageError, KERNEL, MANIFEST, Manifest, images_dir, s
 
 pub use apt::Package;
 
-/// Guest architecture. Only x86_64 is built today; the type exists so that aarch64 slots in.
+/// Guest architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
     X86_64,
+    /// For Apple silicon hosts (Virtualization.framework runs guests of the host's arch).
+    Arm64,
 }
 
 impl Arch {
+    /// The architecture this devbox binary runs on, when devbox builds images for it.
+    pub fn host() -> Option<Arch> {
+        Arch::from_uname(std::env::consts::ARCH)
+    }
+    /// The arch a manifest's `arch` (`uname -m`) names.
+    pub fn from_uname(name: &str) -> Option<Arch> {
+        match name {
+            "x86_64" => Some(Arch::X86_64),
+            "aarch64" => Some(Arch::Arm64),
+            _ => None,
+        }
+    }
     /// Name used in manifests (`uname -m`).
     pub fn name(self) -> &'static str {
         match self {
             Arch::X86_64 => "x86_64",
+            Arch::Arm64 => "aarch64",
         }
     }
     /// Debian architecture.
     fn debian(self) -> &'static str {
         match self {
             Arch::X86_64 => "amd64",
+            Arch::Arm64 => "arm64",
         }
     }
     /// Debian's metapackage that depends on the current kernel of `flavour`.
@@ -51,6 +72,26 @@ impl Arch {
         match (self, flavour) {
             (Arch::X86_64, Kernel::Cloud) => "linux-image-cloud-amd64",
             (Arch::X86_64, Kernel::Generic) => "linux-image-amd64",
+            (Arch::Arm64, Kernel::Cloud) => "linux-image-cloud-arm64",
+            (Arch::Arm64, Kernel::Generic) => "linux-image-arm64",
+        }
+    }
+    /// Where the guest's busybox comes from. x86_64 images take the host's (an x86_64 host
+    /// builds them); others take it from the arch's `busybox-static` package, since the
+    /// host's busybox is of the host's arch.
+    fn busybox(self) -> BusyboxSource {
+        match self {
+            Arch::X86_64 => BusyboxSource::Host,
+            Arch::Arm64 => BusyboxSource::Package(BUSYBOX_PACKAGE),
+        }
+    }
+    /// The private apt state under the cache. One per arch: an `apt-get update` for one arch
+    /// drops the other arch's package lists. x86_64 keeps `apt/`, where it always was, so
+    /// existing caches of downloaded packages stay valid.
+    fn apt_dir(self, cache: &Path) -> PathBuf {
+        match self {
+            Arch::X86_64 => cache.join("apt"),
+            _ => cache.join(format!("apt-{}", self.debian())),
         }
     }
 }
@@ -63,6 +104,22 @@ pub enum Kernel {
     Cloud,
     Generic,
 }
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// See [`Arch::busybox`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BusyboxSource {
+    Host,
+    Package(&'static str),
+}
+
+/// Debian's statically linked busybox, the same package the host's `/bin/busybox` comes from.
+const BUSYBOX_PACKAGE: &str = "busybox-static";
 
 /// What `build` needs.
 #[derive(Debug, Clone)]
@@ -93,10 +150,29 @@ pub enum BuildError {
     },
     #[error("apt resolved no concrete kernel for {metapackage}")]
     NoKernel { metapackage: String },
+    #[error("apt resolved no package {package}")]
+    NotResolved { package: String },
     #[error("apt-get printed a line devbox cannot parse: {line:?}")]
     AptOutput { line: String },
-    #[error("the kernel package {package} has no module {module}")]
+    #[error("the kernel package {package} has no module {module}, loadable or built in")]
     ModuleMissing { package: String, module: String },
+    #[error("the kernel {path} cannot boot: it is {problem}")]
+    Kernel {
+        path: PathBuf,
+        problem: crate::hypervisor::vz_plan::KernelProblem,
+    },
+    #[error("cannot gunzip the kernel {path}")]
+    Gunzip {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{deb} holds no busybox binary")]
+    NoBusybox { deb: PathBuf },
+    #[error("{path} has no busybox applet table")]
+    NoAppletTable { path: PathBuf },
+    #[error("devbox builds no guest images for this host's architecture ({arch})")]
+    UnsupportedHostArch { arch: &'static str },
     #[error("{path} is not a regular file, directory or symlink")]
     UnsupportedFile { path: PathBuf },
     #[error("{path} is larger than 4 GiB, which the cpio newc format cannot hold")]
@@ -118,8 +194,17 @@ impl BuildError {
                  `devbox image build --force` refreshes the package lists"
                     .into(),
             ),
-            BuildError::NoKernel { .. } => {
+            BuildError::NoKernel { .. } | BuildError::NotResolved { .. } => {
                 Some("the host's apt sources must include Debian 12 (bookworm) main".into())
+            }
+            BuildError::Kernel { problem, .. } => Some(kernel::hint(problem)),
+            BuildError::Gunzip { .. } => Some(
+                "the downloaded kernel package may be damaged: remove it from the apt archive \
+                 cache (`<cache>/apt*/archives`) and build again"
+                    .into(),
+            ),
+            BuildError::UnsupportedHostArch { .. } => {
+                Some("choose one with `--arch x86_64` or `--arch arm64`".into())
             }
             BuildError::Image(e) => e.hint(),
             _ => None,
@@ -205,25 +290,47 @@ const GUEST_FILES: &[(&str, u32, &[u8])] = &[
 
 /// Builds the image for `opts`, or returns the cached one with the same version.
 pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Image, BuildError> {
-    let apt = apt::Apt::new(&opts.cache.join("apt"), opts.arch.debian())?;
+    let arch = opts.arch;
+    let apt = apt::Apt::new(&arch.apt_dir(&opts.cache), arch.debian())?;
     if opts.force || apt.lists_stale()? {
-        progress("updating the package lists (private apt state)");
+        progress(&format!(
+            "updating the {} package lists (private apt state)",
+            arch.debian()
+        ));
         apt.update()?;
     }
-    let metapackage = opts.arch.kernel_metapackage(opts.kernel);
+    let metapackage = arch.kernel_metapackage(opts.kernel);
     let mut wanted = vec![metapackage];
     wanted.extend_from_slice(PACKAGES);
+    if let BusyboxSource::Package(name) = arch.busybox() {
+        wanted.push(name);
+    }
     let closure = apt.resolve(&wanted)?;
     let kernel = apt::kernel_package(&closure, metapackage)?;
-    let busybox = rootfs::host_busybox()?;
-    let version = image_version(opts.arch, &closure, &sha256_file(&busybox)?);
+    // The host's busybox runs `depmod` and names the applet directories for every arch.
+    let host_busybox = rootfs::host_busybox()?;
+    let (busybox_pkg, busybox_id) = match arch.busybox() {
+        BusyboxSource::Host => (None, sha256_file(&host_busybox)?),
+        BusyboxSource::Package(name) => {
+            let pkg = apt::find_package(&closure, name)?;
+            // The host's busybox still shapes the image: applet directories, modules.dep.
+            let id = format!(
+                "{}={} host={}",
+                pkg.name,
+                pkg.version,
+                sha256_file(&host_busybox)?
+            );
+            (Some(pkg), id)
+        }
+    };
+    let version = image_version(arch, &closure, &busybox_id);
 
     let images = images_dir(&opts.cache);
     let dir = images.join(&version);
     if dir.exists() && !opts.force {
         match Image::open(&dir).and_then(|img| img.verify().map(|()| img)) {
             Ok(img) => {
-                progress(&format!("image {version} is already built"));
+                progress(&format!("image {version} ({arch}) is already built"));
                 return Ok(img);
             }
             Err(e) => progress(&format!("rebuilding image {version}: {e}")),
@@ -237,17 +344,30 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
     // Dropping `partial` (on any error below) removes everything assembled so far.
     let work = partial.path();
     let extracted = rootfs::select(&closure, &kernel.name);
+    let wanted: Vec<&Package> = extracted
+        .iter()
+        .copied()
+        .chain([&kernel])
+        .chain(busybox_pkg.as_ref())
+        .collect();
     progress(&format!(
-        "downloading {} packages (cached in {})",
-        extracted.len() + 1,
+        "downloading {} {} packages (cached in {})",
+        wanted.len(),
+        arch.debian(),
         apt.archives().display()
     ));
-    let wanted: Vec<&Package> = extracted.iter().copied().chain([&kernel]).collect();
-    let debs: BTreeMap<String, PathBuf> = wanted
+    let mut debs: BTreeMap<String, PathBuf> = wanted
         .iter()
         .map(|p| p.name.clone())
         .zip(apt.fetch(&wanted)?)
         .collect();
+    let busybox = match &busybox_pkg {
+        None => host_busybox.clone(),
+        Some(p) => {
+            let deb = debs.remove(&p.name).expect("fetched with the others");
+            rootfs::packaged_busybox(&deb, &work.join("busybox"))?
+        }
+    };
 
     progress("assembling the guest root");
     let stage = work.join("root");
@@ -256,16 +376,22 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
         &work.join("kernel"),
         &debs,
         &kernel.name,
-        &busybox,
+        &rootfs::Busybox {
+            image: &busybox,
+            host: &host_busybox,
+        },
+        arch,
         GUEST_FILES,
     )?;
 
     let out = work.join("image");
     fs_err::create_dir(&out)?;
-    fs_err::copy(
-        work.join("kernel/boot")
+    kernel::install(
+        &work
+            .join("kernel/boot")
             .join(format!("vmlinuz-{kernel_version}")),
-        out.join(KERNEL),
+        &out.join(KERNEL),
+        arch,
     )?;
     progress(&format!("packing the initramfs (zstd -{ZSTD_LEVEL})"));
     pack::initramfs(&stage, &out.join(INITRD), ZSTD_LEVEL)?;
@@ -276,13 +402,11 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
     }
     let manifest = Manifest {
         version: version.clone(),
-        arch: opts.arch.name().to_owned(),
+        arch: arch.name().to_owned(),
         kernel_version,
         created: rfc3339_now(),
-        packages: extracted
+        packages: wanted
             .iter()
-            .copied()
-            .chain([&kernel])
             .map(|p| (p.name.clone(), p.version.clone()))
             .collect(),
         files,
@@ -296,13 +420,17 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
     }
     fs_err::rename(&out, &dir)?;
     drop(partial);
-    progress(&format!("built image {version} in {}", dir.display()));
+    progress(&format!(
+        "built image {version} ({arch}) in {}",
+        dir.display()
+    ));
     Ok(Image::open(&dir)?)
 }
 
 /// Content version: first 16 hex digits of sha256 over the recipe revision and constants, the
-/// resolved packages (name=version, sorted), the busybox binary and every embedded guest file.
-fn image_version(arch: Arch, closure: &[Package], busybox_sha256: &str) -> String {
+/// arch, the resolved packages (name=version, sorted), the busybox (the host binary's sha256, or
+/// its package) and every embedded guest file.
+fn image_version(arch: Arch, closure: &[Package], busybox: &str) -> String {
     let mut h = Sha256::new();
     let mut line = |s: &str| {
         h.update(s.as_bytes());
@@ -314,7 +442,7 @@ fn image_version(arch: Arch, closure: &[Package], busybox_sha256: &str) -> Strin
     for p in PACKAGES {
         line(p);
     }
-    for c in rootfs::recipe() {
+    for c in rootfs::recipe(arch) {
         line(c);
     }
     let mut pkgs: Vec<String> = closure
@@ -325,7 +453,7 @@ fn image_version(arch: Arch, closure: &[Package], busybox_sha256: &str) -> Strin
     for p in &pkgs {
         line(p);
     }
-    line(&format!("busybox={busybox_sha256}"));
+    line(&format!("busybox={busybox}"));
     for (path, mode, data) in GUEST_FILES {
         line(&format!(
             "{path} {mode:o} {}",
@@ -431,6 +559,42 @@ mod tests {
         assert_eq!(v, image_version(Arch::X86_64, &b, "00"));
         assert_ne!(v, image_version(Arch::X86_64, &c, "00"));
         assert_ne!(v, image_version(Arch::X86_64, &a, "01"));
+    }
+
+    #[test]
+    fn version_differs_per_arch() {
+        let a = [pkg("libc6", "2.36-9")];
+        assert_ne!(
+            image_version(Arch::X86_64, &a, "00"),
+            image_version(Arch::Arm64, &a, "00")
+        );
+    }
+
+    #[test]
+    fn arch_names() {
+        for arch in [Arch::X86_64, Arch::Arm64] {
+            assert_eq!(Arch::from_uname(arch.name()), Some(arch));
+        }
+        assert_eq!(Arch::Arm64.to_string(), "aarch64");
+        assert_eq!(Arch::Arm64.debian(), "arm64");
+        assert_eq!(Arch::from_uname("riscv64"), None);
+        assert_eq!(
+            Arch::host().map(Arch::name),
+            Some(std::env::consts::ARCH).filter(|a| ["x86_64", "aarch64"].contains(a))
+        );
+    }
+
+    #[test]
+    fn each_arch_has_its_own_apt_state() {
+        let cache = Path::new("/c");
+        // x86_64 keeps the directory it always had, so caches stay valid.
+        assert_eq!(Arch::X86_64.apt_dir(cache), Path::new("/c/apt"));
+        assert_eq!(Arch::Arm64.apt_dir(cache), Path::new("/c/apt-arm64"));
+        assert_eq!(Arch::X86_64.busybox(), BusyboxSource::Host);
+        assert_eq!(
+            Arch::Arm64.busybox(),
+            BusyboxSource::Package("busybox-static")
+        );
     }
 
     #[test]

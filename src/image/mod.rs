@@ -25,8 +25,14 @@ pub const INITRD: &str = "initrd.img";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("no guest image is installed in {dir}")]
-    NoImage { dir: PathBuf },
+    #[error("no guest image for {arch} is installed in {dir}")]
+    NoImage { dir: PathBuf, arch: String },
+    #[error("image {version} is for {arch} machines; this host runs {host} machines")]
+    WrongArch {
+        version: String,
+        arch: String,
+        host: String,
+    },
     #[error("image {version} not found in {dir}")]
     NotFound { version: String, dir: PathBuf },
     #[error("image {dir} is damaged: {what}")]
@@ -45,6 +51,11 @@ impl ImageError {
             ImageError::Damaged { .. } => {
                 Some("rebuild it with `devbox image build --force`".into())
             }
+            ImageError::WrongArch { .. } => Some(
+                "build an image for this host with `devbox image build` (without --arch) and \
+                 pass its version, or leave --image out to use the newest one"
+                    .into(),
+            ),
             ImageError::Io(_) => None,
         }
     }
@@ -160,20 +171,41 @@ pub fn list(cache: &Path) -> Result<Vec<Image>, ImageError> {
     Ok(out)
 }
 
-/// The image with this version, or the newest one when `version` is `None`.
+/// The image with this version, or the newest one when `version` is `None`; either way one
+/// for the host's architecture, the only one a machine here can run (every driver runs guests
+/// of the host's arch). Rust's names of the arches devbox builds match `uname -m`.
 pub fn find(cache: &Path, version: Option<&str>) -> Result<Image, ImageError> {
+    find_for(cache, version, std::env::consts::ARCH)
+}
+
+/// [`find`] for machines of `arch` (`uname -m`).
+pub fn find_for(cache: &Path, version: Option<&str>, arch: &str) -> Result<Image, ImageError> {
     let all = list(cache)?;
     match version {
-        Some(v) => all
+        Some(v) => {
+            let img = all
+                .into_iter()
+                .find(|i| i.manifest.version == v)
+                .ok_or_else(|| ImageError::NotFound {
+                    version: v.to_owned(),
+                    dir: images_dir(cache),
+                })?;
+            if img.manifest.arch != arch {
+                return Err(ImageError::WrongArch {
+                    version: v.to_owned(),
+                    arch: img.manifest.arch,
+                    host: arch.to_owned(),
+                });
+            }
+            Ok(img)
+        }
+        None => all
             .into_iter()
-            .find(|i| i.manifest.version == v)
-            .ok_or_else(|| ImageError::NotFound {
-                version: v.to_owned(),
+            .find(|i| i.manifest.arch == arch)
+            .ok_or_else(|| ImageError::NoImage {
                 dir: images_dir(cache),
+                arch: arch.to_owned(),
             }),
-        None => all.into_iter().next().ok_or_else(|| ImageError::NoImage {
-            dir: images_dir(cache),
-        }),
     }
 }
 
@@ -190,4 +222,64 @@ pub fn sha256_file(path: &Path) -> Result<String, std::io::Error> {
         h.update(&buf[..n]);
     }
     Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A complete image directory with this version, arch and creation time.
+    fn fake_image(cache: &Path, version: &str, arch: &str, created: &str) {
+        let dir = images_dir(cache).join(version);
+        fs_err::create_dir_all(&dir).unwrap();
+        let mut files = BTreeMap::new();
+        for f in [KERNEL, INITRD] {
+            fs_err::write(dir.join(f), f).unwrap();
+            files.insert(f.to_owned(), sha256_file(&dir.join(f)).unwrap());
+        }
+        let m = Manifest {
+            version: version.into(),
+            arch: arch.into(),
+            kernel_version: "6.1.0-56-cloud".into(),
+            created: created.into(),
+            packages: BTreeMap::new(),
+            files,
+        };
+        fs_err::write(dir.join(MANIFEST), serde_json::to_string(&m).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn machines_get_images_of_their_arch_only() {
+        let cache = tempfile::tempdir().unwrap();
+        let c = cache.path();
+        fake_image(c, "aaaa", "x86_64", "2025-01-01T00:00:00Z");
+        // Newer, but for the other arch: built for a Mac on this host.
+        fake_image(c, "bbbb", "aarch64", "2025-02-01T00:00:00Z");
+        assert_eq!(
+            find_for(c, None, "x86_64").unwrap().manifest.version,
+            "aaaa"
+        );
+        assert_eq!(
+            find_for(c, None, "aarch64").unwrap().manifest.version,
+            "bbbb"
+        );
+        assert_eq!(
+            find_for(c, Some("aaaa"), "x86_64")
+                .unwrap()
+                .manifest
+                .version,
+            "aaaa"
+        );
+        let e = find_for(c, Some("bbbb"), "x86_64").unwrap_err();
+        assert!(matches!(e, ImageError::WrongArch { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "image bbbb is for aarch64 machines; this host runs x86_64 machines"
+        );
+        let e = find_for(c, None, "riscv64").unwrap_err();
+        assert!(
+            e.to_string().starts_with("no guest image for riscv64"),
+            "{e}"
+        );
+    }
 }

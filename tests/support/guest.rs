@@ -30,6 +30,14 @@ pub fn missing_prerequisite() -> Option<String> {
     None
 }
 
+/// The first of `programs` (program, Debian package) that is not on PATH, as a reason.
+pub fn missing_programs(programs: &[(&str, &str)]) -> Option<String> {
+    programs
+        .iter()
+        .find(|(prog, _)| which(prog).is_none())
+        .map(|(prog, pkg)| format!("{prog} is not installed ({pkg})"))
+}
+
 pub fn which(prog: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join(prog))

@@ -85,6 +85,8 @@ impl Apt {
             .args(["-o", "Debug::NoLocking=1"])
             .args(["-o", "APT::Install-Recommends=false"])
             .args(["-o", &format!("APT::Architecture={}", self.arch)])
+            // Only this arch's lists and packages, whatever foreign archs the host's dpkg has.
+            .args(["-o", &format!("APT::Architectures={}", self.arch)])
             // The private dirs belong to the invoking user; apt's `_apt` sandbox user could
             // not write them.
             .args(["-o", "APT::Sandbox::User=root"])
@@ -206,6 +208,17 @@ pub fn kernel_package(closure: &[Package], metapackage: &str) -> Result<Package,
         .cloned()
         .ok_or_else(|| BuildError::NoKernel {
             metapackage: metapackage.to_owned(),
+        })
+}
+
+/// The package `name` of a resolved closure.
+pub fn find_package(closure: &[Package], name: &str) -> Result<Package, BuildError> {
+    closure
+        .iter()
+        .find(|p| p.name == name)
+        .cloned()
+        .ok_or_else(|| BuildError::NotResolved {
+            package: name.to_owned(),
         })
 }
 

@@ -1,6 +1,10 @@
 //! The guest's root tree: which packages are unpacked, how (merged /usr, directory symlinks
 //! kept), what is pruned, and what is added (busybox and its applets, kernel modules with
 //! their dependency closure, the embedded guest files).
+//!
+//! Nothing of the guest's arch runs on the host: the host's busybox computes `modules.dep`
+//! (busybox `depmod` reads the modules' `.modinfo` as bytes, whatever their arch) and lists
+//! the applet directories, and a foreign busybox's applet names are read from its binary.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -8,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::apt::Package;
-use super::{BuildError, command_failed, describe, run, spawn_error};
+use super::{Arch, BuildError, command_failed, describe, run, spawn_error};
 
-/// The host's static busybox (Debian's busybox-static); it is the guest's init and shell.
+/// The host's static busybox (Debian's busybox-static); in x86_64 images it is also the
+/// guest's init and shell.
 const HOST_BUSYBOX: &str = "/bin/busybox";
 
 /// Packages of the closure unpacked besides the top-level ones (`super::PACKAGES`) and the
@@ -133,10 +138,20 @@ const MODULE_SELECTION: &[&str] = &[
     "kernel/fs/fuse/",
     "kernel/lib/",
     "kernel/crypto/",
-    "kernel/arch/x86/crypto/",
 ];
 
-/// Modules devbox-boot or devbox features rely on; a kernel without them is an error.
+/// Arch-specific additions to [`MODULE_SELECTION`]: the accelerated counterparts of the
+/// generic crypto and library modules selected there (`kernel/crypto/`, `kernel/lib/`).
+fn arch_module_selection(arch: Arch) -> &'static [&'static str] {
+    match arch {
+        Arch::X86_64 => &["kernel/arch/x86/crypto/"],
+        Arch::Arm64 => &["kernel/arch/arm64/crypto/", "kernel/arch/arm64/lib/"],
+    }
+}
+
+/// Modules devbox-boot or devbox features rely on; a kernel that neither ships them as modules
+/// nor builds them in (`modules.builtin`) is an error. Which is which differs per arch: the
+/// arm64 cloud kernel builds `button` in, the amd64 one ships it as a module.
 const REQUIRED_MODULES: &[&str] = &[
     "virtio_mmio",
     "virtio_pci",
@@ -170,14 +185,15 @@ const IPTABLES_LINKS: &[&str] = &[
     "ip6tables-restore",
 ];
 
-/// Every constant of this recipe, for the image version: changing any of them changes the
-/// image even when the packages stay the same.
-pub fn recipe() -> impl Iterator<Item = &'static str> {
+/// Every constant of this recipe for `arch`, for the image version: changing any of them
+/// changes the image even when the packages stay the same.
+pub fn recipe(arch: Arch) -> impl Iterator<Item = &'static str> {
     [
         EXTRA_EXTRACT,
         LIB_DENY,
         PRUNE,
         MODULE_SELECTION,
+        arch_module_selection(arch),
         REQUIRED_MODULES,
         IPTABLES_LINKS,
     ]
@@ -186,7 +202,13 @@ pub fn recipe() -> impl Iterator<Item = &'static str> {
     .copied()
 }
 
-/// The busybox binary the image will contain.
+/// The busybox that goes into the image, and the host's, which runs during the build.
+pub struct Busybox<'a> {
+    pub image: &'a Path,
+    pub host: &'a Path,
+}
+
+/// The host's static busybox.
 pub fn host_busybox() -> Result<PathBuf, BuildError> {
     let path = PathBuf::from(HOST_BUSYBOX);
     if !path.is_file() {
@@ -196,6 +218,20 @@ pub fn host_busybox() -> Result<PathBuf, BuildError> {
         });
     }
     Ok(path)
+}
+
+/// Unpacks a `busybox-static` package into `dir`; returns its busybox binary.
+pub fn packaged_busybox(deb: &Path, dir: &Path) -> Result<PathBuf, BuildError> {
+    fs_err::create_dir_all(dir)?;
+    unpack(deb, dir)?;
+    // bookworm ships /bin/busybox; later releases move it below /usr.
+    ["usr/bin/busybox", "bin/busybox"]
+        .iter()
+        .map(|p| dir.join(p))
+        .find(|p| p.is_file())
+        .ok_or_else(|| BuildError::NoBusybox {
+            deb: deb.to_owned(),
+        })
 }
 
 /// Packages of the closure that are unpacked into the root (the kernel is handled apart).
@@ -220,7 +256,8 @@ pub fn assemble(
     kernel_dir: &Path,
     debs: &BTreeMap<String, PathBuf>,
     kernel_pkg: &str,
-    busybox: &Path,
+    busybox: &Busybox,
+    arch: Arch,
     guest_files: &[(&str, u32, &[u8])],
 ) -> Result<String, BuildError> {
     // Merged /usr: packages that still ship /bin, /sbin, /lib land below /usr through these
@@ -268,7 +305,7 @@ pub fn assemble(
     fs_err::create_dir_all(kernel_dir)?;
     unpack(&debs[kernel_pkg], kernel_dir)?;
     let kver = kernel_pkg.trim_start_matches("linux-image-").to_owned();
-    install_modules(stage, kernel_dir, kernel_pkg, &kver, busybox)?;
+    install_modules(stage, kernel_dir, kernel_pkg, &kver, busybox.host, arch)?;
     Ok(kver)
 }
 
@@ -336,12 +373,24 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), BuildError> {
 }
 
 /// Copies busybox to /usr/bin and links every applet that no package provides, plus /init.
-fn install_busybox(stage: &Path, busybox: &Path) -> Result<(), BuildError> {
+fn install_busybox(stage: &Path, busybox: &Busybox) -> Result<(), BuildError> {
     let dest = stage.join("usr/bin/busybox");
-    fs_err::copy(busybox, &dest)?;
+    fs_err::copy(busybox.image, &dest)?;
     fs_err::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
-    let out = run(Command::new(busybox).arg("--list-full"))?;
-    for applet in String::from_utf8_lossy(&out.stdout).lines() {
+    // Only the host's busybox can run here; it says where each of its applets goes.
+    let out = run(Command::new(busybox.host).arg("--list-full"))?;
+    let host_list = String::from_utf8_lossy(&out.stdout);
+    let applets: Vec<String> = if busybox.image == busybox.host {
+        host_list.lines().map(str::to_owned).collect()
+    } else {
+        let names = applet_names(&fs_err::read(busybox.image)?).ok_or_else(|| {
+            BuildError::NoAppletTable {
+                path: busybox.image.to_owned(),
+            }
+        })?;
+        applets_at_host_paths(&names, &host_list)
+    };
+    for applet in &applets {
         let rel = applet_path(applet);
         let link = stage.join(&rel);
         if link.symlink_metadata().is_ok() {
@@ -356,6 +405,44 @@ fn install_busybox(stage: &Path, busybox: &Path) -> Result<(), BuildError> {
     let init = stage.join("init");
     symlink("usr/bin/busybox", &init).map_err(|e| io_at(e, &init))?;
     Ok(())
+}
+
+/// The applet names compiled into a busybox binary. busybox keeps them as one sorted run of
+/// NUL-terminated strings, `[`, `[[`, `acpid`, …, ended by an empty string
+/// (`applet_names[]` in the generated `include/applet_tables.h`).
+fn applet_names(binary: &[u8]) -> Option<Vec<String>> {
+    const START: &[u8] = b"\0[\0[[\0";
+    let start = binary.windows(START.len()).position(|w| w == START)? + 1;
+    let mut names = Vec::new();
+    for raw in binary[start..].split(|&b| b == 0) {
+        if raw.is_empty() {
+            break;
+        }
+        let name = std::str::from_utf8(raw).ok()?;
+        // Applet names are short printable words; anything else means a false start.
+        if name.len() > 32 || !name.bytes().all(|b| b.is_ascii_graphic()) {
+            return None;
+        }
+        names.push(name.to_owned());
+    }
+    (names.len() > 2).then_some(names)
+}
+
+/// `--list-full` lines for `names`: at the host busybox's path for the applet when it has
+/// one (same upstream config: Debian builds busybox-static alike for every arch), else in
+/// `usr/bin` (the guest's PATH has both bin directories).
+fn applets_at_host_paths(names: &[String], host_list_full: &str) -> Vec<String> {
+    let host: BTreeMap<&str, &str> = host_list_full
+        .lines()
+        .map(|l| (l.rsplit('/').next().unwrap_or(l), l))
+        .collect();
+    names
+        .iter()
+        .map(|n| match host.get(n.as_str()) {
+            Some(path) => (*path).to_owned(),
+            None => format!("usr/bin/{n}"),
+        })
+        .collect()
 }
 
 /// Maps an applet path of `busybox --list-full` into the merged-usr tree.
@@ -408,25 +495,33 @@ fn install_modules(
     kernel_dir: &Path,
     kernel_pkg: &str,
     kver: &str,
-    busybox: &Path,
+    host_busybox: &Path,
+    arch: Arch,
 ) -> Result<(), BuildError> {
     let src = kernel_dir.join("lib/modules").join(kver);
     // The kernel deb ships no modules.dep (depmod runs in its postinst); busybox makes one.
-    run(Command::new(busybox)
+    run(Command::new(host_busybox)
         .arg("depmod")
         .arg("-b")
         .arg(kernel_dir)
         .arg(kver))?;
     let deps = parse_modules_dep(&fs_err::read_to_string(src.join("modules.dep"))?);
-    let chosen = module_closure(&deps, MODULE_SELECTION);
-    let names: BTreeSet<String> = chosen.iter().map(|p| module_name(p)).collect();
-    for m in REQUIRED_MODULES {
-        if !names.contains(*m) {
-            return Err(BuildError::ModuleMissing {
-                package: kernel_pkg.to_owned(),
-                module: (*m).to_owned(),
-            });
-        }
+    let selection: Vec<&str> = MODULE_SELECTION
+        .iter()
+        .chain(arch_module_selection(arch))
+        .copied()
+        .collect();
+    let chosen = module_closure(&deps, &selection);
+    let builtin = match fs_err::read_to_string(src.join("modules.builtin")) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(m) = missing_module(REQUIRED_MODULES, &chosen, &builtin) {
+        return Err(BuildError::ModuleMissing {
+            package: kernel_pkg.to_owned(),
+            module: m.to_owned(),
+        });
     }
     let dest = stage.join("usr/lib/modules").join(kver);
     for rel in &chosen {
@@ -445,12 +540,28 @@ fn install_modules(
             fs_err::copy(src.join(f), dest.join(f))?;
         }
     }
-    run(Command::new(busybox)
+    run(Command::new(host_busybox)
         .arg("depmod")
         .arg("-b")
         .arg(stage)
         .arg(kver))?;
     Ok(())
+}
+
+/// The first of `required` that is neither among the `chosen` module files nor built in
+/// (`builtin`: the kernel's `modules.builtin`, one `kernel/…/name.ko` path per line).
+fn missing_module<'a>(
+    required: &[&'a str],
+    chosen: &BTreeSet<String>,
+    builtin: &str,
+) -> Option<&'a str> {
+    let present: BTreeSet<String> = chosen
+        .iter()
+        .map(String::as_str)
+        .chain(builtin.lines().map(str::trim).filter(|l| !l.is_empty()))
+        .map(module_name)
+        .collect();
+    required.iter().copied().find(|m| !present.contains(*m))
 }
 
 /// `modules.dep` as module -> dependencies (paths relative to `lib/modules/<kver>`).
@@ -571,6 +682,66 @@ mod tests {
         assert_eq!(
             module_name("kernel/drivers/char/hw_random/virtio-rng.ko"),
             "virtio_rng"
+        );
+    }
+
+    #[test]
+    fn built_in_modules_satisfy_requirements() {
+        let chosen: BTreeSet<String> = [
+            "kernel/drivers/input/evdev.ko",
+            "kernel/drivers/char/hw_random/virtio-rng.ko",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        // arm64's cloud kernel builds the ACPI button in; amd64's ships it as a module.
+        let builtin = "kernel/fs/ext4/ext4.ko\nkernel/drivers/acpi/button.ko\n";
+        let required = ["evdev", "virtio_rng", "button"];
+        assert_eq!(missing_module(&required, &chosen, builtin), None);
+        assert_eq!(missing_module(&required, &chosen, ""), Some("button"));
+        assert_eq!(
+            missing_module(&["virtio_blk", "button"], &chosen, builtin),
+            Some("virtio_blk")
+        );
+    }
+
+    #[test]
+    fn arch_specific_module_paths() {
+        let x86: Vec<&str> = recipe(Arch::X86_64).collect();
+        let arm: Vec<&str> = recipe(Arch::Arm64).collect();
+        assert!(x86.contains(&"kernel/arch/x86/crypto/"));
+        assert!(!arm.iter().any(|p| p.contains("arch/x86")));
+        assert!(arm.contains(&"kernel/arch/arm64/crypto/"));
+    }
+
+    #[test]
+    fn applet_names_are_read_from_the_binary() {
+        // As in busybox's rodata: other strings, the NUL-separated sorted names, an empty one.
+        let mut bin = b"\x7fELF junk\0usage: [ EXPR ]\0".to_vec();
+        bin.extend_from_slice(b"\0[\0[[\0acpid\0modprobe\0sh\0zcat\0\0more data\0");
+        assert_eq!(
+            applet_names(&bin).unwrap(),
+            ["[", "[[", "acpid", "modprobe", "sh", "zcat"]
+        );
+        assert_eq!(applet_names(b"no table here\0"), None);
+        // A false start (binary garbage after `[[`) is not taken for the table.
+        assert_eq!(applet_names(b"\0[\0[[\0\x01\x02\0\0"), None);
+    }
+
+    #[test]
+    fn foreign_applets_go_where_the_host_puts_them() {
+        let host = "usr/bin/[\nbin/sh\nsbin/modprobe\nusr/sbin/acpid\n";
+        let names: Vec<String> = ["acpid", "modprobe", "sh", "newapplet"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            applets_at_host_paths(&names, host),
+            [
+                "usr/sbin/acpid",
+                "sbin/modprobe",
+                "bin/sh",
+                "usr/bin/newapplet"
+            ]
         );
     }
 
