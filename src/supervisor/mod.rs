@@ -130,6 +130,8 @@ pub fn run(store: &Store, name: &str, ready_timeout: Duration) -> Result<()> {
             ready: None,
             error: None,
             disk: None,
+            guest_ip: None,
+            hint: None,
         })),
     };
     state.update(|_| {});
