@@ -176,8 +176,8 @@ pub(crate) mod tests {
         let err = guest_address(&vz, &observed(MachineState::Starting, None)).unwrap_err();
         assert_eq!(err, AddressError::NotReported { name: "dev".into() });
         // A stopped machine's last address is stale: the next boot may get another.
-        let err = guest_address(&vz, &observed(MachineState::Stopped, Some("192.168.64.7")))
-            .unwrap_err();
+        let err =
+            guest_address(&vz, &observed(MachineState::Stopped, Some("192.168.64.7"))).unwrap_err();
         assert_eq!(
             err.to_string(),
             "machine \"dev\" has no address while it is stopped: with the vz driver the guest \
