@@ -332,6 +332,9 @@ fn supervise(
                 ));
             }
             state.update(|s| s.step = "routing the Docker subnets".into());
+            // A supervisor killed before it could clean up left routes via the previous
+            // boot's address, which the new ones would collide with.
+            forget_routes(store, spec);
             let filters = link
                 .members
                 .iter()
