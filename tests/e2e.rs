@@ -531,6 +531,56 @@ fn check_names(h: &Harness, docker_host: &str) {
     );
 }
 
+/// The guest side of a vz machine's networking, run in this (qemu) guest, which has the same
+/// image: the udhcpc event script configures a link from a lease, and the address reporter
+/// sends a line the host's parser (`devbox::hypervisor::guest_report`) reads as the guest's
+/// real address. There is no vhost-vsock here, so the report goes to the guest's own
+/// loopback CID 1 (vsock_loopback), where socat stands in for the host's listener; the CID
+/// is the reporter's only difference from a vz boot.
+fn check_guest_report(h: &Harness) {
+    let t = Instant::now();
+    // The boot script's PATH; sshd's has no /usr/local/sbin.
+    let path = "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin";
+    // A lease as udhcpc hands it over, applied to a dummy link in a network namespace of its
+    // own, so eth0 and the guest's resolv.conf stay untouched.
+    let lease = h.ssh(&format!(
+        "{path}; set -e; modprobe dummy; unshare -n sh -c 'set -e; ip link add d0 type dummy; \
+         export interface=d0 ip=10.9.8.7 mask=24 router=10.9.8.1 dns=\"10.9.8.53 10.9.8.54\" \
+         domain=lan RESOLV_CONF=/tmp/devbox-e2e-resolv; \
+         devbox-udhcpc deconfig; devbox-udhcpc bound; devbox-udhcpc renew; \
+         ip -4 -o addr show dev d0; ip route; cat $RESOLV_CONF'"
+    ));
+    assert!(lease.contains(" inet 10.9.8.7/24 "), "{lease}");
+    assert_eq!(
+        lease.matches(" inet ").count(),
+        1,
+        "a renewal keeps one address: {lease}"
+    );
+    assert!(lease.contains("default via 10.9.8.1 dev d0"), "{lease}");
+    assert!(
+        lease.contains("search lan\nnameserver 10.9.8.53\nnameserver 10.9.8.54\n"),
+        "{lease}"
+    );
+
+    let line = h.ssh(&format!(
+        "{path}; set -e; modprobe vsock_loopback; rm -f /tmp/devbox-e2e-report; \
+         socat -u VSOCK-LISTEN:{port} CREATE:/tmp/devbox-e2e-report & \
+         devbox-report 1; wait; cat /tmp/devbox-e2e-report",
+        port = devbox::hypervisor::guest_report::PORT
+    ));
+    assert_eq!(line, "devbox-ready 1 ip=192.168.64.2\n");
+    let report = devbox::hypervisor::guest_report::read(line.as_bytes()).unwrap();
+    assert_eq!(
+        report.ip.to_string(),
+        "192.168.64.2",
+        "the guest's eth0 address"
+    );
+    eprintln!(
+        "[e2e] guest lease script and vsock report checked in {:?}",
+        t.elapsed()
+    );
+}
+
 /// The host's docker CLI against the machine, asserting success; trimmed stdout.
 #[track_caller]
 fn docker_ok(docker_host: &str, args: &[&str]) -> String {
@@ -736,6 +786,7 @@ fn walking_skeleton_end_to_end() {
     check_shares(&h, &shares);
     check_routes(&h, &docker_host);
     check_names(&h, &docker_host);
+    check_guest_report(&h);
 
     // Data in /var/lib/docker survives a restart.
     h.ssh("echo kept > /var/lib/docker/devbox-marker && sync");

@@ -131,7 +131,7 @@ fn qemu_arguments() {
         initrd: "/cache/images/v/initrd.img".into(),
         data_disk: m.join("disk.raw"),
         config_drive: m.join("config.tar"),
-        tap: devnull.into(),
+        tap: Some(devnull.into()),
         mac: "52:54:00:12:34:56".into(),
         serial_log: m.join("serial.log"),
         monitor_socket: m.join("qmp.sock"),

@@ -4,6 +4,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::machine::Store;
+use crate::machine::guest_net::guest_address;
 use crate::machine::state::observe;
 use crate::{hypervisor, output};
 
@@ -13,9 +14,12 @@ pub fn run(store: &Store, name: &str) -> Result<i32> {
     let obs = observe(&dir)?;
     let kvm = hypervisor::probe::kvm();
     let image = crate::image::find(&store.cache, Some(&spec.image)).ok();
+    // The guest's address now (null for a vz machine that is not running).
+    let ip = guest_address(&spec, &obs).ok();
     output::json(&json!({
         "name": spec.name,
         "state": obs.state,
+        "ip": ip,
         "spec": spec,
         "runtime": obs.file,
         "driver": {

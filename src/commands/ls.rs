@@ -6,6 +6,7 @@ use serde::Serialize;
 use crate::cli::LsArgs;
 use crate::disk;
 use crate::machine::Store;
+use crate::machine::guest_net::guest_address;
 use crate::machine::spec::format_size;
 use crate::machine::state::observe;
 use crate::output;
@@ -30,7 +31,7 @@ pub fn run(store: &Store, a: &LsArgs) -> Result<i32> {
         let dir = store.machine(&name);
         let obs = observe(&dir)?;
         let state = obs.state.as_str().to_owned();
-        let sample = obs.file.and_then(|f| f.disk);
+        let sample = obs.file.as_ref().and_then(|f| f.disk.clone());
         if let Some(w) = sample
             .as_ref()
             .and_then(|d| disk::fullness_warning(&name, d))
@@ -43,7 +44,10 @@ pub fn run(store: &Store, a: &LsArgs) -> Result<i32> {
                 name,
                 state,
                 driver: s.driver.to_string(),
-                ip: s.network.guest_ip.to_string(),
+                // A vz machine has an address only while it runs.
+                ip: guest_address(&s, &obs)
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default(),
                 cpus: s.cpus,
                 memory_mib: s.memory_mib,
                 disk_bytes: s.disk_bytes,

@@ -82,8 +82,9 @@ fn dispatch(store: &Store, command: Command) -> Result<i32> {
     }
 }
 
-/// The first known fix found along the error's chain.
-fn hint(e: &anyhow::Error) -> Option<String> {
+/// The first known fix found along the error's chain. The supervisor records it beside its
+/// error in `state.json`, for `devbox start` to show.
+pub(crate) fn hint(e: &anyhow::Error) -> Option<String> {
     e.chain().find_map(hint_of)
 }
 
@@ -103,6 +104,8 @@ fn hint_of(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
         crate::machine::store::StoreError,
         crate::machine::lock::LockError,
         crate::machine::spec::SpecError,
+        crate::machine::guest_net::AddressError,
+        crate::supervisor::netplan::NatLinkError,
         crate::hypervisor::HypervisorError,
         crate::image::ImageError,
         crate::image::build::BuildError,
@@ -128,7 +131,12 @@ pub enum CommandError {
     #[error("machine {name:?} is running")]
     Running { name: String },
     #[error("machine {name:?} did not become ready: {reason}")]
-    NotReady { name: String, reason: String },
+    NotReady {
+        name: String,
+        reason: String,
+        /// The supervisor's hint for `reason`, when it knows a fix.
+        fix: Option<String>,
+    },
     #[error("machine {name:?} did not stop within {seconds} s; its supervisor was killed")]
     StopTimeout { name: String, seconds: u64 },
 }
@@ -140,7 +148,10 @@ impl CommandError {
             CommandError::Running { name } => {
                 Some(format!("stop it first (devbox stop {name}) or use --force"))
             }
-            CommandError::NotReady { name, .. } => Some(format!(
+            CommandError::NotReady { fix: Some(fix), .. } => Some(fix.clone()),
+            CommandError::NotReady {
+                name, fix: None, ..
+            } => Some(format!(
                 "the whole console log: devbox logs {name}; `devbox inspect {name}` names the supervisor's log"
             )),
             CommandError::StopTimeout { .. } => None,

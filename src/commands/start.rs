@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use super::CommandError;
 use crate::cli::StartArgs;
 use crate::machine::lock::lock_machine;
-use crate::machine::state::{observe, read_state_file};
+use crate::machine::state::{StateFile, observe, read_state_file};
 use crate::machine::{MachineDir, MachineState, Store};
 use crate::{hypervisor, image, net, output};
 
@@ -121,10 +121,7 @@ fn wait_ready(dir: &MachineDir, limit: Duration) -> Result<i32> {
                 if seen_alive || obs.file.is_some() =>
             {
                 progress.abandon();
-                let reason = read_state_file(dir)?
-                    .and_then(|f| f.error)
-                    .unwrap_or_else(|| "the supervisor exited".into());
-                return Err(not_ready(dir, reason));
+                return Err(not_ready(dir, failure(&dir.name, read_state_file(dir)?)));
             }
             _ => {}
         }
@@ -137,14 +134,34 @@ fn wait_ready(dir: &MachineDir, limit: Duration) -> Result<i32> {
             );
             return Err(not_ready(
                 dir,
-                format!("timed out after {} s", limit.as_secs()),
+                CommandError::NotReady {
+                    name: dir.name.clone(),
+                    reason: format!("timed out after {} s", limit.as_secs()),
+                    fix: None,
+                },
             ));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-fn not_ready(dir: &MachineDir, reason: String) -> anyhow::Error {
+/// Why a start failed, as the supervisor recorded it: its error, and its hint (such as the
+/// `codesign` command for a binary without the virtualization entitlement on macOS), which
+/// would otherwise stay in `state.json`: the supervisor runs detached.
+fn failure(name: &str, file: Option<StateFile>) -> CommandError {
+    let (reason, fix) = match file {
+        Some(f) => (f.error, f.hint),
+        None => (None, None),
+    };
+    CommandError::NotReady {
+        name: name.to_owned(),
+        reason: reason.unwrap_or_else(|| "the supervisor exited".into()),
+        fix,
+    }
+}
+
+/// Shows the ends of the console and supervisor logs, then returns `failure`.
+fn not_ready(dir: &MachineDir, failure: CommandError) -> anyhow::Error {
     let tail = console_tail(dir, 25);
     if !tail.is_empty() {
         output::info(format!(
@@ -161,11 +178,7 @@ fn not_ready(dir: &MachineDir, reason: String) -> anyhow::Error {
         ));
         output::info(&sup);
     }
-    CommandError::NotReady {
-        name: dir.name.clone(),
-        reason,
-    }
-    .into()
+    failure.into()
 }
 
 pub fn console_tail(dir: &MachineDir, n: usize) -> String {
@@ -177,4 +190,74 @@ fn console_tail_of(path: &std::path::Path, n: usize) -> String {
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::HypervisorError;
+    use crate::hypervisor::vz_plan::VzError;
+    use crate::machine::state::Phase;
+
+    fn failed(error: &str, hint: Option<String>) -> StateFile {
+        StateFile {
+            phase: Phase::Failed,
+            step: "failed".into(),
+            supervisor_pid: 1,
+            vm_pid: None,
+            accel: Some("vz".into()),
+            accel_reason: None,
+            started: String::new(),
+            ready: None,
+            error: Some(error.into()),
+            disk: None,
+            guest_ip: None,
+            hint,
+        }
+    }
+
+    /// The path a macOS binary without the entitlement takes: the driver's typed error in the
+    /// supervisor, its hint recorded in state.json, and `devbox start` showing exactly that.
+    #[test]
+    fn the_supervisors_codesign_hint_reaches_the_user() {
+        let binary = std::path::PathBuf::from("/Users/me/.cargo/bin/devbox");
+        let err = anyhow::Error::new(HypervisorError::Vz(VzError::MissingEntitlement {
+            binary: binary.clone(),
+        }))
+        .context("booting the machine");
+        let hint = crate::commands::hint(&err);
+        let file = failed(&format!("{err:#}"), hint);
+        // state.json round trip, as between the two processes.
+        let file: StateFile = serde_json::from_slice(&serde_json::to_vec(&file).unwrap()).unwrap();
+        let e = failure("dev", Some(file));
+        assert!(
+            e.to_string()
+                .contains("is not signed with the com.apple.security.virtualization"),
+            "{e}"
+        );
+        assert_eq!(
+            e.hint().unwrap(),
+            "sign the binary with the entitlement (from devbox's source tree): codesign --force \
+             --sign - --entitlements assets/macos/devbox.entitlements \
+             '/Users/me/.cargo/bin/devbox'"
+        );
+    }
+
+    #[test]
+    fn without_a_known_fix_the_logs_are_the_hint() {
+        let e = failure(
+            "dev",
+            Some(failed("the guest ended before it was ready", None)),
+        );
+        assert!(
+            e.hint()
+                .unwrap()
+                .starts_with("the whole console log: devbox logs dev")
+        );
+        let e = failure("dev", None);
+        assert_eq!(
+            e.to_string(),
+            "machine \"dev\" did not become ready: the supervisor exited"
+        );
+    }
 }

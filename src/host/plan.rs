@@ -10,7 +10,10 @@ use super::commands::{
     hostfilter_argv, ip_route_argv, join_argv, route_add_argv, route_delete_argv, unit_load_argvs,
     unit_reload_argv, unit_unload_argvs,
 };
-use crate::net::routes::{PlannedRoute, RoutePlan, devbox_link, validate_docker_subnet};
+use crate::net::routes::{
+    PlannedRoute, RoutePlan, devbox_link, is_private, is_vmnet_bridge, validate_docker_subnet,
+};
+use crate::net::{Ipv4Net, overlaps};
 
 /// Directories devbox may write files into, with the file-name prefix each requires.
 const ALLOWED_FILES: [(&str, &str); 3] = [
@@ -135,7 +138,7 @@ impl HostPlan {
     }
 
     /// The allowlist: routes only to private Docker subnets via a machine's guest IP on its
-    /// own `dbxN` TAP; files only directly inside `/etc/resolver/`, as
+    /// own `dbxN` TAP, or via a private address on a vmnet bridge (`bridgeN`, vz machines); files only directly inside `/etc/resolver/`, as
     /// `/etc/systemd/system/devbox-*` or `/Library/LaunchDaemons/dev.devbox.*`; units only
     /// those files. The first item outside it fails the whole plan, before any change.
     pub fn check_allowed(&self) -> Result<(), HostError> {
@@ -250,10 +253,28 @@ fn refused(item: String, why: String) -> HostError {
 
 fn check_route(r: &PlannedRoute) -> Result<(), HostError> {
     let item = || format!("route {r}");
+    if is_vmnet_bridge(&r.interface) {
+        // A vz machine: vmnet's DHCP server chose its address, so the gateway can only be
+        // held to what vmnet hands out, a private address, never one of the Docker subnets.
+        let gw = Ipv4Net::new(r.gateway, 32).expect("32 is a valid prefix");
+        if !is_private(&gw) || overlaps(&gw, &r.dest) {
+            return Err(refused(
+                item(),
+                format!(
+                    "the gateway on {} must be a vz machine's private address outside {}",
+                    r.interface, r.dest
+                ),
+            ));
+        }
+        return validate_docker_subnet(r.dest, &[]).map_err(|e| refused(item(), e.to_string()));
+    }
     let Some(link) = devbox_link(&r.interface) else {
         return Err(refused(
             item(),
-            format!("{} is not a devbox TAP device (dbxN)", r.interface),
+            format!(
+                "{} is neither a devbox TAP device (dbxN) nor a vmnet bridge (bridgeN)",
+                r.interface
+            ),
         ));
     };
     if link.guest_ip != r.gateway {
@@ -328,11 +349,27 @@ mod tests {
         with_route(route("172.18.0.0/16", "192.168.64.2", "dbx0"))
             .check_allowed()
             .unwrap();
+        // vz: vmnet's DHCP server picked the guest's address on bridge100.
+        with_route(route("172.18.0.0/16", "192.168.64.7", "bridge100"))
+            .check_allowed()
+            .unwrap();
         for (r, why) in [
             (route("8.8.8.0/24", "192.168.64.2", "dbx0"), "not private"),
             (
                 route("172.18.0.0/16", "192.168.64.2", "eth0"),
-                "not a devbox TAP",
+                "neither a devbox TAP",
+            ),
+            (
+                route("172.18.0.0/16", "8.8.8.8", "bridge100"),
+                "private address",
+            ),
+            (
+                route("172.18.0.0/16", "172.18.0.9", "bridge100"),
+                "outside 172.18.0.0/16",
+            ),
+            (
+                route("8.8.8.0/24", "192.168.64.7", "bridge100"),
+                "not private",
             ),
             (
                 route("172.18.0.0/16", "192.168.64.9", "dbx0"),

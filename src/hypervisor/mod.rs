@@ -12,8 +12,9 @@
 //! Which drivers exist on which host, and the default one, is in `sys/`.
 //!
 //! The driver does not own the disks' contents: the supervisor creates the config drive and
-//! hands it over in [`BootConfig`]. On Linux it also creates the TAP device; on macOS the vz
-//! driver puts the NIC on VZ's NAT itself, and the guest reports its address over vsock.
+//! hands it over in [`BootConfig`]. For qemu and kvm it also creates the TAP device
+//! ([`BootConfig::tap`] is `Some`); the vz driver puts the NIC on VZ's NAT itself (`None`),
+//! and the guest reports its address over vsock.
 
 pub mod guest_report;
 #[cfg(target_os = "linux")]
@@ -51,6 +52,8 @@ pub enum HypervisorError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the {driver} driver needs the machine's TAP device, and the supervisor gave none")]
+    NoTap { driver: Driver },
     #[error(transparent)]
     Vz(#[from] vz_plan::VzError),
     #[error(transparent)]
@@ -67,6 +70,11 @@ impl HypervisorError {
                 Some(format!("install it: sudo apt-get install {package}"))
             }
             HypervisorError::Vz(e) => e.hint(),
+            HypervisorError::NoTap { .. } => Some(
+                "this is a devbox bug (the machine's driver and its network setup disagree); \
+                 please report it with `devbox inspect NAME`"
+                    .into(),
+            ),
             _ => None,
         }
     }
@@ -92,8 +100,10 @@ pub struct BootConfig {
     pub data_disk: PathBuf,
     pub config_drive: PathBuf,
     /// An open TAP device (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) the guest's NIC uses, with
-    /// close-on-exec cleared so a driver's child process (QEMU) inherits it.
-    pub tap: OwnedFd,
+    /// close-on-exec cleared so a driver's child process (QEMU) inherits it. Required by the
+    /// drivers whose guest has a static address (qemu, kvm); `None` for vz, whose NIC is on
+    /// Virtualization.framework's NAT (`machine::guest_net`).
+    pub tap: Option<OwnedFd>,
     pub mac: String,
     /// Where the guest's serial console goes.
     pub serial_log: PathBuf,

@@ -180,9 +180,12 @@ impl Hypervisor for Qemu {
         Ok(())
     }
 
-    fn boot(&self, cfg: BootConfig) -> Result<Box<dyn RunningVm>, HypervisorError> {
+    fn boot(&self, mut cfg: BootConfig) -> Result<Box<dyn RunningVm>, HypervisorError> {
+        let tap = cfg.tap.take().ok_or(HypervisorError::NoTap {
+            driver: Driver::Qemu,
+        })?;
         self.preflight()?;
-        let tap_fd = cfg.tap.as_raw_fd();
+        let tap_fd = tap.as_raw_fd();
         let _ = std::fs::remove_file(&cfg.monitor_socket);
         let mut cmd = Command::new(PROGRAM);
         cmd.args(args(&cfg, self.accel.name, self.tsc_khz, tap_fd))
@@ -209,7 +212,7 @@ impl Hypervisor for Qemu {
         });
         Ok(Box::new(QemuVm {
             child,
-            _tap: cfg.tap,
+            _tap: tap,
             monitor: cfg.monitor_socket,
             stderr_tail: tail,
         }))
@@ -317,6 +320,42 @@ mod tests {
         assert_eq!(
             kernel_cmdline("kvm", Some(2_000_000)),
             "console=ttyS0 panic=-1 loglevel=4"
+        );
+    }
+
+    #[test]
+    fn booting_without_a_tap_is_a_clear_error() {
+        let qemu = Qemu::new(&crate::hypervisor::probe::probe_at(std::path::Path::new(
+            "/nonexistent",
+        )));
+        let err = qemu
+            .boot(BootConfig {
+                name: "dev".into(),
+                cpus: 1,
+                memory_mib: 512,
+                kernel: "/k".into(),
+                initrd: "/i".into(),
+                data_disk: "/d".into(),
+                config_drive: "/c".into(),
+                tap: None,
+                mac: "52:54:00:12:34:56".into(),
+                serial_log: "/s".into(),
+                monitor_socket: "/m".into(),
+            })
+            .err()
+            .expect("no TAP, no boot");
+        assert!(
+            matches!(
+                err,
+                HypervisorError::NoTap {
+                    driver: Driver::Qemu
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "the qemu driver needs the machine's TAP device, and the supervisor gave none"
         );
     }
 }

@@ -305,7 +305,6 @@ impl VzError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::OwnedFd;
 
     fn boot_config() -> BootConfig {
         BootConfig {
@@ -316,7 +315,7 @@ mod tests {
             initrd: "/c/initrd".into(),
             data_disk: "/m/disk.raw".into(),
             config_drive: "/m/config.img".into(),
-            tap: OwnedFd::from(std::fs::File::open("/dev/null").unwrap()),
+            tap: None,
             mac: "52:54:00:12:34:56".into(),
             serial_log: "/m/serial.log".into(),
             monitor_socket: "/m/qmp.sock".into(),

@@ -223,6 +223,11 @@ const PACKAGES: &[&str] = &[
     "openssh-server",
     "ca-certificates",
     "netbase",
+    // The guest's vsock client for its address report (usr/local/sbin/devbox-report): busybox
+    // has no AF_VSOCK support, and socat has had VSOCK-CONNECT since 1.7.4 (bookworm: 1.7.4.4).
+    // It costs ~0.4 MB here: its libraries (libssl3, libwrap0) are sshd's too. A program of
+    // our own would need a second build for the guest's architecture.
+    "socat",
 ];
 
 /// zstd level of the initramfs (figures for the ~273 MB cpio, 2 threads on the build host):
@@ -245,6 +250,16 @@ const GUEST_FILES: &[(&str, u32, &[u8])] = &[
         "usr/local/sbin/devbox-boot",
         0o755,
         include_bytes!("../../assets/guest/rootfs/usr/local/sbin/devbox-boot"),
+    ),
+    (
+        "usr/local/sbin/devbox-udhcpc",
+        0o755,
+        include_bytes!("../../assets/guest/rootfs/usr/local/sbin/devbox-udhcpc"),
+    ),
+    (
+        "usr/local/sbin/devbox-report",
+        0o755,
+        include_bytes!("../../assets/guest/rootfs/usr/local/sbin/devbox-report"),
     ),
     (
         "usr/local/sbin/devbox-shutdown",
@@ -608,6 +623,17 @@ mod tests {
         assert!(text.contains("devbox-guest: init"));
         assert!(text.contains("devbox-guest: ready"));
         assert!(text.contains("devbox-config") && text.contains("devbox-data"));
+        // DHCP guests (vz) run these two; they must be in the image, and so must socat.
+        for script in ["devbox-udhcpc", "devbox-report"] {
+            assert!(text.contains(script), "devbox-boot runs {script}");
+            let path = format!("usr/local/sbin/{script}");
+            let (_, mode, _) = GUEST_FILES
+                .iter()
+                .find(|(p, _, _)| *p == path)
+                .unwrap_or_else(|| panic!("{path} is embedded"));
+            assert_eq!(mode & 0o111, 0o111, "{path} is executable");
+        }
+        assert!(PACKAGES.contains(&"socat"));
     }
 
     #[test]

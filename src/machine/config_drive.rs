@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde_json::json;
 
+use super::guest_net::Addressing;
 use super::spec::MachineSpec;
 use super::store::write_atomic;
 
@@ -63,23 +64,32 @@ pub fn nfs_mounts_file(mounts: &[NfsMount]) -> String {
         .collect()
 }
 
-/// `devbox.env`: shell-sourceable settings for the guest init.
+/// `devbox.env`: shell-sourceable settings for the guest init. How the guest gets its address
+/// follows the driver ([`Addressing`]): a static address and default route (the host chose
+/// them, on its TAP), or `DEVBOX_NET='dhcp'` (the driver's NAT chooses; the guest reports the
+/// address it got). No `DEVBOX_NET` means static, so the file of a static machine reads as it
+/// did before DHCP existed.
 pub fn env_file(spec: &MachineSpec, dns: &[std::net::IpAddr]) -> String {
     let dns: Vec<String> = dns.iter().map(|a| a.to_string()).collect();
-    let lines = [
+    let mut lines = vec![
         ("DEVBOX_NAME", spec.name.clone()),
         ("DEVBOX_HOSTNAME", spec.name.clone()),
-        (
-            "DEVBOX_GUEST_IP",
-            format!(
-                "{}/{}",
-                spec.network.guest_ip,
-                spec.network.subnet.prefix_len()
-            ),
-        ),
-        ("DEVBOX_HOST_IP", spec.network.host_ip.to_string()),
-        ("DEVBOX_DNS", dns.join(" ")),
     ];
+    match Addressing::of(spec.driver) {
+        Addressing::Static => {
+            lines.push((
+                "DEVBOX_GUEST_IP",
+                format!(
+                    "{}/{}",
+                    spec.network.guest_ip,
+                    spec.network.subnet.prefix_len()
+                ),
+            ));
+            lines.push(("DEVBOX_HOST_IP", spec.network.host_ip.to_string()));
+        }
+        Addressing::Dhcp => lines.push(("DEVBOX_NET", "dhcp".into())),
+    }
+    lines.push(("DEVBOX_DNS", dns.join(" ")));
     let mut out = String::from("# Written by devbox at each start; the guest init sources it.\n");
     for (k, v) in lines {
         out.push_str(&format!("{k}='{}'\n", shell_quote_inner(&v)));
@@ -154,4 +164,33 @@ pub fn render(files: &[DriveFile]) -> std::io::Result<Vec<u8>> {
 pub fn write(path: &Path, spec: &MachineSpec, inputs: &DriveInputs) -> std::io::Result<()> {
     let bytes = render(&files(spec, inputs))?;
     write_atomic(path, &bytes, 0o600)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::spec::Driver;
+
+    use crate::machine::guest_net::tests::spec;
+
+    #[test]
+    fn a_static_machine_gets_its_address_and_route() {
+        let env = env_file(&spec(Driver::Kvm), &["192.168.64.1".parse().unwrap()]);
+        assert!(env.contains("DEVBOX_GUEST_IP='192.168.64.2/24'\n"), "{env}");
+        assert!(env.contains("DEVBOX_HOST_IP='192.168.64.1'\n"), "{env}");
+        assert!(!env.contains("DEVBOX_NET"), "{env}");
+    }
+
+    #[test]
+    fn a_vz_machine_is_told_to_use_dhcp_and_nothing_static() {
+        let env = env_file(&spec(Driver::Vz), &[]);
+        assert_eq!(
+            env,
+            "# Written by devbox at each start; the guest init sources it.\n\
+             DEVBOX_NAME='dev'\n\
+             DEVBOX_HOSTNAME='dev'\n\
+             DEVBOX_NET='dhcp'\n\
+             DEVBOX_DNS=''\n"
+        );
+    }
 }

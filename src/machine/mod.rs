@@ -1,8 +1,9 @@
 //! Machines at rest: the validated spec (`spec`), the files under `$DEVBOX_HOME` (`store`),
-//! locking (`lock`), the observed state (`state`) and the config drive the guest reads at
-//! boot (`config_drive`).
+//! locking (`lock`), the observed state (`state`), the config drive the guest reads at boot
+//! (`config_drive`) and where the guest's address comes from (`guest_net`).
 
 pub mod config_drive;
+pub mod guest_net;
 pub mod lock;
 pub mod spec;
 pub mod state;

@@ -36,6 +36,14 @@ pub struct StateFile {
     /// machine runs (so `status` and `ls` need not reach the guest).
     #[serde(default)]
     pub disk: Option<crate::disk::GuestDiskSample>,
+    /// The address the guest reported, for drivers whose guest gets it by DHCP (vz; see
+    /// [`super::guest_net`]). Absent for the others, whose address is the spec's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_ip: Option<std::net::Ipv4Addr>,
+    /// The known fix for `error`, so that `devbox start` can show it (the supervisor runs
+    /// detached and its errors reach the user only through this file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 /// The state shown to users.

@@ -84,7 +84,10 @@ pub enum RouteError {
          overlap host routes"
     )]
     Exhausted,
-    #[error("machine {machine}: {interface} is not a devbox TAP device (dbxN)")]
+    #[error(
+        "machine {machine}: {interface} is neither a devbox TAP device (dbxN) nor a vmnet \
+         bridge (bridgeN)"
+    )]
     NotDevboxLink { machine: String, interface: String },
 }
 
@@ -362,9 +365,20 @@ pub fn devbox_link(interface: &str) -> Option<HostOnlyNet> {
     (index < POOL_SIZE).then(|| HostOnlyNet::from_index(index).expect("index is in the pool"))
 }
 
+/// Whether `interface` is a vmnet bridge (`bridge100`, …): where macOS puts the host side of
+/// Virtualization.framework's NAT, and so the link to a vz machine, whose address vmnet's DHCP
+/// server chose (the applier's allowlist checks the gateway apart).
+pub fn is_vmnet_bridge(interface: &str) -> bool {
+    interface
+        .strip_prefix("bridge")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Routes go to a machine over its own TAP (qemu, kvm) or over a vmnet bridge (vz).
 fn check_devbox_link(machine: &str, tap: &str) -> Result<(), RouteError> {
     match devbox_link(tap) {
         Some(_) => Ok(()),
+        None if is_vmnet_bridge(tap) => Ok(()),
         None => Err(RouteError::NotDevboxLink {
             machine: machine.to_owned(),
             interface: tap.to_owned(),
@@ -641,6 +655,39 @@ mod tests {
         let s = allocate_docker_subnets(&[], &[], None).unwrap();
         let err = route_plan_for("dev", &s, "192.168.64.2".parse().unwrap(), "eth0", &[]);
         assert!(matches!(err, Err(RouteError::NotDevboxLink { .. })));
+    }
+
+    #[test]
+    fn a_vz_machine_is_routed_over_its_vmnet_bridge() {
+        for ok in ["bridge100", "bridge0", "bridge101"] {
+            assert!(is_vmnet_bridge(ok), "{ok}");
+        }
+        for bad in ["bridge", "bridge1a", "br0", "xbridge100", "bridge-1"] {
+            assert!(!is_vmnet_bridge(bad), "{bad}");
+        }
+        let s = allocate_docker_subnets(&[], &[], None).unwrap();
+        let host = [HostRoute {
+            dest: "192.168.64.0/24".parse().unwrap(),
+            gateway: None,
+            interface: "bridge100".into(),
+        }];
+        let plan = route_plan_for(
+            "dev",
+            &s,
+            "192.168.64.7".parse().unwrap(),
+            "bridge100",
+            &host,
+        )
+        .unwrap();
+        let got: Vec<String> = plan.add.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            got,
+            [
+                "172.18.0.0/16 via 192.168.64.7 dev bridge100",
+                "172.19.0.0/16 via 192.168.64.7 dev bridge100"
+            ]
+        );
+        assert!(plan.remove.is_empty());
     }
 
     #[test]

@@ -22,7 +22,8 @@ pub enum Request {
 #[serde(tag = "reply", rename_all = "lowercase")]
 pub enum Reply {
     Status {
-        state: crate::machine::state::StateFile,
+        // Boxed: the state is much larger than the other replies (the JSON is the same).
+        state: Box<crate::machine::state::StateFile>,
     },
     Accepted,
     Error {
@@ -65,7 +66,7 @@ fn handle(
     BufReader::new(&conn).read_line(&mut line)?;
     let reply = match serde_json::from_str::<Request>(&line) {
         Ok(Request::Status) => Reply::Status {
-            state: state.lock().expect("state lock").clone(),
+            state: Box::new(state.lock().expect("state lock").clone()),
         },
         Ok(Request::Stop { force }) => {
             let _ = events.send(super::Event::Control(ControlEvent::Stop { force }));

@@ -3,17 +3,23 @@
 //!
 //! It holds `supervisor.lock` for its whole life (a free lock means it is gone), writes
 //! `supervisor.pid` and `state.json`, and owns:
-//! - the TAP device (its descriptor is shared only with the guest process, so the interface
-//!   disappears when both are gone, even after SIGKILL);
-//! - the hypervisor driver's running machine (a QEMU child that dies with the supervisor);
+//! - for qemu and kvm, the TAP device (its descriptor is shared only with the guest process,
+//!   so the interface disappears when both are gone, even after SIGKILL); a vz machine's NIC
+//!   is on Virtualization.framework's NAT instead, and its guest reports the address DHCP gave
+//!   it (`report`), which then stands wherever the others use the spec's (`netplan` decides
+//!   what each driver needs; `machine::guest_net` which address is the guest's);
+//! - the hypervisor driver's running machine (a QEMU child that dies with the supervisor, or
+//!   the in-process kvm or vz machine);
 //! - the docker socket forwarder (`docker.sock` → the guest's `/var/run/docker.sock` over SSH);
 //! - the host routes to the machine's Docker subnets (added through the host plan applier,
-//!   recorded in `$DEVBOX_HOME/routes.json` for the boot-time job);
+//!   recorded in `$DEVBOX_HOME/routes.json` for the boot-time job): over the TAP, or for vz
+//!   over the vmnet bridge, with vmnet's host filter lifted for the machine's member;
 //! - the NFS server exporting the machine's shares, bound to the machine's host-side IP and
 //!   answering only the guest, on the `io` tokio runtime;
 //! - the DNS server for `<machine>.<tld>`, its containers and their aliases (same address,
-//!   port 53), fed by a container watcher on the forwarded docker socket once the machine is
-//!   ready, and the host resolver settings for the domains it owns (`resolver`).
+//!   port 53; for vz on loopback, a port per machine), fed by a container watcher on the
+//!   forwarded docker socket once the machine is ready, and the host resolver settings for
+//!   the domains it owns (`resolver`).
 //!
 //! Threads: the main loop (owns the machine, reacts to events), `control` (the control socket),
 //! `ready` (waits for SSH and Docker once per boot), `signals` (SIGTERM/SIGINT/SIGHUP become a
@@ -21,9 +27,12 @@
 //! `state.json`). They talk to the main loop through one channel of [`Event`]s.
 
 pub mod control;
+pub mod netplan;
+mod report;
 pub mod resolver;
 mod sys;
 
+use std::net::Ipv4Addr;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,11 +40,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::host::{self, HostPlan, MachineRoutes, RoutesState, routes_state_path};
+use crate::host::{self, HostFilter, HostPlan, MachineRoutes, RoutesState, routes_state_path};
 use crate::hypervisor::{self, BootConfig, RunningVm};
 use crate::machine::config_drive;
+use crate::machine::guest_net::{self, Addressing};
 use crate::machine::lock::lock_supervisor;
-use crate::machine::state::{Phase, StateFile, write_state_file};
+use crate::machine::state::{Phase, StateFile, observe, write_state_file};
 use crate::machine::store::write_atomic;
 use crate::machine::{MachineDir, MachineSpec, Store};
 use crate::net::routes;
@@ -65,11 +75,17 @@ fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
-/// The SSH target for a machine.
+/// The SSH target for a machine, at its current address ([`guest_net::guest_address`]).
 pub fn ssh_target(dir: &MachineDir, spec: &MachineSpec) -> Result<ssh::Target> {
+    let ip = guest_net::guest_address(spec, &observe(dir)?)?;
+    ssh_target_at(dir, ip)
+}
+
+/// The SSH target for a machine whose guest is at `ip`.
+fn ssh_target_at(dir: &MachineDir, ip: Ipv4Addr) -> Result<ssh::Target> {
     let host_key = fs_err::read_to_string(dir.host_pub_path())?;
     Ok(ssh::Target {
-        addr: std::net::SocketAddr::new(spec.network.guest_ip.into(), 22),
+        addr: std::net::SocketAddr::new(ip.into(), 22),
         user: "root".into(),
         identity: dir.client_key_path(),
         host_key: host_key.trim().to_owned(),
@@ -130,6 +146,8 @@ pub fn run(store: &Store, name: &str, ready_timeout: Duration) -> Result<()> {
             ready: None,
             error: None,
             disk: None,
+            guest_ip: None,
+            hint: None,
         })),
     };
     state.update(|_| {});
@@ -158,11 +176,16 @@ pub fn run(store: &Store, name: &str, ready_timeout: Duration) -> Result<()> {
         }
         Err(e) => {
             log(format!("machine failed: {e:#}"));
+            let hint = crate::commands::hint(e);
+            if let Some(h) = &hint {
+                log(format!("hint: {h}"));
+            }
             state.update(|s| {
                 s.phase = Phase::Failed;
                 s.step = "failed".into();
                 s.vm_pid = None;
                 s.error = Some(format!("{e:#}"));
+                s.hint = hint;
             });
         }
     }
@@ -196,23 +219,28 @@ fn supervise(
         hv.accel().reason
     ));
 
-    // The host-only /24 must still be free: a VPN may have claimed it since `create`.
-    let routes = net::host_routes()?;
-    let hostonly = net::HostOnlyNet::from_index(spec.network.index)?;
-    net::check_conflicts(&hostonly, &routes)?;
+    let host_net = netplan::host_net(spec);
+    let mut tap_device = None;
+    if let Some(tap_setup) = &host_net.tap {
+        // The host-only /24 must still be free: a VPN may have claimed it since `create`.
+        let routes = net::host_routes()?;
+        let hostonly = net::HostOnlyNet::from_index(spec.network.index)?;
+        net::check_conflicts(&hostonly, &routes)?;
 
-    state.update(|s| s.step = "creating the network device".into());
-    let tap = net::Tap::create(&net::tap_name(spec.network.index), true)?;
-    tap.configure(spec.network.host_ip, spec.network.subnet.prefix_len())?;
-    log(format!(
-        "{} up with {}/{}",
-        tap.name(),
-        spec.network.host_ip,
-        spec.network.subnet.prefix_len()
-    ));
+        state.update(|s| s.step = "creating the network device".into());
+        let tap = net::Tap::create(&tap_setup.name, true)?;
+        tap.configure(tap_setup.host_ip, tap_setup.prefix)?;
+        log(format!(
+            "{} up with {}/{}",
+            tap.name(),
+            tap_setup.host_ip,
+            tap_setup.prefix
+        ));
 
-    state.update(|s| s.step = "routing the Docker subnets".into());
-    add_routes(store, spec, tap.name())?;
+        state.update(|s| s.step = "routing the Docker subnets".into());
+        add_routes(store, spec, spec.network.guest_ip, tap.name(), Vec::new())?;
+        tap_device = Some(tap);
+    }
 
     // Host services run on one small tokio runtime; the machine's own threads stay plain.
     let io = tokio::runtime::Builder::new_multi_thread()
@@ -227,11 +255,19 @@ fn supervise(
     // Held until the machine ends.
     let (_nfs_server, mounts) = sys::start_nfs(&io, spec)?;
 
-    state.update(|s| s.step = "starting the DNS server".into());
-    let dns_server = start_dns(&io, store, spec)?;
-    // The guest and its containers resolve through it.
-    let guest_dns = [std::net::IpAddr::V4(spec.network.host_ip)];
-    let mut resolver = resolver::ResolverSync::new(dir, spec, dns_server.local_addr());
+    // A static guest's address is known now, and the guest resolves through this server;
+    // a DHCP guest's comes with its report, after boot.
+    let mut dns_server = None;
+    if host_net.tap.is_some() {
+        state.update(|s| s.step = "starting the DNS server".into());
+        dns_server = Some(start_dns(
+            &io,
+            store,
+            spec,
+            host_net.dns_bind,
+            spec.network.guest_ip,
+        )?);
+    }
 
     state.update(|s| s.step = "writing the config drive".into());
     let client_pub = fs_err::read_to_string(dir.client_pub_path())?;
@@ -244,12 +280,17 @@ fn supervise(
             authorized_key: &client_pub,
             host_key_private: &host_key,
             host_key_public: &host_pub,
-            dns: &guest_dns,
+            dns: &host_net.guest_dns,
             docker_major: image.manifest.docker_major(),
             mounts: &mounts,
         },
     )?;
 
+    // vmnet adds the machine's member to its bridge at boot: what was there before is not ours.
+    let bridges_before = match host_net.tap {
+        None => sys::vmnet_bridges()?,
+        Some(_) => Default::default(),
+    };
     rotate_serial_log(dir);
     state.update(|s| s.step = "booting".into());
     let mut vm = hv.boot(BootConfig {
@@ -260,7 +301,7 @@ fn supervise(
         initrd: image.initrd(),
         data_disk: dir.disk_path(),
         config_drive: dir.config_drive_path(),
-        tap: tap.into_inheritable_fd()?,
+        tap: tap_device.map(|t| t.into_inheritable_fd()).transpose()?,
         mac: spec.network.mac.clone(),
         serial_log: dir.serial_log_path(),
         monitor_socket: dir.qmp_socket_path(),
@@ -271,7 +312,51 @@ fn supervise(
     control::serve(&dir.control_socket_path(), tx.clone(), state.shared.clone())?;
     spawn_signal_thread(sigs, tx.clone());
 
-    let target = ssh_target(dir, spec)?;
+    let guest_ip = match Addressing::of(spec.driver) {
+        Addressing::Static => spec.network.guest_ip,
+        Addressing::Dhcp => {
+            state.update(|s| s.step = "waiting for the guest's address".into());
+            let ip = match report::await_guest_address(vm.as_mut(), &rx, deadline)? {
+                report::Awaited::Address(ip) => ip,
+                report::Awaited::Stopped(why) => return Ok(why),
+            };
+            log(format!("the guest reported its address {ip}"));
+            state.update(|s| s.guest_ip = Some(ip));
+            let link = netplan::nat_link(&spec.name, ip, &bridges_before, &sys::vmnet_bridges()?)?;
+            if link.members.len() > 1 {
+                log(format!(
+                    "{} members joined {} during boot ({}); lifting the host filter of each",
+                    link.members.len(),
+                    link.bridge,
+                    link.members.join(", ")
+                ));
+            }
+            state.update(|s| s.step = "routing the Docker subnets".into());
+            // A supervisor killed before it could clean up left routes via the previous
+            // boot's address, which the new ones would collide with.
+            forget_routes(store, spec);
+            let filters = link
+                .members
+                .iter()
+                .map(|m| HostFilter {
+                    bridge: link.bridge.clone(),
+                    member: m.clone(),
+                })
+                .collect();
+            add_routes(store, spec, ip, &link.bridge, filters)?;
+            ip
+        }
+    };
+    let dns_server = match dns_server {
+        Some(d) => d,
+        None => {
+            state.update(|s| s.step = "starting the DNS server".into());
+            start_dns(&io, store, spec, host_net.dns_bind, guest_ip)?
+        }
+    };
+    let mut resolver = resolver::ResolverSync::new(dir, spec, dns_server.local_addr());
+
+    let target = ssh_target_at(dir, guest_ip)?;
     spawn_ready_thread(
         target.clone(),
         deadline,
@@ -515,19 +600,21 @@ fn spawn_disk_watch(target: ssh::Target, shared: Arc<Mutex<StateFile>>, dir: Mac
         .expect("spawning the disk thread");
 }
 
-/// Routes the machine's Docker subnets via its guest IP, and records them for the
-/// boot-time job (`devbox routes install`).
-fn add_routes(store: &Store, spec: &MachineSpec, tap: &str) -> Result<()> {
+/// Routes the machine's Docker subnets via its guest IP on `link` (its TAP, or the vmnet
+/// bridge of a vz machine, whose host filter is lifted with `hostfilters`), and records them
+/// for the boot-time job (`devbox routes install`).
+fn add_routes(
+    store: &Store,
+    spec: &MachineSpec,
+    guest_ip: Ipv4Addr,
+    link: &str,
+    hostfilters: Vec<HostFilter>,
+) -> Result<()> {
     let table = net::host_routes()?;
     let plan = HostPlan {
         command: format!("start {}", spec.name),
-        routes: routes::route_plan_for(
-            &spec.name,
-            &spec.docker,
-            spec.network.guest_ip,
-            tap,
-            &table,
-        )?,
+        routes: routes::route_plan_for(&spec.name, &spec.docker, guest_ip, link, &table)?,
+        hostfilters,
         ..HostPlan::default()
     };
     host::apply(&plan, false)?;
@@ -536,25 +623,35 @@ fn add_routes(store: &Store, spec: &MachineSpec, tap: &str) -> Result<()> {
     st.machines.insert(
         spec.name.clone(),
         MachineRoutes {
-            guest_ip: spec.network.guest_ip,
-            interface: tap.to_owned(),
+            guest_ip,
+            interface: link.to_owned(),
             docker: spec.docker,
         },
     );
     st.save(&path)?;
     log(format!(
-        "routes: {} via {} on {tap}",
+        "routes: {} via {guest_ip} on {link}",
         spec.docker.routed().map(|n| n.to_string()).join(", "),
-        spec.network.guest_ip
     ));
     Ok(())
 }
 
 /// Takes the machine's routes away (the kernel already dropped them with the TAP device;
-/// this also covers a TAP that outlived us) and removes it from the routes state.
+/// this also covers a TAP that outlived us) and removes it from the routes state. A vz
+/// machine's routes are those recorded at start (its address and bridge), if it got that far.
 fn forget_routes(store: &Store, spec: &MachineSpec) {
-    let tap = net::tap_name(spec.network.index);
-    match routes::removal_plan_for(&spec.name, &spec.docker, spec.network.guest_ip, &tap) {
+    let path = routes_state_path(&store.home);
+    let (guest_ip, link) = match Addressing::of(spec.driver) {
+        Addressing::Static => (spec.network.guest_ip, net::tap_name(spec.network.index)),
+        Addressing::Dhcp => match RoutesState::load(&path)
+            .ok()
+            .and_then(|st| st.machines.get(&spec.name).cloned())
+        {
+            Some(m) => (m.guest_ip, m.interface),
+            None => return,
+        },
+    };
+    match routes::removal_plan_for(&spec.name, &spec.docker, guest_ip, &link) {
         Ok(r) => {
             let plan = HostPlan {
                 command: format!("stop {}", spec.name),
@@ -567,7 +664,6 @@ fn forget_routes(store: &Store, spec: &MachineSpec) {
         }
         Err(e) => log(format!("removing routes: {e}")),
     }
-    let path = routes_state_path(&store.home);
     match RoutesState::load(&path) {
         Ok(mut st) => {
             if st.machines.remove(&spec.name).is_some()
@@ -580,13 +676,16 @@ fn forget_routes(store: &Store, spec: &MachineSpec) {
     }
 }
 
-/// Starts the machine's DNS server on its host-side IP, port 53.
+/// Starts the machine's DNS server on `bind` ([`netplan::HostNet::dns_bind`]), answering
+/// `<machine>.<tld>` with `guest_ip`.
 ///
 /// Upstreams: `DEVBOX_DNS_UPSTREAMS` (comma-separated `ip:port`), else the host's resolvers.
 fn start_dns(
     io: &tokio::runtime::Runtime,
     store: &Store,
     spec: &MachineSpec,
+    bind: std::net::SocketAddr,
+    guest_ip: Ipv4Addr,
 ) -> Result<dns::DnsServer> {
     let upstreams = match std::env::var("DEVBOX_DNS_UPSTREAMS") {
         Ok(v) if !v.trim().is_empty() => v
@@ -607,8 +706,8 @@ fn start_dns(
     let server = io.block_on(dns::DnsServer::start(dns::DnsConfig {
         machine: spec.name.clone(),
         tld: spec.tld.clone(),
-        guest_ip: spec.network.guest_ip.into(),
-        bind: std::net::SocketAddr::new(spec.network.host_ip.into(), 53),
+        guest_ip: guest_ip.into(),
+        bind,
         upstreams: upstreams.clone(),
         other_machines,
     }))?;

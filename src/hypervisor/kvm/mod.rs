@@ -131,7 +131,16 @@ impl Kvm {
                     serial: "devbox-data".into(),
                 },
             ],
-            net: Some((cfg.tap, mac)),
+            net: Some((
+                cfg.tap.ok_or_else(|| {
+                    KvmError::Config(
+                        "the kvm driver needs the machine's TAP device, and the supervisor \
+                         gave none"
+                            .into(),
+                    )
+                })?,
+                mac,
+            )),
             rng: true,
             serial_out: Box::new(std::io::LineWriter::new(SerialLog(log))),
         })

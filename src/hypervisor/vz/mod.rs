@@ -8,9 +8,9 @@
 //! report connection is read on a short-lived thread of its own.
 //!
 //! Network: the NIC is attached to VZ's NAT (`VZNATNetworkDeviceAttachment`, vmnet shared
-//! mode, host side `bridge100`). The driver never uses [`BootConfig::tap`] (macOS has no TAP
-//! devices) nor [`BootConfig::monitor_socket`]; the guest's address comes from its report
-//! ([`RunningVm::take_guest_reports`]).
+//! mode, host side `bridge100`). The supervisor gives it no [`BootConfig::tap`] (macOS has no
+//! TAP devices), and it does not use [`BootConfig::monitor_socket`]; the guest's address comes
+//! from its report ([`RunningVm::take_guest_reports`]).
 //!
 //! The process must be signed with the `com.apple.security.virtualization` entitlement
 //! (assets/macos/README.md); without it validation fails with a typed error whose hint is the
