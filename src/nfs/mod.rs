@@ -7,8 +7,8 @@
 //! NFS v3, MOUNT v3 and a minimal PORTMAP, so the guest needs neither rpcbind nor
 //! `mount.nfs` (`port=`/`mountport=` point the kernel at it).
 //!
-//! Tasks: one accept task, and per connection a reader, a writer and one task per request
-//! with its filesystem work on tokio's blocking pool (`server.rs`). Dropping the
+//! Tasks: one accept task, and per connection a reader and a writer task; each request is
+//! handled on tokio's blocking pool (`server.rs`). Dropping the
 //! [`NfsServer`] or calling [`NfsServer::shutdown`] stops them all.
 //!
 //! Why our own protocol layer instead of `nfsserve`/`nfs3_server` (research services.md §1):

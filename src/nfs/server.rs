@@ -1,8 +1,8 @@
 //! The TCP side: accept loop with the peer allowlist, and per-connection tasks.
 //!
 //! Tasks: one accept task per server; per connection one reader task (this module's
-//! `connection`), one writer task, and one short task per request whose filesystem work
-//! runs on tokio's blocking pool. A connection has at most [`IN_FLIGHT`] requests being
+//! `connection`), one writer task, and each request handled on tokio's blocking pool, which
+//! passes the reply to the writer. A connection has at most [`IN_FLIGHT`] requests being
 //! handled (the reader waits for a slot before reading the next record), so its memory is
 //! bounded by `IN_FLIGHT × MAX_RECORD` plus replies; the server takes at most
 //! [`MAX_CONNECTIONS`] connections.
@@ -98,10 +98,11 @@ async fn connection(sock: TcpStream, shared: Arc<Shared>, mut stop: watch::Recei
         }
         let shared = shared.clone();
         let tx = tx.clone();
-        tokio::spawn(async move {
-            let reply = tokio::task::spawn_blocking(move || handle_record(&shared, &record)).await;
-            if let Ok(Some(reply)) = reply {
-                let _ = tx.send(reply).await;
+        // The blocking thread hands its reply straight to the writer: no async task between
+        // them, whose wake-up would be one more thread switch on every RPC.
+        tokio::task::spawn_blocking(move || {
+            if let Some(reply) = handle_record(&shared, &record) {
+                let _ = tx.blocking_send(reply);
             }
             drop(slot);
         });
