@@ -10,6 +10,9 @@ use crate::machine::{Driver, MachineSpec, Store};
 use crate::net::routes::{self, Claim};
 use crate::{hypervisor, image, net, output, ssh};
 
+/// Whether this host can serve shares (devbox's NFS server is Linux-only so far).
+const SHARES_SUPPORTED: bool = cfg!(target_os = "linux");
+
 pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
     spec::validate_name(&a.name)?;
     let limits = HostLimits::of_this_host();
@@ -26,6 +29,11 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
         Vec::new()
     } else if a.shares.is_empty() {
         spec::default_shares()
+    } else if !SHARES_SUPPORTED {
+        anyhow::bail!(
+            "--share: file sharing is not available on this host yet (devbox's NFS server runs \
+             on Linux hosts only); create the machine without --share"
+        );
     } else {
         a.shares
             .iter()

@@ -411,8 +411,13 @@ pub fn check_shares(shares: &[ShareSpec]) -> Result<(), SpecError> {
 }
 
 /// The default share: the user's home directory at the same path, as docker-machine-nfs did
-/// with /Users. Under sudo that is the invoking user's home, not root's.
+/// with /Users. Under sudo that is the invoking user's home, not root's. None on hosts where
+/// devbox cannot serve shares yet (its NFS server is Linux-only), so that a default machine
+/// starts there.
 pub fn default_shares() -> Vec<ShareSpec> {
+    if !cfg!(target_os = "linux") {
+        return Vec::new();
+    }
     let home = sudo_user_home().or_else(|| std::env::var_os("HOME").map(PathBuf::from));
     match home.and_then(|h| std::fs::canonicalize(h).ok()) {
         Some(h) if h.is_dir() && validate_guest_path(&h.to_string_lossy()).is_ok() => {
