@@ -25,8 +25,12 @@ RUNS=${RUNS:-3}
 BENCH_CACHE=${BENCH_CACHE:-/var/cache/devbox-bench}
 
 if ! command -v ganesha.nfsd >/dev/null || [ ! -e /usr/lib/x86_64-linux-gnu/ganesha/libfsalvfs.so ]; then
+  had_rpcbind=$(pgrep -x rpcbind || true)
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     nfs-ganesha nfs-ganesha-vfs rpcbind >/dev/null
+  # The package starts rpcbind on the host's network; this script runs its own in the
+  # namespace instead.
+  [ -n "$had_rpcbind" ] || pkill -x rpcbind || true
 fi
 
 cargo build --release -q
@@ -66,33 +70,42 @@ ip=192.168.64.2
 echo "$ip $(cat "$M/ssh_host_ed25519_key.pub")" > "$work/known_hosts"
 ssh_opts=(-i "$M/id_ed25519" -o UserKnownHostsFile="$work/known_hosts" -o StrictHostKeyChecking=yes -o BatchMode=yes -o LogLevel=ERROR)
 g() { nsx ssh "${ssh_opts[@]}" "root@$ip" "$@"; }
-timed() { local t; t=$(now); g "$1" >/dev/null; echo "$(now) - $t" | bc -l; }
+timed() { local t; t=$(now); g "$1" >/dev/null || { echo "workload failed: $1" >&2; return 1; }; echo "$(now) - $t" | bc -l; }
 
-# One workload, RUNS times, minus the SSH round trip; prints the median in seconds.
-run_workloads() { # $1: label, $2: guest mount point
-  local mnt=$2 base
+# Each workload RUNS times on every mount given, alternating between them run by run, so
+# that a change in the host's load falls on all of them alike; each time is minus the SSH
+# round trip. Writes the median of each (label, workload) to $work/LABEL-WORKLOAD.
+run_workloads() { # LABEL:MOUNT...
+  local base lm label mnt w r seq c t cmd
   base=$(for _ in 1 2 3 4 5; do timed true; done | median)
   for w in seq-write seq-read stat-10k create-1k; do
-    for _ in $(seq "$RUNS"); do
-      case $w in
-        seq-write) cmd="rm -f $mnt/seq; dd if=/dev/zero of=$mnt/seq bs=1M count=256 conv=fsync 2>/dev/null" ;;
-        seq-read) cmd="sync; echo 3 > /proc/sys/vm/drop_caches; cat $mnt/seq > /dev/null" ;;
-        stat-10k) cmd="echo 3 > /proc/sys/vm/drop_caches; ls -lR $mnt/tree > /dev/null" ;;
-        create-1k) cmd="rm -rf $mnt/c; mkdir $mnt/c; cd $mnt/c; i=0; while [ \$i -lt 1000 ]; do echo x > f\$i; i=\$((i+1)); done" ;;
-      esac
-      echo "$(timed "$cmd") - $base" | bc -l
-    done | median > "$work/$1-$w"
-    printf '%-8s %-10s %8.3f s\n' "$1" "$w" "$(cat "$work/$1-$w")" >&2
+    for r in $(seq "$RUNS"); do
+      for lm in "$@"; do
+        # Mounts of one host directory: each server writes under names of its own.
+        label=${lm%%:*} mnt=${lm#*:}
+        seq=$mnt/seq-$label c=$mnt/c-$label
+        case $w in
+          seq-write) cmd="rm -f $seq; dd if=/dev/zero of=$seq bs=1M count=256 conv=fsync 2>/dev/null" ;;
+          seq-read) cmd="sync; echo 3 > /proc/sys/vm/drop_caches; cat $seq > /dev/null" ;;
+          stat-10k) cmd="echo 3 > /proc/sys/vm/drop_caches; ls -lR $mnt/tree > /dev/null" ;;
+          create-1k) cmd="set -e; rm -rf $c; mkdir $c; cd $c; i=0; while [ \$i -lt 1000 ]; do echo x > f\$i; i=\$((i+1)); done" ;;
+        esac
+        t=$(timed "$cmd")
+        echo "$t - $base" | bc -l >> "$work/$label-$w.runs"
+      done
+    done
+    for lm in "$@"; do
+      label=${lm%%:*}
+      median < "$work/$label-$w.runs" > "$work/$label-$w"
+      printf '%-8s %-10s %8.3f s\n' "$label" "$w" "$(cat "$work/$label-$w")" >&2
+    done
   done
-  g "rm -rf $mnt/c $mnt/seq"
+  for lm in "$@"; do g "rm -rf ${lm#*:}/c-${lm%%:*} ${lm#*:}/seq-${lm%%:*}"; done
 }
 nfs_opts="vers=3,proto=tcp,nolock,noacl,mountproto=tcp,addr=$host_ip"
 
 nsx "$DEVBOX" start nfsb >/dev/null 2>&1
 g "mount | grep -q ' /mnt/share type nfs'"
-
-# devbox's NFS server.
-run_workloads devbox /mnt/share
 
 # The kernel NFS server, where the host kernel has one.
 if grep -qw nfsd /proc/filesystems 2>/dev/null || modprobe -n nfsd 2>/dev/null; then
@@ -102,7 +115,7 @@ if grep -qw nfsd /proc/filesystems 2>/dev/null || modprobe -n nfsd 2>/dev/null; 
   nsx rpc.nfsd -N 4 -H "$host_ip" 8
   nsx rpc.mountd -N 4 -p 20049
   g "mkdir -p /mnt/knfsd && mount -t nfs -o $nfs_opts,port=2049,mountport=20049 $host_ip:$share /mnt/knfsd"
-  run_workloads knfsd /mnt/knfsd
+  run_workloads devbox:/mnt/share knfsd:/mnt/knfsd
   g "umount /mnt/knfsd"
   exportfs -u "$ip:$share"
   knfsd=measured
@@ -114,7 +127,11 @@ fi
 # NFS-Ganesha: userspace NFSv3 with the VFS FSAL, bound to the machine's host-side address
 # and exporting the share to the guest alone. Ganesha registers with rpcbind, so one runs in
 # the namespace too.
-nsx rpcbind -f -w & RPCPID=$!
+if pgrep -x rpcbind >/dev/null; then
+  echo "ganesha: an rpcbind runs on this host already; ganesha registers with it" >&2
+else
+  nsx rpcbind -f -w & RPCPID=$!
+fi
 sleep 0.5
 cat > "$work/ganesha.conf" <<CONF
 NFS_CORE_PARAM {
@@ -148,11 +165,11 @@ done
 # Ganesha holds new clients off for its grace period; a mount retried until it ends.
 g "mkdir -p /mnt/ganesha; for i in \$(seq 120); do mount -t nfs -o $nfs_opts,port=2049,mountport=20048 $host_ip:$share /mnt/ganesha 2>/dev/null && exit 0; sleep 1; done; exit 1" ||
   { echo "ganesha: the guest could not mount; log:" >&2; cat "$work/ganesha.log" >&2; exit 1; }
-run_workloads ganesha /mnt/ganesha
+run_workloads devbox:/mnt/share ganesha:/mnt/ganesha
 g "umount /mnt/ganesha"
 kill "$(cat "$work/ganesha.pid")" 2>/dev/null || true
 rm -f "$work/ganesha.pid"
-kill "$RPCPID" 2>/dev/null || true
+[ -n "${RPCPID:-}" ] && kill "$RPCPID" 2>/dev/null || true
 RPCPID=
 nsx "$DEVBOX" stop nfsb >/dev/null 2>&1
 
@@ -174,7 +191,7 @@ nsx qemu-system-x86_64 -machine microvm,acpi=on,rtc=on -accel tcg -cpu max -smp 
 QPID=$!
 until grep -q "devbox-guest: ready" "$work/serial-9p.log" 2>/dev/null; do sleep 0.2; done
 g "modprobe 9pnet_virtio && mkdir -p /mnt/9p && mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 share /mnt/9p"
-run_workloads 9p /mnt/9p
+run_workloads 9p:/mnt/9p
 g poweroff >/dev/null 2>&1 || true
 wait "$QPID" 2>/dev/null || true
 QPID=
