@@ -108,10 +108,23 @@ pub(crate) fn put_post_op(w: &mut XdrWriter, a: Option<&Attr>) {
     }
 }
 
-/// `wcc_data` without pre-operation attributes (allowed by RFC 1813; the client then
-/// revalidates its cache from the post-operation attributes).
-pub(crate) fn put_wcc(w: &mut XdrWriter, after: Option<&Attr>) {
-    w.bool(false);
+/// `wcc_data`: the object's size, mtime and ctime before the operation, and its attributes
+/// after. With both, the client sees that a change was its own and keeps its caches; with
+/// post-operation attributes alone it must assume someone else changed the object too, and
+/// a directory's cached access rights go with it (a capture of 300 creates showed one extra
+/// ACCESS call per file). `before` is the `stat` taken when the handle was resolved, just
+/// before the operation: not atomic with it (RFC 1813 asks for that where the server can),
+/// so a host-side change inside that window can go unnoticed by the client until its
+/// attribute cache times out, as with any change made on the host.
+pub(crate) fn put_wcc(w: &mut XdrWriter, before: Option<&Attr>, after: Option<&Attr>) {
+    w.bool(before.is_some());
+    if let Some(b) = before {
+        w.u64(b.size);
+        for t in [b.mtime, b.ctime] {
+            w.u32(t.0);
+            w.u32(t.1);
+        }
+    }
     put_post_op(w, after);
 }
 

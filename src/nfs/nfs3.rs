@@ -92,11 +92,11 @@ fn put_created(w: &mut XdrWriter, e: &ExportFs, dir: &Loc, result: NfsResult<Loc
             w.bool(true);
             put_fh(w, &e.handle(&obj.st));
             put_post_op(w, Some(&e.attr(&obj.st)));
-            put_wcc(w, e.attr_now(dir).as_ref());
+            put_wcc(w, Some(&e.attr(&dir.st)), e.attr_now(dir).as_ref());
         }
         Err(s) => {
             status(w, s);
-            put_wcc(w, e.attr_now(dir).as_ref());
+            put_wcc(w, Some(&e.attr(&dir.st)), e.attr_now(dir).as_ref());
         }
     }
 }
@@ -125,16 +125,16 @@ fn setattr(shared: &Shared, r: &mut XdrReader<'_>, w: &mut XdrWriter) -> XdrResu
         Ok((e, loc)) => match e.setattr(&loc, &sattr, guard) {
             Ok(a) => {
                 status(w, Status::Ok);
-                put_wcc(w, Some(&a));
+                put_wcc(w, Some(&e.attr(&loc.st)), Some(&a));
             }
             Err(s) => {
                 status(w, s);
-                put_wcc(w, e.attr_now(&loc).as_ref());
+                put_wcc(w, Some(&e.attr(&loc.st)), e.attr_now(&loc).as_ref());
             }
         },
         Err(s) => {
             status(w, s);
-            put_wcc(w, None);
+            put_wcc(w, None, None);
         }
     }
     Ok(())
@@ -274,19 +274,19 @@ fn write(shared: &Shared, r: &mut XdrReader<'_>, w: &mut XdrWriter) -> XdrResult
         Ok((e, loc)) => match e.write(&loc, offset, data, stable) {
             Ok(n) => {
                 status(w, Status::Ok);
-                put_wcc(w, e.attr_now(&loc).as_ref());
+                put_wcc(w, Some(&e.attr(&loc.st)), e.attr_now(&loc).as_ref());
                 w.u32(n);
                 w.u32(stable as u32);
                 w.fixed(&shared.verf);
             }
             Err(s) => {
                 status(w, s);
-                put_wcc(w, e.attr_now(&loc).as_ref());
+                put_wcc(w, Some(&e.attr(&loc.st)), e.attr_now(&loc).as_ref());
             }
         },
         Err(s) => {
             status(w, s);
-            put_wcc(w, None);
+            put_wcc(w, None, None);
         }
     }
     Ok(())
@@ -308,7 +308,7 @@ fn create(shared: &Shared, r: &mut XdrReader<'_>, w: &mut XdrWriter) -> XdrResul
         Ok((e, dir)) => put_created(w, e, &dir, e.create(&dir, name, &how)),
         Err(s) => {
             status(w, s);
-            put_wcc(w, None);
+            put_wcc(w, None, None);
         }
     }
     Ok(())
@@ -322,7 +322,7 @@ fn mkdir(shared: &Shared, r: &mut XdrReader<'_>, w: &mut XdrWriter) -> XdrResult
         Ok((e, dir)) => put_created(w, e, &dir, e.mkdir(&dir, name, &sattr)),
         Err(s) => {
             status(w, s);
-            put_wcc(w, None);
+            put_wcc(w, None, None);
         }
     }
     Ok(())
@@ -337,7 +337,7 @@ fn symlink(shared: &Shared, r: &mut XdrReader<'_>, w: &mut XdrWriter) -> XdrResu
         Ok((e, dir)) => put_created(w, e, &dir, e.symlink(&dir, name, target)),
         Err(s) => {
             status(w, s);
-            put_wcc(w, None);
+            put_wcc(w, None, None);
         }
     }
     Ok(())
@@ -374,9 +374,10 @@ fn not_supported(shared: &Shared, fh: &[u8], w: &mut XdrWriter, link: bool) {
     status(w, s);
     if link {
         put_post_op(w, attr.as_ref());
-        put_wcc(w, None);
+        put_wcc(w, None, None);
     } else {
-        put_wcc(w, attr.as_ref());
+        // Nothing changed: the same attributes before and after.
+        put_wcc(w, attr.as_ref(), attr.as_ref());
     }
 }
 
@@ -387,11 +388,11 @@ fn remove(shared: &Shared, r: &mut XdrReader<'_>, w: &mut XdrWriter, rmdir: bool
         Ok((e, dir)) => {
             let s = e.remove(&dir, name, rmdir).err().unwrap_or(Status::Ok);
             status(w, s);
-            put_wcc(w, e.attr_now(&dir).as_ref());
+            put_wcc(w, Some(&e.attr(&dir.st)), e.attr_now(&dir).as_ref());
         }
         Err(s) => {
             status(w, s);
-            put_wcc(w, None);
+            put_wcc(w, None, None);
         }
     }
     Ok(())
@@ -416,13 +417,13 @@ fn rename(shared: &Shared, r: &mut XdrReader<'_>, w: &mut XdrWriter) -> XdrResul
                     .unwrap_or(Status::Ok)
             };
             status(w, s);
-            put_wcc(w, e.attr_now(&from).as_ref());
-            put_wcc(w, e2.attr_now(&to).as_ref());
+            put_wcc(w, Some(&e.attr(&from.st)), e.attr_now(&from).as_ref());
+            put_wcc(w, Some(&e2.attr(&to.st)), e2.attr_now(&to).as_ref());
         }
         Err(s) => {
             status(w, s);
-            put_wcc(w, None);
-            put_wcc(w, None);
+            put_wcc(w, None, None);
+            put_wcc(w, None, None);
         }
     }
     Ok(())
@@ -611,14 +612,14 @@ fn commit(shared: &Shared, r: &mut XdrReader<'_>, w: &mut XdrWriter) -> XdrResul
         Ok((e, loc)) => {
             let s = e.commit(&loc).err().unwrap_or(Status::Ok);
             status(w, s);
-            put_wcc(w, e.attr_now(&loc).as_ref());
+            put_wcc(w, Some(&e.attr(&loc.st)), e.attr_now(&loc).as_ref());
             if s == Status::Ok {
                 w.fixed(&shared.verf);
             }
         }
         Err(s) => {
             status(w, s);
-            put_wcc(w, None);
+            put_wcc(w, None, None);
         }
     }
     Ok(())
