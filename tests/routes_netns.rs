@@ -12,11 +12,12 @@ use support::in_new_netns;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
+use devbox::hint::Hint;
 use devbox::host::{ApplyTarget, FileSpec, HostError, HostPlan, Outcome, apply_to};
-use devbox::net::routes::{
+use devbox::net::{HostOnlyNet, HostRoute, Tap, host_routes};
+use devbox::routes::{
     DockerSubnets, PlannedRoute, RouteError, RoutePlan, removal_plan_for, route_plan_for,
 };
-use devbox::net::{HostOnlyNet, HostRoute, Tap, host_routes};
 
 /// The machine's TAP `dbx<index>`, up, with the host's address: what a running machine has.
 fn machine_tap(index: u8) -> (Tap, HostOnlyNet) {

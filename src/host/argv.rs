@@ -1,12 +1,11 @@
 //! Every external command the applier runs (or shows in `--dry-run`), as argv lists, and the
-//! parse of macOS's `netstat -rn -f inet`. Pure, so both platforms' commands are tested on
-//! either.
+//! plan's dry-run text made of them. Pure, so both platforms' commands are tested on either.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::fmt;
+use std::net::SocketAddr;
 
-use super::plan::{HostFilter, HostOs, ServiceUnit};
-use crate::net::routes::PlannedRoute;
-use crate::net::{HostRoute, Ipv4Net};
+use super::plan::{HostFilter, HostOs, HostPlan, ResolvedLink, ServiceUnit, Step};
+use crate::routes::PlannedRoute;
 
 fn argv(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| s.to_string()).collect()
@@ -73,6 +72,36 @@ pub fn systemctl_argv(args: &[&str]) -> Vec<String> {
     v
 }
 
+/// Linux: the `resolvectl` commands (argv) that route `domains` to `server` on `link` (the
+/// machine's TAP). These settings live as long as the link and resolved's state do, so they
+/// are applied again at every machine start.
+pub fn resolved_commands(link: &str, domains: &[String], server: SocketAddr) -> Vec<Vec<String>> {
+    // Plain IP for port 53 so that systemd versions without `ip:port` support still work.
+    let dns = if server.port() == 53 {
+        server.ip().to_string()
+    } else {
+        server.to_string()
+    };
+    let mut domain = argv(&["resolvectl", "domain", link]);
+    domain.extend(domains.iter().map(|d| format!("~{d}")));
+    vec![
+        argv(&["resolvectl", "dns", link, &dns]),
+        domain,
+        // Keep every other query off this link.
+        argv(&["resolvectl", "default-route", link, "false"]),
+    ]
+}
+
+/// [`resolved_commands`] for one plan item.
+pub(super) fn resolved_argvs(r: &ResolvedLink) -> Vec<Vec<String>> {
+    resolved_commands(&r.link, &r.domains, r.server)
+}
+
+/// Linux: the `resolvectl` command that undoes [`resolved_commands`] on `link`.
+pub fn resolved_revert(link: &str) -> Vec<String> {
+    argv(&["resolvectl", "revert", link])
+}
+
 /// Commands that start a unit now and at every boot. launchd refuses to bootstrap a job
 /// that is loaded already, so the applier boots it out first and ignores that failure.
 pub(super) fn unit_load_argvs(os: HostOs, u: &ServiceUnit) -> Vec<Vec<String>> {
@@ -115,51 +144,75 @@ pub(super) fn join_argv(argv: &[String]) -> String {
         .join(" ")
 }
 
-/// Parses the IPv4 table printed by macOS `netstat -rn -f inet`. Destinations come
-/// abbreviated (`172.18/16`, `192.168.64` for a /24, `127` for a /8, a full address for a
-/// host route) and `default`; gateways are addresses, `link#N` or MAC addresses (shown as no
-/// gateway). Lines that are not routes are skipped.
-pub fn parse_netstat_routes(text: &str) -> Vec<HostRoute> {
-    text.lines()
-        .filter_map(|line| {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.len() < 4 {
-                return None;
+impl HostPlan {
+    /// The plan as the commands it amounts to on `os`, one per line (the `--dry-run` text).
+    pub fn render(&self, os: HostOs) -> String {
+        let mut out = format!("# devbox host plan for {os}");
+        if !self.command.is_empty() {
+            out.push_str(&format!(" (devbox {})", self.command));
+        }
+        out.push('\n');
+        let steps = self.steps();
+        if steps.is_empty() {
+            out.push_str("# nothing to change\n");
+        }
+        for step in steps {
+            for line in step_lines(&step, os) {
+                out.push_str(&line);
+                out.push('\n');
             }
-            let dest = parse_netstat_dest(cols[0])?;
-            let gateway = cols[1].parse::<Ipv4Addr>().ok().map(IpAddr::V4);
-            Some(HostRoute {
-                dest,
-                gateway,
-                interface: cols[3].to_owned(),
-            })
-        })
-        .collect()
+        }
+        out
+    }
 }
 
-fn parse_netstat_dest(s: &str) -> Option<Ipv4Net> {
-    if s == "default" {
-        return Some(Ipv4Net::default());
+impl fmt::Display for HostPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.render(HostOs::current()))
     }
-    let (addr, prefix) = match s.split_once('/') {
-        Some((a, p)) => (a, Some(p.parse::<u8>().ok()?)),
-        None => (s, None),
-    };
-    // A `%scope` suffix belongs to link-local entries; the address is before it.
-    let addr = addr.split('%').next()?;
-    let octets: Vec<u8> = addr
-        .split('.')
-        .map(|o| o.parse::<u8>().ok())
-        .collect::<Option<_>>()?;
-    if octets.is_empty() || octets.len() > 4 {
-        return None;
+}
+
+/// The text lines for one step; `apply` reports with the same words.
+pub(super) fn step_lines(step: &Step<'_>, os: HostOs) -> Vec<String> {
+    let machine = |r: &PlannedRoute| format!("  # machine {}", r.machine);
+    match step {
+        Step::UnloadUnit(u) => unit_unload_argvs(os, u)
+            .iter()
+            .map(|a| join_argv(a))
+            .collect(),
+        Step::LoadUnit(u) => unit_load_argvs(os, u)
+            .iter()
+            .map(|a| join_argv(a))
+            .collect(),
+        Step::ReloadUnits => unit_reload_argv(os)
+            .map(|a| join_argv(&a))
+            .into_iter()
+            .collect(),
+        Step::RemoveRoute(r) => vec![match os {
+            HostOs::Linux => join_argv(&ip_route_argv("del", r)) + &machine(r),
+            HostOs::Macos => join_argv(&route_delete_argv(r)) + &machine(r),
+        }],
+        Step::AddRoute(r) => vec![match os {
+            HostOs::Linux => join_argv(&ip_route_argv("add", r)) + &machine(r),
+            HostOs::Macos => join_argv(&route_add_argv(r)) + &machine(r),
+        }],
+        Step::SetResolved(r) => match os {
+            HostOs::Linux => resolved_argvs(r).iter().map(|a| join_argv(a)).collect(),
+            HostOs::Macos => vec![format!("# systemd-resolved on {}: not on macOS", r.link)],
+        },
+        Step::RevertResolved(link) => match os {
+            HostOs::Linux => vec![join_argv(&resolved_revert(link))],
+            HostOs::Macos => vec![format!("# systemd-resolved on {link}: not on macOS")],
+        },
+        Step::HostFilter(h) => vec![join_argv(&hostfilter_argv(h))],
+        Step::RemoveFile(p) => vec![format!("rm -f {}", p.display())],
+        Step::WriteFile(f) => vec![format!(
+            "write {} (mode {:04o}, {} bytes)",
+            f.path.display(),
+            f.mode,
+            f.contents.len()
+        )],
     }
-    let prefix = prefix.unwrap_or(8 * octets.len() as u8);
-    let mut full = [0u8; 4];
-    full[..octets.len()].copy_from_slice(&octets);
-    Ipv4Net::new(Ipv4Addr::from(full), prefix)
-        .ok()
-        .map(|n| n.trunc())
 }
 
 #[cfg(test)]
@@ -167,39 +220,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn netstat_destinations_are_expanded() {
-        let text = "\
-Routing tables
-
-Internet:
-Destination        Gateway            Flags               Netif Expire
-default            192.168.1.1        UGScg                 en0
-127                127.0.0.1          UCS                   lo0
-127.0.0.1          127.0.0.1          UH                    lo0
-169.254            link#6             UCS                   en0      !
-172.18/16          192.168.64.2       UGSc            bridge100
-192.168.1          link#6             UCS                   en0      !
-192.168.1.1/32     link#6             UCS                   en0      !
-192.168.1.1        a4:91:b1:0:0:1     UHLWIir               en0   1185
-224.0.0/4          link#6             UmCS                  en0      !
-";
-        let got: Vec<String> = parse_netstat_routes(text)
-            .iter()
-            .map(|r| r.to_string())
-            .collect();
+    fn resolvectl_plain_ip_on_port_53() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let cmds = resolved_commands(
+            "devbox0",
+            &s(&["dev.dev"]),
+            "192.168.64.1:53".parse().unwrap(),
+        );
         assert_eq!(
-            got,
-            [
-                "0.0.0.0/0 via 192.168.1.1 dev en0",
-                "127.0.0.0/8 via 127.0.0.1 dev lo0",
-                "127.0.0.1/32 via 127.0.0.1 dev lo0",
-                "169.254.0.0/16 dev en0",
-                "172.18.0.0/16 via 192.168.64.2 dev bridge100",
-                "192.168.1.0/24 dev en0",
-                "192.168.1.1/32 dev en0",
-                "192.168.1.1/32 dev en0",
-                "224.0.0.0/4 dev en0",
-            ]
+            cmds[0],
+            s(&["resolvectl", "dns", "devbox0", "192.168.64.1"])
+        );
+        let v6 = resolved_commands(
+            "devbox0",
+            &s(&["dev.dev"]),
+            "[fd00::1]:5353".parse().unwrap(),
+        );
+        assert_eq!(
+            v6[0],
+            s(&["resolvectl", "dns", "devbox0", "[fd00::1]:5353"])
         );
     }
 

@@ -1,7 +1,6 @@
 //! `MachineSpec`: the desired, validated description of a machine, stored as
 //! `machines/<name>/machine.yaml`. Everything here is pure: parsing and validation only.
 
-use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -9,7 +8,9 @@ use std::str::FromStr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::net::routes::DockerSubnets;
+pub use super::driver::Driver;
+use crate::hint::Hint;
+use crate::routes::DockerSubnets;
 
 /// Smallest memory a machine may have: the initramfs OS alone pins ~250 MiB.
 pub const MIN_MEMORY_MIB: u64 = 256;
@@ -42,8 +43,8 @@ pub enum SpecError {
     Tld { text: String, why: &'static str },
 }
 
-impl SpecError {
-    pub fn hint(&self) -> Option<String> {
+impl Hint for SpecError {
+    fn hint(&self) -> Option<String> {
         match self {
             SpecError::Share { .. } => {
                 Some("example: --share /home/me/src:/src (add :ro for read-only)".into())
@@ -51,25 +52,6 @@ impl SpecError {
             SpecError::DockerSubnet { .. } => Some("example: --docker-subnet 172.24.0.1/16".into()),
             _ => None,
         }
-    }
-}
-
-/// Which hypervisor runs the machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Driver {
-    Qemu,
-    Kvm,
-    Vz,
-}
-
-impl fmt::Display for Driver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Driver::Qemu => "qemu",
-            Driver::Kvm => "kvm",
-            Driver::Vz => "vz",
-        })
     }
 }
 
@@ -309,7 +291,7 @@ pub fn parse_docker_bip(text: &str) -> Result<Ipv4Net, SpecError> {
     };
     let net = Ipv4Net::from_str(text.trim())
         .map_err(|_| err("expected an IPv4 address with a prefix, e.g. 172.18.0.1/16".into()))?;
-    // Sizes and ranges are checked against the host's routes by `net::routes`.
+    // Sizes and ranges are checked against the host's routes by `crate::routes`.
     if net.prefix_len() > 30 {
         return Err(err(format!(
             "the prefix /{} leaves no room for containers",

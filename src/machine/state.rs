@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::lock::supervisor_alive;
-use super::store::{MachineDir, StoreError, write_atomic};
+use super::store::{MachineDir, StoreError};
+use crate::atomic_file::write_atomic;
 
 /// The phase the supervisor reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +45,26 @@ pub struct StateFile {
     /// detached and its errors reach the user only through this file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+}
+
+impl StateFile {
+    /// A supervisor's first state: starting, with nothing known yet.
+    pub fn starting(supervisor_pid: u32, started: String) -> StateFile {
+        StateFile {
+            phase: Phase::Starting,
+            step: "preparing".into(),
+            supervisor_pid,
+            vm_pid: None,
+            accel: None,
+            accel_reason: None,
+            started,
+            ready: None,
+            error: None,
+            disk: None,
+            guest_ip: None,
+            hint: None,
+        }
+    }
 }
 
 /// The state shown to users.

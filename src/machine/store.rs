@@ -5,12 +5,13 @@
 //! directory appears under its name only when complete: `create` assembles it under a
 //! dot-name and renames it into place.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use fs_err as fs;
 
 use super::spec::{MachineSpec, SpecError};
+use crate::atomic_file::{sync_dir, write_atomic};
+use crate::hint::Hint;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -35,8 +36,8 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
 }
 
-impl StoreError {
-    pub fn hint(&self) -> Option<String> {
+impl Hint for StoreError {
+    fn hint(&self) -> Option<String> {
         match self {
             StoreError::NotFound { .. } => Some("`devbox ls` lists the machines".into()),
             StoreError::Exists { name } => Some(format!(
@@ -255,6 +256,28 @@ impl MachineDir {
     pub fn supervisor_lock_path(&self) -> PathBuf {
         self.path.join("supervisor.lock")
     }
+    /// `dns.json`: the running machine's DNS server and owned domains (`crate::resolver`).
+    pub fn dns_state_path(&self) -> PathBuf {
+        self.path.join("dns.json")
+    }
+
+    /// The files a supervisor creates while it runs and removes when it ends; a supervisor
+    /// that died (SIGKILL) leaves them behind for the next command to remove.
+    pub fn runtime_files(&self) -> [PathBuf; 4] {
+        [
+            self.docker_socket_path(),
+            self.control_socket_path(),
+            self.qmp_socket_path(),
+            self.pid_path(),
+        ]
+    }
+
+    /// Removes [`MachineDir::runtime_files`] (absent ones are fine).
+    pub fn remove_runtime_files(&self) {
+        for path in self.runtime_files() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 
     /// Reads and validates `machine.yaml`; a parse error names the file, line and column.
     pub fn load_spec(&self) -> Result<MachineSpec, StoreError> {
@@ -303,49 +326,9 @@ impl MachineDir {
     }
 }
 
-/// Writes `bytes` to `path` atomically: temp file beside it, fsync, rename, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("creating a temp file in {}: {e}", dir.display()),
-            )
-        })?;
-    let with_path = |e: std::io::Error| {
-        std::io::Error::new(e.kind(), format!("writing {}: {e}", path.display()))
-    };
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(with_path)?;
-    tmp.write_all(bytes).map_err(with_path)?;
-    tmp.as_file().sync_all().map_err(with_path)?;
-    tmp.persist(path).map_err(|e| with_path(e.error))?;
-    sync_dir(dir)
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    fs::File::open(dir)?.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn atomic_write_replaces_whole_file() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("f");
-        write_atomic(&p, b"one", 0o600).unwrap();
-        write_atomic(&p, b"two", 0o600).unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().collect();
-        assert_eq!(left.len(), 1, "no temp files left behind");
-    }
 
     #[test]
     fn staging_is_removed_unless_committed() {
