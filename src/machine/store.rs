@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use fs_err as fs;
 
-use super::spec::{MachineSpec, SpecError};
+use super::spec::{InvalidField, MachineSpec, SpecError};
 use crate::atomic_file::{sync_dir, write_atomic};
 use crate::hint::Hint;
 
@@ -26,9 +26,12 @@ pub enum StoreError {
         column: usize,
         message: String,
     },
-    #[error("{path} is not a valid machine spec")]
+    #[error("{}:{line}: {field} is not valid", path.display())]
     Invalid {
         path: PathBuf,
+        /// The line of the field (1 when it could not be found).
+        line: usize,
+        field: String,
         #[source]
         source: SpecError,
     },
@@ -315,7 +318,12 @@ impl MachineDir {
             });
         }
         spec.validate(&super::spec::HostLimits::of_this_host())
-            .map_err(|source| StoreError::Invalid { path, source })?;
+            .map_err(|InvalidField { field, source }| StoreError::Invalid {
+                path,
+                line: yaml_line(&text, &field),
+                field,
+                source,
+            })?;
         Ok(spec)
     }
 
@@ -326,9 +334,74 @@ impl MachineDir {
     }
 }
 
+/// The line of `field` (`cpus`, `network.subnet`, `shares[1].guest_path`) in `machine.yaml`
+/// as devbox writes it (block style, one key per line, list items as `- key: …`); 1 when it
+/// is not found. Only for messages: it never decides anything.
+fn yaml_line(text: &str, field: &str) -> usize {
+    let lines: Vec<&str> = text.lines().collect();
+    // Where a line's key starts: after its indentation and the `- ` of a list item.
+    let key_indent = |i: usize| lines[i].len() - lines[i].trim_start_matches([' ', '-']).len();
+    let key_is = |i: usize, key: &str| {
+        lines[i]
+            .trim_start_matches([' ', '-'])
+            .split_once(':')
+            .is_some_and(|(k, _)| k == key)
+    };
+    let filled = |i: &usize| !lines[*i].trim().is_empty();
+    let is_item = |i: &usize| lines[*i].trim_start().starts_with("- ");
+    // The lines to search and the indentation of their keys.
+    let (mut lo, mut hi, mut indent) = (0, lines.len(), 0);
+    let mut found = None;
+    for part in field.split('.') {
+        let (key, index) = match part.split_once('[') {
+            Some((k, i)) => (k, i.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let Some(at) = (lo..hi).find(|&i| key_indent(i) == indent && key_is(i, key)) else {
+            break;
+        };
+        found = Some(at);
+        // The key's block: the lines after it that are indented deeper.
+        let end = (at + 1..hi)
+            .find(|&i| filled(&i) && key_indent(i) <= key_indent(at))
+            .unwrap_or(hi);
+        match index {
+            None => {
+                lo = at + 1;
+                hi = end;
+                indent = (lo..hi).find(filled).map_or(usize::MAX, key_indent);
+            }
+            Some(n) => {
+                let items: Vec<usize> = (at + 1..end).filter(is_item).collect();
+                let Some(&item) = items.get(n) else { break };
+                found = Some(item);
+                lo = item;
+                hi = items.get(n + 1).copied().unwrap_or(end);
+                indent = key_indent(item);
+            }
+        }
+    }
+    found.map_or(1, |i| i + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_are_found_by_their_line() {
+        let text = "name: dev\ncpus: 2\nnetwork:\n  index: 0\n  subnet: 192.0.0.0/2\n\
+                    docker:\n  bridge: 172.18.0.1/16\n  pool: 8.8.0.0/16\nshares:\n\
+                    - host_path: /a\n  guest_path: /a\n- host_path: /b\n  guest_path: /b/../c\n\
+                    tld: dev\n";
+        assert_eq!(yaml_line(text, "cpus"), 2);
+        assert_eq!(yaml_line(text, "network.subnet"), 5);
+        assert_eq!(yaml_line(text, "docker.pool"), 8);
+        assert_eq!(yaml_line(text, "shares[1].guest_path"), 13);
+        assert_eq!(yaml_line(text, "shares[0].host_path"), 10);
+        assert_eq!(yaml_line(text, "tld"), 14);
+        assert_eq!(yaml_line(text, "nothing.here"), 1);
+    }
 
     #[test]
     fn staging_is_removed_unless_committed() {
