@@ -129,7 +129,9 @@ impl<'a> Supervisor<'a> {
 
         self.state.step("exporting shares");
         let (nfs_server, mounts) = sys::start_nfs(&io, self.spec)?;
-        self.parts.hold("NFS server", nfs_server);
+        if let Some(server) = nfs_server {
+            self.parts.hold("NFS server", server);
+        }
 
         // A static guest's address is known now, and the guest resolves through this server;
         // a DHCP guest's comes with its report, after boot.
