@@ -13,6 +13,7 @@
 //! 6. the resolver watcher and the readiness watcher; then the event loop (`event_loop.rs`)
 //!    until the machine ends, and every part stopped in reverse order.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -23,19 +24,20 @@ use nix::sys::signal::SigSet;
 
 use super::event_loop::{self, Guest, Running};
 use super::host_net::{self, HostNet};
-use super::parts::{Part, Parts};
+use super::parts::Parts;
+use super::report::Awaited;
+use super::routes::{Routes, add_routes, forget_routes};
 use super::state::StateWriter;
 use super::watchers::{self, ResolverWatch};
-use super::{Event, control, log, report, sys};
-use crate::host::{self, HostFilter, HostPlan};
+use super::{Event, client, control, log, report, sys};
+use crate::host::HostFilter;
 use crate::hypervisor::{self, BootConfig, Hypervisor};
 use crate::image::Image;
 use crate::machine::{
     Addressing, Capabilities, GuestAccess, Link, MachineDir, MachineSpec, Store, config_drive,
 };
-use crate::net::{self, HostOnlyNet, vmnet};
+use crate::net::{self, vmnet};
 use crate::resolver::ResolverSync;
-use crate::routes::{MachineRoutes, RoutesFile, removal_plan_for, route_plan_for};
 use crate::{dns, image, ssh};
 
 /// One machine's supervisor, from bring-up to the end.
@@ -93,20 +95,8 @@ impl<'a> Supervisor<'a> {
 
     fn bring_up(&mut self, sigs: SigSet) -> Result<BroughtUp> {
         let image = image::find(&self.store.cache, Some(&self.spec.image))?;
-        let hv = hypervisor::for_driver(self.spec.driver)?;
-        hv.preflight()?;
+        let hv = self.driver()?;
         let caps = hv.capabilities();
-        self.state.update(|s| {
-            s.accel = Some(hv.accel().name.to_owned());
-            s.accel_reason = Some(hv.accel().reason.clone());
-        });
-        log(format!(
-            "driver {}, acceleration {} ({})",
-            hv.driver(),
-            hv.accel().name,
-            hv.accel().reason
-        ));
-
         let net = host_net::host_net(self.spec, caps)?;
         if caps.link != Link::None {
             // First, so that even a start that fails from here on forgets what an earlier
@@ -115,31 +105,19 @@ impl<'a> Supervisor<'a> {
                 .add(Routes::new(self.store, self.spec, caps, net.hostonly));
         }
         let tap = self.tap(&net)?;
-
-        // Host services run on one small tokio runtime; the machine's own threads stay plain.
-        let io = Arc::new(
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .thread_name("io")
-                .enable_all()
-                .build()
-                .context("starting the I/O runtime")?,
-        );
-        self.parts.hold("I/O runtime", io.clone());
+        let io = self.io_runtime()?;
 
         self.state.step("exporting shares");
         let (nfs_server, mounts) = sys::start_nfs(&io, self.spec)?;
         if let Some(server) = nfs_server {
             self.parts.hold("NFS server", server);
         }
-
         // A static guest's address is known now, and the guest resolves through this server;
         // a DHCP guest's comes with its report, after boot.
-        let mut dns_server = None;
-        if caps.addressing == Addressing::Static {
-            dns_server = Some(self.dns(&io, &net, net.hostonly.guest_ip)?);
-        }
-
+        let mut dns_server = match caps.addressing {
+            Addressing::Static => Some(self.dns(&io, &net, net.hostonly.guest_ip)?),
+            Addressing::Dhcp => None,
+        };
         self.state.step("writing the config drive");
         self.write_config_drive(&image, &net, &mounts)?;
 
@@ -149,9 +127,7 @@ impl<'a> Supervisor<'a> {
             Link::DriverNat => net::vmnet_bridges()?,
             Link::Tap | Link::None => Default::default(),
         };
-        let vm = self.boot(hv.as_ref(), &image, tap)?;
-        let mut vm = Guest::new(vm);
-
+        let mut vm = Guest::new(self.boot(hv.as_ref(), &image, tap)?);
         control::serve(
             &self.dir.control_socket_path(),
             self.tx.clone(),
@@ -161,19 +137,12 @@ impl<'a> Supervisor<'a> {
 
         let guest_ip = match caps.addressing {
             Addressing::Static => net.hostonly.guest_ip,
-            Addressing::Dhcp => {
-                self.state.step("waiting for the guest's address");
-                let ip = match report::await_guest_address(vm.as_mut(), &self.rx, self.deadline)? {
-                    report::Awaited::Address(ip) => ip,
-                    report::Awaited::Stopped(why) => return Ok(BroughtUp::Stopped(why)),
-                };
-                log(format!("the guest reported its address {ip}"));
-                self.state.update(|s| s.guest_ip = Some(ip));
-                self.route_nat_link(ip, &bridges_before)?;
-                ip
-            }
+            Addressing::Dhcp => match self.reported_address(&mut vm, &bridges_before)? {
+                Awaited::Address(ip) => ip,
+                Awaited::Stopped(why) => return Ok(BroughtUp::Stopped(why)),
+            },
         };
-        let dns_server = match dns_server {
+        let dns_server = match dns_server.take() {
             Some(d) => d,
             None => self.dns(&io, &net, guest_ip)?,
         };
@@ -188,16 +157,77 @@ impl<'a> Supervisor<'a> {
         self.parts
             .add(ResolverWatch::spawn(resolver, records.clone()));
 
-        let target = match caps.guest {
+        let target = self.watch_readiness(caps, &mut vm, guest_ip)?;
+        Ok(BroughtUp::Running(Running {
+            vm,
+            target,
+            records,
+            io: io.handle().clone(),
+        }))
+    }
+
+    /// The machine's driver, checked, with its acceleration recorded.
+    fn driver(&self) -> Result<Box<dyn Hypervisor>> {
+        let hv = hypervisor::for_driver(self.spec.driver)?;
+        hv.preflight()?;
+        self.state.update(|s| {
+            s.accel = Some(hv.accel().name.to_owned());
+            s.accel_reason = Some(hv.accel().reason.clone());
+        });
+        log(format!(
+            "driver {}, acceleration {} ({})",
+            hv.driver(),
+            hv.accel().name,
+            hv.accel().reason
+        ));
+        Ok(hv)
+    }
+
+    /// Host services run on one small tokio runtime; the machine's own threads stay plain.
+    fn io_runtime(&mut self) -> Result<Arc<tokio::runtime::Runtime>> {
+        let io = Arc::new(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("io")
+                .enable_all()
+                .build()
+                .context("starting the I/O runtime")?,
+        );
+        self.parts.hold("I/O runtime", io.clone());
+        Ok(io)
+    }
+
+    /// A DHCP guest's address, from its report, with its link routed (or why it stopped
+    /// first).
+    fn reported_address(
+        &mut self,
+        vm: &mut Guest,
+        bridges_before: &BTreeMap<String, vmnet::Bridge>,
+    ) -> Result<Awaited> {
+        self.state.step("waiting for the guest's address");
+        let awaited = report::await_guest_address(vm.as_mut(), &self.rx, self.deadline)?;
+        if let Awaited::Address(ip) = awaited {
+            log(format!("the guest reported its address {ip}"));
+            self.state.update(|s| s.guest_ip = Some(ip));
+            self.route_nat_link(ip, bridges_before)?;
+        }
+        Ok(awaited)
+    }
+
+    /// Starts the readiness watcher the driver's capabilities call for; returns the SSH
+    /// target when the guest is reached over SSH.
+    fn watch_readiness(
+        &self,
+        caps: Capabilities,
+        vm: &mut Guest,
+        guest_ip: Ipv4Addr,
+    ) -> Result<Option<ssh::Target>> {
+        let (state, tx) = (self.state.clone(), self.tx.clone());
+        match caps.guest {
             GuestAccess::Ssh => {
-                let target = ssh_target_at(self.dir, guest_ip)?;
-                watchers::spawn_ready_over_ssh(
-                    target.clone(),
-                    self.deadline,
-                    self.state.clone(),
-                    self.tx.clone(),
-                );
-                Some(target)
+                let target = client::ssh_target_at(self.dir, guest_ip)?;
+                watchers::spawn_ready_over_ssh(target.clone(), self.deadline, state, tx);
+                Ok(Some(target))
             }
             GuestAccess::DriverReport => {
                 let report = vm.as_mut().take_ready_report().ok_or_else(|| {
@@ -206,21 +236,10 @@ impl<'a> Supervisor<'a> {
                         self.spec.driver
                     )
                 })?;
-                watchers::spawn_ready_from_driver(
-                    report,
-                    self.deadline,
-                    self.state.clone(),
-                    self.tx.clone(),
-                );
-                None
+                watchers::spawn_ready_from_driver(report, self.deadline, state, tx);
+                Ok(None)
             }
-        };
-        Ok(BroughtUp::Running(Running {
-            vm,
-            target,
-            records,
-            io: io.handle().clone(),
-        }))
+        }
     }
 
     /// For a TAP link: checks that the host-only /24 is still free, creates and configures
@@ -258,7 +277,7 @@ impl<'a> Supervisor<'a> {
     fn route_nat_link(
         &mut self,
         ip: Ipv4Addr,
-        before: &std::collections::BTreeMap<String, vmnet::Bridge>,
+        before: &BTreeMap<String, vmnet::Bridge>,
     ) -> Result<()> {
         let link = vmnet::nat_link(&self.spec.name, ip, before, &net::vmnet_bridges()?)?;
         if link.members.len() > 1 {
@@ -389,110 +408,5 @@ fn rotate_serial_log(dir: &MachineDir) {
     let log_path = dir.serial_log_path();
     if log_path.exists() {
         let _ = std::fs::rename(&log_path, log_path.with_extension("log.1"));
-    }
-}
-
-/// The SSH target for a machine whose guest is at `ip`.
-pub(super) fn ssh_target_at(dir: &MachineDir, ip: Ipv4Addr) -> Result<ssh::Target> {
-    let host_key = fs_err::read_to_string(dir.host_pub_path())?;
-    Ok(ssh::Target {
-        addr: std::net::SocketAddr::new(ip.into(), 22),
-        user: "root".into(),
-        identity: dir.client_key_path(),
-        host_key: host_key.trim().to_owned(),
-    })
-}
-
-/// Routes the machine's Docker subnets via its guest IP on `link` (its TAP, or the vmnet
-/// bridge of a vz machine, whose host filter is lifted with `hostfilters`) through the host
-/// applier, and records them for the boot-time job (`devbox routes install`).
-fn add_routes(
-    store: &Store,
-    spec: &MachineSpec,
-    guest_ip: Ipv4Addr,
-    link: &str,
-    hostfilters: Vec<HostFilter>,
-) -> Result<()> {
-    let table = net::host_routes()?;
-    let plan = HostPlan {
-        hostfilters,
-        ..HostPlan::routes(
-            format!("start {}", spec.name),
-            route_plan_for(&spec.name, &spec.docker, guest_ip, link, &table)?,
-        )
-    };
-    host::apply(&plan, false)?;
-    RoutesFile::new(&store.home).record(
-        &spec.name,
-        MachineRoutes {
-            guest_ip,
-            interface: link.to_owned(),
-            docker: spec.docker,
-        },
-    )?;
-    log(format!(
-        "routes: {} via {guest_ip} on {link}",
-        spec.docker.routed().map(|n| n.to_string()).join(", "),
-    ));
-    Ok(())
-}
-
-/// Takes the machine's routes away (for a TAP the kernel already dropped them with the
-/// device; this also covers a TAP that outlived us) and removes the machine from the routes
-/// state. A machine on its driver's NAT is routed where its start recorded (its address and
-/// bridge), if it got that far; `hostonly` is the TAP machine's network.
-fn forget_routes(store: &Store, spec: &MachineSpec, hostonly: Option<HostOnlyNet>) {
-    let file = RoutesFile::new(&store.home);
-    let (guest_ip, link) = match hostonly {
-        Some(h) => (h.guest_ip, h.tap_name()),
-        None => match file.load() {
-            Ok(st) => match st.machines.get(&spec.name) {
-                Some(m) => (m.guest_ip, m.interface.clone()),
-                None => return,
-            },
-            Err(e) => {
-                log(format!("reading {}: {e}", file.path().display()));
-                return;
-            }
-        },
-    };
-    match removal_plan_for(&spec.name, &spec.docker, guest_ip, &link) {
-        Ok(r) => {
-            if let Err(e) = host::apply(&HostPlan::routes(format!("stop {}", spec.name), r), false)
-            {
-                log(format!("removing routes: {e}"));
-            }
-        }
-        Err(e) => log(format!("removing routes: {e}")),
-    }
-    if let Err(e) = file.forget(&spec.name) {
-        log(format!("updating {}: {e}", file.path().display()));
-    }
-}
-
-/// The machine's routes, as a part: stopping it forgets them.
-struct Routes {
-    store: Store,
-    spec: MachineSpec,
-    /// The TAP machine's network; `None` on the driver's NAT (routes as recorded).
-    hostonly: Option<HostOnlyNet>,
-}
-
-impl Routes {
-    fn new(store: &Store, spec: &MachineSpec, caps: Capabilities, hostonly: HostOnlyNet) -> Self {
-        Routes {
-            store: store.clone(),
-            spec: spec.clone(),
-            hostonly: (caps.link == Link::Tap).then_some(hostonly),
-        }
-    }
-}
-
-impl Part for Routes {
-    fn name(&self) -> &str {
-        "routes"
-    }
-    fn stop(self: Box<Self>) {
-        forget_routes(&self.store, &self.spec, self.hostonly);
     }
 }

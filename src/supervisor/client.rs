@@ -272,7 +272,18 @@ pub fn require_running(dir: &MachineDir) -> Result<Observed> {
 /// The SSH target for a machine, at its current address ([`guest_address`]).
 pub fn ssh_target(dir: &MachineDir, spec: &MachineSpec) -> Result<ssh::Target> {
     let ip = guest_address(spec, &observe(dir)?)?;
-    super::bring_up::ssh_target_at(dir, ip)
+    ssh_target_at(dir, ip)
+}
+
+/// The SSH target for a machine whose guest is at `ip`, with its pinned host key.
+pub fn ssh_target_at(dir: &MachineDir, ip: std::net::Ipv4Addr) -> Result<ssh::Target> {
+    let host_key = fs_err::read_to_string(dir.host_pub_path())?;
+    Ok(ssh::Target {
+        addr: std::net::SocketAddr::new(ip.into(), 22),
+        user: "root".into(),
+        identity: dir.client_key_path(),
+        host_key: host_key.trim().to_owned(),
+    })
 }
 
 /// The running machine's DNS server and owned domains (`dns.json`).

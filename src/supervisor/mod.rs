@@ -24,8 +24,9 @@
 //! Files: `bring_up.rs` ([`Supervisor`]: every step from the image to the event loop),
 //! `event_loop.rs` (reacts to events until the guest ends), `watchers.rs` (the threads:
 //! `signals`, `ready`, `disk`, `resolver`), `state.rs` (the one writer of `state.json`),
-//! `control.rs` (the control socket), `client.rs` (the CLI's side), `host_net.rs`,
-//! `report.rs`, `parts.rs`, and `sys/` (the NFS server where it exists).
+//! `control.rs` (the control socket), `client.rs` (the CLI's side), `host_net.rs` (what the
+//! machine's link needs), `routes.rs` (its routes, as a part), `report.rs` (a DHCP guest's
+//! address), `parts.rs`, and `sys/` (the NFS server where it exists).
 //!
 //! Threads: the main one (bring-up, then the event loop), `control`, `signals`, `ready`,
 //! `disk`, `resolver`, and the `io` runtime's workers. They talk to the main one through one
@@ -38,6 +39,7 @@ mod event_loop;
 mod host_net;
 mod parts;
 mod report;
+mod routes;
 mod state;
 mod sys;
 mod watchers;
