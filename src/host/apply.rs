@@ -73,6 +73,9 @@ pub struct AppliedStep {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppliedReport {
     pub steps: Vec<AppliedStep>,
+    /// What in the host's own firewall may still drop a machine's outbound traffic (found
+    /// while adding its NAT), with the fix for each.
+    pub warnings: Vec<crate::nat::Blocker>,
 }
 
 impl AppliedReport {
@@ -123,7 +126,10 @@ pub fn apply_to(
                 outcome: Outcome::Planned,
             })
             .collect();
-        return Ok(AppliedReport { steps });
+        return Ok(AppliedReport {
+            steps,
+            warnings: Vec::new(),
+        });
     }
     check_privileges(plan, target)?;
 
@@ -144,7 +150,7 @@ pub fn apply_to(
     let mut report = AppliedReport::default();
     let mut added: Vec<&PlannedRoute> = Vec::new();
     for step in &steps {
-        let outcome = match run_step(step, os, target, &present) {
+        let outcome = match run_step(step, os, target, &present, &mut report.warnings) {
             Ok(o) => o,
             Err(e) => {
                 // Take back this call's routes so a failed apply leaves none half-made.
@@ -167,6 +173,14 @@ pub fn apply_to(
 
 fn check_privileges(plan: &HostPlan, target: &ApplyTarget) -> Result<(), HostError> {
     let routes = !plan.routes.add.is_empty() || !plan.routes.remove.is_empty();
+    let nat = !plan.nat_add.is_empty() || !plan.nat_remove.is_empty();
+    if nat && !sys::can_change_routes() {
+        return Err(HostError::NoPrivilege {
+            what: "changing the host's NAT and forwarding".into(),
+            privilege: sys::ROUTE_PRIVILEGE,
+            command: plan.command.clone(),
+        });
+    }
     if (routes || !plan.hostfilters.is_empty()) && !sys::can_change_routes() {
         return Err(HostError::NoPrivilege {
             what: "changing the host's routes".into(),
@@ -200,6 +214,7 @@ fn run_step(
     os: HostOs,
     target: &ApplyTarget,
     present: &dyn Fn(&PlannedRoute) -> bool,
+    warnings: &mut Vec<crate::nat::Blocker>,
 ) -> Result<Outcome, HostError> {
     let not_managed = || Outcome::Skipped("service managers are not used for a test root".into());
     match step {
@@ -208,6 +223,12 @@ fn run_step(
         Step::RemoveRoute(r) if !present(r) => Ok(Outcome::AlreadyDone),
         Step::RemoveRoute(r) => sys::delete_route(r).map(|()| Outcome::Done),
         Step::HostFilter(h) => sys::hostfilter(h).map(|()| Outcome::Done),
+        Step::AddNat(link) => {
+            let (outcome, found) = sys::add_nat(link)?;
+            warnings.extend(found);
+            Ok(outcome)
+        }
+        Step::RemoveNat(link) => sys::remove_nat(link),
         Step::SetResolved(_) | Step::RevertResolved(_) if !target.manage_services => Ok(
             Outcome::Skipped("systemd-resolved is not used for a test root".into()),
         ),

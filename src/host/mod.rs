@@ -1,5 +1,6 @@
 //! The one privileged door: everything devbox changes on the host outside `$DEVBOX_HOME`
-//! (routes to the machines' Docker subnets, vmnet host filters, systemd-resolved's settings
+//! (routes to the machines' Docker subnets, the machines' outbound NAT and `ip_forward`, vmnet
+//! host filters, systemd-resolved's settings
 //! for a machine's link, the `/etc/resolver/*` files, and the service units that restore
 //! routes at boot) is first computed as a [`HostPlan`] by pure code, then carried out by
 //! [`apply`], which refuses anything outside devbox's own subnets, links and files (see
@@ -10,7 +11,8 @@
 //!   `resolvectl`, `systemctl`, `launchctl`), and the plan's `--dry-run` text made of them
 //!   (Linux and macOS).
 //! - `apply.rs`: the applier; `sys/linux.rs` (rtnetlink) and `sys/macos.rs` (`route`,
-//!   `ifconfig`) change the routes, `resolvectl` the resolver links, `systemctl`/`launchctl`
+//!   `ifconfig`) change the routes, `sys/nat_linux.rs` the NAT (`nft`, `iptables`, under the
+//!   host-wide lock `/var/lib/devbox/host.lock`; what to change comes from `crate::nat`), `resolvectl` the resolver links, `systemctl`/`launchctl`
 //!   load the units.
 //! - `units.rs`: the launchd plist and systemd units that rerun `devbox routes apply` at boot
 //!   and whenever the routes state file changes, and the plans that install and remove them.
@@ -39,6 +41,7 @@ pub use units::{
 };
 
 use crate::hint::Hint;
+use crate::nat::NatError;
 use crate::net::NetError;
 use crate::routes::RouteError;
 
@@ -58,6 +61,8 @@ pub enum HostError {
     Route(#[from] RouteError),
     #[error(transparent)]
     Net(#[from] NetError),
+    #[error(transparent)]
+    Nat(#[from] NatError),
     #[error("cannot {what} {}", path.display())]
     Io {
         what: &'static str,
@@ -97,6 +102,7 @@ impl Hint for HostError {
             HostError::NoPrivilege { command, .. } => Some(format!("run `sudo devbox {command}`")),
             HostError::Route(e) => e.hint(),
             HostError::Net(e) => e.hint(),
+            HostError::Nat(e) => e.hint(),
             _ => None,
         }
     }

@@ -79,9 +79,9 @@ pub struct ResolvedLink {
 }
 
 /// Everything one privileged run changes on the host. The applier runs the steps in the
-/// order [`HostPlan::steps`] lists them: stop units, remove routes, revert resolved links,
-/// remove files, write files, add routes, set resolved links, host filters, reload and
-/// start units.
+/// order [`HostPlan::steps`] lists them: stop units, remove routes, remove NAT, revert
+/// resolved links, remove files, write files, add routes, add NAT, set resolved links, host
+/// filters, reload and start units.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostPlan {
     /// The devbox verb that computed the plan (`routes apply`), named in privilege errors.
@@ -103,6 +103,13 @@ pub struct HostPlan {
     /// systemd-resolved links whose devbox settings to drop (`resolvectl revert`; Linux).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resolved_revert: Vec<String>,
+    /// Machine links (`dbxN`) whose host-only /24 to forward and masquerade out of the host's
+    /// other interfaces (Linux: devbox's nftables table, `crate::nat`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nat_add: Vec<String>,
+    /// Machine links whose NAT to take away.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nat_remove: Vec<String>,
 }
 
 /// One step of a plan, in execution order.
@@ -110,10 +117,12 @@ pub struct HostPlan {
 pub(super) enum Step<'p> {
     UnloadUnit(&'p ServiceUnit),
     RemoveRoute(&'p PlannedRoute),
+    RemoveNat(&'p str),
     RevertResolved(&'p str),
     RemoveFile(&'p Path),
     WriteFile(&'p FileSpec),
     AddRoute(&'p PlannedRoute),
+    AddNat(&'p str),
     SetResolved(&'p ResolvedLink),
     HostFilter(&'p HostFilter),
     ReloadUnits,
@@ -147,15 +156,21 @@ impl HostPlan {
         self.resolved.sort();
         self.resolved_revert.sort();
         self.resolved_revert.dedup();
+        self.nat_add.sort();
+        self.nat_add.dedup();
+        self.nat_remove.sort();
+        self.nat_remove.dedup();
     }
 
     pub(super) fn steps(&self) -> Vec<Step<'_>> {
         let mut steps: Vec<Step> = self.unload_units.iter().map(Step::UnloadUnit).collect();
         steps.extend(self.routes.remove.iter().map(Step::RemoveRoute));
+        steps.extend(self.nat_remove.iter().map(|l| Step::RemoveNat(l)));
         steps.extend(self.resolved_revert.iter().map(|l| Step::RevertResolved(l)));
         steps.extend(self.remove_files.iter().map(|p| Step::RemoveFile(p)));
         steps.extend(self.write_files.iter().map(Step::WriteFile));
         steps.extend(self.routes.add.iter().map(Step::AddRoute));
+        steps.extend(self.nat_add.iter().map(|l| Step::AddNat(l)));
         steps.extend(self.resolved.iter().map(Step::SetResolved));
         steps.extend(self.hostfilters.iter().map(Step::HostFilter));
         let units_changed = !self.load_units.is_empty() || !self.unload_units.is_empty();
@@ -168,6 +183,7 @@ impl HostPlan {
 
     /// The allowlist: routes only to private Docker subnets via a machine's guest IP on its
     /// own `dbxN` TAP, or via a private address on a vmnet bridge (`bridgeN`, vz machines);
+    /// NAT only for `dbxN` links (each for the /24 its index gives, nothing else);
     /// files only directly inside `/etc/resolver/`, as `/etc/systemd/system/devbox-*` or
     /// `/Library/LaunchDaemons/dev.devbox.*`; units only those files; resolved settings only
     /// on `dbxN` links, for domains under the machine's TLD. The first item outside it fails
@@ -204,6 +220,15 @@ impl HostPlan {
         }
         for link in &self.resolved_revert {
             check_resolved(link, &[], "")?;
+        }
+        for link in self.nat_add.iter().chain(&self.nat_remove) {
+            if crate::nat::NatLink::of(link).is_none() {
+                return Err(refused(
+                    format!("change the outbound NAT of {link}"),
+                    "only devbox's own links (dbxN), for the host-only /24 their index gives"
+                        .into(),
+                ));
+            }
         }
         for h in &self.hostfilters {
             let ok_bridge = h

@@ -127,6 +127,8 @@ pub(crate) mod tests {
                 disk: None,
                 guest_ip: reported.map(|s| s.parse().unwrap()),
                 hint: None,
+                warnings: Vec::new(),
+                ports: Vec::new(),
             }),
         }
     }

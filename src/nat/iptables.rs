@@ -66,14 +66,18 @@ pub fn docker_user_insert_argvs(link: &str, subnet: &str) -> Vec<Vec<String>> {
 
 /// The `iptables -D DOCKER-USER …` commands that delete every rule tagged for `link`, from
 /// the chain as `iptables -S DOCKER-USER` prints it. Only lines carrying the exact tag as a
-/// whole word are taken; devbox's tags hold no spaces or quotes, so a line splits into the
-/// arguments iptables printed.
+/// whole word are taken (iptables-nft prints it in double quotes, iptables-legacy bare);
+/// devbox's tags hold no spaces, so such a line splits into the arguments iptables printed.
 pub fn docker_user_delete_argvs(listing: &str, link: &str) -> Vec<Vec<String>> {
     let tag = tag(link);
+    let quoted = format!("\"{tag}\"");
     listing
         .lines()
         .filter_map(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
+            let words: Vec<&str> = line
+                .split_whitespace()
+                .map(|w| if w == quoted { tag.as_str() } else { w })
+                .collect();
             let tagged = words.windows(2).any(|w| w[0] == "--comment" && w[1] == tag);
             match words.as_slice() {
                 ["-A", chain, rest @ ..] if *chain == DOCKER_USER && tagged => {
@@ -107,9 +111,10 @@ mod tests {
                 .contains("-o dbx0 -m conntrack --ctstate RELATED,ESTABLISHED")
         );
 
-        // As `iptables -S DOCKER-USER` prints it (iptables-nft 1.8.9).
+        // As `iptables -S DOCKER-USER` prints it: iptables-nft 1.8.9 quotes the comment,
+        // iptables-legacy does not.
         let listing = "-N DOCKER-USER\n\
-            -A DOCKER-USER -o dbx0 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment devbox:dbx0 -j ACCEPT\n\
+            -A DOCKER-USER -o dbx0 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment \"devbox:dbx0\" -j ACCEPT\n\
             -A DOCKER-USER -s 192.168.64.0/24 -i dbx0 ! -o dbx+ -m comment --comment devbox:dbx0 -j ACCEPT\n\
             -A DOCKER-USER -i dbx1 -m comment --comment devbox:dbx1 -j ACCEPT\n\
             -A DOCKER-USER -i dbx0 -m comment --comment devbox:dbx0x -j ACCEPT\n\
@@ -122,6 +127,8 @@ mod tests {
             "iptables -w 5 -D DOCKER-USER -s 192.168.64.0/24 -i dbx0 ! -o dbx+ -m comment \
              --comment devbox:dbx0 -j ACCEPT"
         );
+        assert!(!del[0].iter().any(|a| a.contains('"')), "{del:?}");
+        assert!(!del[0].iter().any(|a| a.contains('"')), "{del:?}");
         assert!(docker_user_delete_argvs(listing, "dbx2").is_empty());
     }
 }

@@ -56,7 +56,7 @@ const ANY_MACHINE: &str = "dbx*";
 /// nftables' `srcnat` priority.
 const SRCNAT: i32 = 100;
 
-/// One rule of devbox's table as `nft -j -a list table inet devbox` shows it: only what
+/// One rule of devbox's table as `nft -j list ruleset` shows it: only what
 /// devbox needs to find its own rules again.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct OwnRule {
@@ -75,35 +75,39 @@ pub struct DevboxTable {
 }
 
 impl DevboxTable {
-    /// Reads the output of `nft -j -a list table inet devbox`. Only chains and rules are
-    /// looked at, and of a rule only its chain, handle and comment: nothing else in the
-    /// table can make this fail.
-    pub fn parse(json: &str) -> Result<DevboxTable, NatError> {
+    /// Reads devbox's table out of `nft -j list ruleset` (handles are always in nft's JSON);
+    /// `None` when the table is absent. Only devbox's chains and rules are looked at, and of
+    /// a rule only its chain, handle and comment: nothing else in the ruleset can make this
+    /// fail.
+    pub fn parse(json: &str) -> Result<Option<DevboxTable>, NatError> {
         #[derive(Deserialize)]
         struct Listing {
             nftables: Vec<serde_json::Value>,
         }
-        #[derive(Deserialize)]
-        struct OwnChain {
-            name: String,
-        }
         let err = |why: String| NatError::Parse {
-            what: "devbox's nftables table",
+            what: "the host's nftables ruleset",
             why,
         };
+        let ours = |o: &serde_json::Value| {
+            let table = o.get("table").or(o.get("name")).and_then(|t| t.as_str());
+            o.get("family").and_then(|f| f.as_str()) == Some("inet") && table == Some(TABLE)
+        };
         let listing: Listing = serde_json::from_str(json).map_err(|e| err(e.to_string()))?;
+        let mut found = false;
         let mut table = DevboxTable::default();
         for obj in listing.nftables {
-            if let Some(rule) = obj.get("rule") {
+            if obj.get("table").is_some_and(|t| t.is_object() && ours(t)) {
+                found = true;
+            } else if let Some(rule) = obj.get("rule").filter(|r| ours(r)) {
                 table
                     .rules
                     .push(OwnRule::deserialize(rule).map_err(|e| err(e.to_string()))?);
-            } else if let Some(chain) = obj.get("chain") {
-                let c = OwnChain::deserialize(chain).map_err(|e| err(e.to_string()))?;
-                table.chains.insert(c.name);
+            } else if let Some(chain) = obj.get("chain").filter(|c| ours(c)) {
+                let name = chain.get("name").and_then(|n| n.as_str());
+                table.chains.insert(name.unwrap_or_default().to_owned());
             }
         }
-        Ok(table)
+        Ok(found.then_some(table))
     }
 
     fn has(&self, comment: &str) -> bool {
@@ -418,7 +422,7 @@ mod tests {
                 h += 1;
             }
         }
-        DevboxTable::parse(&listing(&rules)).unwrap()
+        DevboxTable::parse(&listing(&rules)).unwrap().unwrap()
     }
 
     fn commands(c: &NatChange) -> Vec<String> {
@@ -453,7 +457,11 @@ mod tests {
         assert_eq!(t.rules_of("dbx1"), 0);
         assert!(t.chains.contains("forward"));
         assert!(DevboxTable::parse("{").is_err());
-        assert!(DevboxTable::parse(r#"{"nftables":[{"rule":{"chain":"x"}}]}"#).is_err());
+        let bad = r#"{"nftables":[{"rule":{"family":"inet","table":"devbox","chain":"x"}}]}"#;
+        assert!(DevboxTable::parse(bad).is_err());
+        // Other tables' rules, even malformed, are not devbox's business; no table is None.
+        let other = r#"{"nftables":[{"rule":{"family":"ip","table":"filter","chain":"x"}}]}"#;
+        assert_eq!(DevboxTable::parse(other).unwrap(), None);
     }
 
     #[test]

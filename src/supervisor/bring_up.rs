@@ -4,7 +4,7 @@
 //!
 //! 1. the image and the driver (its preflight and [`Capabilities`]);
 //! 2. the host side of the network, from the capabilities (`host_net`): for a TAP link the
-//!    conflict check, the TAP and the routes to the Docker subnets;
+//!    conflict check, the TAP, the routes to the Docker subnets and the outbound NAT;
 //! 3. the I/O runtime, the NFS server for the shares, the DNS server (now for a static
 //!    address; after the guest's report for a DHCP one);
 //! 4. the config drive, then the boot;
@@ -24,6 +24,7 @@ use nix::sys::signal::SigSet;
 
 use super::event_loop::{self, Guest, Running};
 use super::host_net::{self, HostNet};
+use super::nat::Nat;
 use super::parts::Parts;
 use super::report::Awaited;
 use super::routes::{Routes, add_routes, forget_routes};
@@ -243,7 +244,7 @@ impl<'a> Supervisor<'a> {
     }
 
     /// For a TAP link: checks that the host-only /24 is still free, creates and configures
-    /// the TAP, and routes the Docker subnets over it.
+    /// the TAP, routes the Docker subnets over it, and forwards its traffic out (`nat`).
     fn tap(&mut self, net: &HostNet) -> Result<Option<net::Tap>> {
         let Some(setup) = &net.tap else {
             return Ok(None);
@@ -269,6 +270,10 @@ impl<'a> Supervisor<'a> {
             tap.name(),
             Vec::new(),
         )?;
+
+        self.state.step("forwarding the machine's traffic out");
+        let nat = Nat::add(&self.spec.name, tap.name(), &self.state)?;
+        self.parts.add(nat);
         Ok(Some(tap))
     }
 

@@ -33,3 +33,16 @@ pub fn delete_route(r: &PlannedRoute) -> Result<(), HostError> {
 pub fn hostfilter(h: &HostFilter) -> Result<(), HostError> {
     run(&hostfilter_argv(h))
 }
+
+/// macOS machines use vmnet's own NAT (the vz driver's link): devbox adds none.
+pub fn add_nat(link: &str) -> Result<(crate::host::Outcome, Vec<crate::nat::Blocker>), HostError> {
+    Err(HostError::Unsupported {
+        what: format!("devbox's outbound NAT for {link} (vmnet NATs the machine)"),
+        os: HostOs::Macos,
+    })
+}
+
+/// See [`add_nat`].
+pub fn remove_nat(link: &str) -> Result<crate::host::Outcome, HostError> {
+    add_nat(link).map(|(o, _)| o)
+}

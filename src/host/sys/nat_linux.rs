@@ -1,0 +1,241 @@
+//! Linux: a machine's outbound NAT through `nft` (devbox's table), `iptables` (Docker's
+//! `DOCKER-USER` chain, where it exists) and `/proc/sys/net/ipv4/ip_forward`, all in the
+//! caller's network namespace. What to change is computed by `crate::nat` from what the host
+//! holds now; this file reads the host, runs the commands, and holds the host-wide lock
+//! while it does, so machines starting and stopping at once see each other's rules (and the
+//! last one to stop is the one that puts `ip_forward` back).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use crate::host::HostError;
+use crate::host::apply::Outcome;
+use crate::nat::{
+    self, Blocker, DOCKER_USER, DevboxTable, NatError, NatLink, docker_user_delete_argvs,
+    docker_user_insert_argvs, find_blockers,
+};
+
+/// Serialises every change to devbox's table, DOCKER-USER and `ip_forward` on this host
+/// (D1: created root-owned by `devbox system install`, or here when running as root).
+const HOST_LOCK: &str = "/var/lib/devbox/host.lock";
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// Gives machine `link` its NAT: devbox's rules (replacing any an earlier run left), its
+/// DOCKER-USER rules on a host that runs Docker, and `ip_forward` on. Returns what in the
+/// host's own firewall may still drop the machine's traffic; fails without changing anything
+/// when that firewall certainly drops all of it.
+pub fn add_nat(link: &str) -> Result<(Outcome, Vec<Blocker>), HostError> {
+    let nat = nat_link(link)?;
+    let _lock = host_lock()?;
+    let ruleset = nft_output(&["-j", "list", "ruleset"])?;
+    let forward = iptables_output(&["-S", "FORWARD"]).unwrap_or(None);
+    let docker_user = iptables_output(&["-S", DOCKER_USER]).ok().flatten();
+    let report = find_blockers(&ruleset, forward.as_deref(), docker_user.is_some(), link)
+        .map_err(|e| parse_error(e.to_string()))?;
+    if let Some(b) = report.blockers.iter().find(|b| b.certain) {
+        return Err(NatError::Blocked {
+            link: link.to_owned(),
+            blocker: b.clone(),
+        }
+        .into());
+    }
+    let current = DevboxTable::parse(&ruleset)?;
+    let change = nat::add_change(current.as_ref(), &nat, read_forwarding()?);
+    nft_batch(&change.batch)?;
+    if change.enable_forwarding {
+        write_forwarding(true)?;
+    }
+    if let Some(listing) = &docker_user {
+        for argv in docker_user_delete_argvs(listing, link) {
+            run(&argv)?;
+        }
+        if report.use_docker_user {
+            for argv in docker_user_insert_argvs(link, &nat.subnet.to_string()) {
+                run(&argv)?;
+            }
+        }
+    }
+    Ok((Outcome::Done, report.blockers))
+}
+
+/// Takes machine `link`'s NAT away; the last machine's stop removes devbox's table and puts
+/// `ip_forward` back to 0 if devbox turned it on.
+pub fn remove_nat(link: &str) -> Result<Outcome, HostError> {
+    nat_link(link)?;
+    let _lock = host_lock()?;
+    let mut changed = false;
+    if let Some(listing) = iptables_output(&["-S", DOCKER_USER]).ok().flatten() {
+        for argv in docker_user_delete_argvs(&listing, link) {
+            run(&argv)?;
+            changed = true;
+        }
+    }
+    let ruleset = match nft_output(&["-j", "list", "ruleset"]) {
+        Ok(r) => r,
+        // Without nft there never were rules of devbox's.
+        Err(HostError::Nat(NatError::MissingTool { .. })) => return Ok(outcome(changed)),
+        Err(e) => return Err(e),
+    };
+    let Some(current) = DevboxTable::parse(&ruleset)? else {
+        return Ok(outcome(changed));
+    };
+    let Some(change) = nat::remove_change(&current, link) else {
+        return Ok(outcome(changed));
+    };
+    if change.restore_forwarding_off {
+        write_forwarding(false)?;
+    }
+    nft_batch(&change.batch)?;
+    Ok(Outcome::Done)
+}
+
+fn outcome(changed: bool) -> Outcome {
+    if changed {
+        Outcome::Done
+    } else {
+        Outcome::AlreadyDone
+    }
+}
+
+fn nat_link(link: &str) -> Result<NatLink, HostError> {
+    NatLink::of(link).ok_or_else(|| HostError::Refused {
+        item: format!("change the NAT of {link}"),
+        why: "only devbox's own links (dbxN)".into(),
+    })
+}
+
+fn parse_error(why: String) -> HostError {
+    NatError::Parse {
+        what: "the host's nftables ruleset",
+        why,
+    }
+    .into()
+}
+
+/// The host-wide lock, held until dropped. The directory is created when missing (as root);
+/// flock needs only a descriptor, which any user can have on the 0644 file.
+fn host_lock() -> Result<nix::fcntl::Flock<std::fs::File>, HostError> {
+    let path = Path::new(HOST_LOCK);
+    let io = |what, source| HostError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .or_else(|_| std::fs::File::open(path))
+        .map_err(|e| io("open", e))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| io("lock", e.into()))
+}
+
+fn read_forwarding() -> Result<bool, HostError> {
+    let v = std::fs::read_to_string(IP_FORWARD).map_err(|source| HostError::Io {
+        what: "read",
+        path: IP_FORWARD.into(),
+        source,
+    })?;
+    Ok(v.trim() != "0")
+}
+
+fn write_forwarding(on: bool) -> Result<(), HostError> {
+    std::fs::write(IP_FORWARD, if on { "1\n" } else { "0\n" }).map_err(|source| HostError::Io {
+        what: "write",
+        path: IP_FORWARD.into(),
+        source,
+    })
+}
+
+/// `nft ARGS`, its stdout; a missing `nft` is [`NatError::MissingTool`].
+fn nft_output(args: &[&str]) -> Result<String, HostError> {
+    let out = tool("nft", "nftables", args, None)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs one batch as one transaction: `nft -j -f -`.
+fn nft_batch(batch: &nftables::schema::Nftables) -> Result<(), HostError> {
+    let json = serde_json::to_vec(batch).expect("nftables types serialise");
+    tool("nft", "nftables", &["-j", "-f", "-"], Some(&json)).map(drop)
+}
+
+/// `iptables -w 5 ARGS`: `Ok(None)` when iptables is not installed (then there is no
+/// iptables firewall to read either), `Err` when it fails (a chain that does not exist).
+fn iptables_output(args: &[&str]) -> Result<Option<String>, HostError> {
+    let mut all = vec!["-w", "5"];
+    all.extend(args);
+    match tool("iptables", "iptables", &all, None) {
+        Ok(out) => Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned())),
+        Err(HostError::Nat(NatError::MissingTool { .. })) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn run(argv: &[String]) -> Result<(), HostError> {
+    let (program, args) = argv.split_first().expect("an argv has a program");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let package = if program == "nft" {
+        "nftables"
+    } else {
+        "iptables"
+    };
+    tool(program, package, &args, None).map(drop)
+}
+
+fn tool(
+    program: &str,
+    package: &'static str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> Result<Output, HostError> {
+    let line = || format!("{program} {}", args.join(" "));
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => HostError::Nat(NatError::MissingTool {
+                tool: if program == "nft" { "nft" } else { "iptables" },
+                package,
+            }),
+            _ => HostError::Spawn {
+                argv: line(),
+                source,
+            },
+        })?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input).map_err(|source| HostError::Spawn {
+            argv: line(),
+            source,
+        })?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|source| HostError::Spawn {
+            argv: line(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(HostError::Command {
+            argv: line(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(out)
+}
