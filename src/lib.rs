@@ -18,6 +18,7 @@ pub mod net;
 #[cfg(target_os = "linux")]
 pub mod nfs;
 pub mod output;
+pub mod ports;
 pub mod resolver;
 pub mod routes;
 pub mod ssh;

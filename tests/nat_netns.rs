@@ -270,7 +270,10 @@ fn a_machine_gets_out_and_nothing_else_is_forwarded() {
         assert_eq!(devbox_rules("dbx1"), None, "devbox's table is gone");
         assert_eq!(forwarding(), "0");
         assert!(!w.machine.gets(url));
-        assert!(!nat("stop", "dbx1").unwrap().changed(), "nothing left to remove");
+        assert!(
+            !nat("stop", "dbx1").unwrap().changed(),
+            "nothing left to remove"
+        );
     });
 }
 

@@ -162,6 +162,7 @@ impl<'a> Supervisor<'a> {
         Ok(BroughtUp::Running(Running {
             vm,
             target,
+            guest_ip,
             records,
             io: io.handle().clone(),
         }))
