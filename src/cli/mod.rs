@@ -28,7 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a machine (does not start it).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Start a machine and wait until Docker answers in it.
     Start(StartArgs),
     /// Stop a machine (guest poweroff, then kill after a timeout).
@@ -116,6 +116,34 @@ pub struct CreateArgs {
     /// Guest image version (default: the newest installed image).
     #[arg(long, value_name = "VERSION")]
     pub image: Option<String>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// docker-machine's engine flags: settings of the machine's Docker engine, applied at each
+/// start (`machine.yaml` keeps them under `engine:`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Docker engine")]
+pub struct EngineArgs {
+    /// A label of the engine, `docker info` shows it (repeatable): KEY=VALUE.
+    #[arg(long = "engine-label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// A daemon.json setting (repeatable; a list key collects one item per flag; an object
+    /// takes JSON): KEY=VALUE, e.g. log-level=debug.
+    #[arg(long = "engine-opt", value_name = "KEY=VALUE")]
+    pub opts: Vec<String>,
+    /// A registry reached over plain HTTP or with an untrusted certificate (repeatable).
+    #[arg(long = "engine-insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
+    /// A registry mirror (repeatable).
+    #[arg(long = "engine-registry-mirror", value_name = "URL")]
+    pub registry_mirrors: Vec<String>,
+    /// An environment variable of dockerd, e.g. HTTPS_PROXY (repeatable): NAME=VALUE.
+    #[arg(long = "engine-env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// The engine's storage driver (default: Docker's choice, overlay2).
+    #[arg(long = "engine-storage-driver", value_name = "NAME")]
+    pub storage_driver: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@
 use anyhow::{Context, Result};
 
 use crate::cli::{CreateArgs, DriverArg};
+use crate::machine::engine::{self, EngineFlags};
 use crate::machine::spec::{self, HostLimits, NetworkSpec};
 use crate::machine::{Driver, MachineSpec, Store};
 use crate::routes::{self, Claim};
@@ -22,6 +23,14 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
         .map(spec::parse_docker_bip)
         .transpose()?;
     spec::validate_tld(&a.tld)?;
+    let engine = engine::from_flags(&EngineFlags {
+        labels: a.engine.labels.clone(),
+        opts: a.engine.opts.clone(),
+        insecure_registries: a.engine.insecure_registries.clone(),
+        registry_mirrors: a.engine.registry_mirrors.clone(),
+        env: a.engine.env.clone(),
+        storage_driver: a.engine.storage_driver.clone(),
+    })?;
 
     let (driver, why) = match a.driver {
         None => hypervisor::default_driver(),
@@ -62,6 +71,8 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
     spec::check_shares(&shares)?;
 
     let image = image::find(&store.cache, a.image.as_deref())?;
+    engine::check_engine(&engine, image.manifest.docker_major())
+        .context("--engine-opt: the image's Docker engine does not know this key")?;
 
     // One create at a time allocates networks, so two creates never get the same /24.
     fs_err::create_dir_all(store.machines_dir())?;
@@ -125,6 +136,7 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
         docker,
         shares,
         tld: a.tld.clone(),
+        engine,
         created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     };
     dir.save_spec(&spec)?;

@@ -50,7 +50,7 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
 
 fn dispatch(store: &Store, command: Command) -> Result<i32> {
     match command {
-        Command::Create(a) => create::run(store, a),
+        Command::Create(a) => create::run(store, *a),
         Command::Start(a) => start::run(store, &a),
         Command::Stop(a) => stop::run(store, &a),
         Command::Restart(a) => {

@@ -9,6 +9,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 pub use super::driver::Driver;
+use super::engine::{EngineError, EngineSpec};
 use crate::hint::Hint;
 use crate::net::HostOnlyNet;
 use crate::routes::{Claim, DockerSubnets, RouteError, validate_docker_subnet};
@@ -68,6 +69,8 @@ pub enum SpecError {
     PoolSize { size: u8, pool: Ipv4Net },
     #[error("invalid share host path {}: {why}", path.display())]
     SharePath { path: PathBuf, why: &'static str },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
 }
 
 /// A value of `machine.yaml` that failed validation: which field, and why.
@@ -169,6 +172,10 @@ pub struct MachineSpec {
     /// Top-level domain of the machine's names (`<machine>.<tld>`).
     #[serde(default = "default_tld")]
     pub tld: String,
+    /// Docker engine settings: `daemon.json` keys and dockerd's environment
+    /// (`create --engine-*`; `super::engine`).
+    #[serde(default, skip_serializing_if = "EngineSpec::is_empty")]
+    pub engine: EngineSpec,
     /// RFC 3339 creation time.
     pub created: String,
 }
@@ -212,6 +219,10 @@ impl MachineSpec {
         }
         field("shares", check_shares(&self.shares))?;
         field("tld", validate_tld(&self.tld))?;
+        super::engine::validate(&self.engine).map_err(|(name, e)| InvalidField {
+            field: name,
+            source: SpecError::Engine(e),
+        })?;
         Ok(())
     }
 

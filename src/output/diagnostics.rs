@@ -43,6 +43,8 @@ dispatch!(
     crate::routes::RouteError,
     crate::routes::RoutesStateError,
     crate::host::HostError,
+    crate::nat::NatError,
+    crate::machine::engine::FlagError,
     crate::hypervisor::HypervisorError,
     crate::hypervisor::vz_plan::VzError,
     crate::image::ImageError,

@@ -367,6 +367,8 @@ impl<'a> Supervisor<'a> {
         let client_pub = fs_err::read_to_string(self.dir.client_pub_path())?;
         let host_key = fs_err::read_to_string(self.dir.host_key_path())?;
         let host_pub = fs_err::read_to_string(self.dir.host_pub_path())?;
+        crate::machine::engine::check_engine(&self.spec.engine, image.manifest.docker_major())
+            .context("the machine's engine settings (machine.yaml `engine:`)")?;
         config_drive::write(
             &self.dir.config_drive_path(),
             self.spec,
