@@ -65,7 +65,7 @@ impl Arch {
         }
     }
     /// Debian architecture.
-    fn debian(self) -> &'static str {
+    pub fn debian(self) -> &'static str {
         match self {
             Arch::X86_64 => "amd64",
             Arch::Arm64 => "arm64",
@@ -328,12 +328,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
         },
     )?;
     let metapackage = arch.kernel_metapackage(opts.kernel);
-    let mut wanted = vec![metapackage];
-    wanted.extend_from_slice(PACKAGES);
-    if let BusyboxSource::Package(name) = arch.busybox() {
-        wanted.push(name);
-    }
-    let closure = archive.resolve(&wanted)?;
+    let closure = archive.resolve(&package_list(arch, opts.kernel))?;
     let kernel = kernel_package(&closure, metapackage)?;
     // The host's busybox runs `depmod` and names the applet directories for every arch.
     let host_busybox = rootfs::host_busybox()?;
@@ -454,6 +449,17 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
         dir.display()
     ));
     Ok(Image::open(&dir)?)
+}
+
+/// The packages whose closure makes the image of `arch` with `kernel`, in the order they are
+/// resolved (the order `apt-get install` was given them).
+pub fn package_list(arch: Arch, kernel: Kernel) -> Vec<&'static str> {
+    let mut wanted = vec![arch.kernel_metapackage(kernel)];
+    wanted.extend_from_slice(PACKAGES);
+    if let BusyboxSource::Package(name) = arch.busybox() {
+        wanted.push(name);
+    }
+    wanted
 }
 
 /// The concrete kernel (`linux-image-<abi>-cloud-amd64`) the metapackage pulled in.
