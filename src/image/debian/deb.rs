@@ -40,10 +40,6 @@ pub enum DebError {
 
 /// Extracts the files of `deb`, whose SHA256 must be `sha256`, into `dest`.
 pub fn unpack(deb: &Path, dest: &Path, sha256: &str) -> Result<(), DebError> {
-    let format = |what: String| DebError::Format {
-        deb: deb.to_owned(),
-        what,
-    };
     let unpack_err = |source: std::io::Error| DebError::Unpack {
         deb: deb.to_owned(),
         dest: dest.to_owned(),
@@ -54,52 +50,10 @@ pub fn unpack(deb: &Path, dest: &Path, sha256: &str) -> Result<(), DebError> {
         inner: BufReader::with_capacity(1 << 20, file),
         hash: Sha256::new(),
     };
-    {
-        let mut ar = ar::Archive::new(&mut reader);
-        let mut first = true;
-        let mut done = false;
-        while let Some(entry) = ar.next_entry() {
-            let mut entry = entry.map_err(|e| format(e.to_string()))?;
-            let name = String::from_utf8_lossy(entry.header().identifier()).into_owned();
-            if first {
-                let mut version = String::new();
-                entry
-                    .by_ref()
-                    .take(16)
-                    .read_to_string(&mut version)
-                    .map_err(|e| format(e.to_string()))?;
-                if name != "debian-binary" || !version.starts_with("2.") {
-                    return Err(format(format!(
-                        "it starts with {name:?}, not debian-binary 2.x"
-                    )));
-                }
-                first = false;
-                continue;
-            }
-            let Some(compression) = name.strip_prefix("data.tar") else {
-                continue;
-            };
-            let data: Box<dyn Read> = match compression {
-                ".xz" => Box::new(liblzma::read::XzDecoder::new(entry)),
-                ".zst" => Box::new(zstd::stream::read::Decoder::new(entry).map_err(unpack_err)?),
-                ".gz" => Box::new(flate2::read::GzDecoder::new(entry)),
-                "" => Box::new(entry),
-                other => {
-                    return Err(format(format!(
-                        "data.tar{other} is not a format devbox reads"
-                    )));
-                }
-            };
-            extract(data, dest).map_err(unpack_err)?;
-            done = true;
-            break;
-        }
-        if !done {
-            return Err(format("it has no data.tar member".into()));
-        }
-    }
-    // The rest of the file (nothing, in Debian's packages) still counts for the hash.
-    std::io::copy(&mut reader, &mut std::io::sink()).map_err(unpack_err)?;
+    let result = members(&mut reader, deb, dest);
+    // The rest of the file (nothing, in Debian's packages) still counts for the hash, which
+    // is checked even when unpacking failed: a damaged file explains the failure best.
+    let drained = std::io::copy(&mut reader, &mut std::io::sink());
     let actual = hex::encode(reader.hash.finalize());
     if actual != sha256 {
         let _ = fs_err::remove_file(deb);
@@ -109,7 +63,59 @@ pub fn unpack(deb: &Path, dest: &Path, sha256: &str) -> Result<(), DebError> {
             actual,
         });
     }
+    result?;
+    drained.map_err(unpack_err)?;
     Ok(())
+}
+
+/// Reads the `ar` members up to `data.tar*` and extracts that one.
+fn members(reader: &mut impl Read, deb: &Path, dest: &Path) -> Result<(), DebError> {
+    let format = |what: String| DebError::Format {
+        deb: deb.to_owned(),
+        what,
+    };
+    let unpack_err = |source: std::io::Error| DebError::Unpack {
+        deb: deb.to_owned(),
+        dest: dest.to_owned(),
+        source,
+    };
+    let mut ar = ar::Archive::new(reader);
+    let mut first = true;
+    while let Some(entry) = ar.next_entry() {
+        let mut entry = entry.map_err(|e| format(e.to_string()))?;
+        let name = String::from_utf8_lossy(entry.header().identifier()).into_owned();
+        if first {
+            let mut version = String::new();
+            entry
+                .by_ref()
+                .take(16)
+                .read_to_string(&mut version)
+                .map_err(|e| format(e.to_string()))?;
+            if name != "debian-binary" || !version.starts_with("2.") {
+                return Err(format(format!(
+                    "it starts with {name:?}, not debian-binary 2.x"
+                )));
+            }
+            first = false;
+            continue;
+        }
+        let Some(compression) = name.strip_prefix("data.tar") else {
+            continue;
+        };
+        let data: Box<dyn Read> = match compression {
+            ".xz" => Box::new(liblzma::read::XzDecoder::new(entry)),
+            ".zst" => Box::new(zstd::stream::read::Decoder::new(entry).map_err(unpack_err)?),
+            ".gz" => Box::new(flate2::read::GzDecoder::new(entry)),
+            "" => Box::new(entry),
+            other => {
+                return Err(format(format!(
+                    "data.tar{other} is not a format devbox reads"
+                )));
+            }
+        };
+        return extract(data, dest).map_err(unpack_err);
+    }
+    Err(format("it has no data.tar member".into()))
 }
 
 /// A reader that hashes what passes through it.
@@ -155,6 +161,16 @@ fn extract(data: impl Read, dest: &Path) -> std::io::Result<()> {
                 Err(e) => return Err(e),
             }
             continue;
+        }
+        // What an earlier package left at this path is replaced, as tar does (a hard link,
+        // unlike a file or symlink, is not replaced by the tar crate itself). The parent is
+        // checked first: nothing outside the destination is ever removed.
+        let path = dest.join(&rel);
+        if let Ok(m) = fs_err::symlink_metadata(&path)
+            && !m.is_dir()
+        {
+            inside(&root, path.parent().unwrap_or(dest))?;
+            fs_err::remove_file(&path)?;
         }
         entry.set_preserve_permissions(true);
         entry.set_preserve_mtime(true);
@@ -369,9 +385,10 @@ mod tests {
         let e = unpack(&path, &dest, &"0".repeat(64)).unwrap_err();
         assert!(matches!(e, DebError::Damaged { .. }), "{e}");
         assert!(!path.exists());
-        fs_err::write(&path, b"!<arch>\nnot really").unwrap();
+        let junk = b"!<arch>\nnot really";
+        fs_err::write(&path, junk).unwrap();
         assert!(matches!(
-            unpack(&path, &dest, &"0".repeat(64)),
+            unpack(&path, &dest, &hex::encode(Sha256::digest(junk))),
             Err(DebError::Format { .. })
         ));
     }

@@ -79,6 +79,13 @@ pub enum FetchError {
         expected: String,
         actual: String,
     },
+    #[error("{file} from mirror {mirror} is {got} bytes, the signed index says {size}")]
+    Short {
+        file: String,
+        mirror: String,
+        got: u64,
+        size: u64,
+    },
     #[error("{file} from mirror {mirror} is larger than the {size} bytes the signed index says")]
     TooLarge {
         file: String,
@@ -358,11 +365,16 @@ impl Fetcher {
             .await
             .map_err(|e| Try::Fatal(io_at(e, part).into()))?;
         if have < d.size {
-            return Err(Try::Again(broken(
-                &d.path,
-                &d.mirror,
-                std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
-            )));
+            // The response ended cleanly (a transfer cut short errors above): the server's
+            // file is not the one the signed index describes.
+            drop(out);
+            let _ = fs_err::remove_file(part);
+            return Err(Try::Fatal(FetchError::Short {
+                file: file(),
+                mirror: mirror(),
+                got: have,
+                size: d.size,
+            }));
         }
         Ok(())
     }

@@ -215,9 +215,9 @@ impl DebianError {
             | DebianError::Release { .. }
             | DebianError::IndexHash { .. }
             | DebianError::Index { .. }
-            | DebianError::Fetch(FetchError::Hash { .. } | FetchError::TooLarge { .. }) => {
-                Some(other_mirror.into())
-            }
+            | DebianError::Fetch(
+                FetchError::Hash { .. } | FetchError::Short { .. } | FetchError::TooLarge { .. },
+            ) => Some(other_mirror.into()),
             DebianError::Fetch(FetchError::Unreachable { .. } | FetchError::Status { .. }) => Some(
                 "check the network and the mirror URL (`--mirror`, `--security-mirror`)".into(),
             ),
