@@ -694,3 +694,33 @@ fn a_broken_download_resumes_where_it_stopped() {
     );
     assert!(!part.exists());
 }
+
+#[test]
+fn the_cli_names_a_bad_or_unreachable_mirror_with_a_hint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |mirror: &str| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_devbox"))
+            .args(["image", "build", "--mirror", mirror])
+            .env("DEVBOX_CACHE", tmp.path().join("cache"))
+            .env("DEVBOX_HOME", tmp.path().join("home"))
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = run("ftp://example.org/debian");
+    assert!(
+        err.contains("invalid mirror URL \"ftp://example.org/debian\""),
+        "{err}"
+    );
+    assert!(err.contains("hint: give the archive's base URL"), "{err}");
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let err = run(&format!("http://127.0.0.1:{port}/debian"));
+    assert!(
+        err.contains(&format!(
+            "cannot download dists/bookworm/InRelease from mirror http://127.0.0.1:{port}/debian/ (4 attempts)"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("hint: check the network and the mirror URL"), "{err}");
+}

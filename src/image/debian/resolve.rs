@@ -191,11 +191,8 @@ impl Resolver<'_> {
     /// apt's `IsInstallOkDependenciesSatisfiableByCandidates`.
     fn installable(&mut self, name: &str) -> Result<bool, ResolveError> {
         for group in self.depends(name)?.0 {
-            let possible = group.iter().any(|rel| {
-                self.targets(rel)
-                    .iter()
-                    .any(|t| self.marked.contains(t) || self.index.candidate(t).is_some())
-            });
+            // Targets are candidates already: one is enough (marked or not).
+            let possible = group.iter().any(|rel| !self.targets(rel).is_empty());
             if !possible {
                 self.fail(name, &group);
                 return Ok(false);
