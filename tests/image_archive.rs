@@ -714,7 +714,11 @@ fn the_cli_names_a_bad_or_unreachable_mirror_with_a_hint() {
         "{err}"
     );
     assert!(err.contains("hint: give the archive's base URL"), "{err}");
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let err = run(&format!("http://127.0.0.1:{port}/debian"));
     assert!(
         err.contains(&format!(
@@ -722,5 +726,8 @@ fn the_cli_names_a_bad_or_unreachable_mirror_with_a_hint() {
         )),
         "{err}"
     );
-    assert!(err.contains("hint: check the network and the mirror URL"), "{err}");
+    assert!(
+        err.contains("hint: check the network and the mirror URL"),
+        "{err}"
+    );
 }

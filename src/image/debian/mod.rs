@@ -366,36 +366,44 @@ fn in_release(
         && fs_err::metadata(&cached)
             .and_then(|m| m.modified())
             .is_ok_and(|t| o.now.duration_since(t).unwrap_or_default() < LISTS_MAX_AGE);
-    let (text, fetched) = if fresh {
-        (fs_err::read_to_string(&cached)?, false)
-    } else {
-        let body = fetcher.get(&source.mirror, &path, MAX_INRELEASE)?;
-        let text = String::from_utf8(body).map_err(|_| DebianError::Signature {
-            url: url.clone(),
-            source: SignatureError::Malformed("not UTF-8 text".into()),
-        })?;
-        (text, true)
-    };
+    // A cached copy that no longer passes (its Valid-Until has passed) is fetched anew.
+    if fresh && let Ok(release) = checked(&fs_err::read_to_string(&cached)?, &url, source, o) {
+        return Ok(release);
+    }
+    let body = fetcher.get(&source.mirror, &path, MAX_INRELEASE)?;
+    let text = String::from_utf8(body).map_err(|_| DebianError::Signature {
+        url: url.clone(),
+        source: SignatureError::Malformed("not UTF-8 text".into()),
+    })?;
+    let release = checked(&text, &url, source, o)?;
+    write_atomic(&cached, text.as_bytes())?;
+    Ok(release)
+}
+
+/// An InRelease's signatures verified, then its fields read and checked.
+fn checked(
+    text: &str,
+    url: &str,
+    source: &Source,
+    o: &ArchiveOptions,
+) -> Result<Release, DebianError> {
     let signed = o
         .keyring
-        .verify(&text, o.now)
-        .map_err(|source| DebianError::Signature {
-            url: url.clone(),
-            source,
+        .verify(text, o.now)
+        .map_err(|e| DebianError::Signature {
+            url: url.to_owned(),
+            source: e,
         })?;
-    let release = Release::parse(&signed).map_err(|source| DebianError::Release {
-        url: url.clone(),
-        source,
+    let release = Release::parse(&signed).map_err(|e| DebianError::Release {
+        url: url.to_owned(),
+        source: e,
     })?;
     release
         .check(&source.suite, o.now)
-        .map_err(|source| DebianError::Release {
-            url: url.clone(),
-            source,
+        .map_err(|e| DebianError::Release {
+            url: url.to_owned(),
+            source: e,
         })?;
-    if fetched {
-        write_atomic(&cached, text.as_bytes())?;
-    }
     Ok(release)
 }
 
