@@ -8,6 +8,7 @@
 
 pub mod build;
 pub mod debian;
+pub mod kernel_format;
 pub mod pull;
 
 use std::collections::BTreeMap;
