@@ -14,6 +14,7 @@
 
 mod forward;
 mod handler;
+pub mod policy;
 mod records;
 pub mod resolver_plan;
 mod server;

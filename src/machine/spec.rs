@@ -40,6 +40,12 @@ pub enum SpecError {
     Share { text: String, why: String },
     #[error("invalid --tld {text:?}: {why}")]
     Tld { text: String, why: &'static str },
+    #[error("cannot allow DNS domain {text:?} for this machine")]
+    DnsDomain {
+        text: String,
+        #[source]
+        source: crate::dns::policy::AllowanceError,
+    },
 }
 
 impl SpecError {
@@ -49,6 +55,7 @@ impl SpecError {
                 Some("example: --share /home/me/src:/src (add :ro for read-only)".into())
             }
             SpecError::DockerSubnet { .. } => Some("example: --docker-subnet 172.24.0.1/16".into()),
+            SpecError::DnsDomain { source, .. } => source.hint(),
             _ => None,
         }
     }
@@ -142,6 +149,10 @@ pub struct MachineSpec {
     /// Top-level domain of the machine's names (`<machine>.<tld>`).
     #[serde(default = "default_tld")]
     pub tld: String,
+    /// Domains outside `<name>.<tld>` in which the machine's containers may claim names, and
+    /// which are then routed to its DNS server (`devbox dns allow`, `create --dns-domain`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_domains: Vec<String>,
     /// RFC 3339 creation time.
     pub created: String,
 }
@@ -156,8 +167,20 @@ impl MachineSpec {
         validate_name(&self.name)?;
         validate_cpus(self.cpus, limits)?;
         validate_memory(self.memory_mib, limits)?;
+        for d in &self.dns_domains {
+            check_dns_domain(d, &self.name, &self.tld)?;
+        }
         Ok(())
     }
+}
+
+/// Checks a domain to allow for machine `name` under `tld` ([`crate::dns::policy`]'s rules),
+/// returning it normalized.
+pub fn check_dns_domain(text: &str, name: &str, tld: &str) -> Result<String, SpecError> {
+    crate::dns::policy::check_allowance(text, name, tld).map_err(|source| SpecError::DnsDomain {
+        text: text.to_owned(),
+        source,
+    })
 }
 
 /// What this host can give a machine.
