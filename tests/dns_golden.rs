@@ -7,6 +7,7 @@ use support::golden;
 
 use std::net::SocketAddr;
 
+use devbox::dns::policy::Policy;
 use devbox::dns::resolver_plan::{
     macos_files, manual_instructions, owned_domains, resolved_commands, resolved_revert,
 };
@@ -21,7 +22,11 @@ fn zone() -> Zone {
         machine: "dev".into(),
         tld: "dev".into(),
         guest_ip: "192.168.64.2".parse().unwrap(),
+    };
+    let policy = Policy {
         other_machines: vec!["work".into()],
+        allowed: vec!["synbioz.dev".into(), "example.dev".into()],
+        ..Policy::default()
     };
     let containers = [
         Container {
@@ -41,7 +46,7 @@ fn zone() -> Zone {
             aliases: vec!["db.example.dev".into()],
         },
     ];
-    Zone::build(&cfg, &containers).0
+    Zone::build(&cfg, &policy, &containers).0
 }
 
 fn domains() -> Vec<String> {

@@ -6,6 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use devbox::dns::policy::Policy;
 use devbox::dns::zone::Container;
 use devbox::dns::{DnsConfig, DnsServer};
 
@@ -40,7 +41,16 @@ fn serve_for_benchmark() {
             guest_ip: "192.168.64.2".parse().unwrap(),
             bind: addr.parse().unwrap(),
             upstreams: vec![],
-            other_machines: vec![],
+            // What a machine's server answers; the benchmark's client is the host itself.
+            clients: devbox::dns::machine_clients(
+                "192.168.64.1".parse().unwrap(),
+                "192.168.64.2".parse().unwrap(),
+                &[
+                    "172.18.0.0/16".parse().unwrap(),
+                    "172.19.0.0/16".parse().unwrap(),
+                ],
+            ),
+            policy: Box::new(Policy::default()),
         })
         .await
         .unwrap();

@@ -698,18 +698,15 @@ fn start_dns(
             .collect::<Result<Vec<std::net::SocketAddr>>>()?,
         _ => dns::host_upstreams()?,
     };
-    let other_machines = store
-        .names()?
-        .into_iter()
-        .filter(|n| n != &spec.name)
-        .collect();
+    let subnets: Vec<ipnet::IpNet> = spec.docker.routed().map(Into::into).to_vec();
     let server = io.block_on(dns::DnsServer::start(dns::DnsConfig {
         machine: spec.name.clone(),
         tld: spec.tld.clone(),
         guest_ip: guest_ip.into(),
         bind,
         upstreams: upstreams.clone(),
-        other_machines,
+        clients: dns::machine_clients(bind.ip(), guest_ip.into(), &subnets),
+        policy: Box::new(dns::StoreNeighbours::new(store.clone(), &spec.name)),
     }))?;
     log(format!(
         "DNS on {} for {}.{} (upstreams: {})",
