@@ -50,7 +50,7 @@ fn zone() -> Zone {
 }
 
 fn domains() -> Vec<String> {
-    owned_domains("dev", "dev", &zone().alias_names())
+    owned_domains("dev", "dev", &zone().routed_domains())
 }
 
 #[test]

@@ -388,7 +388,10 @@ fn supervise(
             vm.kill()?;
             continue;
         }
-        resolver.sync(&dns_server.records().zone().alias_names());
+        resolver.sync(
+            &dns_server.records().zone().routed_domains(),
+            dns_server.records().refused(),
+        );
         match rx.recv_timeout(Duration::from_millis(200)) {
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {}

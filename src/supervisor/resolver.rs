@@ -1,5 +1,5 @@
 //! Keeps the host's resolver pointed at the machine's DNS server for exactly the domains the
-//! machine owns: `<machine>.<tld>` and the parent domain of every alias a container asked for.
+//! machine owns: `<machine>.<tld>` and the routed domain of every alias it serves.
 //! The set changes as containers start and stop; on each change the supervisor records it in
 //! `machines/<name>/dns.json` (read by `devbox dns install`) and, where systemd-resolved runs
 //! and the supervisor has the privilege, updates resolved's per-link routing domains.
@@ -20,6 +20,9 @@ pub struct DnsState {
     pub link: String,
     pub tld: String,
     pub domains: Vec<String>,
+    /// Names the machine's containers asked for and did not get, and why.
+    #[serde(default)]
+    pub refused: Vec<crate::dns::RefusedName>,
 }
 
 pub struct ResolverSync {
@@ -39,25 +42,28 @@ impl ResolverSync {
                 link: crate::net::tap_name(spec.network.index),
                 tld: spec.tld.clone(),
                 domains: Vec::new(),
+                refused: Vec::new(),
             },
             written: false,
         }
     }
 
-    /// Brings the records and resolved up to date with the served aliases (cheap when nothing
-    /// changed).
-    pub fn sync(&mut self, aliases: &[String]) {
-        let domains = resolver_plan::owned_domains(&self.machine, &self.state.tld, aliases);
-        if self.written && domains == self.state.domains {
+    /// Brings the records and resolved up to date with the routed domains of the served
+    /// aliases, and records the refused names (cheap when nothing changed).
+    pub fn sync(&mut self, routed: &[String], refused: Vec<crate::dns::RefusedName>) {
+        let domains = resolver_plan::owned_domains(&self.machine, &self.state.tld, routed);
+        if self.written && domains == self.state.domains && refused == self.state.refused {
             return;
         }
+        let routes_changed = !self.written || domains != self.state.domains;
         self.state.domains = domains;
+        self.state.refused = refused;
         self.written = true;
         let text = serde_json::to_vec_pretty(&self.state).expect("plain data");
         if let Err(e) = write_atomic(&self.dir.path.join("dns.json"), &text, 0o644) {
             super::log(format!("writing dns.json: {e}"));
         }
-        if resolved::resolved_active() {
+        if routes_changed && resolved::resolved_active() {
             match resolved::apply(
                 &self.state.link,
                 &self.state.domains,
