@@ -6,6 +6,7 @@ mod completion;
 mod create;
 mod disk;
 mod dns;
+mod dns_allow;
 mod env;
 mod image;
 mod inspect;
@@ -101,6 +102,8 @@ fn hint_of(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
     }
     hint_from!(
         CommandError,
+        dns_allow::AllowError,
+        crate::dns::policy::AllowanceError,
         crate::machine::store::StoreError,
         crate::machine::lock::LockError,
         crate::machine::spec::SpecError,
