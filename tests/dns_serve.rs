@@ -33,7 +33,13 @@ fn serve_for_benchmark() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    // One worker, as dnsmasq has one thread: the comparison is thread for thread (the
+    // supervisor's runtime has two, but the UDP loop is one task and runs on one at a time).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let server = DnsServer::start(DnsConfig {
             machine: "bench".into(),
