@@ -10,8 +10,8 @@
 # median queries/s. Needs `dnsperf` and `dnsmasq-base` (apt-get install dnsperf
 # dnsmasq-base). DURATION (default 5 s), CLIENTS (8) and OUTSTANDING (200) tune it.
 #
-# Threads: dnsmasq answers on one thread. devbox's UDP loop is one task, so it also answers
-# on one thread at a time; its runtime has one worker per CPU, idle but for forwards.
+# Threads: dnsmasq answers on one thread; devbox's server runs on a runtime of one worker
+# (tests/dns_serve.rs), so under a loaded host neither gets more CPU by having more threads.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${DURATION:-5}
