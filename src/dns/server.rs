@@ -4,10 +4,12 @@
 //! allowlist ([`super::clients`]) is dropped before it is parsed, on both transports.
 //!
 //! Tasks, all ended by [`DnsServer::shutdown`] or drop:
-//! - the UDP loop answers owned names inline from the record map and spawns a task only for a
-//!   forwarded query (at most [`MAX_FORWARDS`] at once; beyond that the query is dropped and
-//!   the client retries). hickory's own UDP path spawns a task and crosses a channel for every
-//!   datagram, which measured ~3x slower than dnsmasq (research/services.md §6.2);
+//! - the UDP loop takes the queued datagrams in batches (recvmmsg/sendmmsg on Linux:
+//!   `sys/`), answers owned names from pre-encoded bytes (`wire.rs`), anything else it owns
+//!   inline through hickory, and spawns a task only for a forwarded query (at most
+//!   [`MAX_FORWARDS`] at once; beyond that the query is dropped and the client retries).
+//!   hickory's own UDP path spawns a task and crosses a channel for every datagram, which
+//!   measured ~3x slower than dnsmasq (research/services.md §6.2);
 //! - the TCP accept loop, and one task per connection (at most [`MAX_TCP`]; idle ones close
 //!   after 5 s). Our own rather than hickory's `Server`, which accepts any peer and answers a
 //!   refused one REFUSED: a dropped peer here gets its connection closed and nothing else;

@@ -253,3 +253,117 @@ fn opt_payload(query: &[u8], at: usize) -> Option<u16> {
     let rdlen = usize::from(be16(query, at + 9)?);
     (version == 0 && at + 11 + rdlen == query.len()).then_some(payload.max(512))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::policy::Policy;
+    use crate::dns::zone::{Container, Zone, ZoneConfig};
+    use hickory_proto::op::{Edns, Message, Query, ResponseCode};
+    use hickory_proto::rr::{DNSClass, RecordType};
+
+    fn zone() -> Zone {
+        let cfg = ZoneConfig {
+            machine: "dev".into(),
+            tld: "dev".into(),
+            guest_ip: "192.168.64.2".parse().unwrap(),
+        };
+        let web = Container {
+            id: "1".into(),
+            name: "/web".into(),
+            ips: vec!["172.18.0.3".parse().unwrap(), "fd00::3".parse().unwrap()],
+            aliases: vec![],
+        };
+        Zone::build(&cfg, &Policy::default(), &[web]).0
+    }
+
+    fn query(name: &str, rtype: RecordType, edns: Option<u8>) -> Message {
+        let mut m = Message::query();
+        m.metadata.id = 7;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+        if let Some(version) = edns {
+            let mut e = Edns::new();
+            e.set_version(version);
+            m.set_edns(e);
+        }
+        m
+    }
+
+    fn fast(zone: &Zone, q: &[u8]) -> Option<Message> {
+        let mut out = Vec::new();
+        answer(zone.wire(), q, &mut out).then(|| Message::from_vec(&out).unwrap())
+    }
+
+    #[test]
+    fn owned_names_are_answered_from_bytes() {
+        let zone = zone();
+        let hit = fast(
+            &zone,
+            &query("Web.DEV.dev.", RecordType::A, None).to_vec().unwrap(),
+        );
+        let hit = hit.expect("a hit takes the fast path");
+        assert_eq!(hit.metadata.id, 7);
+        assert!(hit.metadata.authoritative && hit.metadata.recursion_available);
+        assert_eq!(hit.answers.len(), 1);
+        assert_eq!(hit.answers[0].data.to_string(), "172.18.0.3");
+        // The owner points at the question, so it keeps the client's case.
+        assert_eq!(hit.answers[0].name.to_ascii(), "Web.DEV.dev.");
+        assert!(hit.edns.is_none());
+
+        let q = query("nope.dev.dev.", RecordType::AAAA, Some(0))
+            .to_vec()
+            .unwrap();
+        let nx = fast(&zone, &q).expect("a miss under the apex takes the fast path");
+        assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+        assert_eq!(nx.authorities[0].record_type(), RecordType::SOA);
+        assert_eq!(nx.edns.unwrap().max_payload(), EDNS_PAYLOAD);
+
+        let q = query("web.dev.dev.", RecordType::MX, None)
+            .to_vec()
+            .unwrap();
+        let nodata = fast(&zone, &q).unwrap();
+        assert_eq!(nodata.metadata.response_code, ResponseCode::NoError);
+        assert!(nodata.answers.is_empty() && nodata.authorities.len() == 1);
+    }
+
+    #[test]
+    fn anything_unusual_takes_the_general_path() {
+        let zone = zone();
+        let general = |q: &[u8]| fast(&zone, q).is_none();
+        // Not owned: forwarded.
+        assert!(general(
+            &query("pkg.go.dev.", RecordType::A, None).to_vec().unwrap()
+        ));
+        assert!(general(
+            &query("web.dev.dev.", RecordType::ANY, None)
+                .to_vec()
+                .unwrap()
+        ));
+        assert!(general(
+            &query("web.dev.dev.", RecordType::A, Some(1))
+                .to_vec()
+                .unwrap()
+        ));
+        let mut chaos = query("web.dev.dev.", RecordType::A, None);
+        chaos.queries[0].set_query_class(DNSClass::CH);
+        assert!(general(&chaos.to_vec().unwrap()));
+        let ok = query("web.dev.dev.", RecordType::A, None).to_vec().unwrap();
+        // A response, trailing bytes, a second question, a cut question.
+        let mut response = ok.clone();
+        response[2] |= 0x80;
+        assert!(general(&response));
+        let mut trailing = ok.clone();
+        trailing.push(0);
+        assert!(general(&trailing));
+        let mut two = ok.clone();
+        two[5] = 2;
+        assert!(general(&two));
+        assert!(general(&ok[..ok.len() - 3]));
+        assert!(general(&ok[..11]));
+        // A compression pointer in the question.
+        let mut pointer = ok[..12].to_vec();
+        pointer.extend_from_slice(&[0xC0, 0x0C, 0, 1, 0, 1]);
+        assert!(general(&pointer));
+        assert!(!general(&ok));
+    }
+}
