@@ -216,7 +216,7 @@ fn a_hand_edited_bad_allowance_is_caught_at_read() {
     let yaml = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, format!("{yaml}dns_domains:\n- pages.dev\n")).unwrap();
     let o = env.run(&["inspect", "web"]);
-    fails_with(&o, "is not a valid machine spec");
+    fails_with(&o, "dns_domains[0] is not valid");
     assert!(stderr(&o).contains("public suffix"), "{}", stderr(&o));
 }
 

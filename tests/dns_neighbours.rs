@@ -12,7 +12,7 @@ use devbox::dns::zone::Container;
 use devbox::dns::{DnsConfig, DnsServer, RecordsHandle, StoreNeighbours};
 use devbox::machine::spec::NetworkSpec;
 use devbox::machine::{Driver, MachineSpec, Store};
-use devbox::net::routes::DockerSubnets;
+use devbox::routes::DockerSubnets;
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RecordType};
 use tokio::net::UdpSocket;

@@ -31,7 +31,7 @@ use devbox::image::{self, Image};
 use devbox::machine::config_drive::{self, DriveInputs};
 use devbox::machine::spec::{Driver, MachineSpec, NetworkSpec, mac_for, parse_docker_bip};
 use devbox::net::HostOnlyNet;
-use devbox::net::routes::DockerSubnets;
+use devbox::routes::DockerSubnets;
 use support::ci;
 use support::guest::{bin, missing_programs, text};
 

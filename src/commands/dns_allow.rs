@@ -8,44 +8,11 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::cli::{DnsAllowArgs, LsArgs};
-use crate::dns::policy::{self, AllowanceError};
+use crate::dns::policy::{self, AllowError, AllowanceError};
 use crate::machine::lock::lock_machine;
 use crate::machine::spec::{SpecError, check_dns_domain};
 use crate::machine::{MachineDir, Store};
 use crate::output;
-
-#[derive(Debug, thiserror::Error)]
-pub enum AllowError {
-    #[error("there is no machine to allow {domain} for")]
-    NoMachine { domain: String },
-    #[error("several machines exist ({}): which one should {domain} be allowed for?", machines.join(", "))]
-    WhichMachine {
-        domain: String,
-        machines: Vec<String>,
-    },
-    #[error("{domain} is not allowed for {}", machine.as_deref().map_or("any machine".to_string(), |m| format!("machine {m:?}")))]
-    NotAllowed {
-        domain: String,
-        machine: Option<String>,
-    },
-}
-
-impl AllowError {
-    pub fn hint(&self) -> Option<String> {
-        Some(match self {
-            AllowError::NoMachine { domain } => {
-                format!("create one with it: devbox create NAME --dns-domain {domain}")
-            }
-            AllowError::WhichMachine { domain, machines } => format!(
-                "name it: devbox dns allow {domain} --machine {}",
-                machines.first().map_or("NAME", String::as_str)
-            ),
-            AllowError::NotAllowed { .. } => {
-                "`devbox dns allowed` lists the allowed domains".into()
-            }
-        })
-    }
-}
 
 /// Checks `domain` for a machine `name` under `tld` (new or existing) against the rules and
 /// the other machines in `store`, returning it normalized.
@@ -60,10 +27,10 @@ pub(crate) fn check_allowance(
     if let Some(other) = policy::other_machine_of(&d, tld, others.iter().map(String::as_str)) {
         return Err(SpecError::DnsDomain {
             text: domain.to_string(),
-            source: AllowanceError::OtherMachine {
+            source: Box::new(AllowanceError::OtherMachine {
                 domain: d.clone(),
                 other: other.to_string(),
-            },
+            }),
         }
         .into());
     }
@@ -101,9 +68,9 @@ pub fn deny(store: &Store, a: &DnsAllowArgs) -> Result<i32> {
     if !policy::is_domain_name(&domain) {
         return Err(SpecError::DnsDomain {
             text: a.domain.clone(),
-            source: AllowanceError::Invalid {
+            source: Box::new(AllowanceError::Invalid {
                 domain: a.domain.clone(),
-            },
+            }),
         }
         .into());
     }

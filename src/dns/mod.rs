@@ -3,7 +3,7 @@
 //! and PTR records for their IPs) and forwards every other query to the host's upstream
 //! resolvers, relaying their answer unchanged. It answers only the guest, its containers and
 //! the host ([`clients`]). The host resolver is pointed at it only for the owned domains
-//! ([`resolver_plan`]); `.dev` is a real TLD and must keep working.
+//! (`crate::resolver`); `.dev` is a real TLD and must keep working.
 //!
 //! - [`policy`]: pure: which aliases a container may claim (the machine's own domain, allowed
 //!   domains, private TLDs), and which domains a user may allow.
@@ -16,7 +16,6 @@
 //! - [`RecordsHandle`] (`records.rs`): shared handle to replace the served containers.
 //! - [`watch_containers`] (`watch.rs`): Docker events on the forwarded socket → records; runs
 //!   as one task (the caller's) until dropped.
-//! - [`resolver_plan`]: pure rendering of `/etc/resolver/*` files and `resolvectl` commands.
 //! - `handler.rs` / `forward.rs`: the request handler and the upstream client (private).
 //! - `wire.rs`: pre-encoded answers for the common UDP query, the fast path (private).
 
@@ -26,7 +25,6 @@ mod handler;
 mod neighbours;
 pub mod policy;
 mod records;
-pub mod resolver_plan;
 mod server;
 mod sys;
 mod watch;

@@ -16,6 +16,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::hint::Hint;
+
 /// TLDs that cannot hold public names, so an alias under them claims nothing outside the
 /// user's own network: RFC 6761's special-use names (`test`, `localhost`, `invalid`,
 /// `example`), RFC 8375's `home.arpa`, `internal` (reserved for private use by ICANN in
@@ -62,8 +64,8 @@ pub enum AllowanceError {
     OtherMachine { domain: String, other: String },
 }
 
-impl AllowanceError {
-    pub fn hint(&self) -> Option<String> {
+impl Hint for AllowanceError {
+    fn hint(&self) -> Option<String> {
         Some(match self {
             AllowanceError::Invalid { .. } => {
                 "a domain is dot-separated labels of a-z, 0-9 and '-', e.g. synbioz.dev".into()
@@ -79,6 +81,40 @@ impl AllowanceError {
             }
             AllowanceError::OtherMachine { other, .. } => {
                 format!("its names belong to machine {other}; pick another domain")
+            }
+        })
+    }
+}
+
+/// Why `devbox dns allow`/`deny` cannot pick the machine or the domain to change.
+#[derive(Debug, thiserror::Error)]
+pub enum AllowError {
+    #[error("there is no machine to allow {domain} for")]
+    NoMachine { domain: String },
+    #[error("several machines exist ({}): which one should {domain} be allowed for?", machines.join(", "))]
+    WhichMachine {
+        domain: String,
+        machines: Vec<String>,
+    },
+    #[error("{domain} is not allowed for {}", machine.as_deref().map_or("any machine".to_string(), |m| format!("machine {m:?}")))]
+    NotAllowed {
+        domain: String,
+        machine: Option<String>,
+    },
+}
+
+impl Hint for AllowError {
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            AllowError::NoMachine { domain } => {
+                format!("create one with it: devbox create NAME --dns-domain {domain}")
+            }
+            AllowError::WhichMachine { domain, machines } => format!(
+                "name it: devbox dns allow {domain} --machine {}",
+                machines.first().map_or("NAME", String::as_str)
+            ),
+            AllowError::NotAllowed { .. } => {
+                "`devbox dns allowed` lists the allowed domains".into()
             }
         })
     }

@@ -340,7 +340,7 @@ impl Zone {
     /// served outside it, its parent domain when that lies within what the alias was allowed
     /// in, else the alias itself (`www.synbioz.dev` → `synbioz.dev` under an allowance of
     /// `synbioz.dev`; `mycorp.pages.dev` → itself, never `pages.dev`). Sorted; what
-    /// [`super::resolver_plan::owned_domains`] turns into the host's routing domains, and what
+    /// [`crate::resolver::plan::owned_domains`] turns into the host's routing domains, and what
     /// the machine claims host-wide.
     pub fn routed_domains(&self) -> Vec<String> {
         self.routes.iter().cloned().collect()
