@@ -245,6 +245,7 @@ fn write_config_drive(path: &Path, img: &Image) {
         },
         shares: Vec::new(),
         tld: "dev".into(),
+        dns_domains: vec![],
         created: "2026-11-22T00:00:00Z".into(),
     };
     let client = devbox::ssh::generate_ed25519("devbox-test").unwrap();
