@@ -221,6 +221,13 @@ pub struct ImageBuildArgs {
     /// and can be built on any host.
     #[arg(long, value_name = "ARCH")]
     pub arch: Option<ArchArg>,
+    /// Debian archive to read packages from (any mirror of it: what it serves is checked
+    /// against Debian's signatures).
+    #[arg(long, value_name = "URL", default_value = crate::image::debian::DEFAULT_MIRROR)]
+    pub mirror: String,
+    /// Debian security archive (the `-security` suite).
+    #[arg(long, value_name = "URL", default_value = crate::image::debian::DEFAULT_SECURITY_MIRROR)]
+    pub security_mirror: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
