@@ -42,6 +42,7 @@ fn spec() -> MachineSpec {
         }],
         tld: "dev".into(),
         engine: Default::default(),
+        dns_domains: vec![],
         created: "2026-11-21T00:00:00Z".into(),
     }
 }
