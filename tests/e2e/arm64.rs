@@ -53,6 +53,9 @@ echo "devbox-test: uname $(uname -r) $(uname -m)" >/dev/console
 ( while ! ip -4 -o addr show dev eth0 | grep -q inet; do sleep 0.2; done
   echo "devbox-test: dhcp $(ip -4 -o addr show dev eth0 | awk '{print $4}')" >/dev/console ) \
   </dev/null >/dev/null 2>&1 &
+# hvc0 is not there when init starts (virtio_console is a module): devbox-boot's first line
+# waited for it, and logged how long.
+grep '^console:' /var/log/devbox-boot.log | sed 's/^/devbox-test: /' >/dev/console
 "#;
 
 /// The one error the boot reports here, and must: the guest's address report goes over vsock,
@@ -191,6 +194,12 @@ pub fn arm64_image_boots_under_qemu_virt() {
             "no console line {want:?} within {boot_time:.0?}\nconsole:\n{log}"
         );
     }
+    assert!(
+        log.lines().any(|l| l.starts_with(
+            "devbox-test: console: waited for /dev/console after loading virtio_console: "
+        )),
+        "devbox-boot waited for hvc0 before its first line\nconsole:\n{log}"
+    );
 }
 
 /// The address QEMU's user-mode network leases first on the test's network (`net=`).
