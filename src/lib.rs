@@ -1,10 +1,12 @@
 //! devbox: a developer machine orchestrator. The binary's `main` calls [`run`]; everything
 //! else lives in the modules below (see ARCHITECTURE in the README).
 
+pub mod atomic_file;
 pub mod cli;
 pub mod commands;
 pub mod disk;
 pub mod dns;
+pub mod hint;
 pub mod host;
 pub mod hypervisor;
 pub mod image;
@@ -15,6 +17,8 @@ pub mod net;
 #[cfg(target_os = "linux")]
 pub mod nfs;
 pub mod output;
+pub mod resolver;
+pub mod routes;
 pub mod ssh;
 pub mod supervisor;
 

@@ -251,6 +251,61 @@ fn corrupted_spec_names_file_and_line() {
     succeeds(&env.run(&["rm", "m"]));
 }
 
+/// Security review finding 4: the privileged side never trusts `machine.yaml`. Each crafted
+/// value is refused at the first read, naming the file, the line and the field, before any
+/// supervisor exists.
+#[test]
+fn a_crafted_spec_is_refused_naming_line_and_field() {
+    let env = Env::new();
+    succeeds(&create(&env, "m"));
+    let spec = env.machine_dir("m").join("machine.yaml");
+    let good = std::fs::read_to_string(&spec).unwrap();
+    let line_starting = |prefix: &str| {
+        good.lines()
+            .find(|l| l.starts_with(prefix))
+            .expect("devbox writes this key")
+            .to_owned()
+    };
+    let subnet = line_starting("  subnet:");
+    let pool = line_starting("  pool:");
+    let line_of = |text: &str, needle: &str| {
+        1 + text
+            .lines()
+            .position(|l| l.starts_with(needle))
+            .expect("the edited line")
+    };
+    for (from, to, field) in [
+        // A prefix covering a quarter of the address space, on the machine's TAP.
+        (
+            subnet.as_str(),
+            "  subnet: 192.168.64.0/2",
+            "network.subnet",
+        ),
+        // A foreign subnet of the usual size.
+        (subnet.as_str(), "  subnet: 10.66.0.0/24", "network.subnet"),
+        // A Docker pool covering the host's default route.
+        (pool.as_str(), "  pool: 0.0.0.0/1", "docker.pool"),
+        // An index past the pool: a link (dbx200) that is not devbox's.
+        ("  index: 0", "  index: 200", "network.index"),
+        // An image "version" that is a path out of the image cache.
+        ("image: 0123456789abcdef", "image: ../../../../etc", "image"),
+    ] {
+        let crafted = good.replacen(from, to, 1);
+        assert_ne!(crafted, good, "{from:?} is in the spec");
+        std::fs::write(&spec, &crafted).unwrap();
+        let o = env.run(&["start", "m"]);
+        let line = line_of(&crafted, to);
+        fails_with(&o, &format!("machine.yaml:{line}: {field} is not valid"));
+        assert!(stderr(&o).contains("caused by:"), "{}", stderr(&o));
+        assert!(!env.machine_dir("m").join("supervisor.pid").exists());
+        assert!(!env.machine_dir("m").join("state.json").exists());
+        // Every other command that reads the spec refuses it the same way.
+        fails_with(&env.run(&["ip", "m"]), &format!("{field} is not valid"));
+    }
+    std::fs::write(&spec, &good).unwrap();
+    succeeds(&env.run(&["ip", "m"]));
+}
+
 #[test]
 fn create_failing_midway_leaves_nothing() {
     let env = Env::new();

@@ -7,10 +7,9 @@ use support::golden;
 
 use std::net::SocketAddr;
 
-use devbox::dns::resolver_plan::{
-    macos_files, manual_instructions, owned_domains, resolved_commands, resolved_revert,
-};
 use devbox::dns::zone::{Container, Zone, ZoneConfig};
+use devbox::host::{resolved_commands, resolved_revert};
+use devbox::resolver::plan::{macos_files, manual_instructions, owned_domains};
 
 fn server() -> SocketAddr {
     "192.168.64.1:53".parse().unwrap()

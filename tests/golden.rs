@@ -13,7 +13,7 @@ use devbox::hypervisor::BootConfig;
 use devbox::hypervisor::qemu;
 use devbox::machine::config_drive;
 use devbox::machine::spec::{Driver, MachineSpec, NetworkSpec, ShareSpec, parse_docker_bip};
-use devbox::net::routes::DockerSubnets;
+use devbox::routes::DockerSubnets;
 
 fn spec() -> MachineSpec {
     MachineSpec {

@@ -6,13 +6,14 @@
 mod support;
 use support::golden;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
-use devbox::host::{
-    self, FileSpec, HostFilter, HostOs, HostPlan, LAUNCHD_LABEL, MachineRoutes, RoutesState,
-};
+use devbox::host::{self, FileSpec, HostFilter, HostOs, HostPlan, LAUNCHD_LABEL};
 use devbox::net::HostRoute;
-use devbox::net::routes::{Claim, DockerSubnets, allocate_docker_subnets, route_plan_for};
+use devbox::routes::{
+    Claim, DockerSubnets, MachineRoutes, RoutesState, allocate_docker_subnets, route_plan_for,
+};
 
 fn subnets() -> DockerSubnets {
     allocate_docker_subnets(&[], &[], None).unwrap()
@@ -72,7 +73,10 @@ fn two_machine_plan() -> HostPlan {
         ]
         .into(),
     };
-    let plan = state.host_plan(&table).unwrap();
+    let plan = HostPlan::routes(
+        "routes apply",
+        state.host_plan(&table, &BTreeSet::new()).unwrap(),
+    );
     plan.check_allowed().unwrap();
     plan
 }

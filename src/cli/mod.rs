@@ -78,6 +78,9 @@ pub enum DriverArg {
     Kvm,
     /// Virtualization.framework (macOS).
     Vz,
+    /// No guest at all: devbox's own tests (accepted only by test builds).
+    #[value(hide = true)]
+    Fake,
 }
 
 #[derive(Debug, Args)]

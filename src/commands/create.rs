@@ -7,11 +7,8 @@ use anyhow::{Context, Result};
 use crate::cli::{CreateArgs, DriverArg};
 use crate::machine::spec::{self, HostLimits, NetworkSpec};
 use crate::machine::{Driver, MachineSpec, Store};
-use crate::net::routes::{self, Claim};
+use crate::routes::{self, Claim};
 use crate::{hypervisor, image, net, output, ssh};
-
-/// Whether this host can serve shares (devbox's NFS server is Linux-only so far).
-const SHARES_SUPPORTED: bool = cfg!(target_os = "linux");
 
 pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
     spec::validate_name(&a.name)?;
@@ -25,11 +22,33 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
         .map(spec::parse_docker_bip)
         .transpose()?;
     spec::validate_tld(&a.tld)?;
+
+    let (driver, why) = match a.driver {
+        None => hypervisor::default_driver(),
+        Some(d) => {
+            let d = match d {
+                DriverArg::Qemu => Driver::Qemu,
+                DriverArg::Kvm => Driver::Kvm,
+                DriverArg::Vz => Driver::Vz,
+                DriverArg::Fake => Driver::Fake,
+            };
+            (d, "chosen with --driver".to_owned())
+        }
+    };
+    // Refuse a driver this host cannot run now, not at the first start.
+    hypervisor::for_driver(driver)?;
+
+    let shares_work = driver.capabilities().shares;
     let shares = if a.no_share {
         Vec::new()
     } else if a.shares.is_empty() {
-        spec::default_shares()
-    } else if !SHARES_SUPPORTED {
+        // Where shares do not work, a default machine starts without one.
+        if shares_work {
+            spec::default_shares()
+        } else {
+            Vec::new()
+        }
+    } else if !shares_work {
         anyhow::bail!(
             "--share: file sharing is not available on this host yet (devbox's NFS server runs \
              on Linux hosts only); create the machine without --share"
@@ -41,20 +60,6 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
             .collect::<Result<Vec<_>, _>>()?
     };
     spec::check_shares(&shares)?;
-
-    let (driver, why) = match a.driver {
-        None => hypervisor::default_driver(),
-        Some(d) => {
-            let d = match d {
-                DriverArg::Qemu => Driver::Qemu,
-                DriverArg::Kvm => Driver::Kvm,
-                DriverArg::Vz => Driver::Vz,
-            };
-            (d, "chosen with --driver".to_owned())
-        }
-    };
-    // Refuse a driver this host cannot run now, not at the first start.
-    hypervisor::for_driver(driver)?;
 
     let image = image::find(&store.cache, a.image.as_deref())?;
 

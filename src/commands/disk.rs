@@ -11,7 +11,8 @@ use crate::machine::lock::lock_machine;
 use crate::machine::spec::{format_size, parse_size};
 use crate::machine::state::observe;
 use crate::machine::{MachineState, Store};
-use crate::{output, ssh, supervisor};
+use crate::supervisor::client;
+use crate::{output, ssh};
 
 pub fn run(store: &Store, c: DiskCommand) -> Result<i32> {
     match c {
@@ -40,7 +41,7 @@ fn usage(store: &Store, a: &StatusArgs) -> Result<i32> {
     let host = HostFile::of(&dir.disk_path())?;
     let reclaim = disk::probe_reclaim(&dir.path);
     let (guest, docker, now) = if obs.state == MachineState::Running {
-        let target = supervisor::ssh_target(&dir, &spec)?;
+        let target = client::ssh_target(&dir, &spec)?;
         let conn = ssh::Connection::connect(&target, Duration::from_secs(10))?;
         let guest = disk::measure_guest(&conn)?;
         // Docker may be the thing in trouble; the filesystem figures stand on their own.

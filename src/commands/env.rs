@@ -2,11 +2,10 @@
 
 use anyhow::Result;
 
-use super::CommandError;
 use crate::cli::EnvArgs;
-use crate::machine::state::observe;
-use crate::machine::{MachineState, Store};
+use crate::machine::Store;
 use crate::output;
+use crate::supervisor::client;
 
 pub fn run(store: &Store, a: &EnvArgs) -> Result<i32> {
     if a.unset {
@@ -16,14 +15,7 @@ pub fn run(store: &Store, a: &EnvArgs) -> Result<i32> {
         return Ok(0);
     }
     let dir = store.existing(&a.name)?;
-    let obs = observe(&dir)?;
-    if obs.state != MachineState::Running {
-        return Err(CommandError::NotRunning {
-            name: a.name.clone(),
-            state: obs.state.as_str().to_lowercase(),
-        }
-        .into());
-    }
+    client::require_running(&dir)?;
     output::data(format!(
         "export DOCKER_HOST=\"unix://{}\"\n# Run this command to configure your shell:\n# eval \"$(devbox env {})\"",
         dir.docker_socket_path().display(),

@@ -2,12 +2,12 @@
 
 use anyhow::Result;
 
-use super::CommandError;
 use crate::cli::RmArgs;
 use crate::machine::Store;
 use crate::machine::lock::lock_machine;
 use crate::machine::state::observe;
 use crate::output;
+use crate::supervisor::client::ClientError;
 
 pub fn run(store: &Store, a: &RmArgs) -> Result<i32> {
     let dir = store.machine(&a.name);
@@ -22,7 +22,7 @@ pub fn run(store: &Store, a: &RmArgs) -> Result<i32> {
     let obs = observe(&dir)?;
     if obs.state.is_live() {
         if !a.force {
-            return Err(CommandError::Running {
+            return Err(ClientError::Running {
                 name: a.name.clone(),
             }
             .into());

@@ -2,20 +2,23 @@
 //! Every change goes through the host plan applier (`host::apply`), which refuses anything
 //! outside devbox's own subnets, links and files.
 
+use std::collections::BTreeSet;
+
 use anyhow::{Context, Result};
 
 use crate::cli::RoutesCommand;
-use crate::host::{self, HostOs, HostPlan, RoutesState, routes_state_path};
+use crate::host::{self, HostOs, HostPlan};
 use crate::machine::Store;
+use crate::machine::lock::supervisor_alive;
+use crate::routes::RoutesFile;
 use crate::{net, output};
 
 pub fn run(store: &Store, c: RoutesCommand) -> Result<i32> {
     let (plan, dry_run) = match c {
         RoutesCommand::Apply(a) => {
-            let state = RoutesState::load(&routes_state_path(&store.home))?;
-            let mut plan = state.host_plan(&net::host_routes()?)?;
-            plan.command = "routes apply".into();
-            (plan, a.dry_run)
+            let state = RoutesFile::new(&store.home).load()?;
+            let routes = state.host_plan(&net::host_routes()?, &live_links(store)?)?;
+            (HostPlan::routes("routes apply", routes), a.dry_run)
         }
         RoutesCommand::Install(a) => {
             let exe = std::env::current_exe().context("finding the devbox executable")?;
@@ -42,4 +45,19 @@ pub fn run(store: &Store, c: RoutesCommand) -> Result<i32> {
         output::info(format!("{:?}: {}", step.outcome, step.action));
     }
     Ok(0)
+}
+
+/// The TAP links of the machines whose supervisor runs now (its lock is held): their routes
+/// stay, whatever `routes.json` says.
+fn live_links(store: &Store) -> Result<BTreeSet<String>> {
+    let mut links = BTreeSet::new();
+    for name in store.names()? {
+        let dir = store.machine(&name);
+        if supervisor_alive(&dir)?
+            && let Ok(spec) = dir.load_spec()
+        {
+            links.insert(net::tap_name(spec.network.index));
+        }
+    }
+    Ok(links)
 }

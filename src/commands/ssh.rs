@@ -5,24 +5,16 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::CommandError;
 use crate::cli::SshArgs;
-use crate::machine::state::observe;
-use crate::machine::{MachineState, Store};
-use crate::{ssh, supervisor};
+use crate::machine::Store;
+use crate::ssh;
+use crate::supervisor::client;
 
 pub fn run(store: &Store, a: &SshArgs) -> Result<i32> {
     let dir = store.existing(&a.name)?;
     let spec = dir.load_spec()?;
-    let obs = observe(&dir)?;
-    if obs.state != MachineState::Running {
-        return Err(CommandError::NotRunning {
-            name: a.name.clone(),
-            state: obs.state.as_str().to_lowercase(),
-        }
-        .into());
-    }
-    let target = supervisor::ssh_target(&dir, &spec)?;
+    client::require_running(&dir)?;
+    let target = client::ssh_target(&dir, &spec)?;
     let conn = ssh::Connection::connect(&target, Duration::from_secs(10))?;
     let code = if a.command.is_empty() {
         conn.shell(None)?

@@ -19,11 +19,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+// The sample lives with the state file that records it; the rules for it stay named here.
 use crate::machine::spec::format_size;
+pub use crate::machine::state::{GuestDiskSample, WARN_PCT};
 use crate::ssh;
 
-/// `status` and `ls` warn, and the supervisor logs, from this fill level (percent) up.
-pub const WARN_PCT: u8 = 80;
 /// What the user's data lives on in the guest.
 pub const GUEST_PATH: &str = "/var/lib/docker";
 /// The guest's reserve file (see `devbox-boot`).
@@ -67,27 +67,6 @@ impl DiskError {
             ),
             _ => None,
         }
-    }
-}
-
-/// The guest filesystem under `/var/lib/docker`, as `df` sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GuestDiskSample {
-    pub size_bytes: u64,
-    pub used_bytes: u64,
-    /// Free to unprivileged writers (ext4's root-reserved blocks are not counted).
-    pub avail_bytes: u64,
-    /// `used / (used + avail)`, rounded up, as `df` prints it.
-    pub used_pct: u8,
-    /// Whether the guest still holds its reserve file (released once the disk filled up).
-    pub reserve_held: bool,
-    /// RFC 3339 time of the measurement.
-    pub measured: String,
-}
-
-impl GuestDiskSample {
-    pub fn is_nearly_full(&self) -> bool {
-        self.used_pct >= WARN_PCT
     }
 }
 

@@ -2,20 +2,18 @@
 //! owns (`<machine>.<tld>`, `<container>.<machine>.<tld>`, container aliases under the TLD, and
 //! PTR records for their IPs) and forwards every other query to the host's upstream resolvers,
 //! relaying their answer unchanged. The host resolver is pointed at it only for the owned
-//! domains ([`resolver_plan`]); `.dev` is a real TLD and must keep working.
+//! domains (`crate::resolver`); `.dev` is a real TLD and must keep working.
 //!
 //! - [`zone`]: pure: containers → record map; the rules for names and aliases.
 //! - [`DnsServer`] (`server.rs`): UDP + TCP listeners on one address; owns their tasks.
 //! - [`RecordsHandle`] (`records.rs`): shared handle to replace the served containers.
 //! - [`watch_containers`] (`watch.rs`): Docker events on the forwarded socket → records; runs
 //!   as one task (the caller's) until dropped.
-//! - [`resolver_plan`]: pure rendering of `/etc/resolver/*` files and `resolvectl` commands.
 //! - `handler.rs` / `forward.rs`: the request handler and the upstream client (private).
 
 mod forward;
 mod handler;
 mod records;
-pub mod resolver_plan;
 mod server;
 mod watch;
 pub mod zone;

@@ -287,7 +287,7 @@ impl Zone {
     }
 
     /// Every name served outside `<machine>.<tld>` and the reverse tree: the aliases, which
-    /// the host resolver plan needs (see [`super::resolver_plan::owned_domains`]).
+    /// the host resolver plan needs (see [`crate::resolver::plan::owned_domains`]).
     pub fn alias_names(&self) -> Vec<String> {
         let mut out: Vec<String> = self
             .nodes

@@ -6,16 +6,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::HostError;
-use super::commands::{join_argv, unit_load_argvs, unit_reload_argv, unit_unload_argvs};
-use super::plan::{HostOs, HostPlan, Step, step_lines};
+use super::argv::{
+    join_argv, resolved_argvs, resolved_revert, step_lines, unit_load_argvs, unit_reload_argv,
+    unit_unload_argvs,
+};
+use super::plan::{HostOs, HostPlan, Step};
 use super::sys;
-use crate::machine::store::write_atomic;
-use crate::net::overlaps;
-use crate::net::routes::{DOCKER_SUBNET_FLAG, PlannedRoute, RouteError};
+use crate::atomic_file::write_atomic;
+use crate::net::{HostRoute, first_overlap};
+use crate::routes::{PlannedRoute, RouteError};
 
 /// Where the applier acts. Routes always change in the caller's network namespace (tests
-/// run it inside one of their own); files land under `root`, and service managers are only
-/// called when `manage_services` is set.
+/// run it inside one of their own); files land under `root`, and service managers and
+/// systemd-resolved are only called when `manage_services` is set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyTarget {
     pub root: PathBuf,
@@ -32,7 +35,7 @@ impl ApplyTarget {
     }
 
     /// A scratch tree (tests): `/etc/resolver/x` is written to `<root>/etc/resolver/x`, and
-    /// service managers are left alone.
+    /// service managers and systemd-resolved are left alone.
     pub fn under(root: impl Into<PathBuf>) -> ApplyTarget {
         ApplyTarget {
             root: root.into(),
@@ -132,21 +135,9 @@ pub fn apply_to(
     };
     let present = |r: &PlannedRoute| table.iter().any(|t| r.matches(t));
     for r in plan.routes.add.iter().filter(|r| !present(r)) {
-        let leaving = |t: &crate::net::HostRoute| plan.routes.remove.iter().any(|x| x.matches(t));
-        if let Some(t) = table.iter().find(|t| {
-            t.dest.prefix_len() > 0 && overlaps(&r.dest, &t.dest) && !r.matches(t) && !leaving(t)
-        }) {
-            return Err(RouteError::Conflict {
-                subnet: r.dest,
-                route: t.dest,
-                interface: if t.interface.is_empty() {
-                    "no interface".into()
-                } else {
-                    t.interface.clone()
-                },
-                flag: DOCKER_SUBNET_FLAG,
-            }
-            .into());
+        let leaving = |t: &HostRoute| plan.routes.remove.iter().any(|x| x.matches(t));
+        if let Some(t) = first_overlap(&r.dest, &table, |t| r.matches(t) || leaving(t)) {
+            return Err(RouteError::conflict(r.dest, t).into());
         }
     }
 
@@ -217,6 +208,20 @@ fn run_step(
         Step::RemoveRoute(r) if !present(r) => Ok(Outcome::AlreadyDone),
         Step::RemoveRoute(r) => sys::delete_route(r).map(|()| Outcome::Done),
         Step::HostFilter(h) => sys::hostfilter(h).map(|()| Outcome::Done),
+        Step::SetResolved(_) | Step::RevertResolved(_) if !target.manage_services => Ok(
+            Outcome::Skipped("systemd-resolved is not used for a test root".into()),
+        ),
+        Step::SetResolved(r) => {
+            resolved_supported(os, &r.link)?;
+            for argv in resolved_argvs(r) {
+                run(&argv)?;
+            }
+            Ok(Outcome::Done)
+        }
+        Step::RevertResolved(link) => {
+            resolved_supported(os, link)?;
+            run(&resolved_revert(link)).map(|()| Outcome::Done)
+        }
         Step::WriteFile(f) => {
             let path = target.host_path(&f.path);
             if file_is(&path, f.contents.as_bytes(), f.mode) {
@@ -272,6 +277,17 @@ fn run_step(
             }
             Ok(Outcome::Done)
         }
+    }
+}
+
+/// systemd-resolved is a Linux service; a macOS host names its resolvers in files.
+fn resolved_supported(os: HostOs, link: &str) -> Result<(), HostError> {
+    match os {
+        HostOs::Linux => Ok(()),
+        HostOs::Macos => Err(HostError::Unsupported {
+            what: format!("systemd-resolved settings on {link}"),
+            os,
+        }),
     }
 }
 

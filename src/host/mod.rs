@@ -1,44 +1,46 @@
 //! The one privileged door: everything devbox changes on the host outside `$DEVBOX_HOME`
-//! (routes to the machines' Docker subnets, service units that restore them at boot, and
-//! later the DNS resolver files) is first computed as a [`HostPlan`] by pure code, then
-//! carried out by [`apply`], which refuses anything outside devbox's own subnets, links and
-//! files (see [`HostPlan::check_allowed`]).
+//! (routes to the machines' Docker subnets, vmnet host filters, systemd-resolved's settings
+//! for a machine's link, the `/etc/resolver/*` files, and the service units that restore
+//! routes at boot) is first computed as a [`HostPlan`] by pure code, then carried out by
+//! [`apply`], which refuses anything outside devbox's own subnets, links and files (see
+//! [`HostPlan::check_allowed`]). No other code changes the host.
 //!
-//! - `plan.rs`: the plan, its allowlist and its `--dry-run` text (Linux and macOS).
+//! - `plan.rs`: the plan and its allowlist.
+//! - `argv.rs`: every external command as an argv list (`ip route`, `route`, `ifconfig`,
+//!   `resolvectl`, `systemctl`, `launchctl`), and the plan's `--dry-run` text made of them
+//!   (Linux and macOS).
 //! - `apply.rs`: the applier; `sys/linux.rs` (rtnetlink) and `sys/macos.rs` (`route`,
-//!   `ifconfig`) change the routes, `systemctl`/`launchctl` load the units.
-//! - `commands.rs`: every external command as an argv list, plus the macOS `netstat` parse.
+//!   `ifconfig`) change the routes, `resolvectl` the resolver links, `systemctl`/`launchctl`
+//!   load the units.
 //! - `units.rs`: the launchd plist and systemd units that rerun `devbox routes apply` at boot
 //!   and whenever the routes state file changes, and the plans that install and remove them.
-//! - `state.rs`: `$DEVBOX_HOME/routes.json`, every machine's Docker routes, and the plan
-//!   that brings the host in line with it.
 //!
-//! Threads: none are kept; route changes use `net`'s short-lived netlink threads.
+//! What to route lives in `crate::routes`, what to resolve in `crate::resolver`; both only
+//! compute plans. Threads: none are kept; route changes use `net`'s short-lived netlink
+//! threads.
 
 mod apply;
-mod commands;
+mod argv;
 mod plan;
-pub mod resolved;
-mod state;
 mod sys;
 mod units;
 
 use std::path::PathBuf;
 
 pub use apply::{AppliedReport, AppliedStep, ApplyTarget, Outcome, apply, apply_to};
-pub use commands::{
+pub use argv::{
     hostfilter_argv, ip_route_argv, launchctl_bootout_argv, launchctl_bootstrap_argv,
-    parse_netstat_routes, route_add_argv, route_delete_argv, systemctl_argv,
+    resolved_commands, resolved_revert, route_add_argv, route_delete_argv, systemctl_argv,
 };
-pub use plan::{FileSpec, HostFilter, HostOs, HostPlan, ServiceUnit};
-pub use state::{MachineRoutes, ROUTES_STATE_FILE, RoutesState, routes_state_path};
+pub use plan::{FileSpec, HostFilter, HostOs, HostPlan, ResolvedLink, ServiceUnit};
 pub use units::{
     LAUNCHD_LABEL, LAUNCHD_PLIST_PATH, SYSTEMD_PATH_UNIT, SYSTEMD_SERVICE_UNIT, install_plan,
     render_launchd_plist, render_systemd_units, uninstall_plan,
 };
 
+use crate::hint::Hint;
 use crate::net::NetError;
-use crate::net::routes::RouteError;
+use crate::routes::RouteError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -75,20 +77,14 @@ pub enum HostError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid routes state file {}", path.display())]
-    State {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
     #[error("{what} is not supported on {os}")]
     Unsupported { what: String, os: HostOs },
     #[error("invalid path {}: {why}", path.display())]
     BadPath { path: PathBuf, why: &'static str },
 }
 
-impl HostError {
-    pub fn hint(&self) -> Option<String> {
+impl Hint for HostError {
+    fn hint(&self) -> Option<String> {
         match self {
             HostError::NoPrivilege {
                 privilege: "CAP_NET_ADMIN",
@@ -101,11 +97,6 @@ impl HostError {
             HostError::NoPrivilege { command, .. } => Some(format!("run `sudo devbox {command}`")),
             HostError::Route(e) => e.hint(),
             HostError::Net(e) => e.hint(),
-            HostError::State { path, .. } => Some(format!(
-                "devbox rewrites {} whenever a machine starts or stops; remove it and \
-                 restart the running machines",
-                path.display()
-            )),
             _ => None,
         }
     }

@@ -1,19 +1,16 @@
-//! [`HostPlan`]: a serialisable list of host changes, its allowlist and its dry-run text.
+//! [`HostPlan`]: a serialisable list of host changes and its allowlist. Its dry-run text
+//! (the commands it amounts to) is in `argv.rs`.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::HostError;
-use super::commands::{
-    hostfilter_argv, ip_route_argv, join_argv, route_add_argv, route_delete_argv, unit_load_argvs,
-    unit_reload_argv, unit_unload_argvs,
-};
-use crate::net::routes::{
-    PlannedRoute, RoutePlan, devbox_link, is_private, is_vmnet_bridge, validate_docker_subnet,
-};
-use crate::net::{Ipv4Net, overlaps};
+use crate::net::vmnet::is_vmnet_bridge;
+use crate::net::{Ipv4Net, devbox_link, overlaps};
+use crate::routes::{PlannedRoute, RoutePlan, is_private, validate_docker_subnet};
 
 /// Directories devbox may write files into, with the file-name prefix each requires.
 const ALLOWED_FILES: [(&str, &str); 3] = [
@@ -30,12 +27,9 @@ pub enum HostOs {
 }
 
 impl HostOs {
+    /// The OS this binary runs on.
     pub fn current() -> HostOs {
-        if cfg!(target_os = "macos") {
-            HostOs::Macos
-        } else {
-            HostOs::Linux
-        }
+        super::sys::HOST_OS
     }
 }
 
@@ -72,9 +66,22 @@ pub struct HostFilter {
     pub member: String,
 }
 
+/// systemd-resolved's settings for a machine's TAP link: its DNS server for `domains` only
+/// (routing-only `~domain`s, never the bare TLD) and no default DNS route on the link.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ResolvedLink {
+    /// The machine's TAP, `dbxN`.
+    pub link: String,
+    pub server: SocketAddr,
+    /// The machine's TLD: every domain must lie under it.
+    pub tld: String,
+    pub domains: Vec<String>,
+}
+
 /// Everything one privileged run changes on the host. The applier runs the steps in the
-/// order [`HostPlan::steps`] lists them: stop units, remove routes and files, write files,
-/// add routes and host filters, reload and start units.
+/// order [`HostPlan::steps`] lists them: stop units, remove routes, revert resolved links,
+/// remove files, write files, add routes, set resolved links, host filters, reload and
+/// start units.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostPlan {
     /// The devbox verb that computed the plan (`routes apply`), named in privilege errors.
@@ -90,6 +97,12 @@ pub struct HostPlan {
     pub load_units: Vec<ServiceUnit>,
     #[serde(default)]
     pub unload_units: Vec<ServiceUnit>,
+    /// systemd-resolved links to point at a machine's DNS server (Linux).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolved: Vec<ResolvedLink>,
+    /// systemd-resolved links whose devbox settings to drop (`resolvectl revert`; Linux).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolved_revert: Vec<String>,
 }
 
 /// One step of a plan, in execution order.
@@ -97,15 +110,26 @@ pub struct HostPlan {
 pub(super) enum Step<'p> {
     UnloadUnit(&'p ServiceUnit),
     RemoveRoute(&'p PlannedRoute),
+    RevertResolved(&'p str),
     RemoveFile(&'p Path),
     WriteFile(&'p FileSpec),
     AddRoute(&'p PlannedRoute),
+    SetResolved(&'p ResolvedLink),
     HostFilter(&'p HostFilter),
     ReloadUnits,
     LoadUnit(&'p ServiceUnit),
 }
 
 impl HostPlan {
+    /// A plan that changes routes only.
+    pub fn routes(command: impl Into<String>, routes: RoutePlan) -> HostPlan {
+        HostPlan {
+            command: command.into(),
+            routes,
+            ..HostPlan::default()
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.steps().is_empty()
     }
@@ -120,14 +144,19 @@ impl HostPlan {
         self.remove_files.dedup();
         self.load_units.sort();
         self.unload_units.sort();
+        self.resolved.sort();
+        self.resolved_revert.sort();
+        self.resolved_revert.dedup();
     }
 
     pub(super) fn steps(&self) -> Vec<Step<'_>> {
         let mut steps: Vec<Step> = self.unload_units.iter().map(Step::UnloadUnit).collect();
         steps.extend(self.routes.remove.iter().map(Step::RemoveRoute));
+        steps.extend(self.resolved_revert.iter().map(|l| Step::RevertResolved(l)));
         steps.extend(self.remove_files.iter().map(|p| Step::RemoveFile(p)));
         steps.extend(self.write_files.iter().map(Step::WriteFile));
         steps.extend(self.routes.add.iter().map(Step::AddRoute));
+        steps.extend(self.resolved.iter().map(Step::SetResolved));
         steps.extend(self.hostfilters.iter().map(Step::HostFilter));
         let units_changed = !self.load_units.is_empty() || !self.unload_units.is_empty();
         if units_changed {
@@ -138,9 +167,11 @@ impl HostPlan {
     }
 
     /// The allowlist: routes only to private Docker subnets via a machine's guest IP on its
-    /// own `dbxN` TAP, or via a private address on a vmnet bridge (`bridgeN`, vz machines); files only directly inside `/etc/resolver/`, as
-    /// `/etc/systemd/system/devbox-*` or `/Library/LaunchDaemons/dev.devbox.*`; units only
-    /// those files. The first item outside it fails the whole plan, before any change.
+    /// own `dbxN` TAP, or via a private address on a vmnet bridge (`bridgeN`, vz machines);
+    /// files only directly inside `/etc/resolver/`, as `/etc/systemd/system/devbox-*` or
+    /// `/Library/LaunchDaemons/dev.devbox.*`; units only those files; resolved settings only
+    /// on `dbxN` links, for domains under the machine's TLD. The first item outside it fails
+    /// the whole plan, before any change.
     pub fn check_allowed(&self) -> Result<(), HostError> {
         for r in self.routes.add.iter().chain(&self.routes.remove) {
             check_route(r)?;
@@ -168,6 +199,12 @@ impl HostPlan {
                 ));
             }
         }
+        for r in &self.resolved {
+            check_resolved(&r.link, &r.domains, &r.tld)?;
+        }
+        for link in &self.resolved_revert {
+            check_resolved(link, &[], "")?;
+        }
         for h in &self.hostfilters {
             let ok_bridge = h
                 .bridge
@@ -183,67 +220,6 @@ impl HostPlan {
             }
         }
         Ok(())
-    }
-
-    /// The plan as the commands it amounts to on `os`, one per line (the `--dry-run` text).
-    pub fn render(&self, os: HostOs) -> String {
-        let mut out = format!("# devbox host plan for {os}");
-        if !self.command.is_empty() {
-            out.push_str(&format!(" (devbox {})", self.command));
-        }
-        out.push('\n');
-        let steps = self.steps();
-        if steps.is_empty() {
-            out.push_str("# nothing to change\n");
-        }
-        for step in steps {
-            for line in step_lines(&step, os) {
-                out.push_str(&line);
-                out.push('\n');
-            }
-        }
-        out
-    }
-}
-
-impl fmt::Display for HostPlan {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.render(HostOs::current()))
-    }
-}
-
-/// The text lines for one step; `apply` reports with the same words.
-pub(super) fn step_lines(step: &Step<'_>, os: HostOs) -> Vec<String> {
-    let machine = |r: &PlannedRoute| format!("  # machine {}", r.machine);
-    match step {
-        Step::UnloadUnit(u) => unit_unload_argvs(os, u)
-            .iter()
-            .map(|a| join_argv(a))
-            .collect(),
-        Step::LoadUnit(u) => unit_load_argvs(os, u)
-            .iter()
-            .map(|a| join_argv(a))
-            .collect(),
-        Step::ReloadUnits => unit_reload_argv(os)
-            .map(|a| join_argv(&a))
-            .into_iter()
-            .collect(),
-        Step::RemoveRoute(r) => vec![match os {
-            HostOs::Linux => join_argv(&ip_route_argv("del", r)) + &machine(r),
-            HostOs::Macos => join_argv(&route_delete_argv(r)) + &machine(r),
-        }],
-        Step::AddRoute(r) => vec![match os {
-            HostOs::Linux => join_argv(&ip_route_argv("add", r)) + &machine(r),
-            HostOs::Macos => join_argv(&route_add_argv(r)) + &machine(r),
-        }],
-        Step::HostFilter(h) => vec![join_argv(&hostfilter_argv(h))],
-        Step::RemoveFile(p) => vec![format!("rm -f {}", p.display())],
-        Step::WriteFile(f) => vec![format!(
-            "write {} (mode {:04o}, {} bytes)",
-            f.path.display(),
-            f.mode,
-            f.contents.len()
-        )],
     }
 }
 
@@ -287,6 +263,31 @@ fn check_route(r: &PlannedRoute) -> Result<(), HostError> {
         ));
     }
     validate_docker_subnet(r.dest, &[]).map_err(|e| refused(item(), e.to_string()))
+}
+
+/// resolved settings only on devbox's own links, and only for domains under the TLD (never
+/// the TLD itself: `.dev` is a real, HSTS-preloaded TLD).
+fn check_resolved(link: &str, domains: &[String], tld: &str) -> Result<(), HostError> {
+    if devbox_link(link).is_none() {
+        return Err(refused(
+            format!("configure resolved on {link}"),
+            "it is not a devbox link (dbx0 … dbx63)".into(),
+        ));
+    }
+    let suffix = format!(".{tld}");
+    let label_ok = |l: &str| {
+        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if let Some(d) = domains
+        .iter()
+        .find(|d| !d.ends_with(&suffix) || !d.split('.').all(label_ok))
+    {
+        return Err(refused(
+            format!("route {d} to a machine"),
+            format!("it is not a domain under .{tld}"),
+        ));
+    }
+    Ok(())
 }
 
 fn check_file(path: &Path) -> Result<(), HostError> {

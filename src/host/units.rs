@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::HostError;
 use super::plan::{FileSpec, HostOs, HostPlan, ServiceUnit};
-use super::state::routes_state_path;
+use crate::routes::routes_state_path;
 
 pub const LAUNCHD_LABEL: &str = "dev.devbox.routes";
 pub const LAUNCHD_PLIST_PATH: &str = "/Library/LaunchDaemons/dev.devbox.routes.plist";

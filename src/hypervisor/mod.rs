@@ -2,20 +2,27 @@
 //! it, wait for it. vCPUs, memory and interrupts stay inside each driver, because
 //! Virtualization.framework exposes none of them (Lima's driver interface draws the same line).
 //!
+//! - `kvm` (Linux hosts): the in-process VMM on the rust-vmm crates.
 //! - `qemu` (Linux hosts): an external `qemu-system-x86_64` child, KVM-accelerated where the
 //!   probe says KVM can boot a stock kernel, TCG otherwise.
 //! - `vz` (macOS hosts): Virtualization.framework inside the supervisor process; its plan
 //!   (`vz_plan`) is pure and tested everywhere.
+//! - `fake` (devbox's own test builds only, cargo feature `fake-hypervisor`): no guest at all;
+//!   it reports itself ready, so the tier-2 tests run the supervisor's whole lifecycle.
 //! - `probe`: decides whether this host's KVM can run a stock guest kernel.
 //! - `guest_report`: the line a guest sends over vsock to report its address.
 //!
-//! Which drivers exist on which host, and the default one, is in `sys/`.
+//! Which drivers exist on which host, and the default one, is in `sys/`. How drivers differ
+//! for everything around them (TAP or not, how the guest is addressed and reached, shares) is
+//! [`Hypervisor::capabilities`], the table in `machine::driver`.
 //!
 //! The driver does not own the disks' contents: the supervisor creates the config drive and
-//! hands it over in [`BootConfig`]. For qemu and kvm it also creates the TAP device
-//! ([`BootConfig::tap`] is `Some`); the vz driver puts the NIC on VZ's NAT itself (`None`),
-//! and the guest reports its address over vsock.
+//! hands it over in [`BootConfig`]. For a driver whose link is [`Link::Tap`] it also creates
+//! the TAP device ([`BootConfig::tap`] is `Some`); the vz driver puts the NIC on VZ's NAT
+//! itself (`None`), and the guest reports its address over vsock.
 
+#[cfg(feature = "fake-hypervisor")]
+pub mod fake;
 pub mod guest_report;
 #[cfg(target_os = "linux")]
 pub mod kvm;
@@ -31,7 +38,8 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
 
-use crate::machine::Driver;
+use crate::hint::Hint;
+pub use crate::machine::driver::{Addressing, Capabilities, Driver, GuestAccess, Link};
 use guest_report::{GuestReport, ReportError};
 
 #[derive(Debug, thiserror::Error)]
@@ -60,8 +68,8 @@ pub enum HypervisorError {
     Io(#[from] std::io::Error),
 }
 
-impl HypervisorError {
-    pub fn hint(&self) -> Option<String> {
+impl Hint for HypervisorError {
+    fn hint(&self) -> Option<String> {
         match self {
             HypervisorError::Unavailable { driver, .. } if *driver != sys::FALLBACK_DRIVER => {
                 Some(sys::FALLBACK_HINT.into())
@@ -100,9 +108,8 @@ pub struct BootConfig {
     pub data_disk: PathBuf,
     pub config_drive: PathBuf,
     /// An open TAP device (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) the guest's NIC uses, with
-    /// close-on-exec cleared so a driver's child process (QEMU) inherits it. Required by the
-    /// drivers whose guest has a static address (qemu, kvm); `None` for vz, whose NIC is on
-    /// Virtualization.framework's NAT (`machine::guest_net`).
+    /// close-on-exec cleared so a driver's child process (QEMU) inherits it. Given to the
+    /// drivers whose link is [`Link::Tap`] (qemu, kvm); `None` for the others.
     pub tap: Option<OwnedFd>,
     pub mac: String,
     /// Where the guest's serial console goes.
@@ -133,11 +140,22 @@ pub trait RunningVm: Send {
     fn take_guest_reports(&mut self) -> Option<Receiver<Result<GuestReport, ReportError>>> {
         None
     }
+    /// The guest's readiness, for drivers whose guest the supervisor does not reach
+    /// ([`GuestAccess::DriverReport`]): one message, the Docker version on success or why
+    /// the guest will not be ready. `None` for the others, whose readiness the supervisor
+    /// reads over SSH. Handed out once.
+    fn take_ready_report(&mut self) -> Option<Receiver<Result<String, String>>> {
+        None
+    }
 }
 
 /// A hypervisor driver.
 pub trait Hypervisor {
     fn driver(&self) -> Driver;
+    /// What the driver needs from the host and how its guest is reached.
+    fn capabilities(&self) -> Capabilities {
+        self.driver().capabilities()
+    }
     fn accel(&self) -> &Accel;
     /// Checks that the driver can run here (programs present, device usable), before any
     /// resource is created.
@@ -147,7 +165,29 @@ pub trait Hypervisor {
 
 /// The driver for `driver` on this host.
 pub fn for_driver(driver: Driver) -> Result<Box<dyn Hypervisor>, HypervisorError> {
-    sys::for_driver(driver)
+    match driver {
+        Driver::Fake => fake_driver(),
+        _ => sys::for_driver(driver),
+    }
+}
+
+/// The fake driver exists in devbox's own test builds only: `cargo test` turns the
+/// `fake-hypervisor` feature on through the package's dev-dependency on itself, so a
+/// release binary (or any plain `cargo build`) refuses `--driver fake` and a machine.yaml
+/// that names it.
+#[cfg(feature = "fake-hypervisor")]
+fn fake_driver() -> Result<Box<dyn Hypervisor>, HypervisorError> {
+    Ok(Box::new(fake::Fake::new()))
+}
+
+#[cfg(not(feature = "fake-hypervisor"))]
+fn fake_driver() -> Result<Box<dyn Hypervisor>, HypervisorError> {
+    Err(HypervisorError::Unavailable {
+        driver: Driver::Fake,
+        reason: "the fake driver is built only into devbox's own test binaries (cargo feature \
+                 `fake-hypervisor`)"
+            .into(),
+    })
 }
 
 /// The driver a new machine gets when `--driver` is not given, and why.

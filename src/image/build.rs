@@ -159,7 +159,7 @@ pub enum BuildError {
     #[error("the kernel {path} cannot boot: it is {problem}")]
     Kernel {
         path: PathBuf,
-        problem: crate::hypervisor::vz_plan::KernelProblem,
+        problem: crate::image::kernel_format::KernelProblem,
     },
     #[error("cannot gunzip the kernel {path}")]
     Gunzip {

@@ -7,9 +7,9 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::guest_net::Addressing;
+use super::driver::Addressing;
 use super::spec::MachineSpec;
-use super::store::write_atomic;
+use crate::atomic_file::write_atomic;
 
 /// One file of the drive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +75,7 @@ pub fn env_file(spec: &MachineSpec, dns: &[std::net::IpAddr]) -> String {
         ("DEVBOX_NAME", spec.name.clone()),
         ("DEVBOX_HOSTNAME", spec.name.clone()),
     ];
-    match Addressing::of(spec.driver) {
+    match spec.driver.capabilities().addressing {
         Addressing::Static => {
             lines.push((
                 "DEVBOX_GUEST_IP",

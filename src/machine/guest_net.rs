@@ -3,6 +3,7 @@
 //! guest (`ip`, `ls`, `ssh`, `inspect`, `disk`) decide through here, so the drivers' two ways
 //! cannot drift apart.
 //!
+//! Which one comes from the driver's capabilities ([`Addressing`]):
 //! - [`Addressing::Static`] (qemu, kvm): the host chose the address when the machine was
 //!   created (its host-only /24, `MachineSpec::network`), puts the guest's NIC on its own TAP
 //!   device and tells the guest the address on the config drive.
@@ -13,26 +14,10 @@
 
 use std::net::Ipv4Addr;
 
-use super::spec::{Driver, MachineSpec};
+use super::driver::{Addressing, Driver};
+use super::spec::MachineSpec;
 use super::state::{MachineState, Observed, StateFile};
-
-/// Where a machine's guest address comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Addressing {
-    /// The spec's address, on the machine's TAP device.
-    Static,
-    /// The driver's NAT picks it by DHCP; the guest reports it.
-    Dhcp,
-}
-
-impl Addressing {
-    pub fn of(driver: Driver) -> Addressing {
-        match driver {
-            Driver::Qemu | Driver::Kvm => Addressing::Static,
-            Driver::Vz => Addressing::Dhcp,
-        }
-    }
-}
+use crate::hint::Hint;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddressError {
@@ -49,8 +34,8 @@ pub enum AddressError {
     NotReported { name: String },
 }
 
-impl AddressError {
-    pub fn hint(&self) -> Option<String> {
+impl Hint for AddressError {
+    fn hint(&self) -> Option<String> {
         match self {
             AddressError::NotRunning { name, .. } => Some(format!("start it: devbox start {name}")),
             AddressError::NotReported { name } => Some(format!(
@@ -64,7 +49,7 @@ impl AddressError {
 /// state, as before vz existed); for a [`Addressing::Dhcp`] one, the address its live
 /// supervisor recorded from the guest's report.
 pub fn guest_address(spec: &MachineSpec, observed: &Observed) -> Result<Ipv4Addr, AddressError> {
-    match Addressing::of(spec.driver) {
+    match spec.driver.capabilities().addressing {
         Addressing::Static => Ok(spec.network.guest_ip),
         Addressing::Dhcp if !observed.state.is_live() => Err(AddressError::NotRunning {
             name: spec.name.clone(),
@@ -97,7 +82,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::machine::spec::NetworkSpec;
     use crate::machine::state::Phase;
-    use crate::net::routes::DockerSubnets;
+    use crate::routes::DockerSubnets;
 
     /// A machine like the golden tests' (tests/golden/machine.yaml), on `driver`.
     pub(crate) fn spec(driver: Driver) -> MachineSpec {
@@ -144,13 +129,6 @@ pub(crate) mod tests {
                 hint: None,
             }),
         }
-    }
-
-    #[test]
-    fn drivers_that_own_a_tap_use_static_addresses() {
-        assert_eq!(Addressing::of(Driver::Qemu), Addressing::Static);
-        assert_eq!(Addressing::of(Driver::Kvm), Addressing::Static);
-        assert_eq!(Addressing::of(Driver::Vz), Addressing::Dhcp);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use fs_err as fs;
 use nix::fcntl::{Flock, FlockArg};
 
 use super::store::MachineDir;
+use crate::hint::Hint;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -20,8 +21,8 @@ pub enum LockError {
     Io(#[from] std::io::Error),
 }
 
-impl LockError {
-    pub fn hint(&self) -> Option<String> {
+impl Hint for LockError {
+    fn hint(&self) -> Option<String> {
         match self {
             LockError::Busy { .. } => Some("wait for it to finish, then try again".into()),
             LockError::Io(_) => None,

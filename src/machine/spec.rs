@@ -1,7 +1,6 @@
 //! `MachineSpec`: the desired, validated description of a machine, stored as
 //! `machines/<name>/machine.yaml`. Everything here is pure: parsing and validation only.
 
-use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -9,7 +8,10 @@ use std::str::FromStr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::net::routes::DockerSubnets;
+pub use super::driver::Driver;
+use crate::hint::Hint;
+use crate::net::HostOnlyNet;
+use crate::routes::{Claim, DockerSubnets, RouteError, validate_docker_subnet};
 
 /// Smallest memory a machine may have: the initramfs OS alone pins ~250 MiB.
 pub const MIN_MEMORY_MIB: u64 = 256;
@@ -40,10 +42,54 @@ pub enum SpecError {
     Share { text: String, why: String },
     #[error("invalid --tld {text:?}: {why}")]
     Tld { text: String, why: &'static str },
+    #[error("{bytes} bytes is too small for the data disk: at least 1G")]
+    DiskBytes { bytes: u64 },
+    #[error("{version:?} is not an image version (16 lowercase hex digits)")]
+    ImageVersion { version: String },
+    #[error("host-only index {index} is outside the pool (0 to 63)")]
+    Index { index: u8 },
+    #[error(
+        "{value} does not match network.index {index}: devbox derives it from the index, \
+         and it must be {expected}"
+    )]
+    NotDerived {
+        value: String,
+        index: u8,
+        expected: String,
+    },
+    #[error(
+        "invalid MAC address {text:?}: expected six hex bytes such as 52:54:00:12:34:56, \
+         of a unicast address"
+    )]
+    Mac { text: String },
+    #[error(transparent)]
+    Docker(RouteError),
+    #[error("Docker's pool size /{size} does not fit the pool {pool}: between /{} and /30", pool.prefix_len())]
+    PoolSize { size: u8, pool: Ipv4Net },
+    #[error("invalid share host path {}: {why}", path.display())]
+    SharePath { path: PathBuf, why: &'static str },
 }
 
-impl SpecError {
-    pub fn hint(&self) -> Option<String> {
+/// A value of `machine.yaml` that failed validation: which field, and why.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid {field}")]
+pub struct InvalidField {
+    /// The field's path in the file: `cpus`, `network.subnet`, `shares[1].guest_path`.
+    pub field: String,
+    #[source]
+    pub source: SpecError,
+}
+
+/// `Err(InvalidField)` for `field` when `check` fails.
+fn field<T>(name: impl Into<String>, check: Result<T, SpecError>) -> Result<T, InvalidField> {
+    check.map_err(|source| InvalidField {
+        field: name.into(),
+        source,
+    })
+}
+
+impl Hint for SpecError {
+    fn hint(&self) -> Option<String> {
         match self {
             SpecError::Share { .. } => {
                 Some("example: --share /home/me/src:/src (add :ro for read-only)".into())
@@ -51,25 +97,6 @@ impl SpecError {
             SpecError::DockerSubnet { .. } => Some("example: --docker-subnet 172.24.0.1/16".into()),
             _ => None,
         }
-    }
-}
-
-/// Which hypervisor runs the machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Driver {
-    Qemu,
-    Kvm,
-    Vz,
-}
-
-impl fmt::Display for Driver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Driver::Qemu => "qemu",
-            Driver::Kvm => "kvm",
-            Driver::Vz => "vz",
-        })
     }
 }
 
@@ -151,12 +178,112 @@ fn default_tld() -> String {
 }
 
 impl MachineSpec {
-    /// Checks the values a user can edit in `machine.yaml` by hand.
-    pub fn validate(&self, limits: &HostLimits) -> Result<(), SpecError> {
-        validate_name(&self.name)?;
-        validate_cpus(self.cpus, limits)?;
-        validate_memory(self.memory_mib, limits)?;
+    /// Checks every value of `machine.yaml`, which the user (and, through a share holding it,
+    /// a guest) can edit by hand, at every read: nothing in the file is trusted by the code
+    /// that acts with privileges (the TAP, the routes, the NFS exports, QEMU's arguments).
+    /// The network's addresses must be the ones its index gives (they are a cache of it).
+    pub fn validate(&self, limits: &HostLimits) -> Result<(), InvalidField> {
+        field("name", validate_name(&self.name))?;
+        field("cpus", validate_cpus(self.cpus, limits))?;
+        field("memory_mib", validate_memory(self.memory_mib, limits))?;
+        if self.disk_bytes < MIN_DISK_BYTES {
+            field(
+                "disk_bytes",
+                Err(SpecError::DiskBytes {
+                    bytes: self.disk_bytes,
+                }),
+            )?;
+        }
+        field("image", validate_image_version(&self.image))?;
+        self.network.validate()?;
+        self.validate_docker()?;
+        for (i, share) in self.shares.iter().enumerate() {
+            field(
+                format!("shares[{i}].host_path"),
+                validate_share_host_path(&share.host_path),
+            )?;
+            field(
+                format!("shares[{i}].guest_path"),
+                validate_guest_path(&share.guest_path).map_err(|why| SpecError::Share {
+                    text: share.guest_path.clone(),
+                    why,
+                }),
+            )?;
+        }
+        field("shares", check_shares(&self.shares))?;
+        field("tld", validate_tld(&self.tld))?;
         Ok(())
+    }
+
+    /// The Docker subnets with the rules `create` allocates them by.
+    fn validate_docker(&self) -> Result<(), InvalidField> {
+        let d = &self.docker;
+        let bridge = d.bridge.trunc();
+        field(
+            "docker.bridge",
+            validate_docker_subnet(d.bridge, &[]).map_err(SpecError::Docker),
+        )?;
+        if d.bridge.addr() == bridge.network() || d.bridge.addr() == bridge.broadcast() {
+            field(
+                "docker.bridge",
+                Err(SpecError::DockerSubnet {
+                    text: d.bridge.to_string(),
+                    why: "Docker's bip is a host address of the bridge's subnet".into(),
+                }),
+            )?;
+        }
+        let own_bridge = Claim {
+            machine: self.name.clone(),
+            subnet: bridge,
+        };
+        field(
+            "docker.pool",
+            validate_docker_subnet(d.pool, &[own_bridge]).map_err(SpecError::Docker),
+        )?;
+        if d.pool_size < d.pool.prefix_len() || d.pool_size > 30 {
+            field(
+                "docker.pool_size",
+                Err(SpecError::PoolSize {
+                    size: d.pool_size,
+                    pool: d.pool,
+                }),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl NetworkSpec {
+    /// The machine's host-only network, derived from its index.
+    pub fn host_only(&self) -> Result<HostOnlyNet, SpecError> {
+        HostOnlyNet::from_index(self.index).map_err(|_| SpecError::Index { index: self.index })
+    }
+
+    /// The stored addresses are those the index gives, and the MAC is a unicast one.
+    fn validate(&self) -> Result<(), InvalidField> {
+        let net = field("network.index", self.host_only())?;
+        let derived = |name: &str, value: String, expected: String| {
+            if value == expected {
+                Ok(())
+            } else {
+                field(
+                    format!("network.{name}"),
+                    Err(SpecError::NotDerived {
+                        value,
+                        index: self.index,
+                        expected,
+                    }),
+                )
+            }
+        };
+        derived("subnet", self.subnet.to_string(), net.subnet.to_string())?;
+        derived("host_ip", self.host_ip.to_string(), net.host_ip.to_string())?;
+        derived(
+            "guest_ip",
+            self.guest_ip.to_string(),
+            net.guest_ip.to_string(),
+        )?;
+        field("network.mac", validate_mac(&self.mac))
     }
 }
 
@@ -309,7 +436,7 @@ pub fn parse_docker_bip(text: &str) -> Result<Ipv4Net, SpecError> {
     };
     let net = Ipv4Net::from_str(text.trim())
         .map_err(|_| err("expected an IPv4 address with a prefix, e.g. 172.18.0.1/16".into()))?;
-    // Sizes and ranges are checked against the host's routes by `net::routes`.
+    // Sizes and ranges are checked against the host's routes by `crate::routes`.
     if net.prefix_len() > 30 {
         return Err(err(format!(
             "the prefix /{} leaves no room for containers",
@@ -329,6 +456,69 @@ pub fn parse_docker_bip(text: &str) -> Result<Ipv4Net, SpecError> {
         return Err(err("the address is not a unicast address".into()));
     }
     Ipv4Net::new(addr, net.prefix_len()).map_err(|e| err(e.to_string()))
+}
+
+/// An image version as `devbox image build` and `pull` name them: 16 lowercase hex digits
+/// (never a path: the version names a directory of the image cache).
+pub fn validate_image_version(version: &str) -> Result<(), SpecError> {
+    if version.len() == 16
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(SpecError::ImageVersion {
+            version: version.to_owned(),
+        })
+    }
+}
+
+/// Six colon-separated hex bytes of a unicast address: it goes into QEMU's `-device` option
+/// and the kvm driver's virtio-net config as it is.
+pub fn validate_mac(text: &str) -> Result<(), SpecError> {
+    let bytes: Vec<Option<u8>> = text
+        .split(':')
+        .map(|b| {
+            (b.len() == 2)
+                .then(|| u8::from_str_radix(b, 16).ok())
+                .flatten()
+        })
+        .collect();
+    match bytes.as_slice() {
+        [Some(first), rest @ ..] if rest.len() == 5 && rest.iter().all(Option::is_some) => {
+            if first & 1 == 0 {
+                Ok(())
+            } else {
+                Err(SpecError::Mac {
+                    text: text.to_owned(),
+                })
+            }
+        }
+        _ => Err(SpecError::Mac {
+            text: text.to_owned(),
+        }),
+    }
+}
+
+/// A share's host directory as `machine.yaml` records it: absolute and in canonical form
+/// (`create` canonicalises it; whether it still is the directory recorded then is checked at
+/// start, where it is opened).
+fn validate_share_host_path(path: &Path) -> Result<(), SpecError> {
+    use std::path::Component;
+    let canonical_form = path.is_absolute()
+        && path.components().collect::<PathBuf>().as_os_str() == path.as_os_str()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if canonical_form {
+        Ok(())
+    } else {
+        Err(SpecError::SharePath {
+            path: path.to_owned(),
+            why: "not an absolute path in canonical form (no `.`, `..`, `//` or trailing `/`)",
+        })
+    }
 }
 
 /// A stable locally administered MAC from the machine name (QEMU's 52:54:00 prefix).
@@ -557,6 +747,168 @@ mod tests {
         }
         for bad in ["", ".dev", "dev.", "DEV", "d_v"] {
             assert!(validate_tld(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// The golden machine, valid on a host with 2 CPUs and 4 GiB.
+    fn valid() -> (MachineSpec, HostLimits) {
+        let mut s = crate::machine::guest_net::tests::spec(Driver::Qemu);
+        s.network.mac = mac_for("dev");
+        (
+            s,
+            HostLimits {
+                cpus: 2,
+                memory_mib: 4096,
+            },
+        )
+    }
+
+    /// The field a crafted spec is refused for, and the message.
+    fn refused(edit: impl FnOnce(&mut MachineSpec)) -> (String, String) {
+        let (mut s, limits) = valid();
+        edit(&mut s);
+        let e = s.validate(&limits).expect_err("a crafted spec is refused");
+        (e.field.clone(), e.source.to_string())
+    }
+
+    #[test]
+    fn a_valid_spec_passes() {
+        let (s, limits) = valid();
+        s.validate(&limits).unwrap();
+    }
+
+    #[test]
+    fn network_addresses_must_be_the_ones_the_index_gives() {
+        let (f, why) = refused(|s| s.network.subnet = "192.0.0.0/2".parse().unwrap());
+        assert_eq!(f, "network.subnet");
+        assert_eq!(
+            why,
+            "192.0.0.0/2 does not match network.index 0: devbox derives it from the index, \
+             and it must be 192.168.64.0/24"
+        );
+        // A foreign subnet of the right size.
+        let (f, _) = refused(|s| s.network.subnet = "10.1.2.0/24".parse().unwrap());
+        assert_eq!(f, "network.subnet");
+        let (f, _) = refused(|s| s.network.host_ip = "200.66.0.1".parse().unwrap());
+        assert_eq!(f, "network.host_ip");
+        let (f, _) = refused(|s| s.network.guest_ip = "192.168.65.2".parse().unwrap());
+        assert_eq!(f, "network.guest_ip");
+        // An index outside the pool would name a link devbox does not own (dbx64 and up).
+        let (f, why) = refused(|s| s.network.index = 200);
+        assert_eq!(f, "network.index");
+        assert!(why.contains("outside the pool"), "{why}");
+    }
+
+    #[test]
+    fn docker_subnets_follow_the_routing_rules() {
+        // One covering the host's default route.
+        let (f, why) = refused(|s| s.docker.pool = "0.0.0.0/1".parse().unwrap());
+        assert_eq!(f, "docker.pool");
+        assert!(why.contains("0.0.0.0/1 is too large"), "{why}");
+        let (f, _) = refused(|s| s.docker.bridge = "8.8.8.1/24".parse().unwrap());
+        assert_eq!(f, "docker.bridge");
+        let (f, _) = refused(|s| s.docker.bridge = "192.168.64.1/24".parse().unwrap());
+        assert_eq!(f, "docker.bridge");
+        let (f, _) = refused(|s| s.docker.pool = "172.18.0.0/16".parse().unwrap());
+        assert_eq!(f, "docker.pool", "the pool may not overlap the bridge");
+        let (f, _) = refused(|s| s.docker.bridge = "172.18.0.0/16".parse().unwrap());
+        assert_eq!(f, "docker.bridge", "the bip is a host address");
+        let (f, _) = refused(|s| s.docker.pool_size = 8);
+        assert_eq!(f, "docker.pool_size");
+    }
+
+    #[test]
+    fn the_rest_of_the_file_is_checked_too() {
+        for (edit, want) in [
+            (
+                Box::new(|s: &mut MachineSpec| s.image = "../../../etc".into())
+                    as Box<dyn FnOnce(&mut MachineSpec)>,
+                "image",
+            ),
+            (
+                Box::new(|s: &mut MachineSpec| {
+                    s.network.mac = "52:54:00:00:00:01,romfile=/etc/shadow".into()
+                }),
+                "network.mac",
+            ),
+            (
+                Box::new(|s: &mut MachineSpec| s.network.mac = "01:00:5e:00:00:01".into()),
+                "network.mac",
+            ),
+            (Box::new(|s: &mut MachineSpec| s.cpus = 64), "cpus"),
+            (
+                Box::new(|s: &mut MachineSpec| s.memory_mib = 1),
+                "memory_mib",
+            ),
+            (
+                Box::new(|s: &mut MachineSpec| s.disk_bytes = 4096),
+                "disk_bytes",
+            ),
+            (
+                Box::new(|s: &mut MachineSpec| s.tld = "dev com".into()),
+                "tld",
+            ),
+            (
+                Box::new(|s: &mut MachineSpec| s.name = "../x".into()),
+                "name",
+            ),
+            (
+                Box::new(|s: &mut MachineSpec| {
+                    s.shares = vec![ShareSpec {
+                        host_path: "/home/me/../../etc".into(),
+                        guest_path: "/src".into(),
+                        read_only: false,
+                    }]
+                }),
+                "shares[0].host_path",
+            ),
+            (
+                Box::new(|s: &mut MachineSpec| {
+                    s.shares = vec![ShareSpec {
+                        host_path: "/home/me".into(),
+                        guest_path: "/var/lib/docker".into(),
+                        read_only: false,
+                    }]
+                }),
+                "shares[0].guest_path",
+            ),
+            (
+                Box::new(|s: &mut MachineSpec| {
+                    let share = ShareSpec {
+                        host_path: "/home/me".into(),
+                        guest_path: "/src".into(),
+                        read_only: false,
+                    };
+                    s.shares = vec![share.clone(), share];
+                }),
+                "shares",
+            ),
+        ] {
+            assert_eq!(refused(edit).0, want);
+        }
+    }
+
+    #[test]
+    fn macs_are_six_unicast_hex_bytes() {
+        validate_mac(&mac_for("dev")).unwrap();
+        validate_mac("52:54:00:AB:cd:01").unwrap();
+        for bad in [
+            "",
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:01:02",
+            "5254.00ab.cd01",
+            "52:54:00:ab:cd:0g",
+        ] {
+            assert!(validate_mac(bad).is_err(), "{bad:?}");
+        }
+        validate_image_version("0123456789abcdef").unwrap();
+        for bad in [
+            "0123456789ABCDEF",
+            "0123456789abcde",
+            "../0123456789abc",
+            "",
+        ] {
+            assert!(validate_image_version(bad).is_err(), "{bad:?}");
         }
     }
 

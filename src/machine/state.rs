@@ -4,7 +4,32 @@
 use serde::{Deserialize, Serialize};
 
 use super::lock::supervisor_alive;
-use super::store::{MachineDir, StoreError, write_atomic};
+use super::store::{MachineDir, StoreError};
+use crate::atomic_file::write_atomic;
+
+/// `status` and `ls` warn, and the supervisor logs, from this fill level (percent) up.
+pub const WARN_PCT: u8 = 80;
+
+/// The guest filesystem under `/var/lib/docker`, as `df` sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestDiskSample {
+    pub size_bytes: u64,
+    pub used_bytes: u64,
+    /// Free to unprivileged writers (ext4's root-reserved blocks are not counted).
+    pub avail_bytes: u64,
+    /// `used / (used + avail)`, rounded up, as `df` prints it.
+    pub used_pct: u8,
+    /// Whether the guest still holds its reserve file (released once the disk filled up).
+    pub reserve_held: bool,
+    /// RFC 3339 time of the measurement.
+    pub measured: String,
+}
+
+impl GuestDiskSample {
+    pub fn is_nearly_full(&self) -> bool {
+        self.used_pct >= WARN_PCT
+    }
+}
 
 /// The phase the supervisor reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,7 +60,7 @@ pub struct StateFile {
     /// The guest filesystem's fill level, measured by the supervisor every 30 s while the
     /// machine runs (so `status` and `ls` need not reach the guest).
     #[serde(default)]
-    pub disk: Option<crate::disk::GuestDiskSample>,
+    pub disk: Option<GuestDiskSample>,
     /// The address the guest reported, for drivers whose guest gets it by DHCP (vz; see
     /// [`super::guest_net`]). Absent for the others, whose address is the spec's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -44,6 +69,26 @@ pub struct StateFile {
     /// detached and its errors reach the user only through this file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+}
+
+impl StateFile {
+    /// A supervisor's first state: starting, with nothing known yet.
+    pub fn starting(supervisor_pid: u32, started: String) -> StateFile {
+        StateFile {
+            phase: Phase::Starting,
+            step: "preparing".into(),
+            supervisor_pid,
+            vm_pid: None,
+            accel: None,
+            accel_reason: None,
+            started,
+            ready: None,
+            error: None,
+            disk: None,
+            guest_ip: None,
+            hint: None,
+        }
+    }
 }
 
 /// The state shown to users.

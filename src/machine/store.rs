@@ -5,12 +5,13 @@
 //! directory appears under its name only when complete: `create` assembles it under a
 //! dot-name and renames it into place.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use fs_err as fs;
 
-use super::spec::{MachineSpec, SpecError};
+use super::spec::{InvalidField, MachineSpec, SpecError};
+use crate::atomic_file::{sync_dir, write_atomic};
+use crate::hint::Hint;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -25,9 +26,12 @@ pub enum StoreError {
         column: usize,
         message: String,
     },
-    #[error("{path} is not a valid machine spec")]
+    #[error("{}:{line}: {field} is not valid", path.display())]
     Invalid {
         path: PathBuf,
+        /// The line of the field (1 when it could not be found).
+        line: usize,
+        field: String,
         #[source]
         source: SpecError,
     },
@@ -35,8 +39,8 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
 }
 
-impl StoreError {
-    pub fn hint(&self) -> Option<String> {
+impl Hint for StoreError {
+    fn hint(&self) -> Option<String> {
         match self {
             StoreError::NotFound { .. } => Some("`devbox ls` lists the machines".into()),
             StoreError::Exists { name } => Some(format!(
@@ -255,6 +259,28 @@ impl MachineDir {
     pub fn supervisor_lock_path(&self) -> PathBuf {
         self.path.join("supervisor.lock")
     }
+    /// `dns.json`: the running machine's DNS server and owned domains (`crate::resolver`).
+    pub fn dns_state_path(&self) -> PathBuf {
+        self.path.join("dns.json")
+    }
+
+    /// The files a supervisor creates while it runs and removes when it ends; a supervisor
+    /// that died (SIGKILL) leaves them behind for the next command to remove.
+    pub fn runtime_files(&self) -> [PathBuf; 4] {
+        [
+            self.docker_socket_path(),
+            self.control_socket_path(),
+            self.qmp_socket_path(),
+            self.pid_path(),
+        ]
+    }
+
+    /// Removes [`MachineDir::runtime_files`] (absent ones are fine).
+    pub fn remove_runtime_files(&self) {
+        for path in self.runtime_files() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 
     /// Reads and validates `machine.yaml`; a parse error names the file, line and column.
     pub fn load_spec(&self) -> Result<MachineSpec, StoreError> {
@@ -292,7 +318,12 @@ impl MachineDir {
             });
         }
         spec.validate(&super::spec::HostLimits::of_this_host())
-            .map_err(|source| StoreError::Invalid { path, source })?;
+            .map_err(|InvalidField { field, source }| StoreError::Invalid {
+                path,
+                line: yaml_line(&text, &field),
+                field,
+                source,
+            })?;
         Ok(spec)
     }
 
@@ -303,33 +334,54 @@ impl MachineDir {
     }
 }
 
-/// Writes `bytes` to `path` atomically: temp file beside it, fsync, rename, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("creating a temp file in {}: {e}", dir.display()),
-            )
-        })?;
-    let with_path = |e: std::io::Error| {
-        std::io::Error::new(e.kind(), format!("writing {}: {e}", path.display()))
+/// The line of `field` (`cpus`, `network.subnet`, `shares[1].guest_path`) in `machine.yaml`
+/// as devbox writes it (block style, one key per line, list items as `- key: …`); 1 when it
+/// is not found. Only for messages: it never decides anything.
+fn yaml_line(text: &str, field: &str) -> usize {
+    let lines: Vec<&str> = text.lines().collect();
+    // Where a line's key starts: after its indentation and the `- ` of a list item.
+    let key_indent = |i: usize| lines[i].len() - lines[i].trim_start_matches([' ', '-']).len();
+    let key_is = |i: usize, key: &str| {
+        lines[i]
+            .trim_start_matches([' ', '-'])
+            .split_once(':')
+            .is_some_and(|(k, _)| k == key)
     };
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(with_path)?;
-    tmp.write_all(bytes).map_err(with_path)?;
-    tmp.as_file().sync_all().map_err(with_path)?;
-    tmp.persist(path).map_err(|e| with_path(e.error))?;
-    sync_dir(dir)
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    fs::File::open(dir)?.sync_all()
+    let filled = |i: &usize| !lines[*i].trim().is_empty();
+    let is_item = |i: &usize| lines[*i].trim_start().starts_with("- ");
+    // The lines to search and the indentation of their keys.
+    let (mut lo, mut hi, mut indent) = (0, lines.len(), 0);
+    let mut found = None;
+    for part in field.split('.') {
+        let (key, index) = match part.split_once('[') {
+            Some((k, i)) => (k, i.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let Some(at) = (lo..hi).find(|&i| key_indent(i) == indent && key_is(i, key)) else {
+            break;
+        };
+        found = Some(at);
+        // The key's block: the lines after it that are indented deeper.
+        let end = (at + 1..hi)
+            .find(|&i| filled(&i) && key_indent(i) <= key_indent(at))
+            .unwrap_or(hi);
+        match index {
+            None => {
+                lo = at + 1;
+                hi = end;
+                indent = (lo..hi).find(filled).map_or(usize::MAX, key_indent);
+            }
+            Some(n) => {
+                let items: Vec<usize> = (at + 1..end).filter(is_item).collect();
+                let Some(&item) = items.get(n) else { break };
+                found = Some(item);
+                lo = item;
+                hi = items.get(n + 1).copied().unwrap_or(end);
+                indent = key_indent(item);
+            }
+        }
+    }
+    found.map_or(1, |i| i + 1)
 }
 
 #[cfg(test)]
@@ -337,14 +389,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn atomic_write_replaces_whole_file() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("f");
-        write_atomic(&p, b"one", 0o600).unwrap();
-        write_atomic(&p, b"two", 0o600).unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().collect();
-        assert_eq!(left.len(), 1, "no temp files left behind");
+    fn fields_are_found_by_their_line() {
+        let text = "name: dev\ncpus: 2\nnetwork:\n  index: 0\n  subnet: 192.0.0.0/2\n\
+                    docker:\n  bridge: 172.18.0.1/16\n  pool: 8.8.0.0/16\nshares:\n\
+                    - host_path: /a\n  guest_path: /a\n- host_path: /b\n  guest_path: /b/../c\n\
+                    tld: dev\n";
+        assert_eq!(yaml_line(text, "cpus"), 2);
+        assert_eq!(yaml_line(text, "network.subnet"), 5);
+        assert_eq!(yaml_line(text, "docker.pool"), 8);
+        assert_eq!(yaml_line(text, "shares[1].guest_path"), 13);
+        assert_eq!(yaml_line(text, "shares[0].host_path"), 10);
+        assert_eq!(yaml_line(text, "tld"), 14);
+        assert_eq!(yaml_line(text, "nothing.here"), 1);
     }
 
     #[test]

@@ -3,29 +3,34 @@
 //!
 //! The pure part lives here: the subnet pool (`192.168.64.0/24` … `192.168.127.0/24`, host
 //! `.1`, guest `.2`), allocation against the machines' indexes and the host's routes, conflict
-//! reports and TAP names. The system calls (TAP via `/dev/net/tun`, addresses, links and
-//! routes via rtnetlink, the `CapEff` check) live in `sys/linux.rs`; `sys/macos.rs` reads
-//! the routing table with `netstat` and has no TAP devices (the vz driver uses VZ's NAT).
+//! reports, TAP names and which links are devbox's ([`devbox_link`]); `vmnet.rs` reads a vz
+//! machine's link (a vmnet bridge) from `ifconfig`, `netstat.rs` the macOS routing table.
+//! The system calls (TAP via `/dev/net/tun`, addresses, links and routes via rtnetlink, the
+//! `CapEff` check) live in `sys/linux.rs`; `sys/macos.rs` runs `netstat` and `ifconfig` and
+//! has no TAP devices (the vz driver uses VZ's NAT).
 //!
 //! Threads: none are kept. Each netlink operation runs a current-thread tokio runtime on a
 //! short-lived thread of its own, so callers may be plain threads or inside a tokio runtime
 //! alike; that thread inherits the caller's network namespace.
 //!
-//! CIDRs are [`ipnet::Ipv4Net`] (re-exported here) with [`overlaps`]; the routes feature uses
+//! CIDRs are [`ipnet::Ipv4Net`] (re-exported here) with [`overlaps`]; `crate::routes` uses
 //! the same type.
 
-pub mod routes;
+pub mod netstat;
 mod sys;
+pub mod vmnet;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
 pub use ipnet::Ipv4Net;
 
+use crate::hint::Hint;
+
 #[cfg(target_os = "linux")]
-pub use sys::linux::{Tap, add_route, delete_route, have_net_admin, host_routes};
+pub use sys::linux::{Tap, add_route, delete_route, have_net_admin, host_routes, vmnet_bridges};
 #[cfg(target_os = "macos")]
-pub use sys::macos::{Tap, have_net_admin, host_routes};
+pub use sys::macos::{Tap, have_net_admin, host_routes, vmnet_bridges};
 
 /// First /24 of the host-only pool.
 const POOL_FIRST: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 0);
@@ -69,8 +74,8 @@ pub enum NetError {
     },
 }
 
-impl NetError {
-    pub fn hint(&self) -> Option<String> {
+impl Hint for NetError {
+    fn hint(&self) -> Option<String> {
         match self {
             NetError::NoPrivilege { .. } => Some(
                 "run the command as root (`sudo devbox …`), or grant the capability to the \
@@ -159,6 +164,29 @@ pub fn tap_name(index: u8) -> String {
     format!("dbx{index}")
 }
 
+/// The host-only network whose TAP is `interface`, if it is a devbox TAP (`dbx0` … `dbx63`).
+pub fn devbox_link(interface: &str) -> Option<HostOnlyNet> {
+    let n = interface.strip_prefix("dbx")?;
+    if n.is_empty() || (n.len() > 1 && n.starts_with('0')) {
+        return None;
+    }
+    let index: u8 = n.parse().ok()?;
+    (index < POOL_SIZE).then(|| HostOnlyNet::from_index(index).expect("index is in the pool"))
+}
+
+/// The first host route that overlaps `net`, leaving out default routes (everything overlaps
+/// them) and the routes `own` claims as the caller's.
+pub fn first_overlap<'r>(
+    net: &Ipv4Net,
+    routes: &'r [HostRoute],
+    own: impl Fn(&HostRoute) -> bool,
+) -> Option<&'r HostRoute> {
+    routes
+        .iter()
+        .filter(|r| r.dest.prefix_len() > 0 && !own(r))
+        .find(|r| overlaps(net, &r.dest))
+}
+
 /// The first pool index not in `taken` whose /24 overlaps no host route. Unlike
 /// [`check_conflicts`], a route on the candidate's own TAP name counts here: it means that
 /// network is in use even if `taken` missed it.
@@ -193,10 +221,9 @@ fn first_conflict<'r>(
     routes: &'r [HostRoute],
     own_tap: Option<&str>,
 ) -> Option<&'r HostRoute> {
-    routes
-        .iter()
-        .filter(|r| r.dest.prefix_len() > 0 && Some(r.interface.as_str()) != own_tap)
-        .find(|r| overlaps(&net.subnet, &r.dest))
+    first_overlap(&net.subnet, routes, |r| {
+        Some(r.interface.as_str()) == own_tap
+    })
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The one owner of terminal output: data on stdout (tables, JSON, `devbox ip`), messages,
 //! progress and errors on stderr. Colour only on a terminal and never with `NO_COLOR`;
-//! spinners only on a terminal.
+//! spinners only on a terminal. Which hint goes with an error is `diagnostics`' business.
+
+pub mod diagnostics;
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;

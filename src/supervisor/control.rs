@@ -1,5 +1,6 @@
 //! The supervisor's control socket (`control.sock`): one JSON request per line, one JSON
-//! reply per line. The CLI uses it to ask for the state and to request a stop.
+//! reply per line. The CLI asks for the state and requests a stop through
+//! [`super::client::request`]; this file is the server and the protocol.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -8,6 +9,8 @@ use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use super::state::StateWriter;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "request", rename_all = "lowercase")]
@@ -37,11 +40,7 @@ pub enum ControlEvent {
 }
 
 /// Serves the socket on its own thread until the process exits.
-pub fn serve(
-    path: &Path,
-    events: Sender<super::Event>,
-    state: std::sync::Arc<std::sync::Mutex<crate::machine::state::StateFile>>,
-) -> std::io::Result<()> {
+pub fn serve(path: &Path, events: Sender<super::Event>, state: StateWriter) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)
         .map_err(|e| std::io::Error::new(e.kind(), format!("binding {}: {e}", path.display())))?;
@@ -59,14 +58,14 @@ pub fn serve(
 fn handle(
     conn: UnixStream,
     events: &Sender<super::Event>,
-    state: &std::sync::Mutex<crate::machine::state::StateFile>,
+    state: &StateWriter,
 ) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new(&conn).read_line(&mut line)?;
     let reply = match serde_json::from_str::<Request>(&line) {
         Ok(Request::Status) => Reply::Status {
-            state: Box::new(state.lock().expect("state lock").clone()),
+            state: Box::new(state.snapshot()),
         },
         Ok(Request::Stop { force }) => {
             let _ = events.send(super::Event::Control(ControlEvent::Stop { force }));
@@ -84,8 +83,8 @@ fn handle(
     )
 }
 
-/// Sends one request to a supervisor and reads its reply.
-pub fn request(path: &Path, req: &Request) -> std::io::Result<Reply> {
+/// Sends one request to a supervisor and reads its reply (the client's side).
+pub(super) fn request(path: &Path, req: &Request) -> std::io::Result<Reply> {
     let conn = UnixStream::connect(path).map_err(|e| {
         std::io::Error::new(e.kind(), format!("connecting to {}: {e}", path.display()))
     })?;

@@ -35,7 +35,7 @@ use devbox::image::{self, Image};
 use devbox::machine::config_drive::{self, DriveInputs};
 use devbox::machine::spec::{Driver, MachineSpec, NetworkSpec, mac_for, parse_docker_bip};
 use devbox::net::HostOnlyNet;
-use devbox::net::routes::DockerSubnets;
+use devbox::routes::DockerSubnets;
 
 /// How long the boot may take, to `devbox-guest: ready`.
 const BOOT_BUDGET: Duration = Duration::from_secs(120);

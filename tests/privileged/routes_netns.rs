@@ -12,11 +12,12 @@ use crate::support::trials::{Trial, check, root};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
+use devbox::hint::Hint;
 use devbox::host::{ApplyTarget, FileSpec, HostError, HostPlan, Outcome, apply_to};
-use devbox::net::routes::{
+use devbox::net::{HostOnlyNet, HostRoute, Tap, host_routes};
+use devbox::routes::{
     DockerSubnets, PlannedRoute, RouteError, RoutePlan, removal_plan_for, route_plan_for,
 };
-use devbox::net::{HostOnlyNet, HostRoute, Tap, host_routes};
 
 pub fn trials() -> Vec<Trial> {
     vec![
@@ -24,6 +25,11 @@ pub fn trials() -> Vec<Trial> {
             "apply_adds_routes_once_and_removes_them",
             root,
             apply_adds_routes_once_and_removes_them,
+        ),
+        check(
+            "the_boot_job_spares_a_running_machines_routes",
+            root,
+            the_boot_job_spares_a_running_machines_routes,
         ),
         check(
             "a_foreign_route_is_a_conflict_and_stays",
@@ -273,5 +279,67 @@ fn the_allowlist_refuses_before_any_change() {
         }
         assert_eq!(host_routes().unwrap(), before, "no route changed");
         assert!(!root.path().join("etc").exists(), "no file written");
+    });
+}
+
+/// Security review finding 8, end to end: the boot job (`devbox routes apply`) never takes
+/// away the routes of a machine whose supervisor runs, even when `routes.json` lost its
+/// entry; once that supervisor is gone, the same job clears them.
+fn the_boot_job_spares_a_running_machines_routes() {
+    in_new_netns(|| {
+        let env = crate::support::cli::Env::new();
+        for name in ["a", "b"] {
+            crate::support::cli::succeeds(&env.run(&[
+                "create",
+                "--driver",
+                "fake",
+                "--no-share",
+                "--cpus",
+                "1",
+                "--memory",
+                "512",
+                "--disk-size",
+                "2G",
+                name,
+            ]));
+        }
+        // Machine b (index 1) runs: its TAP and its Docker routes are up, but routes.json
+        // does not name it (the lost update).
+        let (_tap, net) = machine_tap(1);
+        let b = serde_norway::from_str::<serde_norway::Value>(
+            &std::fs::read_to_string(env.machine_dir("b").join("machine.yaml")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(b["network"]["index"].as_u64(), Some(1));
+        let docker = route_plan_for("b", &subnets(), net.guest_ip, "dbx1", &[]).unwrap();
+        apply_to(
+            &plan(docker),
+            false,
+            &ApplyTarget::under(env.home.as_path()),
+        )
+        .unwrap();
+        assert_eq!(routes_to("172.18.0.0/16").len(), 1);
+        std::fs::create_dir_all(&env.home).unwrap();
+        std::fs::write(env.home.join("routes.json"), "{\"machines\": {}}\n").unwrap();
+
+        // Its supervisor holds its lock, as a live one does.
+        let lock = std::fs::File::create(env.machine_dir("b").join("supervisor.lock")).unwrap();
+        let held =
+            nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+        crate::support::cli::succeeds(&env.run(&["routes", "apply"]));
+        for dest in ["172.18.0.0/16", "172.19.0.0/16"] {
+            assert_eq!(
+                routes_to(dest).len(),
+                1,
+                "{dest} of the running machine removed"
+            );
+        }
+
+        // The supervisor is gone: its routes are leftovers now, and go.
+        drop(held);
+        crate::support::cli::succeeds(&env.run(&["routes", "apply"]));
+        for dest in ["172.18.0.0/16", "172.19.0.0/16"] {
+            assert!(routes_to(dest).is_empty(), "{dest} left behind");
+        }
     });
 }

@@ -2,8 +2,11 @@
 
 use crate::host::HostError;
 use crate::host::plan::{HostFilter, HostOs};
-use crate::net::routes::PlannedRoute;
 use crate::net::{self, HostRoute};
+use crate::routes::PlannedRoute;
+
+/// This host's OS.
+pub const HOST_OS: HostOs = HostOs::Linux;
 
 /// What changing routes needs here (named in the error when it is missing).
 pub const ROUTE_PRIVILEGE: &str = "CAP_NET_ADMIN";

@@ -2,13 +2,14 @@
 //! `ifconfig(8)`. All need root.
 
 use crate::host::HostError;
-use crate::host::apply::{output, run};
-use crate::host::commands::{
-    hostfilter_argv, parse_netstat_routes, route_add_argv, route_delete_argv,
-};
-use crate::host::plan::HostFilter;
-use crate::net::HostRoute;
-use crate::net::routes::PlannedRoute;
+use crate::host::apply::run;
+use crate::host::argv::{hostfilter_argv, route_add_argv, route_delete_argv};
+use crate::host::plan::{HostFilter, HostOs};
+use crate::net::{self, HostRoute};
+use crate::routes::PlannedRoute;
+
+/// This host's OS.
+pub const HOST_OS: HostOs = HostOs::Macos;
 
 /// What changing routes needs here (named in the error when it is missing).
 pub const ROUTE_PRIVILEGE: &str = "root";
@@ -18,8 +19,7 @@ pub fn can_change_routes() -> bool {
 }
 
 pub fn routes() -> Result<Vec<HostRoute>, HostError> {
-    let argv = ["netstat", "-rn", "-f", "inet"].map(String::from);
-    Ok(parse_netstat_routes(&output(&argv)?))
+    Ok(net::host_routes()?)
 }
 
 pub fn add_route(r: &PlannedRoute) -> Result<(), HostError> {

@@ -1,6 +1,6 @@
 //! Route changes for the applier: rtnetlink on Linux, `route`/`ifconfig`/`netstat` on macOS.
 //! Each file exposes the same functions: `routes`, `add_route`, `delete_route`, `hostfilter`,
-//! `can_change_routes` and `ROUTE_PRIVILEGE`.
+//! `can_change_routes`, `ROUTE_PRIVILEGE` and `HOST_OS`.
 
 #[cfg(target_os = "linux")]
 mod linux;

@@ -14,7 +14,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::devices::Buses;
 use super::devices::virtio::GuestRam;
 use super::layout::*;
-use super::vm::Shared;
+use super::run_state::RunState;
 
 const X86_CR0_PE: u64 = 0x1;
 const X86_CR0_PG: u64 = 0x8000_0000;
@@ -193,7 +193,7 @@ fn set_lvt(regs: &mut [libc::c_char; 1024], offset: usize, mode: u32) {
 
 /// Runs vCPU `id` until the machine stops. Exits that end the machine are recorded in
 /// `shared`; the first one wins.
-pub fn run(mut vcpu: VcpuFd, id: u8, buses: Arc<Buses>, shared: Arc<Shared>) {
+pub fn run(mut vcpu: VcpuFd, id: u8, buses: Arc<Buses>, shared: Arc<RunState>) {
     while !shared.stopping.load(Ordering::SeqCst) {
         match vcpu.run() {
             Ok(VcpuExit::IoOut(port, data)) => buses.pio_write(port, data),

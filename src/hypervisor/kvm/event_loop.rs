@@ -9,7 +9,7 @@ use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber
 use super::devices::legacy::{AcpiPm, I8042, PowerEvent};
 use super::devices::lock;
 use super::devices::virtio::mmio::MmioTransport;
-use super::vm::Shared;
+use super::run_state::RunState;
 
 /// Data tag of a backend descriptor (queue indices are small).
 const BACKEND: u32 = u32::MAX;
@@ -53,7 +53,7 @@ impl MutEventSubscriber for VirtioEvents {
 pub struct PowerEvents {
     pub i8042: Arc<Mutex<I8042>>,
     pub acpi: Arc<AcpiPm>,
-    pub shared: Arc<Shared>,
+    pub shared: Arc<RunState>,
 }
 
 const I8042_RESET: u32 = 0;
@@ -96,7 +96,7 @@ impl MutEventSubscriber for PowerEvents {
 pub type Subscriber = Box<dyn MutEventSubscriber + Send>;
 
 /// Runs until the machine stops.
-pub fn run(subscribers: Vec<Subscriber>, shared: Arc<Shared>) {
+pub fn run(subscribers: Vec<Subscriber>, shared: Arc<RunState>) {
     let mut em = match EventManager::<Subscriber>::new() {
         Ok(em) => em,
         Err(e) => {

@@ -20,6 +20,7 @@ pub mod cpu;
 pub mod devices;
 mod event_loop;
 pub mod layout;
+mod run_state;
 pub mod vm;
 
 use std::fs::File;

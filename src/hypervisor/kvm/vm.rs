@@ -5,7 +5,7 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::thread::JoinHandleExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -24,6 +24,7 @@ use super::devices::virtio::rng::Rng;
 use super::devices::virtio::{GuestRam, VirtioDevice, guest_ram};
 use super::event_loop::{PowerEvents, Subscriber, VirtioEvents};
 use super::layout::*;
+use super::run_state::RunState;
 use super::{KvmError, acpi, boot, cpu};
 use crate::hypervisor::{HypervisorError, RunningVm, VmExit};
 
@@ -57,29 +58,6 @@ pub struct MachineConfig {
     pub rng: bool,
     /// Where the serial console goes.
     pub serial_out: Box<dyn Write + Send>,
-}
-
-/// State the vCPU threads, the event loop and the handle share.
-pub struct Shared {
-    pub stopping: AtomicBool,
-    exit: Mutex<Option<String>>,
-    /// Wakes the event loop when the machine stops.
-    pub stop_evt: EventFd,
-}
-
-impl Shared {
-    /// Records why the machine ended (the first reason wins) and tells every thread to stop.
-    pub fn record_exit(&self, why: String) {
-        let mut e = self.exit.lock().unwrap_or_else(|p| p.into_inner());
-        if e.is_none() {
-            *e = Some(why);
-        }
-        self.stopping.store(true, Ordering::SeqCst);
-        let _ = self.stop_evt.write(1);
-    }
-    pub fn exit(&self) -> Option<String> {
-        self.exit.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
 }
 
 /// Host RAM in bytes (MemTotal).
@@ -144,7 +122,7 @@ fn kick_signal() -> libc::c_int {
 
 /// A running machine.
 pub struct KvmMachine {
-    shared: Arc<Shared>,
+    shared: Arc<RunState>,
     vcpus: Vec<JoinHandle<()>>,
     event_loop: Option<JoinHandle<()>>,
     ged: EventFd,
@@ -266,11 +244,7 @@ pub fn launch(cfg: MachineConfig) -> Result<KvmMachine, KvmError> {
         transports.push(Arc::new(Mutex::new(t)));
     }
 
-    let shared = Arc::new(Shared {
-        stopping: AtomicBool::new(false),
-        exit: Mutex::new(None),
-        stop_evt: EventFd::new(EFD_NONBLOCK).map_err(io)?,
-    });
+    let shared = Arc::new(RunState::new().map_err(io)?);
     let buses = Arc::new(Buses {
         serial: Arc::new(Mutex::new(serial)),
         i8042: i8042.clone(),

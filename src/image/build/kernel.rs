@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use flate2::read::GzDecoder;
 
 use super::{Arch, BuildError};
-use crate::hypervisor::vz_plan::{KERNEL_HEAD_LEN, KernelProblem, check_kernel};
+use crate::image::kernel_format::{KERNEL_HEAD_LEN, KernelProblem, check_kernel};
 
 /// gzip's magic bytes (RFC 1952 §2.3.1).
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];

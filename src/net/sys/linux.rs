@@ -6,7 +6,7 @@
 //! (a nested `block_on` would panic). A new thread inherits its creator's network namespace,
 //! so requests act on the caller's namespace.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -21,6 +21,7 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 
+use crate::net::vmnet::Bridge;
 use crate::net::{HostRoute, Ipv4Net, NetError};
 
 const TUN_DEVICE: &str = "/dev/net/tun";
@@ -184,6 +185,15 @@ fn tunsetiff_error(name: &str, errno: Errno) -> NetError {
             source: errno.into(),
         },
     }
+}
+
+/// vmnet, and so the link of a vz machine, exists only on macOS; a Linux host never boots a
+/// vz machine (its driver is unavailable here), so this is never reached in practice.
+pub fn vmnet_bridges() -> Result<BTreeMap<String, Bridge>, NetError> {
+    Err(NetError::Io {
+        what: "list the vmnet bridges".into(),
+        source: std::io::Error::other("vmnet bridges exist only on macOS hosts"),
+    })
 }
 
 /// Whether this process has `CAP_NET_ADMIN` in its effective set (root normally does).

@@ -1,13 +1,15 @@
-//! macOS: the host's routing table through `netstat(1)`. There are no TAP devices on macOS
-//! (its `utun` interfaces carry IP, not Ethernet), so [`Tap`] cannot be created: the vz
-//! driver attaches the guest's NIC to Virtualization.framework's NAT instead
-//! (`hypervisor::vz`).
+//! macOS: the host's routing table through `netstat(1)` and the vmnet bridges through
+//! `ifconfig(8)` (neither needs a privilege). There are no TAP devices on macOS (its `utun`
+//! interfaces carry IP, not Ethernet), so [`Tap`] cannot be created: the vz driver attaches
+//! the guest's NIC to Virtualization.framework's NAT instead (`hypervisor::vz`).
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::os::fd::{OwnedFd, RawFd};
 use std::process::Command;
 
-use crate::net::{HostRoute, NetError};
+use crate::net::vmnet::{Bridge, parse_ifconfig_bridges};
+use crate::net::{HostRoute, NetError, netstat};
 
 /// A TAP device, which macOS does not have: the type has no values, and [`Tap::create`]
 /// always fails with [`NetError::NoTap`].
@@ -63,7 +65,31 @@ pub fn host_routes() -> Result<Vec<HostRoute>, NetError> {
             )),
         });
     }
-    Ok(crate::host::parse_netstat_routes(&String::from_utf8_lossy(
+    Ok(netstat::parse_netstat_routes(&String::from_utf8_lossy(
+        &out.stdout,
+    )))
+}
+
+/// The vmnet bridges and their members now, from `ifconfig`.
+pub fn vmnet_bridges() -> Result<BTreeMap<String, Bridge>, NetError> {
+    let what = || "list the vmnet bridges with `ifconfig`".to_owned();
+    let out = Command::new("ifconfig")
+        .output()
+        .map_err(|source| NetError::Io {
+            what: what(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(NetError::Io {
+            what: what(),
+            source: std::io::Error::other(format!(
+                "ifconfig exited with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+        });
+    }
+    Ok(parse_ifconfig_bridges(&String::from_utf8_lossy(
         &out.stdout,
     )))
 }

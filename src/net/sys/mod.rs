@@ -1,4 +1,4 @@
-//! System calls behind `net`: one file per host OS, each exposing `Tap` and `host_routes`
+//! System calls behind `net`: one file per host OS, each exposing `Tap`, `host_routes` and `vmnet_bridges`
 //! (Linux also the route and capability calls the host applier uses).
 
 #[cfg(target_os = "linux")]

@@ -1,11 +1,8 @@
 //! Linux parts of the supervisor: the embedded NFS server (Linux-only for now: its READDIR
 //! cookies and data sync use Linux interfaces).
 
-use std::collections::BTreeMap;
-
 use anyhow::Result;
 
-use super::super::netplan::Bridge;
 use crate::machine::MachineSpec;
 use crate::machine::config_drive::NfsMount;
 use crate::nfs;
@@ -61,10 +58,4 @@ pub fn start_nfs(
         })
         .collect();
     Ok((Some(server), mounts))
-}
-
-/// vmnet, and so the link of a vz machine, exists only on macOS; a Linux host never boots a
-/// vz machine (its driver is unavailable here), so this is never reached in practice.
-pub fn vmnet_bridges() -> Result<BTreeMap<String, Bridge>> {
-    anyhow::bail!("vmnet bridges exist only on macOS hosts")
 }

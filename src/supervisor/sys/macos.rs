@@ -1,13 +1,8 @@
-//! macOS parts of the supervisor: the vmnet bridges a vz machine's link is found among
-//! (`ifconfig`), and shares, which are refused: the embedded NFS server is Linux-only for now
-//! (its READDIR cookies and data sync use Linux interfaces).
+//! macOS parts of the supervisor: shares, which are refused: the embedded NFS server is
+//! Linux-only for now (its READDIR cookies and data sync use Linux interfaces).
 
-use std::collections::BTreeMap;
-use std::process::Command;
+use anyhow::Result;
 
-use anyhow::{Context, Result};
-
-use super::super::netplan::{Bridge, parse_ifconfig_bridges};
 use crate::machine::MachineSpec;
 use crate::machine::config_drive::NfsMount;
 
@@ -26,21 +21,4 @@ pub fn start_nfs(
          recreate it with --no-share",
         spec.name
     )
-}
-
-/// The vmnet bridges and their members now, from `ifconfig` (no privilege needed).
-pub fn vmnet_bridges() -> Result<BTreeMap<String, Bridge>> {
-    let out = Command::new("ifconfig")
-        .output()
-        .context("running `ifconfig` to find the machine's vmnet bridge")?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "`ifconfig` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(parse_ifconfig_bridges(&String::from_utf8_lossy(
-        &out.stdout,
-    )))
 }

@@ -1,70 +1,25 @@
-//! What a machine's network needs from its supervisor, by driver, and where a vz machine's
-//! host-side link is. Pure, so both ways are tested on any host; the supervisor applies it.
+//! A vz machine's host-side link: the vmnet bridge (`bridgeN`) its guest is on, and its
+//! member of that bridge, found in macOS `ifconfig` output before boot and after the guest
+//! reported its address. Pure, so it is tested on any host; `sys/macos.rs` runs `ifconfig`.
 //!
-//! - Static addressing (qemu, kvm): the supervisor creates the machine's TAP device with the
-//!   host-only /24's `.1`, routes the Docker subnets over it before boot, and serves DNS on
-//!   `.1`:53, which the guest and its containers use.
-//! - DHCP addressing (vz): there is no TAP; vmnet (Virtualization.framework's NAT) owns the
-//!   link, `bridgeN` on the host. The guest uses the lease's DNS server (vmnet's proxy of the
-//!   host's resolver, which `/etc/resolver/*` points at devbox), and devbox's DNS server listens
-//!   on loopback, one port per machine. Routes wait for the guest's report: they go via the
-//!   reported address on the bridge whose subnet holds it, and vmnet's host filter is lifted
-//!   for the machine's member of that bridge, so replies from container addresses, which vmnet
-//!   did not assign, reach the host.
+//! vmnet (Virtualization.framework's NAT) owns the link: the guest gets its address from
+//! vmnet's DHCP server, and routes to its containers go via that address on the bridge, with
+//! vmnet's host filter lifted for the machine's member, so replies from container addresses,
+//! which vmnet did not assign, reach the host.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 
-use crate::machine::MachineSpec;
-use crate::machine::guest_net::Addressing;
-use crate::net::Ipv4Net;
-use crate::net::routes::is_vmnet_bridge;
+use super::Ipv4Net;
+use crate::hint::Hint;
 
-/// Loopback port of the first machine's DNS server under vz (machine index 0); machine `i`
-/// gets `NAT_DNS_PORT_BASE + i`. Fixed per machine, so `/etc/resolver/*` stays valid across
-/// restarts; not 53, which only one machine could hold.
-pub const NAT_DNS_PORT_BASE: u16 = 10053;
-
-/// The TAP device a static machine's NIC uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TapSetup {
-    pub name: String,
-    pub host_ip: Ipv4Addr,
-    pub prefix: u8,
-}
-
-/// The host side of a machine's network.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostNet {
-    /// Created before boot (static addressing); `None` when the driver's NAT is the link.
-    pub tap: Option<TapSetup>,
-    /// Where the machine's DNS server listens.
-    pub dns_bind: SocketAddr,
-    /// Nameservers written on the config drive; empty means the guest's DHCP lease's.
-    pub guest_dns: Vec<IpAddr>,
-}
-
-pub fn host_net(spec: &MachineSpec) -> HostNet {
-    let n = &spec.network;
-    match Addressing::of(spec.driver) {
-        Addressing::Static => HostNet {
-            tap: Some(TapSetup {
-                name: crate::net::tap_name(n.index),
-                host_ip: n.host_ip,
-                prefix: n.subnet.prefix_len(),
-            }),
-            dns_bind: SocketAddr::new(n.host_ip.into(), 53),
-            guest_dns: vec![IpAddr::V4(n.host_ip)],
-        },
-        Addressing::Dhcp => HostNet {
-            tap: None,
-            dns_bind: SocketAddr::new(
-                Ipv4Addr::LOCALHOST.into(),
-                NAT_DNS_PORT_BASE + u16::from(n.index),
-            ),
-            guest_dns: Vec::new(),
-        },
-    }
+/// Whether `interface` is a vmnet bridge (`bridge100`, …): where macOS puts the host side of
+/// Virtualization.framework's NAT, and so the link to a vz machine, whose address vmnet's DHCP
+/// server chose (the applier's allowlist checks the gateway apart).
+pub fn is_vmnet_bridge(interface: &str) -> bool {
+    interface
+        .strip_prefix("bridge")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A vmnet bridge as `ifconfig` shows it.
@@ -136,8 +91,8 @@ pub enum NatLinkError {
     NoMember { bridge: String, machine: String },
 }
 
-impl NatLinkError {
-    pub fn hint(&self) -> Option<String> {
+impl Hint for NatLinkError {
+    fn hint(&self) -> Option<String> {
         match self {
             NatLinkError::NoBridge { .. } => Some(
                 "`ifconfig` lists the bridges and their addresses; the machine's console \
@@ -189,35 +144,6 @@ pub fn nat_link(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::guest_net::tests::spec;
-    use crate::machine::spec::Driver;
-
-    #[test]
-    fn static_machines_get_a_tap_and_dns_on_its_host_side() {
-        let net = host_net(&spec(Driver::Qemu));
-        assert_eq!(
-            net.tap,
-            Some(TapSetup {
-                name: "dbx0".into(),
-                host_ip: "192.168.64.1".parse().unwrap(),
-                prefix: 24,
-            })
-        );
-        assert_eq!(net.dns_bind.to_string(), "192.168.64.1:53");
-        assert_eq!(net.guest_dns, ["192.168.64.1".parse::<IpAddr>().unwrap()]);
-        assert_eq!(host_net(&spec(Driver::Kvm)), net);
-    }
-
-    #[test]
-    fn vz_machines_get_no_tap_and_dns_on_loopback_per_machine() {
-        let mut vz = spec(Driver::Vz);
-        let net = host_net(&vz);
-        assert_eq!(net.tap, None);
-        assert_eq!(net.dns_bind.to_string(), "127.0.0.1:10053");
-        assert!(net.guest_dns.is_empty(), "the guest uses its lease's DNS");
-        vz.network.index = 3;
-        assert_eq!(host_net(&vz).dns_bind.to_string(), "127.0.0.1:10056");
-    }
 
     /// `ifconfig` on macOS 14 with one VZ machine on the NAT (trimmed).
     const IFCONFIG: &str = "\

@@ -3,8 +3,9 @@
 //! here touches the system.
 //!
 //! - macOS: one `/etc/resolver/<domain>` file per owned domain (resolver(5)).
-//! - Linux with systemd-resolved: per-link `resolvectl` commands on the machine's TAP, with
-//!   routing-only (`~`) domains so no other query is sent to devbox.
+//! - Linux with systemd-resolved: per-link settings on the machine's TAP, with routing-only
+//!   (`~`) domains so no other query is sent to devbox ([`crate::host::ResolvedLink`]; the
+//!   applier renders and runs the `resolvectl` commands).
 //! - Linux without resolved: a text telling the user what to configure by hand.
 //!
 //! Never the bare TLD: `.dev` is a real TLD (research/anchors-features.md §4).
@@ -69,35 +70,6 @@ pub fn macos_files(
     files
 }
 
-/// `resolvectl` commands (argv) that route `domains` to `server` on `link` (the machine's
-/// TAP). These settings live as long as the link and resolved's state do, so they are
-/// re-applied at every machine start.
-pub fn resolved_commands(link: &str, domains: &[String], server: SocketAddr) -> Vec<Vec<String>> {
-    let argv = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
-    // Plain IP for port 53 so that systemd versions without `ip:port` support still work.
-    let dns = if server.port() == 53 {
-        server.ip().to_string()
-    } else {
-        server.to_string()
-    };
-    let mut domain = argv(&["resolvectl", "domain", link]);
-    domain.extend(domains.iter().map(|d| format!("~{d}")));
-    vec![
-        argv(&["resolvectl", "dns", link, &dns]),
-        domain,
-        // Keep every other query off this link.
-        argv(&["resolvectl", "default-route", link, "false"]),
-    ]
-}
-
-/// `resolvectl` command that undoes [`resolved_commands`] on `link`.
-pub fn resolved_revert(link: &str) -> Vec<String> {
-    ["resolvectl", "revert", link]
-        .iter()
-        .map(|w| w.to_string())
-        .collect()
-}
-
 /// What to tell the user on Linux when systemd-resolved is not running.
 pub fn manual_instructions(domains: &[String], server: SocketAddr) -> String {
     let (ip, port) = (server.ip(), server.port());
@@ -156,28 +128,6 @@ mod tests {
         assert_eq!(
             owned_domains("box", "dev", &aliases),
             s(&["box.dev", "synbioz.dev"])
-        );
-    }
-
-    #[test]
-    fn resolvectl_plain_ip_on_port_53() {
-        let cmds = resolved_commands(
-            "devbox0",
-            &s(&["dev.dev"]),
-            "192.168.64.1:53".parse().unwrap(),
-        );
-        assert_eq!(
-            cmds[0],
-            s(&["resolvectl", "dns", "devbox0", "192.168.64.1"])
-        );
-        let v6 = resolved_commands(
-            "devbox0",
-            &s(&["dev.dev"]),
-            "[fd00::1]:5353".parse().unwrap(),
-        );
-        assert_eq!(
-            v6[0],
-            s(&["resolvectl", "dns", "devbox0", "[fd00::1]:5353"])
         );
     }
 }

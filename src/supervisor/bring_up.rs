@@ -1,0 +1,412 @@
+//! Bringing a machine up. [`Supervisor`] holds what every step needs (the machine's files and
+//! spec, the state writer, the event channel, the readiness deadline, and the [`Parts`]
+//! started so far) and [`Supervisor::run`] takes the machine through its life:
+//!
+//! 1. the image and the driver (its preflight and [`Capabilities`]);
+//! 2. the host side of the network, from the capabilities (`host_net`): for a TAP link the
+//!    conflict check, the TAP and the routes to the Docker subnets;
+//! 3. the I/O runtime, the NFS server for the shares, the DNS server (now for a static
+//!    address; after the guest's report for a DHCP one);
+//! 4. the config drive, then the boot;
+//! 5. the control socket and the signal watcher; for a DHCP guest its reported address, its
+//!    link and routes, and its DNS server;
+//! 6. the resolver watcher and the readiness watcher; then the event loop (`event_loop.rs`)
+//!    until the machine ends, and every part stopped in reverse order.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nix::sys::signal::SigSet;
+
+use super::event_loop::{self, Guest, Running};
+use super::host_net::{self, HostNet};
+use super::parts::Parts;
+use super::report::Awaited;
+use super::routes::{Routes, add_routes, forget_routes};
+use super::state::StateWriter;
+use super::watchers::{self, ResolverWatch};
+use super::{Event, client, control, log, report, sys};
+use crate::host::HostFilter;
+use crate::hypervisor::{self, BootConfig, Hypervisor};
+use crate::image::Image;
+use crate::machine::{
+    Addressing, Capabilities, GuestAccess, Link, MachineDir, MachineSpec, Store, config_drive,
+};
+use crate::net::{self, vmnet};
+use crate::resolver::ResolverSync;
+use crate::{dns, image, ssh};
+
+/// One machine's supervisor, from bring-up to the end.
+pub struct Supervisor<'a> {
+    pub(super) store: &'a Store,
+    pub(super) dir: &'a MachineDir,
+    pub(super) spec: &'a MachineSpec,
+    pub(super) state: StateWriter,
+    /// When the guest must be ready by.
+    pub(super) deadline: Instant,
+    pub(super) tx: Sender<Event>,
+    pub(super) rx: Receiver<Event>,
+    pub(super) parts: Parts,
+}
+
+/// How bring-up ended, when not in error.
+enum BroughtUp {
+    Running(Running),
+    /// Asked to stop before the machine was up; why, for the log and the state file.
+    Stopped(String),
+}
+
+impl<'a> Supervisor<'a> {
+    pub fn new(
+        store: &'a Store,
+        dir: &'a MachineDir,
+        spec: &'a MachineSpec,
+        state: StateWriter,
+        ready_timeout: Duration,
+    ) -> Supervisor<'a> {
+        let (tx, rx) = channel();
+        Supervisor {
+            store,
+            dir,
+            spec,
+            state,
+            deadline: Instant::now() + ready_timeout,
+            tx,
+            rx,
+            parts: Parts::default(),
+        }
+    }
+
+    /// Brings the machine up, runs it until it ends and stops every part; returns why the
+    /// machine ended.
+    pub fn run(mut self, sigs: SigSet) -> Result<String> {
+        let outcome = match self.bring_up(sigs) {
+            Ok(BroughtUp::Running(machine)) => event_loop::run(&mut self, machine),
+            Ok(BroughtUp::Stopped(why)) => Ok(why),
+            Err(e) => Err(e),
+        };
+        self.parts.stop_all();
+        outcome
+    }
+
+    fn bring_up(&mut self, sigs: SigSet) -> Result<BroughtUp> {
+        let image = image::find(&self.store.cache, Some(&self.spec.image))?;
+        let hv = self.driver()?;
+        let caps = hv.capabilities();
+        let net = host_net::host_net(self.spec, caps)?;
+        if caps.link != Link::None {
+            // First, so that even a start that fails from here on forgets what an earlier
+            // run of this machine left in the routes state.
+            self.parts
+                .add(Routes::new(self.store, self.spec, caps, net.hostonly));
+        }
+        let tap = self.tap(&net)?;
+        let io = self.io_runtime()?;
+
+        self.state.step("exporting shares");
+        let (nfs_server, mounts) = sys::start_nfs(&io, self.spec)?;
+        if let Some(server) = nfs_server {
+            self.parts.hold("NFS server", server);
+        }
+        // A static guest's address is known now, and the guest resolves through this server;
+        // a DHCP guest's comes with its report, after boot.
+        let mut dns_server = match caps.addressing {
+            Addressing::Static => Some(self.dns(&io, &net, net.hostonly.guest_ip)?),
+            Addressing::Dhcp => None,
+        };
+        self.state.step("writing the config drive");
+        self.write_config_drive(&image, &net, &mounts)?;
+
+        // vmnet adds the machine's member to its bridge at boot: what was there before is not
+        // ours.
+        let bridges_before = match caps.link {
+            Link::DriverNat => net::vmnet_bridges()?,
+            Link::Tap | Link::None => Default::default(),
+        };
+        let mut vm = Guest::new(self.boot(hv.as_ref(), &image, tap)?);
+        control::serve(
+            &self.dir.control_socket_path(),
+            self.tx.clone(),
+            self.state.clone(),
+        )?;
+        watchers::spawn_signals(sigs, self.tx.clone());
+
+        let guest_ip = match caps.addressing {
+            Addressing::Static => net.hostonly.guest_ip,
+            Addressing::Dhcp => match self.reported_address(&mut vm, &bridges_before)? {
+                Awaited::Address(ip) => ip,
+                Awaited::Stopped(why) => return Ok(BroughtUp::Stopped(why)),
+            },
+        };
+        let dns_server = match dns_server.take() {
+            Some(d) => d,
+            None => self.dns(&io, &net, guest_ip)?,
+        };
+        let records = dns_server.records();
+        let resolver = ResolverSync::new(
+            self.dir,
+            self.spec,
+            dns_server.local_addr(),
+            net.resolved_link.clone(),
+        );
+        self.parts.hold("DNS server", dns_server);
+        self.parts
+            .add(ResolverWatch::spawn(resolver, records.clone()));
+
+        let target = self.watch_readiness(caps, &mut vm, guest_ip)?;
+        Ok(BroughtUp::Running(Running {
+            vm,
+            target,
+            records,
+            io: io.handle().clone(),
+        }))
+    }
+
+    /// The machine's driver, checked, with its acceleration recorded.
+    fn driver(&self) -> Result<Box<dyn Hypervisor>> {
+        let hv = hypervisor::for_driver(self.spec.driver)?;
+        hv.preflight()?;
+        self.state.update(|s| {
+            s.accel = Some(hv.accel().name.to_owned());
+            s.accel_reason = Some(hv.accel().reason.clone());
+        });
+        log(format!(
+            "driver {}, acceleration {} ({})",
+            hv.driver(),
+            hv.accel().name,
+            hv.accel().reason
+        ));
+        Ok(hv)
+    }
+
+    /// Host services run on one small tokio runtime; the machine's own threads stay plain.
+    fn io_runtime(&mut self) -> Result<Arc<tokio::runtime::Runtime>> {
+        let io = Arc::new(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("io")
+                .enable_all()
+                .build()
+                .context("starting the I/O runtime")?,
+        );
+        self.parts.hold("I/O runtime", io.clone());
+        Ok(io)
+    }
+
+    /// A DHCP guest's address, from its report, with its link routed (or why it stopped
+    /// first).
+    fn reported_address(
+        &mut self,
+        vm: &mut Guest,
+        bridges_before: &BTreeMap<String, vmnet::Bridge>,
+    ) -> Result<Awaited> {
+        self.state.step("waiting for the guest's address");
+        let awaited = report::await_guest_address(vm.as_mut(), &self.rx, self.deadline)?;
+        if let Awaited::Address(ip) = awaited {
+            log(format!("the guest reported its address {ip}"));
+            self.state.update(|s| s.guest_ip = Some(ip));
+            self.route_nat_link(ip, bridges_before)?;
+        }
+        Ok(awaited)
+    }
+
+    /// Starts the readiness watcher the driver's capabilities call for; returns the SSH
+    /// target when the guest is reached over SSH.
+    fn watch_readiness(
+        &self,
+        caps: Capabilities,
+        vm: &mut Guest,
+        guest_ip: Ipv4Addr,
+    ) -> Result<Option<ssh::Target>> {
+        let (state, tx) = (self.state.clone(), self.tx.clone());
+        match caps.guest {
+            GuestAccess::Ssh => {
+                let target = client::ssh_target_at(self.dir, guest_ip)?;
+                watchers::spawn_ready_over_ssh(target.clone(), self.deadline, state, tx);
+                Ok(Some(target))
+            }
+            GuestAccess::DriverReport => {
+                let report = vm.as_mut().take_ready_report().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "the {} driver reports readiness itself, and gave no report",
+                        self.spec.driver
+                    )
+                })?;
+                watchers::spawn_ready_from_driver(report, self.deadline, state, tx);
+                Ok(None)
+            }
+        }
+    }
+
+    /// For a TAP link: checks that the host-only /24 is still free, creates and configures
+    /// the TAP, and routes the Docker subnets over it.
+    fn tap(&mut self, net: &HostNet) -> Result<Option<net::Tap>> {
+        let Some(setup) = &net.tap else {
+            return Ok(None);
+        };
+        // The host-only /24 must still be free: a VPN may have claimed it since `create`.
+        net::check_conflicts(&net.hostonly, &net::host_routes()?)?;
+
+        self.state.step("creating the network device");
+        let tap = net::Tap::create(&setup.name, true)?;
+        tap.configure(setup.host_ip, setup.prefix)?;
+        log(format!(
+            "{} up with {}/{}",
+            tap.name(),
+            setup.host_ip,
+            setup.prefix
+        ));
+
+        self.state.step("routing the Docker subnets");
+        add_routes(
+            self.store,
+            self.spec,
+            net.hostonly.guest_ip,
+            tap.name(),
+            Vec::new(),
+        )?;
+        Ok(Some(tap))
+    }
+
+    /// For a DHCP guest: finds its vmnet link and routes the Docker subnets over it, with
+    /// vmnet's host filter lifted for the machine's member(s).
+    fn route_nat_link(
+        &mut self,
+        ip: Ipv4Addr,
+        before: &BTreeMap<String, vmnet::Bridge>,
+    ) -> Result<()> {
+        let link = vmnet::nat_link(&self.spec.name, ip, before, &net::vmnet_bridges()?)?;
+        if link.members.len() > 1 {
+            log(format!(
+                "{} members joined {} during boot ({}); lifting the host filter of each",
+                link.members.len(),
+                link.bridge,
+                link.members.join(", ")
+            ));
+        }
+        self.state.step("routing the Docker subnets");
+        // A supervisor killed before it could clean up left routes via the previous boot's
+        // address, which the new ones would collide with.
+        forget_routes(self.store, self.spec, None);
+        let filters = link
+            .members
+            .iter()
+            .map(|m| HostFilter {
+                bridge: link.bridge.clone(),
+                member: m.clone(),
+            })
+            .collect();
+        add_routes(self.store, self.spec, ip, &link.bridge, filters)
+    }
+
+    /// Starts the machine's DNS server, answering `<machine>.<tld>` with `guest_ip`.
+    ///
+    /// Upstreams: `DEVBOX_DNS_UPSTREAMS` (comma-separated `ip:port`), else the host's resolvers.
+    fn dns(
+        &self,
+        io: &tokio::runtime::Runtime,
+        net: &HostNet,
+        guest_ip: Ipv4Addr,
+    ) -> Result<dns::DnsServer> {
+        self.state.step("starting the DNS server");
+        let upstreams = match std::env::var("DEVBOX_DNS_UPSTREAMS") {
+            Ok(v) if !v.trim().is_empty() => v
+                .split(',')
+                .map(|a| {
+                    a.trim()
+                        .parse()
+                        .with_context(|| format!("DEVBOX_DNS_UPSTREAMS: {a:?} is not ip:port"))
+                })
+                .collect::<Result<Vec<std::net::SocketAddr>>>()?,
+            _ => dns::host_upstreams()?,
+        };
+        let other_machines = self
+            .store
+            .names()?
+            .into_iter()
+            .filter(|n| n != &self.spec.name)
+            .collect();
+        let server = io.block_on(dns::DnsServer::start(dns::DnsConfig {
+            machine: self.spec.name.clone(),
+            tld: self.spec.tld.clone(),
+            guest_ip: guest_ip.into(),
+            bind: net.dns_bind,
+            upstreams: upstreams.clone(),
+            other_machines,
+        }))?;
+        log(format!(
+            "DNS on {} for {}.{} (upstreams: {})",
+            server.local_addr(),
+            self.spec.name,
+            self.spec.tld,
+            upstreams
+                .iter()
+                .map(|u| u.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        Ok(server)
+    }
+
+    fn write_config_drive(
+        &self,
+        image: &Image,
+        net: &HostNet,
+        mounts: &[config_drive::NfsMount],
+    ) -> Result<()> {
+        let client_pub = fs_err::read_to_string(self.dir.client_pub_path())?;
+        let host_key = fs_err::read_to_string(self.dir.host_key_path())?;
+        let host_pub = fs_err::read_to_string(self.dir.host_pub_path())?;
+        config_drive::write(
+            &self.dir.config_drive_path(),
+            self.spec,
+            &config_drive::DriveInputs {
+                authorized_key: &client_pub,
+                host_key_private: &host_key,
+                host_key_public: &host_pub,
+                dns: &net.guest_dns,
+                docker_major: image.manifest.docker_major(),
+                mounts,
+            },
+        )?;
+        Ok(())
+    }
+
+    fn boot(
+        &self,
+        hv: &dyn Hypervisor,
+        image: &Image,
+        tap: Option<net::Tap>,
+    ) -> Result<Box<dyn hypervisor::RunningVm>> {
+        rotate_serial_log(self.dir);
+        self.state.step("booting");
+        let vm = hv.boot(BootConfig {
+            name: self.spec.name.clone(),
+            cpus: self.spec.cpus,
+            memory_mib: self.spec.memory_mib,
+            kernel: image.kernel(),
+            initrd: image.initrd(),
+            data_disk: self.dir.disk_path(),
+            config_drive: self.dir.config_drive_path(),
+            tap: tap.map(|t| t.into_inheritable_fd()).transpose()?,
+            mac: self.spec.network.mac.clone(),
+            serial_log: self.dir.serial_log_path(),
+            monitor_socket: self.dir.qmp_socket_path(),
+        })?;
+        self.state.update(|s| s.vm_pid = vm.pid());
+        log(format!("guest process {:?} started", vm.pid()));
+        Ok(vm)
+    }
+}
+
+/// The previous boot's console log is kept as `serial.log.1`.
+fn rotate_serial_log(dir: &MachineDir) {
+    let log_path = dir.serial_log_path();
+    if log_path.exists() {
+        let _ = std::fs::rename(&log_path, log_path.with_extension("log.1"));
+    }
+}

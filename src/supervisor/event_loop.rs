@@ -1,0 +1,191 @@
+//! The event loop: owns the running machine and reacts to the [`Event`]s of the watchers and
+//! the control socket until the guest ends. It starts the parts that need a ready guest (the
+//! docker socket forwarder, the container watcher, the disk watcher), turns stop requests
+//! and signals into a graceful stop (the guest powers off, killed after [`GRACEFUL_STOP`]),
+//! and tells a machine that ended before it was ready (a failure) from one that was stopped.
+
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use super::bring_up::Supervisor;
+use super::control::ControlEvent;
+use super::watchers::DiskWatch;
+use super::{Event, log, now};
+use crate::hypervisor::RunningVm;
+use crate::machine::state::Phase;
+use crate::{dns, ssh};
+
+/// How long a guest gets to power off before it is killed.
+const GRACEFUL_STOP: Duration = Duration::from_secs(60);
+
+/// Name of the docker socket forwarder among the parts (stopped first at a stop).
+const FORWARDER: &str = "docker socket forwarder";
+
+/// The booted machine; killed if it is dropped while it still runs (an error in bring-up or
+/// in the loop), so nothing outlives the supervisor's own failure.
+pub struct Guest {
+    vm: Box<dyn RunningVm>,
+    ended: bool,
+}
+
+impl Guest {
+    pub fn new(vm: Box<dyn RunningVm>) -> Guest {
+        Guest { vm, ended: false }
+    }
+
+    pub fn as_mut(&mut self) -> &mut dyn RunningVm {
+        self.vm.as_mut()
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if !self.ended && matches!(self.vm.try_wait(), Ok(None)) {
+            let _ = self.vm.kill();
+        }
+    }
+}
+
+/// What the event loop works with.
+pub struct Running {
+    pub vm: Guest,
+    /// Where the guest answers SSH; `None` when the supervisor does not reach the guest
+    /// ([`crate::machine::GuestAccess::DriverReport`]).
+    pub target: Option<ssh::Target>,
+    /// The DNS server's records, for the container watcher.
+    pub records: dns::RecordsHandle,
+    pub io: tokio::runtime::Handle,
+}
+
+/// Runs until the guest ends; returns why it ended (or the failure).
+pub fn run(sv: &mut Supervisor, mut m: Running) -> Result<String> {
+    let mut stopping: Option<Instant> = None;
+    loop {
+        if let Some(exit) = m.vm.as_mut().try_wait()? {
+            m.vm.ended = true;
+            sv.parts.stop_one(FORWARDER);
+            return if sv.state.phase() == Phase::Starting && stopping.is_none() {
+                Err(anyhow::anyhow!(
+                    "the guest ended before it was ready: {}",
+                    exit.description
+                ))
+            } else {
+                Ok(exit.description)
+            };
+        }
+        if let Some(since) = stopping
+            && since.elapsed() > GRACEFUL_STOP
+        {
+            log("the guest did not power off in time; killing it");
+            m.vm.as_mut().kill()?;
+            continue;
+        }
+        match sv.rx.recv_timeout(Duration::from_millis(200)) {
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+            Ok(Event::Ready { docker_version }) => {
+                if stopping.is_none() {
+                    ready(sv, &mut m, &docker_version)?;
+                }
+            }
+            Ok(Event::NotReady { reason }) => {
+                if stopping.is_none() {
+                    m.vm.as_mut().kill()?;
+                    return Err(anyhow::anyhow!(
+                        "the machine did not become ready: {reason}"
+                    ));
+                }
+            }
+            Ok(Event::Control(ControlEvent::Stop { force })) => {
+                if force {
+                    log("stop requested (force): killing the guest");
+                    sv.parts.stop_one(FORWARDER);
+                    m.vm.as_mut().kill()?;
+                    stopping.get_or_insert_with(Instant::now);
+                } else if stopping.is_none() {
+                    begin_graceful_stop(sv, &mut m);
+                    stopping = Some(Instant::now());
+                }
+            }
+            Ok(Event::Signal(sig)) => {
+                if stopping.is_none() {
+                    log(format!("{sig} received"));
+                    begin_graceful_stop(sv, &mut m);
+                    stopping = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
+
+/// The guest is ready: starts what needs it (over SSH: the docker socket, the container
+/// watcher, the disk watcher) and says the machine runs.
+fn ready(sv: &mut Supervisor, m: &mut Running, docker_version: &str) -> Result<()> {
+    if let Some(target) = &m.target {
+        match ssh::forward_unix_socket(target, &sv.dir.docker_socket_path(), "/var/run/docker.sock")
+        {
+            Ok(f) => sv.parts.hold(FORWARDER, f),
+            Err(e) => {
+                m.vm.as_mut().kill()?;
+                return Err(anyhow::Error::new(e).context("forwarding the docker socket"));
+            }
+        }
+        let watch = m.io.spawn(dns::watch_containers(
+            sv.dir.docker_socket_path(),
+            m.records.clone(),
+        ));
+        sv.parts
+            .add(Task("container watcher", watch.abort_handle()));
+    }
+    log(format!("ready: Docker {docker_version} answers"));
+    sv.state.update(|s| {
+        s.phase = Phase::Running;
+        s.step = "running".into();
+        s.ready = Some(now());
+    });
+    if let Some(target) = &m.target {
+        sv.parts.add(DiskWatch::spawn(
+            target.clone(),
+            sv.state.clone(),
+            sv.dir.clone(),
+        ));
+    }
+    Ok(())
+}
+
+/// Asks the guest to power off: through SSH when it answers (the guest stops dockerd and
+/// unmounts its disk first), else through the driver's power button.
+fn begin_graceful_stop(sv: &mut Supervisor, m: &mut Running) {
+    log("stopping: asking the guest to power off");
+    sv.state.update(|s| {
+        s.phase = Phase::Stopping;
+        s.step = "stopping".into();
+    });
+    sv.parts.stop_one(FORWARDER);
+    let via_ssh = match &m.target {
+        Some(target) => ssh::Connection::connect(target, Duration::from_secs(5))
+            .and_then(|c| c.exec_capture("poweroff"))
+            .map(drop)
+            .map_err(|e| format!("poweroff over SSH failed ({e})")),
+        None => Err("the guest is not reached over SSH".to_owned()),
+    };
+    if let Err(why) = via_ssh {
+        log(format!("{why}; pressing the power button"));
+        if let Err(e) = m.vm.as_mut().request_stop() {
+            log(format!("power button failed: {e}"));
+        }
+    }
+}
+
+/// A task on the I/O runtime, aborted when the machine ends.
+struct Task(&'static str, tokio::task::AbortHandle);
+
+impl super::parts::Part for Task {
+    fn name(&self) -> &str {
+        self.0
+    }
+    fn stop(self: Box<Self>) {
+        self.1.abort();
+    }
+}

@@ -1,0 +1,272 @@
+//! The supervisor's watcher threads. Each reports to the event loop through the one channel
+//! of [`Event`]s, or keeps one thing up to date on its own:
+//! - `signals`: SIGTERM, SIGINT and SIGHUP become a graceful stop;
+//! - `ready`: once per boot, waits for the guest to be ready (over SSH: SSH answers, then the
+//!   guest's ready file; or the driver's own report) and says so once;
+//! - `disk` ([`DiskWatch`], a part): measures the guest filesystem every 30 s while the machine
+//!   runs, into `state.json`;
+//! - `resolver` ([`ResolverWatch`], a part): follows the DNS server's aliases into `dns.json`
+//!   and the host's resolver.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nix::sys::signal::{SigSet, Signal};
+
+use super::parts::Part;
+use super::state::StateWriter;
+use super::{Event, log};
+use crate::machine::MachineDir;
+use crate::machine::state::Phase;
+use crate::resolver::ResolverSync;
+use crate::{disk, dns, ssh};
+
+/// How often the guest filesystem's fill level is measured while the machine runs.
+const DISK_CHECK_EVERY: Duration = Duration::from_secs(30);
+/// How often the served aliases are compared with the host resolver's domains.
+const RESOLVER_CHECK_EVERY: Duration = Duration::from_millis(200);
+
+/// Blocks the stop signals in this thread and every thread it starts from now on; the
+/// `signals` thread receives them with sigwait. Call before any other thread exists.
+pub fn block_stop_signals() -> Result<SigSet> {
+    let mut sigs = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        sigs.add(s);
+    }
+    sigs.thread_block().context("blocking signals")?;
+    Ok(sigs)
+}
+
+pub fn spawn_signals(sigs: SigSet, tx: Sender<Event>) {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            while let Ok(sig) = sigs.wait() {
+                if tx.send(Event::Signal(sig)).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("spawning the signal thread");
+}
+
+/// Waits for SSH, then for Docker, and reports once.
+pub fn spawn_ready_over_ssh(
+    target: ssh::Target,
+    deadline: Instant,
+    state: StateWriter,
+    tx: Sender<Event>,
+) {
+    std::thread::Builder::new()
+        .name("ready".into())
+        .spawn(move || {
+            state.step("waiting for SSH");
+            let event = match wait_ready(&target, deadline, &state) {
+                Ok(docker_version) => Event::Ready { docker_version },
+                Err(reason) => Event::NotReady { reason },
+            };
+            let _ = tx.send(event);
+        })
+        .expect("spawning the readiness thread");
+}
+
+fn wait_ready(
+    target: &ssh::Target,
+    deadline: Instant,
+    state: &StateWriter,
+) -> Result<String, String> {
+    let conn = ssh::wait_until_reachable(target, deadline).map_err(|e| format!("SSH: {e}"))?;
+    state.step("waiting for Docker");
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        // The guest writes Docker's version to /run/devbox/ready once Docker answers and its
+        // firewall rule for routed container access is in place (assets/guest/README.md);
+        // reading it costs no docker command, which is slow to start in a guest.
+        match conn.exec_capture("cat /run/devbox/ready") {
+            Ok(out) if out.status == 0 => {
+                return Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+            }
+            Ok(out) => last = String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            Err(e) => return Err(format!("SSH: {e}")),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!(
+        "Docker did not answer in time (last error: {last})"
+    ))
+}
+
+/// Passes the driver's readiness report on, or says it did not come by `deadline`.
+pub fn spawn_ready_from_driver(
+    report: Receiver<Result<String, String>>,
+    deadline: Instant,
+    state: StateWriter,
+    tx: Sender<Event>,
+) {
+    std::thread::Builder::new()
+        .name("ready".into())
+        .spawn(move || {
+            state.step("waiting for the guest");
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let event = match report.recv_timeout(wait) {
+                Ok(Ok(docker_version)) => Event::Ready { docker_version },
+                Ok(Err(reason)) => Event::NotReady { reason },
+                Err(RecvTimeoutError::Timeout) => Event::NotReady {
+                    reason: "the guest did not report ready in time".into(),
+                },
+                // The machine ended first; the event loop sees that on its own.
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let _ = tx.send(event);
+        })
+        .expect("spawning the readiness thread");
+}
+
+/// A background thread that runs until told to stop, then is joined.
+struct Stoppable {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Stoppable {
+    fn spawn(name: &str, body: impl FnOnce(&dyn Fn(Duration) -> bool) + Send + 'static) -> Self {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                // Sleeps up to `d`; true once asked to stop.
+                let sleep = |d: Duration| {
+                    let (lock, cv) = &*flag;
+                    let stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+                    let (stopped, _) = cv
+                        .wait_timeout_while(stopped, d, |s| !*s)
+                        .unwrap_or_else(|p| p.into_inner());
+                    *stopped
+                };
+                body(&sleep)
+            })
+            .expect("spawning a watcher thread");
+        Stoppable {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) {
+        let (lock, cv) = &*self.stop;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Measures the guest filesystem right away and then every [`DISK_CHECK_EVERY`] while the
+/// machine runs, records it in `state.json` (so `status` and `ls` read it without reaching the
+/// guest), and logs when it crosses [`disk::WARN_PCT`] either way. Also says once whether the
+/// host filesystem can take back what the guest frees.
+pub struct DiskWatch(Stoppable);
+
+impl DiskWatch {
+    pub fn spawn(target: ssh::Target, state: StateWriter, dir: MachineDir) -> DiskWatch {
+        DiskWatch(Stoppable::spawn("disk", move |sleep| {
+            log(disk::probe_reclaim(&dir.path).describe());
+            let mut conn: Option<ssh::Connection> = None;
+            let mut last_pct: Option<u8> = None;
+            while state.phase() == Phase::Running {
+                if conn.is_none() {
+                    conn = ssh::Connection::connect(&target, Duration::from_secs(5)).ok();
+                }
+                match conn.as_ref().map(disk::measure_guest) {
+                    Some(Ok(sample)) => {
+                        // Logged when crossing the threshold, and at each change above it.
+                        let was_full = last_pct.is_some_and(|p| p >= disk::WARN_PCT);
+                        let full = sample.is_nearly_full();
+                        if full != was_full || (full && last_pct != Some(sample.used_pct)) {
+                            match disk::fullness_warning(&dir.name, &sample) {
+                                Some(w) => log(format!("warning: {w}")),
+                                None => log(format!(
+                                    "disk: the guest filesystem is back to {}% full",
+                                    sample.used_pct
+                                )),
+                            }
+                        }
+                        last_pct = Some(sample.used_pct);
+                        state.update(|s| s.disk = Some(sample));
+                    }
+                    Some(Err(e)) => {
+                        log(format!("disk: {e:#}"));
+                        conn = None;
+                    }
+                    None => {}
+                }
+                if sleep(DISK_CHECK_EVERY) {
+                    break;
+                }
+            }
+        }))
+    }
+}
+
+impl Part for DiskWatch {
+    fn name(&self) -> &str {
+        "disk watch"
+    }
+    fn stop(self: Box<Self>) {
+        self.0.stop();
+    }
+}
+
+/// Keeps `dns.json` and the host's resolver in line with the aliases the DNS server serves;
+/// stopping it removes `dns.json`.
+pub struct ResolverWatch(Stoppable);
+
+impl ResolverWatch {
+    pub fn spawn(mut sync: ResolverSync, records: dns::RecordsHandle) -> ResolverWatch {
+        ResolverWatch(Stoppable::spawn("resolver", move |sleep| {
+            loop {
+                for line in sync.sync(&records.zone().alias_names()) {
+                    log(line);
+                }
+                if sleep(RESOLVER_CHECK_EVERY) {
+                    break;
+                }
+            }
+            // `sync` drops here, which removes dns.json.
+        }))
+    }
+}
+
+impl Part for ResolverWatch {
+    fn name(&self) -> &str {
+        "resolver settings"
+    }
+    fn stop(self: Box<Self>) {
+        self.0.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn a_stoppable_thread_stops_at_once_and_is_joined() {
+        let ran = Arc::new(AtomicBool::new(false));
+        let r = ran.clone();
+        let t = Stoppable::spawn("test", move |sleep| {
+            while !sleep(Duration::from_secs(3600)) {}
+            r.store(true, Ordering::SeqCst);
+        });
+        let started = Instant::now();
+        t.stop();
+        assert!(ran.load(Ordering::SeqCst), "joined after the body ended");
+        assert!(started.elapsed() < Duration::from_secs(60));
+    }
+}
