@@ -94,7 +94,8 @@ pub fn check_names(m: &Machine) {
         "--name",
         "aliased",
         "-e",
-        "DNSDOCK_ALIAS=www.synbioz.dev",
+        // synbioz.dev is allowed for the machine (create --dns-domain); go.dev is not.
+        "DNSDOCK_ALIAS=www.synbioz.dev,pkg.go.dev",
         "bb:e2e",
         "/bin/httpd",
         "-f",
@@ -111,6 +112,11 @@ pub fn check_names(m: &Machine) {
         h.curl("http://www.synbioz.dev/"),
         "hello from web\n",
         "by name from the host side"
+    );
+    assert_eq!(
+        h.dig("pkg.go.dev", "A").1,
+        vec!["10.1.2.3".to_owned()],
+        "a container's alias never takes a public name outside the allowed domains"
     );
     docker(&["stop", "-t", "1", "aliased"]);
     // Once no container claims it, the name is no longer devbox's: the upstream's answer

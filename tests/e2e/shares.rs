@@ -30,6 +30,9 @@ pub fn create(m: &Machine) {
         &rw,
         "--share",
         &ro,
+        // Lets containers take aliases under synbioz.dev (the network checks); go.dev stays refused.
+        "--dns-domain",
+        "synbioz.dev",
     ]);
 }
 
