@@ -17,6 +17,10 @@ pub fn missing_prerequisite() -> Option<String> {
         ("dig", "bind9-dnsutils"),
         ("dnsmasq", "dnsmasq-base"),
         ("pgrep", "procps"),
+        ("sysctl", "procps"),
+        ("nft", "nftables"),
+        ("iptables", "iptables"),
+        ("docker-registry", "docker-registry"),
     ] {
         if which(prog).is_none() {
             return Some(format!("{prog} is not installed ({pkg})"));

@@ -6,18 +6,49 @@
 //! get routed anywhere through the host. The host's real interfaces, routes and firewall are
 //! never touched.
 //!
-//! Needs root, `nft`, `iptables`, busybox (httpd) and curl. Without them the tests print why
-//! and pass, except under `CI=true`, where they fail.
+//! Needs root, `nft`, `iptables`, busybox (httpd) and curl. Without them the trials are
+//! reported as not run, except under `CI=true`, where they fail.
 #![cfg(target_os = "linux")]
 
-mod support;
-use support::in_new_netns;
+use crate::support::in_new_netns;
+use crate::support::trials::{Missing, Trial, check, programs, root};
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use devbox::host::{HostError, HostPlan, apply};
 use devbox::nat::NatError;
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        check(
+            "a_machine_gets_out_and_nothing_else_is_forwarded",
+            tools,
+            a_machine_gets_out_and_nothing_else_is_forwarded,
+        ),
+        check(
+            "on_a_docker_host_the_rules_go_to_docker_user_and_away_again",
+            tools,
+            on_a_docker_host_the_rules_go_to_docker_user_and_away_again,
+        ),
+        check(
+            "a_firewall_that_drops_everything_fails_the_start_with_its_fix",
+            tools,
+            a_firewall_that_drops_everything_fails_the_start_with_its_fix,
+        ),
+    ]
+}
+
+/// Root and the tools these trials drive.
+fn tools() -> Result<(), Missing> {
+    root()?;
+    programs(&[
+        ("nft", "nftables"),
+        ("iptables", "iptables"),
+        ("busybox", "busybox-static"),
+        ("curl", "curl"),
+    ])
+}
 
 /// Runs `cmd args…`; panics with its stderr when it fails.
 fn sh(cmd: &str, args: &[&str]) -> String {
@@ -199,25 +230,8 @@ fn devbox_rules(link: &str) -> Option<usize> {
     )
 }
 
-/// The tools this test drives; a missing one is a skip (a failure under `CI=true`).
-fn tools_present(test: &str) -> bool {
-    for tool in ["nft", "iptables", "busybox", "curl"] {
-        if Command::new(tool).arg("--version").output().is_err() {
-            let why = format!("{test}: `{tool}` is not installed");
-            assert!(!support::ci(), "{why} (CI=true, so this is a failure)");
-            eprintln!("skipped {why}");
-            return false;
-        }
-    }
-    true
-}
-
-#[test]
 fn a_machine_gets_out_and_nothing_else_is_forwarded() {
-    if !tools_present("a_machine_gets_out_and_nothing_else_is_forwarded") {
-        return;
-    }
-    in_new_netns("a_machine_gets_out_and_nothing_else_is_forwarded", || {
+    in_new_netns(|| {
         let w = world("out");
         let url = "http://203.0.113.2/";
         assert_eq!(forwarding(), "0");
@@ -277,101 +291,87 @@ fn a_machine_gets_out_and_nothing_else_is_forwarded() {
     });
 }
 
-#[test]
 fn on_a_docker_host_the_rules_go_to_docker_user_and_away_again() {
-    if !tools_present("on_a_docker_host_the_rules_go_to_docker_user_and_away_again") {
-        return;
-    }
-    in_new_netns(
-        "on_a_docker_host_the_rules_go_to_docker_user_and_away_again",
-        || {
-            let w = world("docker");
-            let url = "http://203.0.113.2/";
-            // What Docker leaves on a host: forwarding on, FORWARD policy DROP, DOCKER-USER.
-            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
-            sh("iptables", &["-N", "DOCKER-USER"]);
-            sh("iptables", &["-A", "DOCKER-USER", "-j", "RETURN"]);
-            sh("iptables", &["-A", "FORWARD", "-j", "DOCKER-USER"]);
-            sh("iptables", &["-P", "FORWARD", "DROP"]);
-            assert!(!w.machine.gets(url));
+    in_new_netns(|| {
+        let w = world("docker");
+        let url = "http://203.0.113.2/";
+        // What Docker leaves on a host: forwarding on, FORWARD policy DROP, DOCKER-USER.
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+        sh("iptables", &["-N", "DOCKER-USER"]);
+        sh("iptables", &["-A", "DOCKER-USER", "-j", "RETURN"]);
+        sh("iptables", &["-A", "FORWARD", "-j", "DOCKER-USER"]);
+        sh("iptables", &["-P", "FORWARD", "DROP"]);
+        assert!(!w.machine.gets(url));
 
-            let report = nat("start", "dbx0").unwrap();
-            assert!(report.warnings.is_empty(), "{:?}", report.warnings);
-            assert!(
-                w.machine.gets(url),
-                "the machine gets out through DOCKER-USER"
-            );
-            assert!(
-                !w.lan.gets(url),
-                "Docker's policy still drops the other LAN"
-            );
-            let tagged = || {
-                sh("iptables", &["-S", "DOCKER-USER"])
-                    .matches("devbox:dbx0")
-                    .count()
-            };
-            assert_eq!(tagged(), 2);
-            nat("start", "dbx0").unwrap();
-            assert_eq!(tagged(), 2, "a second start replaces, never adds");
+        let report = nat("start", "dbx0").unwrap();
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+        assert!(
+            w.machine.gets(url),
+            "the machine gets out through DOCKER-USER"
+        );
+        assert!(
+            !w.lan.gets(url),
+            "Docker's policy still drops the other LAN"
+        );
+        let tagged = || {
+            sh("iptables", &["-S", "DOCKER-USER"])
+                .matches("devbox:dbx0")
+                .count()
+        };
+        assert_eq!(tagged(), 2);
+        nat("start", "dbx0").unwrap();
+        assert_eq!(tagged(), 2, "a second start replaces, never adds");
 
-            nat("stop", "dbx0").unwrap();
-            assert_eq!(tagged(), 0);
-            assert_eq!(devbox_rules("dbx0"), None);
-            assert_eq!(
-                forwarding(),
-                "1",
-                "forwarding was on before devbox: left on"
-            );
-            assert!(sh("iptables", &["-S", "FORWARD"]).contains("-P FORWARD DROP"));
-        },
-    );
+        nat("stop", "dbx0").unwrap();
+        assert_eq!(tagged(), 0);
+        assert_eq!(devbox_rules("dbx0"), None);
+        assert_eq!(
+            forwarding(),
+            "1",
+            "forwarding was on before devbox: left on"
+        );
+        assert!(sh("iptables", &["-S", "FORWARD"]).contains("-P FORWARD DROP"));
+    });
 }
 
-#[test]
 fn a_firewall_that_drops_everything_fails_the_start_with_its_fix() {
-    if !tools_present("a_firewall_that_drops_everything_fails_the_start_with_its_fix") {
-        return;
-    }
-    in_new_netns(
-        "a_firewall_that_drops_everything_fails_the_start_with_its_fix",
-        || {
-            sh("nft", &["add", "table", "inet", "lockdown"]);
-            sh(
-                "nft",
-                &[
-                    "add",
-                    "chain",
-                    "inet",
-                    "lockdown",
-                    "outward",
-                    "{ type filter hook forward priority 0; policy drop; }",
-                ],
-            );
-            let err = nat("start", "dbx0").unwrap_err();
-            assert!(
-                matches!(&err, HostError::Nat(NatError::Blocked { .. })),
-                "{err}"
-            );
-            use devbox::hint::Hint;
-            let hint = err.hint().unwrap();
-            assert!(
-                hint.contains("sudo nft insert rule inet lockdown outward iifname \"dbx0\" accept"),
-                "{hint}"
-            );
-            assert_eq!(devbox_rules("dbx0"), None, "nothing was changed");
-            assert_eq!(forwarding(), "0");
+    in_new_netns(|| {
+        sh("nft", &["add", "table", "inet", "lockdown"]);
+        sh(
+            "nft",
+            &[
+                "add",
+                "chain",
+                "inet",
+                "lockdown",
+                "outward",
+                "{ type filter hook forward priority 0; policy drop; }",
+            ],
+        );
+        let err = nat("start", "dbx0").unwrap_err();
+        assert!(
+            matches!(&err, HostError::Nat(NatError::Blocked { .. })),
+            "{err}"
+        );
+        use devbox::hint::Hint;
+        let hint = err.hint().unwrap();
+        assert!(
+            hint.contains("sudo nft insert rule inet lockdown outward iifname \"dbx0\" accept"),
+            "{hint}"
+        );
+        assert_eq!(devbox_rules("dbx0"), None, "nothing was changed");
+        assert_eq!(forwarding(), "0");
 
-            // One accept rule in it: maybe the machine's traffic gets through. A warning.
-            sh(
-                "nft",
-                &[
-                    "add", "rule", "inet", "lockdown", "outward", "iifname", "\"lan0\"", "accept",
-                ],
-            );
-            let report = nat("start", "dbx0").unwrap();
-            assert_eq!(report.warnings.len(), 1);
-            assert!(report.warnings[0].fix.contains("inet lockdown outward"));
-            nat("stop", "dbx0").unwrap();
-        },
-    );
+        // One accept rule in it: maybe the machine's traffic gets through. A warning.
+        sh(
+            "nft",
+            &[
+                "add", "rule", "inet", "lockdown", "outward", "iifname", "\"lan0\"", "accept",
+            ],
+        );
+        let report = nat("start", "dbx0").unwrap();
+        assert_eq!(report.warnings.len(), 1);
+        assert!(report.warnings[0].fix.contains("inet lockdown outward"));
+        nat("stop", "dbx0").unwrap();
+    });
 }
