@@ -207,6 +207,20 @@ impl Harness {
             .status()
             .unwrap();
         assert!(st.success());
+        // A new namespace may inherit the host's IPv4 forwarding; this one starts as a host
+        // that does not forward, whose setting devbox must put back.
+        let st = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &netns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=0",
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success());
         // Inside the namespace, the host side resolves through the machine's DNS server, as
         // a host with `devbox dns install` would (`ip netns exec` bind-mounts this file).
         let etc = PathBuf::from("/etc/netns").join(&netns);

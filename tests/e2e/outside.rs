@@ -91,7 +91,7 @@ pub fn check_nat_on_a_docker_host(m: &Machine) {
     assert_eq!(
         h.ip_forward(),
         "0",
-        "the last stop puts forwarding back (a new namespace has it off)"
+        "the last stop puts forwarding back (the harness turned it off)"
     );
 
     let _restore = DockerFirewall(m);
@@ -176,7 +176,10 @@ pub fn check_published_ports(m: &Machine) {
     let opened = await_port(m, "http://127.0.0.1:8080/", Some(page));
     eprintln!("[e2e] published port answered {opened:?} after `docker run` returned");
     assert_eq!(
-        m.h.exec_ok("curl", &["-sS", "-g", "http://[::1]:8080/"]),
+        m.h.exec_ok(
+            "curl",
+            &["-sS", "--max-time", "10", "-g", "http://[::1]:8080/"]
+        ),
         page
     );
     await_port(m, "http://127.0.0.1:8081/", Some(page));
