@@ -221,6 +221,19 @@ pub fn check_published_ports(m: &Machine) {
     m.docker_ok(&["stop", "-t", "1", "published"]);
     let closed = await_port(m, "http://127.0.0.1:8080/", None);
     eprintln!("[e2e] published port closed {closed:?} after `docker stop` returned");
+    // Closed, not merely failing: nothing listens on the host's 8080 and 8081 any more.
+    let t = Instant::now();
+    loop {
+        let listening = m.h.exec_ok("ss", &["-Htln"]);
+        if !listening.contains(":8080 ") && !listening.contains(":8081 ") {
+            break;
+        }
+        assert!(
+            t.elapsed() < PORT_BOUND,
+            "8080 still listened on: {listening}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     m.docker_ok(&["rm", "-f", "published", "squatted"]);
 }
 
