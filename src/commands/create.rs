@@ -85,13 +85,13 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
     .map_err(|(_, e)| std::io::Error::from(e))
     .context("locking the machine store")?;
 
-    if store.machine(&a.name).spec_path().exists() {
+    if store.machine(&a.name)?.spec_path().exists() {
         return Err(crate::machine::store::StoreError::Exists { name: a.name }.into());
     }
     let mut taken = Vec::new();
     let mut claims = Vec::new();
     for other in store.names()? {
-        if let Ok(s) = store.machine(&other).load_spec() {
+        if let Ok(s) = store.machine(&other).and_then(|d| d.load_spec()) {
             taken.push(s.network.index);
             for subnet in s.docker.routed() {
                 claims.push(Claim {
