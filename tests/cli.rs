@@ -482,3 +482,28 @@ fn logs_of_a_never_started_machine() {
     succeeds(&o);
     assert!(stderr(&o).contains("never started"));
 }
+
+/// The guest writes its console: `logs` shows its escape sequences (OSC 52 clipboard write,
+/// title, clear screen, 8-bit CSI) as text instead of passing them to the terminal.
+#[test]
+fn logs_neutralise_the_guest_escape_sequences() {
+    let env = Env::new();
+    succeeds(&create(&env, "m"));
+    std::fs::write(
+        env.machine_dir("m").join("serial.log"),
+        "boot ok\r\n\x1b]52;c;cm0gLXJmIH4=\x07\x1b]0;sudo password\x07\x1b[2J\u{9b}8m\tend\r\n",
+    )
+    .unwrap();
+    let o = env.run(&["logs", "m"]);
+    succeeds(&o);
+    let out = stdout(&o);
+    assert_eq!(
+        out,
+        "boot ok\n\\u{1b}]52;c;cm0gLXJmIH4=\\u{7}\\u{1b}]0;sudo password\\u{7}\\u{1b}[2J\\u{9b}8m\tend\n"
+    );
+    assert!(
+        !out.chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t'),
+        "{out:?}"
+    );
+}
