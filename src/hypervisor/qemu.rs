@@ -84,7 +84,10 @@ pub fn kernel_cmdline(accel: &str, tsc_khz: Option<u64>) -> String {
 /// The QEMU arguments for a machine (without the program name). `tap_fd` is the descriptor
 /// number the child inherits.
 pub fn args(cfg: &BootConfig, accel: &str, tsc_khz: Option<u64>, tap_fd: i32) -> Vec<String> {
+    // `-kernel`/`-initrd` take a whole argument: the path as it is.
     let p = |p: &Path| p.display().to_string();
+    // Inside `key=value,...` option strings a value is escaped (see [`opt_value`]).
+    let v = |p: &Path| opt_value(&p.display().to_string());
     let (accel_arg, cpu) = if accel == "kvm" {
         ("kvm", "host")
     } else {
@@ -94,7 +97,11 @@ pub fn args(cfg: &BootConfig, accel: &str, tsc_khz: Option<u64>, tap_fd: i32) ->
     let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
     push(&[
         "-name",
-        &format!("devbox-{},process=devbox-{}", cfg.name, cfg.name),
+        &format!(
+            "devbox-{},process=devbox-{}",
+            opt_value(&cfg.name),
+            opt_value(&cfg.name)
+        ),
     ]);
     push(&["-machine", "microvm,acpi=on,rtc=on"]);
     push(&["-accel", accel_arg, "-cpu", cpu]);
@@ -113,7 +120,7 @@ pub fn args(cfg: &BootConfig, accel: &str, tsc_khz: Option<u64>, tap_fd: i32) ->
     ]);
     push(&[
         "-chardev",
-        &format!("file,id=console,path={}", p(&cfg.serial_log)),
+        &format!("file,id=console,path={}", v(&cfg.serial_log)),
         "-serial",
         "chardev:console",
     ]);
@@ -123,7 +130,7 @@ pub fn args(cfg: &BootConfig, accel: &str, tsc_khz: Option<u64>, tap_fd: i32) ->
         "-drive",
         &format!(
             "id=config,file={},format=raw,if=none,readonly=on",
-            p(&cfg.config_drive)
+            v(&cfg.config_drive)
         ),
         "-device",
         "virtio-blk-device,drive=config,serial=devbox-config",
@@ -134,7 +141,7 @@ pub fn args(cfg: &BootConfig, accel: &str, tsc_khz: Option<u64>, tap_fd: i32) ->
         "-drive",
         &format!(
             "id=data,file={},format=raw,if=none,cache=writeback,discard=unmap,detect-zeroes=unmap",
-            p(&cfg.data_disk)
+            v(&cfg.data_disk)
         ),
         "-device",
         "virtio-blk-device,drive=data,serial=devbox-data",
@@ -146,11 +153,26 @@ pub fn args(cfg: &BootConfig, accel: &str, tsc_khz: Option<u64>, tap_fd: i32) ->
         &format!("virtio-net-device,netdev=net0,mac={}", cfg.mac),
     ]);
     push(&["-device", "virtio-rng-device"]);
+    // Spelled out (`-chardev socket,path=` + `-mon`) rather than `-qmp unix:PATH`: there the
+    // path is an implied first value, which QEMU reads as `key=value` when it holds a `=`.
     push(&[
-        "-qmp",
-        &format!("unix:{},server=on,wait=off", p(&cfg.monitor_socket)),
+        "-chardev",
+        &format!(
+            "socket,id=qmp,path={},server=on,wait=off",
+            v(&cfg.monitor_socket)
+        ),
+        "-mon",
+        "chardev=qmp,mode=control",
     ]);
     a
+}
+
+/// A value for a QEMU `key=value,...` option string. QEMU's option parser ends a value at the
+/// first single comma and reads `,,` as a literal comma (qemu-options docs, "-drive"), so a path
+/// with a comma would otherwise end early and its rest be read as more options
+/// (`/home/u/a,file.driver=...`). Every comma is doubled.
+fn opt_value(value: &str) -> String {
+    value.replace(',', ",,")
 }
 
 /// Finds a program on PATH.
@@ -321,6 +343,105 @@ mod tests {
             kernel_cmdline("kvm", Some(2_000_000)),
             "console=ttyS0 panic=-1 loglevel=4"
         );
+    }
+
+    /// Splits a QEMU option string the way QEMU does: a single comma separates, `,,` is a
+    /// literal comma; an element without `=` gets the name `implied`.
+    fn parse_opts(s: &str, implied: &str) -> Vec<(String, String)> {
+        let mut elems = vec![String::new()];
+        let mut chars = s.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == ',' {
+                if chars.peek() == Some(&',') {
+                    chars.next();
+                    elems.last_mut().unwrap().push(',');
+                } else {
+                    elems.push(String::new());
+                }
+            } else {
+                elems.last_mut().unwrap().push(c);
+            }
+        }
+        elems
+            .into_iter()
+            .map(|e| match e.split_once('=') {
+                Some((k, v)) => (k.to_owned(), v.to_owned()),
+                None => (implied.to_owned(), e),
+            })
+            .collect()
+    }
+
+    fn boot_config(dir: &str) -> BootConfig {
+        BootConfig {
+            name: "dev".into(),
+            cpus: 1,
+            memory_mib: 512,
+            kernel: format!("{dir}/vmlinuz").into(),
+            initrd: format!("{dir}/initrd").into(),
+            data_disk: format!("{dir}/disk.raw").into(),
+            config_drive: format!("{dir}/config.tar").into(),
+            tap: None,
+            mac: "52:54:00:12:34:56".into(),
+            serial_log: format!("{dir}/serial.log").into(),
+            monitor_socket: format!("{dir}/qmp.sock").into(),
+        }
+    }
+
+    /// The option string that follows the `n`th occurrence of `flag`.
+    fn option<'a>(args: &'a [String], flag: &str, n: usize) -> &'a str {
+        args.iter()
+            .enumerate()
+            .filter(|(_, a)| *a == flag)
+            .nth(n)
+            .map(|(i, _)| args[i + 1].as_str())
+            .unwrap_or_else(|| panic!("no {flag} #{n} in {args:?}"))
+    }
+
+    #[test]
+    fn a_path_with_commas_stays_one_option_value() {
+        // A state directory whose name, read naively, would add a `file.driver` option.
+        let dir = "/home/u/dev,box,file.driver=nbd/a=b/machines/dev";
+        let cfg = boot_config(dir);
+        let a = args(&cfg, "tcg", None, 3);
+        let config = parse_opts(option(&a, "-drive", 0), "file");
+        assert_eq!(
+            config,
+            [
+                ("id", "config"),
+                ("file", &format!("{dir}/config.tar")[..]),
+                ("format", "raw"),
+                ("if", "none"),
+                ("readonly", "on"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        let data = parse_opts(option(&a, "-drive", 1), "file");
+        assert_eq!(data[1], ("file".into(), format!("{dir}/disk.raw")));
+        assert_eq!(
+            data.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            [
+                "id",
+                "file",
+                "format",
+                "if",
+                "cache",
+                "discard",
+                "detect-zeroes"
+            ]
+        );
+        assert_eq!(
+            parse_opts(option(&a, "-chardev", 1), "backend"),
+            [
+                ("backend", "socket"),
+                ("id", "qmp"),
+                ("path", &format!("{dir}/qmp.sock")[..]),
+                ("server", "on"),
+                ("wait", "off"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        // Whole-argument paths are passed as they are.
+        assert_eq!(option(&a, "-kernel", 0), format!("{dir}/vmlinuz"));
     }
 
     #[test]
