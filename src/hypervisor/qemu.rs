@@ -1,8 +1,10 @@
 //! The QEMU driver: runs `qemu-system-x86_64` as a child of the supervisor.
 //!
 //! Machine type `microvm` with ACPI (Debian's `virtio_mmio` finds devices only through ACPI or
-//! a device tree: research/vmm.md §0), virtio-mmio disks and NIC, serial console to a file, and
-//! a QMP socket for the ACPI power button. Under TCG the guest needs `tsc_early_khz` and
+//! a device tree: research/vmm.md §0), virtio-mmio disks and NIC, the serial console on QEMU's
+//! stdout (a `devbox-console` thread copies it into the size-capped `serial.log`,
+//! `console_log`: QEMU's own file chardev grows without bound), and a QMP socket for the ACPI
+//! power button. Under TCG the guest needs `tsc_early_khz` and
 //! `tsc=reliable`, or it hangs calibrating the TSC and then loses a third of its clock
 //! (research/guest-poc.md pitfalls 1–2).
 
@@ -13,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use super::console_log::{self, ConsoleLog};
 use super::probe::KvmProbe;
 use super::{Accel, BootConfig, Hypervisor, HypervisorError, RunningVm, VmExit};
 use crate::machine::Driver;
@@ -118,9 +121,11 @@ pub fn args(cfg: &BootConfig, accel: &str, tsc_khz: Option<u64>, tap_fd: i32) ->
         "none",
         "-no-reboot",
     ]);
+    // The console goes to stdout, which the driver reads (see `boot`); `signal=off`: a ^C
+    // byte from the guest is data, never a signal to QEMU.
     push(&[
         "-chardev",
-        &format!("file,id=console,path={}", v(&cfg.serial_log)),
+        "stdio,id=console,signal=off",
         "-serial",
         "chardev:console",
     ]);
@@ -209,16 +214,30 @@ impl Hypervisor for Qemu {
         self.preflight()?;
         let tap_fd = tap.as_raw_fd();
         let _ = std::fs::remove_file(&cfg.monitor_socket);
+        let console = ConsoleLog::open(&cfg.serial_log)?;
         let mut cmd = Command::new(PROGRAM);
         cmd.args(args(&cfg, self.accel.name, self.tsc_khz, tap_fd))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         super::sys::kill_with_parent(&mut cmd);
         let mut child = cmd.spawn().map_err(|source| HypervisorError::Spawn {
             program: PROGRAM.into(),
             source,
         })?;
+        // The guest's console: copied until QEMU exits and its end of the pipe closes.
+        let stdout = child.stdout.take().expect("piped");
+        let log_path = cfg.serial_log.clone();
+        std::thread::Builder::new()
+            .name("devbox-console".into())
+            .spawn(move || {
+                console_log::pump(stdout, console, |e| {
+                    crate::supervisor::log(format!(
+                        "the guest console is dropped from now on: writing {}: {e}",
+                        log_path.display()
+                    ))
+                })
+            })?;
         // QEMU reports bad arguments on stderr and exits at once; keep its last words.
         let stderr = child.stderr.take().expect("piped");
         let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
@@ -442,6 +461,16 @@ mod tests {
         );
         // Whole-argument paths are passed as they are.
         assert_eq!(option(&a, "-kernel", 0), format!("{dir}/vmlinuz"));
+    }
+
+    /// The console is a stream the driver caps (`console_log`), never QEMU's own file
+    /// chardev, which appends without end.
+    #[test]
+    fn the_console_goes_to_stdout_not_to_a_file() {
+        let a = args(&boot_config("/m"), "tcg", None, 3);
+        assert_eq!(option(&a, "-chardev", 0), "stdio,id=console,signal=off");
+        assert_eq!(option(&a, "-serial", 0), "chardev:console");
+        assert!(!a.iter().any(|x| x.contains("serial.log")), "{a:?}");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use super::state::StateWriter;
 use super::watchers::{self, ResolverWatch};
 use super::{Event, client, control, log, report, sys};
 use crate::host::HostFilter;
-use crate::hypervisor::{self, BootConfig, Hypervisor};
+use crate::hypervisor::{self, BootConfig, Hypervisor, console_log};
 use crate::image::Image;
 use crate::machine::{
     Addressing, Capabilities, GuestAccess, Link, MachineDir, MachineSpec, Store, config_drive,
@@ -404,10 +404,11 @@ impl<'a> Supervisor<'a> {
     }
 }
 
-/// The previous boot's console log is kept as `serial.log.1`.
+/// The previous boot's console log is kept as `serial.log.1` (the driver's `ConsoleLog`
+/// rotates the same way when the log fills while the machine runs).
 fn rotate_serial_log(dir: &MachineDir) {
     let log_path = dir.serial_log_path();
     if log_path.exists() {
-        let _ = std::fs::rename(&log_path, log_path.with_extension("log.1"));
+        let _ = std::fs::rename(&log_path, console_log::rotated_path(&log_path));
     }
 }

@@ -23,8 +23,7 @@ pub mod layout;
 mod run_state;
 pub mod vm;
 
-use std::fs::File;
-
+use super::console_log::ConsoleLog;
 use super::probe::KvmProbe;
 use super::{Accel, BootConfig, Hypervisor, HypervisorError, RunningVm};
 use crate::machine::Driver;
@@ -104,14 +103,10 @@ impl Kvm {
             .ok_or_else(|| KvmError::Config(format!("bad MAC address {:?}", cfg.mac)))?;
         let cpus = u8::try_from(cfg.cpus)
             .map_err(|_| KvmError::Config(format!("{} vCPUs is too many", cfg.cpus)))?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&cfg.serial_log)
-            .map_err(|source| KvmError::SerialLog {
-                path: cfg.serial_log.clone(),
-                source,
-            })?;
+        let log = ConsoleLog::open(&cfg.serial_log).map_err(|source| KvmError::SerialLog {
+            path: cfg.serial_log.clone(),
+            source,
+        })?;
         Ok(MachineConfig {
             cpus,
             memory_bytes: cfg.memory_mib << 20,
@@ -143,20 +138,9 @@ impl Kvm {
                 mac,
             )),
             rng: true,
-            serial_out: Box::new(std::io::LineWriter::new(SerialLog(log))),
+            // Size-capped: the guest decides how much it prints (`console_log`).
+            serial_out: Box::new(std::io::LineWriter::new(log)),
         })
-    }
-}
-
-/// The serial log file (a newtype so the console writer is `Send` and named).
-struct SerialLog(File);
-
-impl std::io::Write for SerialLog {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.write(b)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
     }
 }
 
@@ -177,5 +161,43 @@ impl Hypervisor for Kvm {
     fn boot(&self, cfg: BootConfig) -> Result<Box<dyn RunningVm>, HypervisorError> {
         let machine = launch(Self::machine_config(cfg)?)?;
         Ok(Box::new(machine))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::console_log::{MAX_BYTES, rotated_path};
+    use std::io::Write;
+
+    /// A guest printing without end fills at most two capped files on the host.
+    #[test]
+    fn the_serial_log_stays_under_its_cap() {
+        let d = tempfile::tempdir().unwrap();
+        let serial_log = d.path().join("serial.log");
+        let tap = std::fs::File::open("/dev/null").unwrap().into();
+        let mut cfg = Kvm::machine_config(BootConfig {
+            name: "dev".into(),
+            cpus: 1,
+            memory_mib: 512,
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            data_disk: "/d".into(),
+            config_drive: "/c".into(),
+            tap: Some(tap),
+            mac: "52:54:00:12:34:56".into(),
+            serial_log: serial_log.clone(),
+            monitor_socket: "/m".into(),
+        })
+        .unwrap();
+        let line = [b"x".repeat(1023), b"\n".to_vec()].concat();
+        for _ in 0..(3 * MAX_BYTES / 1024) {
+            cfg.serial_out.write_all(&line).unwrap();
+        }
+        cfg.serial_out.flush().unwrap();
+        let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        assert!(size(&serial_log) <= MAX_BYTES, "{}", size(&serial_log));
+        assert!(size(&rotated_path(&serial_log)) <= MAX_BYTES);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 2);
     }
 }
