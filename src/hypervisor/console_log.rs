@@ -47,10 +47,15 @@ impl ConsoleLog {
         })
     }
 
-    /// Moves the full file to `<path>.1` and starts an empty one.
+    /// Moves the full file to `<path>.1` and starts an empty one. A log someone deleted
+    /// meanwhile has nothing to keep: the new one starts all the same.
     fn rotate(&mut self) -> io::Result<()> {
         let old = rotated_path(&self.path);
-        std::fs::rename(&self.path, &old).map_err(|e| with_path(e, &self.path))?;
+        match std::fs::rename(&self.path, &old) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(with_path(e, &self.path)),
+        }
         self.file = open_append(&self.path)?;
         self.len = 0;
         Ok(())
@@ -156,6 +161,18 @@ mod tests {
         log.write_all(&[b'y'; 300]).unwrap();
         assert_eq!(size(&rotated_path(&path)), 1000);
         assert_eq!(std::fs::read(&path).unwrap(), vec![b'y'; 200]);
+    }
+
+    #[test]
+    fn a_log_deleted_while_the_guest_runs_starts_again_at_the_cap() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("serial.log");
+        let mut log = ConsoleLog::with_cap(&path, 100).unwrap();
+        log.write_all(&[b'a'; 60]).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        log.write_all(&[b'b'; 60]).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), vec![b'b'; 20]);
+        assert!(!rotated_path(&path).exists());
     }
 
     #[test]
