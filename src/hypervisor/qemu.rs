@@ -82,8 +82,15 @@ pub fn kernel_cmdline(accel: &str, tsc_khz: Option<u64>) -> String {
 }
 
 /// The QEMU arguments for a machine (without the program name). `tap_fd` is the descriptor
-/// number the child inherits.
-pub fn args(cfg: &BootConfig, accel: &str, tsc_khz: Option<u64>, tap_fd: i32) -> Vec<String> {
+/// number the child inherits for the main NIC, `share_fd` the one for the share link's NIC
+/// ([`BootConfig::share_nic`], whose MAC address is used).
+pub fn args(
+    cfg: &BootConfig,
+    accel: &str,
+    tsc_khz: Option<u64>,
+    tap_fd: i32,
+    share_fd: Option<i32>,
+) -> Vec<String> {
     let p = |p: &Path| p.display().to_string();
     let (accel_arg, cpu) = if accel == "kvm" {
         ("kvm", "host")
@@ -145,6 +152,14 @@ pub fn args(cfg: &BootConfig, accel: &str, tsc_khz: Option<u64>, tap_fd: i32) ->
         "-device",
         &format!("virtio-net-device,netdev=net0,mac={}", cfg.mac),
     ]);
+    if let (Some(nic), Some(fd)) = (&cfg.share_nic, share_fd) {
+        push(&[
+            "-netdev",
+            &format!("tap,id=shares,fd={fd},vhost=off"),
+            "-device",
+            &format!("virtio-net-device,netdev=shares,mac={}", nic.mac),
+        ]);
+    }
     push(&["-device", "virtio-rng-device"]);
     push(&[
         "-qmp",
@@ -188,7 +203,8 @@ impl Hypervisor for Qemu {
         let tap_fd = tap.as_raw_fd();
         let _ = std::fs::remove_file(&cfg.monitor_socket);
         let mut cmd = Command::new(PROGRAM);
-        cmd.args(args(&cfg, self.accel.name, self.tsc_khz, tap_fd))
+        let share_fd = cfg.share_nic.as_ref().map(|n| n.tap.as_raw_fd());
+        cmd.args(args(&cfg, self.accel.name, self.tsc_khz, tap_fd, share_fd))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -339,6 +355,7 @@ mod tests {
                 config_drive: "/c".into(),
                 tap: None,
                 mac: "52:54:00:12:34:56".into(),
+                share_nic: None,
                 serial_log: "/s".into(),
                 monitor_socket: "/m".into(),
             })
