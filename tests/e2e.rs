@@ -8,6 +8,9 @@
 //! `ip netns exec`, so the TAP device, its address and all guest traffic stay in the namespace.
 
 mod support;
+// Who reaches a share and with what power: checks run in this test's machine.
+#[path = "e2e_checks/nfs.rs"]
+mod nfs_checks;
 use support::ci;
 use support::guest::{bin, missing_prerequisite, text, which};
 
@@ -276,9 +279,12 @@ impl Shares {
         }
         std::fs::write(rw.join("big.bin"), &big).unwrap();
         let big_sha256 = hex::encode(sha2::Sha256::digest(&big));
+        // Both belong to an ordinary user, as a home or a project does (a directory root owns
+        // is refused without --allow-root-share).
         let st = Command::new("chown")
             .args(["-R", &format!("{SHARE_UID}:{SHARE_UID}")])
             .arg(&rw)
+            .arg(&ro)
             .status()
             .unwrap();
         assert!(st.success());
@@ -609,7 +615,9 @@ fn busybox_rootfs_tar(dir: &Path) -> PathBuf {
     h.set_mode(0o644);
     b.append_data(&mut h, "www/index.html", page.as_slice())
         .unwrap();
-    for applet in ["sh", "echo", "cat", "httpd", "nslookup", "wget", "sleep"] {
+    for applet in [
+        "sh", "echo", "cat", "httpd", "nslookup", "wget", "sleep", "nc",
+    ] {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_size(0);
@@ -785,6 +793,10 @@ fn walking_skeleton_end_to_end() {
 
     check_shares(&h, &shares);
     check_routes(&h, &docker_host);
+    nfs_checks::check_raw_clients_are_refused(&h, &shares, &docker_host);
+    nfs_checks::check_owner_identity(&h, &shares);
+    nfs_checks::check_host_side_moves(&h, &shares);
+    nfs_checks::check_containers_only_from_the_host(&h, &docker_host);
     check_names(&h, &docker_host);
     check_guest_report(&h);
 
@@ -857,28 +869,34 @@ fn walking_skeleton_end_to_end() {
     assert_eq!(h.ssh("cat /var/lib/docker/devbox-marker").trim(), "kept");
 
     // ---- a second machine: the next subnets, and both machines' containers reachable ----
-    h.ok(&[
-        "create",
-        SECOND,
-        "--cpus",
-        "1",
-        "--memory",
-        "1024",
-        "--disk-size",
-        "2G",
-    ]);
+    let created = h
+        .devbox_cmd(&[
+            "create",
+            SECOND,
+            "--cpus",
+            "1",
+            "--memory",
+            "1024",
+            "--disk-size",
+            "2G",
+        ])
+        .env_remove("SUDO_USER")
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", text(&created.stderr));
     let second: serde_json::Value = serde_json::from_str(&h.ok(&["inspect", SECOND])).unwrap();
     assert_eq!(second["spec"]["docker"]["bridge"], "172.20.0.1/16");
     assert_eq!(second["spec"]["network"]["guest_ip"], "192.168.65.2");
     h.ok(&["start", SECOND, "--timeout", "600"]);
-    // With no --share, the user's home is shared at the same path, even when that is root's
-    // own home in the guest (SSH keeps working: its keys live outside home directories).
-    let home = std::fs::canonicalize(std::env::var("HOME").unwrap()).unwrap();
-    let mounts = h.ok(&["ssh", SECOND, "--", "mount"]);
+    // With no --share, as root without SUDO_USER: no default share (root's home is not a
+    // user's home to share), and create says why.
     assert!(
-        mounts.contains(&format!(" on {} type nfs", home.display())),
-        "{mounts}"
+        text(&created.stderr).contains("No default share: devbox runs as root without SUDO_USER"),
+        "{}",
+        text(&created.stderr)
     );
+    let mounts = h.ok(&["ssh", SECOND, "--", "mount"]);
+    assert!(!mounts.contains(" type nfs"), "{mounts}");
     let routes = h.routes();
     assert!(
         routes.contains("172.18.0.0/16 via 192.168.64.2 dev dbx0"),

@@ -19,6 +19,8 @@ pub fn missing_prerequisite() -> Option<String> {
         ("pgrep", "procps"),
         ("apt-get", "apt"),
         ("dpkg-deb", "dpkg"),
+        // the raw NFS client of tests/e2e_checks, built statically (libc6-dev's libc.a)
+        ("cc", "gcc"),
     ] {
         if which(prog).is_none() {
             return Some(format!("{prog} is not installed ({pkg})"));
