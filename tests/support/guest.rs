@@ -17,9 +17,7 @@ pub fn missing_prerequisite() -> Option<String> {
         ("dig", "bind9-dnsutils"),
         ("dnsmasq", "dnsmasq-base"),
         ("pgrep", "procps"),
-        ("apt-get", "apt"),
-        ("dpkg-deb", "dpkg"),
-        // the raw NFS client of tests/e2e_checks, built statically (libc6-dev's libc.a)
+        // the raw NFS client of tests/e2e/shares.rs, built statically (libc6-dev's libc.a)
         ("cc", "gcc"),
     ] {
         if which(prog).is_none() {

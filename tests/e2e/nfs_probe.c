@@ -1,4 +1,4 @@
-/* A raw NFS client for the end-to-end test (tests/e2e_checks/nfs.rs): connects to ADDR:PORT
+/* A raw NFS client for the end-to-end test (tests/e2e/shares.rs): connects to ADDR:PORT
  * from LOCAL_PORT (a reserved port, as a privileged process or a container with Docker's
  * default capabilities can bind), sends its standard input, half-closes, and copies the
  * reply to standard output. busybox nc cannot do this: it ignores -p when it connects.

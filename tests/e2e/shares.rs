@@ -1,5 +1,7 @@
-//! End-to-end checks of who can reach a share and with what power, run in the booted machine
-//! of `tests/e2e.rs` (no boot of their own). Each takes the harness and the machine's shares.
+//! Shared folders: the host's directories in the guest over devbox's NFSv3 server, and the
+//! shared machine, which is created with two of them; who can reach a share and with what
+//! power (only the guest's kernel client, as the share's owner), and handles that survive the
+//! host moving a directory.
 //!
 //! The raw NFS client is `nfs_probe.c` (built statically here: it runs in an image holding
 //! nothing else) sending a MOUNT call built here from RFC 5531/1813 (no code shared with the
@@ -12,9 +14,152 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::{Harness, MACHINE, SHARE_UID, Shares, docker_ok, text};
+use crate::MACHINE;
+use crate::harness::bounded;
+use crate::machine::Machine;
+use crate::support::guest::text;
+
+static SHARES: OnceLock<Shares> = OnceLock::new();
+
+/// Creates the shared machine: 2 vCPUs, 2 GiB of memory, a 2 GiB disk (small enough to fill
+/// in `disk::check_full_disk`; `lifecycle` grows it to 4 GiB), one read-write and one
+/// read-only share.
+pub fn create(m: &Machine) {
+    let shares = SHARES.get_or_init(|| Shares::prepare(m.h.tmp()));
+    let rw = format!("{}:/mnt/rw", shares.rw.display());
+    let ro = format!("{}:/mnt/ro:ro", shares.ro.display());
+    m.ok(&[
+        "create",
+        MACHINE,
+        "--cpus",
+        "2",
+        "--memory",
+        "2048",
+        "--disk-size",
+        "2G",
+        "--share",
+        &rw,
+        "--share",
+        &ro,
+        // Lets containers take aliases under synbioz.dev (the network checks); go.dev stays refused.
+        "--dns-domain",
+        "synbioz.dev",
+    ]);
+}
+
+/// Host directories shared into the machine: one read-write, owned by an ordinary user (so the
+/// uid mapping shows), one read-only.
+pub struct Shares {
+    rw: PathBuf,
+    ro: PathBuf,
+    big_sha256: String,
+}
+
+pub const SHARE_UID: u32 = 1000;
+
+impl Shares {
+    fn prepare(tmp: &Path) -> Shares {
+        use sha2::Digest;
+        let rw = tmp.join("share-rw");
+        let ro = tmp.join("share-ro");
+        std::fs::create_dir_all(rw.join("many")).unwrap();
+        std::fs::create_dir_all(&ro).unwrap();
+        std::fs::write(rw.join("hello.txt"), "from host\n").unwrap();
+        std::fs::write(ro.join("readme.txt"), "read only\n").unwrap();
+        for i in 0..3000 {
+            std::fs::write(rw.join(format!("many/f{i:04}")), "").unwrap();
+        }
+        // 100 MiB of non-repeating bytes (xorshift), so a misplaced block changes the hash.
+        let mut big = vec![0u8; 100 << 20];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for chunk in big.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        std::fs::write(rw.join("big.bin"), &big).unwrap();
+        let big_sha256 = hex::encode(sha2::Sha256::digest(&big));
+        // Both belong to an ordinary user, as a home or a project does (a directory root owns
+        // is refused without --allow-root-share).
+        let st = Command::new("chown")
+            .args(["-R", &format!("{SHARE_UID}:{SHARE_UID}")])
+            .arg(&rw)
+            .arg(&ro)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        Shares { rw, ro, big_sha256 }
+    }
+}
+
+fn shares() -> &'static Shares {
+    SHARES
+        .get()
+        .expect("the shared machine was created with its shares")
+}
+
+pub fn check_shares(m: &Machine) {
+    let shares = shares();
+    let mounts = m.ssh("mount");
+    assert!(mounts.contains(" on /mnt/rw type nfs"), "{mounts}");
+    assert!(mounts.contains(" on /mnt/ro type nfs"), "{mounts}");
+    assert_eq!(m.ssh("cat /mnt/rw/hello.txt"), "from host\n");
+    // The host user's files look like the guest root's, so they are writable in the guest.
+    assert_eq!(m.ssh("stat -c %u /mnt/rw/hello.txt").trim(), "0");
+
+    // File operations, in the guest, then checked on the host.
+    m.ssh(
+        "set -e; cd /mnt/rw; echo one > a; echo two >> a; mkdir d; mv a d/b; \
+         echo 123456 > t; truncate -s 2 t; ln -s d/b link; [ \"$(readlink link)\" = d/b ]; \
+         chmod 600 t; mkdir gone; rmdir gone; echo x > del; rm del; cat link",
+    );
+    assert_eq!(
+        std::fs::read_to_string(shares.rw.join("d/b")).unwrap(),
+        "one\ntwo\n"
+    );
+    assert_eq!(std::fs::read_to_string(shares.rw.join("t")).unwrap(), "12");
+    let t = std::fs::metadata(shares.rw.join("t")).unwrap();
+    assert_eq!(t.permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        t.uid(),
+        SHARE_UID,
+        "files the guest creates belong to the share's owner"
+    );
+    assert_eq!(
+        std::fs::read_link(shares.rw.join("link")).unwrap(),
+        PathBuf::from("d/b")
+    );
+    assert!(!shares.rw.join("gone").exists() && !shares.rw.join("del").exists());
+
+    // Host to guest, after the mount.
+    std::fs::write(shares.rw.join("late.txt"), "written later\n").unwrap();
+    assert_eq!(m.ssh("cat /mnt/rw/late.txt"), "written later\n");
+
+    let sum = m.ssh("sha256sum /mnt/rw/big.bin");
+    assert_eq!(
+        sum.split_whitespace().next(),
+        Some(shares.big_sha256.as_str())
+    );
+    assert_eq!(
+        m.ssh("ls /mnt/rw/many | wc -l").trim(),
+        "3000",
+        "READDIR pages through"
+    );
+    assert_eq!(
+        m.ssh("ls -l /mnt/rw/many | grep -c '^-'").trim(),
+        "3000",
+        "READDIRPLUS pages through"
+    );
+
+    assert_eq!(m.ssh("cat /mnt/ro/readme.txt"), "read only\n");
+    let w = m.ssh_output("echo x > /mnt/ro/new");
+    assert_ne!(w.status.code(), Some(0), "a read-only share refuses writes");
+    assert!(!shares.ro.join("new").exists());
+}
 
 /// A MOUNT v3 MNT call for `export` with an AUTH_UNIX credential (uid 0), record-marked.
 fn mount_call(export: &str) -> Vec<u8> {
@@ -75,9 +220,11 @@ fn with_input(mut cmd: Command, input: &[u8]) -> (Option<i32>, Vec<u8>, String) 
     (out.status.code(), out.stdout, text(&out.stderr))
 }
 
-/// Builds `nfs_probe.c` statically into `dir`, and a container image holding only it.
-fn build_probe(dir: &Path, docker_host: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e_checks/nfs_probe.c");
+/// Builds `nfs_probe.c` statically into `dir`, and the machine's `nfsprobe:e2e` image, which
+/// holds only it.
+fn build_probe(m: &Machine) -> PathBuf {
+    let dir = m.h.tmp();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/nfs_probe.c");
     let bin = dir.join("nfs-probe");
     let st = Command::new("cc")
         .args(["-static", "-Os", "-o"])
@@ -95,16 +242,13 @@ fn build_probe(dir: &Path, docker_host: &str) -> PathBuf {
     b.append_data(&mut h, "nfs-probe", bytes.as_slice())
         .unwrap();
     b.finish().unwrap();
-    docker_ok(
-        docker_host,
-        &["import", tar_path.to_str().unwrap(), "nfsprobe:e2e"],
-    );
+    m.docker_ok(&["import", tar_path.to_str().unwrap(), "nfsprobe:e2e"]);
     bin
 }
 
 /// The file server's address and port, as the guest mounted `guest_path`.
-fn server_of(h: &Harness, guest_path: &str) -> (String, u16) {
-    let mounts = h.ssh("cat /proc/mounts");
+fn server_of(m: &Machine, guest_path: &str) -> (String, u16) {
+    let mounts = m.ssh("cat /proc/mounts");
     let line = mounts
         .lines()
         .find(|l| l.split_whitespace().nth(1) == Some(guest_path) && l.contains(" nfs "))
@@ -122,12 +266,13 @@ fn server_of(h: &Harness, guest_path: &str) -> (String, u16) {
 /// Only the guest's kernel NFS client reaches the file server: a raw client is refused from
 /// a container on the default bridge, one on a user network, one sharing the guest's
 /// network, and from a root shell in the guest; the guest's own mounts keep working.
-pub fn check_raw_clients_are_refused(h: &Harness, shares: &Shares, docker_host: &str) {
+pub fn check_raw_clients_are_refused(m: &Machine) {
+    let shares = shares();
     let call = mount_call("/mnt/rw");
-    let probe = build_probe(h._tmp.path(), docker_host);
+    let probe = build_probe(m);
     // The same bytes and program against a server on the host's loopback: a handle.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let m = std::fs::metadata(&shares.rw).unwrap();
+    let meta = std::fs::metadata(&shares.rw).unwrap();
     let server = rt
         .block_on(devbox::nfs::NfsServer::start(devbox::nfs::NfsConfig {
             bind: "127.0.0.1".parse().unwrap(),
@@ -137,7 +282,7 @@ pub fn check_raw_clients_are_refused(h: &Harness, shares: &Shares, docker_host: 
             exports: vec![devbox::nfs::Export {
                 name: "/mnt/rw".into(),
                 host_path: shares.rw.canonicalize().unwrap(),
-                dir_id: (m.dev(), m.ino()),
+                dir_id: (meta.dev(), meta.ino()),
                 read_only: true,
                 allow_root: false,
             }],
@@ -145,7 +290,7 @@ pub fn check_raw_clients_are_refused(h: &Harness, shares: &Shares, docker_host: 
             idle_timeout: devbox::nfs::IDLE_TIMEOUT,
         }))
         .unwrap();
-    let mut cmd = Command::new(&probe);
+    let mut cmd = bounded(probe.to_str().unwrap());
     cmd.arg("127.0.0.1")
         .arg(server.local_addr().port().to_string())
         .arg("700");
@@ -159,11 +304,16 @@ pub fn check_raw_clients_are_refused(h: &Harness, shares: &Shares, docker_host: 
     drop(server);
     drop(rt);
 
-    let (addr, port) = server_of(h, "/mnt/rw");
+    let (addr, port) = server_of(m, "/mnt/rw");
     let port = port.to_string();
-    for network in [None, Some("demo"), Some("host")] {
-        let mut cmd = Command::new("docker");
-        cmd.args(["-H", docker_host, "run", "-i", "--rm"]);
+    // A user network of this check's own, removed after, so that it takes no subnet another
+    // check expects.
+    let user_net = "e2e-nfsprobe";
+    m.docker_ok(&["network", "create", user_net]);
+    let docker_host = m.docker_host();
+    for network in [None, Some(user_net), Some("host")] {
+        let mut cmd = bounded("docker");
+        cmd.args(["-H", &docker_host, "run", "-i", "--rm"]);
         if let Some(n) = network {
             cmd.args(["--network", n]);
         }
@@ -176,21 +326,19 @@ pub fn check_raw_clients_are_refused(h: &Harness, shares: &Shares, docker_host: 
             reply.len()
         );
     }
+    m.docker_ok(&["network", "rm", user_net]);
     // Any process of the guest, root's included (the kernel client's sockets have no file).
     std::fs::write(shares.rw.join(".mount-call"), &call).unwrap();
     std::fs::copy(&probe, shares.rw.join(".nfs-probe")).unwrap();
-    let in_guest =
-        format!("/mnt/rw/.nfs-probe {addr} {port} 700 < /mnt/rw/.mount-call | wc -c; echo exit=$?");
-    let guest_probe = |h: &Harness| {
-        let o = h.devbox(&[
-            "ssh",
-            MACHINE,
-            "--",
-            &format!("set -o pipefail; {in_guest}"),
-        ]);
+    let in_guest = format!(
+        "set -o pipefail; /mnt/rw/.nfs-probe {addr} {port} 700 < /mnt/rw/.mount-call | wc -c; \
+         echo exit=$?"
+    );
+    let guest_probe = || {
+        let o = m.ssh_output(&in_guest);
         (text(&o.stdout), text(&o.stderr))
     };
-    let (out, err) = guest_probe(h);
+    let (out, err) = guest_probe();
     assert!(
         out.split_whitespace().collect::<Vec<_>>() == ["0", "exit=2"] && err.contains("refused"),
         "a guest process reached the file server: {out:?} {err}"
@@ -201,15 +349,15 @@ pub fn check_raw_clients_are_refused(h: &Harness, shares: &Shares, docker_host: 
         "OUTPUT -d {addr} -p tcp --dport {port} -m owner --socket-exists -j REJECT \
          --reject-with tcp-reset"
     );
-    h.ssh(&format!("iptables -D {rule}"));
-    let (out, err) = guest_probe(h);
-    h.ssh(&format!("iptables -A {rule}"));
+    m.ssh(&format!("iptables -D {rule}"));
+    let (out, err) = guest_probe();
+    m.ssh(&format!("iptables -A {rule}"));
     assert!(
         out.split_whitespace().collect::<Vec<_>>() == ["0", "exit=2"] && err.contains("refused"),
         "with the guest's firewall rule removed, a guest process reached the file server: \
          {out:?} {err}"
     );
-    let ns = h.ssh("ls /run/netns; ip -o link show shares0 2>&1 || true");
+    let ns = m.ssh("ls /run/netns; ip -o link show shares0 2>&1 || true");
     assert!(ns.contains("shares"), "{ns}");
     assert!(
         !ns.contains("shares0:"),
@@ -218,7 +366,7 @@ pub fn check_raw_clients_are_refused(h: &Harness, shares: &Shares, docker_host: 
     std::fs::remove_file(shares.rw.join(".mount-call")).unwrap();
     std::fs::remove_file(shares.rw.join(".nfs-probe")).unwrap();
     assert_eq!(
-        h.ssh("cat /mnt/rw/hello.txt"),
+        m.ssh("cat /mnt/rw/hello.txt"),
         "from host\n",
         "the guest's own mount"
     );
@@ -226,12 +374,13 @@ pub fn check_raw_clients_are_refused(h: &Harness, shares: &Shares, docker_host: 
 
 /// What the guest creates belongs to the share's owner, without a set-ID bit, and a file of
 /// the host's root in the share stays root's.
-pub fn check_owner_identity(h: &Harness, shares: &Shares) {
+pub fn check_owner_identity(m: &Machine) {
+    let shares = shares();
     let root_file = shares.rw.join("root-owned");
     std::fs::write(&root_file, "root's\n").unwrap();
     std::os::unix::fs::chown(&root_file, Some(0), Some(0)).unwrap();
     std::fs::set_permissions(&root_file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = h.ssh(
+    let out = m.ssh(
         "cd /mnt/rw && printf '#!/bin/sh\\nid\\n' > made && chmod 4755 made; \
          cp made made2 && chmod 6755 made2; mkdir -m 2775 madedir; \
          stat -c '%n %u %a' made made2 madedir root-owned; \
@@ -244,21 +393,22 @@ pub fn check_owner_identity(h: &Harness, shares: &Shares) {
     assert!(lines.contains(&"root-owned 65534 644"), "{out}");
     assert_eq!(lines.last(), Some(&"refused"), "{out}");
     for (name, mode) in [("made", 0o755), ("made2", 0o755), ("madedir", 0o775)] {
-        let m = std::fs::metadata(shares.rw.join(name)).unwrap();
+        let meta = std::fs::metadata(shares.rw.join(name)).unwrap();
         assert_eq!(
-            (m.uid(), m.gid(), m.mode() & 0o7777),
+            (meta.uid(), meta.gid(), meta.mode() & 0o7777),
             (SHARE_UID, SHARE_UID, mode),
             "{name} on the host"
         );
     }
     assert_eq!(std::fs::read_to_string(&root_file).unwrap(), "root's\n");
     std::fs::remove_file(&root_file).unwrap();
-    h.ssh("rm -rf /mnt/rw/made /mnt/rw/made2 /mnt/rw/madedir");
+    m.ssh("rm -rf /mnt/rw/made /mnt/rw/made2 /mnt/rw/madedir");
 }
 
 /// The host moves a directory the guest is working in (a shell's cwd, files opened by
 /// relative paths), twice, then into another directory: the guest keeps working in it.
-pub fn check_host_side_moves(h: &Harness, shares: &Shares) {
+pub fn check_host_side_moves(m: &Machine) {
+    let shares = shares();
     std::fs::create_dir_all(shares.rw.join("mv/proj/sub")).unwrap();
     std::fs::create_dir_all(shares.rw.join("mv/elsewhere")).unwrap();
     for d in ["mv", "mv/proj", "mv/proj/sub", "mv/elsewhere"] {
@@ -266,7 +416,7 @@ pub fn check_host_side_moves(h: &Harness, shares: &Shares) {
     }
     // A worker in the guest: appends a line a second to `log` by a path relative to its
     // working directory, and to `held`, a file it keeps open; it stops when told.
-    h.ssh(
+    m.ssh(
         "cd /mnt/rw/mv/proj/sub && setsid sh -c 'exec 3>>held; n=0; \
          while [ ! -e stop ]; do n=$((n+1)); echo $n >> log || echo ERR >> log; \
          echo $n >&3; sync; sleep 1; done; echo stopped >> log' \
@@ -315,80 +465,9 @@ pub fn check_host_side_moves(h: &Harness, shares: &Shares) {
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(
-        h.ssh("cat /var/log/e2e-mv.err"),
+        m.ssh("cat /var/log/e2e-mv.err"),
         "",
         "the worker saw no error"
     );
     std::fs::remove_dir_all(shares.rw.join("mv")).unwrap();
-}
-
-/// Containers are reachable by IP from the host (checked by `check_routes`), and from
-/// nothing else that can reach the guest's eth0: a neighbour routed through the host side
-/// gets nowhere.
-pub fn check_containers_only_from_the_host(h: &Harness, docker_host: &str) {
-    let ip = docker_ok(
-        docker_host,
-        &["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "web1"],
-    );
-    let lan = format!("{}-lan", h.netns);
-    let run = |args: &[&str]| {
-        let st = Command::new("ip").args(args).status().unwrap();
-        assert!(st.success(), "ip {args:?}");
-    };
-    run(&["netns", "add", &lan]);
-    let _cleanup = NetnsGuard(lan.clone());
-    run(&[
-        "-n", &h.netns, "link", "add", "lan0", "type", "veth", "peer", "name", "lan1", "netns",
-        &lan,
-    ]);
-    run(&["-n", &h.netns, "addr", "add", "10.77.0.1/24", "dev", "lan0"]);
-    run(&["-n", &h.netns, "link", "set", "lan0", "up"]);
-    run(&["-n", &lan, "addr", "add", "10.77.0.2/24", "dev", "lan1"]);
-    run(&["-n", &lan, "link", "set", "lan1", "up"]);
-    run(&["-n", &lan, "link", "set", "lo", "up"]);
-    run(&[
-        "-n",
-        &lan,
-        "route",
-        "add",
-        "172.18.0.0/16",
-        "via",
-        "10.77.0.1",
-    ]);
-    run(&[
-        "netns",
-        "exec",
-        &h.netns,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-    ]);
-    // The host side still reaches the container; the neighbour, forwarded by it, does not.
-    assert_eq!(h.curl(&format!("http://{ip}/")), "hello from web\n");
-    let o = Command::new("ip")
-        .args(["netns", "exec", &lan, "curl", "-sS", "--max-time", "5"])
-        .arg(format!("http://{ip}/"))
-        .output()
-        .unwrap();
-    assert!(
-        !o.status.success(),
-        "a neighbour of the host reached a container: {}",
-        text(&o.stdout)
-    );
-    run(&[
-        "netns",
-        "exec",
-        &h.netns,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=0",
-    ]);
-}
-
-struct NetnsGuard(String);
-
-impl Drop for NetnsGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
 }
