@@ -30,7 +30,7 @@ cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-3}
 BENCH_CACHE=${BENCH_CACHE:-/var/cache/devbox-bench}
 
-if [ -z "${BASELINE:-}" ] && ! command -v ganesha.nfsd >/dev/null || [ ! -e /usr/lib/x86_64-linux-gnu/ganesha/libfsalvfs.so ]; then
+if [ -z "${BASELINE:-}" ] && { ! command -v ganesha.nfsd >/dev/null || [ ! -e /usr/lib/x86_64-linux-gnu/ganesha/libfsalvfs.so ]; }; then
   had_rpcbind=$(pgrep -x rpcbind || true)
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     nfs-ganesha nfs-ganesha-vfs rpcbind >/dev/null
