@@ -16,6 +16,7 @@ mod support;
 mod kvm_support;
 
 mod cli_root;
+mod dns_netns;
 mod kvm_boot_conformance;
 mod kvm_net;
 mod kvm_smoke;
@@ -30,6 +31,7 @@ fn main() -> std::process::ExitCode {
     {
         trials.extend(net_tap::trials());
         trials.extend(routes_netns::trials());
+        trials.extend(dns_netns::trials());
         trials.extend(kvm_net::trials());
         trials.extend(kvm_smoke::trials());
         trials.extend(kvm_boot_conformance::trials());
