@@ -262,6 +262,7 @@ mod tests {
             config_drive: file("config.tar"),
             tap: None,
             mac: "52:54:00:12:34:56".into(),
+            share_nic: None,
             serial_log: dir.join("serial.log"),
             monitor_socket: PathBuf::from("/nonexistent"),
         }

@@ -115,10 +115,22 @@ pub struct BootConfig {
     /// drivers whose link is [`Link::Tap`] (qemu, kvm); `None` for the others.
     pub tap: Option<OwnedFd>,
     pub mac: String,
+    /// A second NIC for the guest's NFS client alone, on the machine's share link
+    /// (`net::ShareLink`), handed over like `tap`; `None` when the machine has no shares.
+    /// The guest finds it by its MAC address.
+    pub share_nic: Option<GuestNic>,
     /// Where the guest's serial console goes, through [`console_log::ConsoleLog`] (capped).
     pub serial_log: PathBuf,
     /// Driver-private control endpoint (QEMU's QMP socket).
     pub monitor_socket: PathBuf,
+}
+
+/// A NIC on a TAP device of its own.
+#[derive(Debug)]
+pub struct GuestNic {
+    /// The TAP device's descriptor, inheritable as [`BootConfig::tap`] is.
+    pub tap: OwnedFd,
+    pub mac: String,
 }
 
 /// How a machine's guest ended.

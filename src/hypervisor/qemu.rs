@@ -85,8 +85,15 @@ pub fn kernel_cmdline(accel: &str, tsc_khz: Option<u64>) -> String {
 }
 
 /// The QEMU arguments for a machine (without the program name). `tap_fd` is the descriptor
-/// number the child inherits.
-pub fn args(cfg: &BootConfig, accel: &str, tsc_khz: Option<u64>, tap_fd: i32) -> Vec<String> {
+/// number the child inherits for the main NIC, `share_fd` the one for the share link's NIC
+/// ([`BootConfig::share_nic`], whose MAC address is used).
+pub fn args(
+    cfg: &BootConfig,
+    accel: &str,
+    tsc_khz: Option<u64>,
+    tap_fd: i32,
+    share_fd: Option<i32>,
+) -> Vec<String> {
     // `-kernel`/`-initrd` take a whole argument: the path as it is.
     let p = |p: &Path| p.display().to_string();
     // Inside `key=value,...` option strings a value is escaped (see [`opt_value`]).
@@ -157,6 +164,14 @@ pub fn args(cfg: &BootConfig, accel: &str, tsc_khz: Option<u64>, tap_fd: i32) ->
         "-device",
         &format!("virtio-net-device,netdev=net0,mac={}", cfg.mac),
     ]);
+    if let (Some(nic), Some(fd)) = (&cfg.share_nic, share_fd) {
+        push(&[
+            "-netdev",
+            &format!("tap,id=shares,fd={fd},vhost=off"),
+            "-device",
+            &format!("virtio-net-device,netdev=shares,mac={}", nic.mac),
+        ]);
+    }
     push(&["-device", "virtio-rng-device"]);
     // Spelled out (`-chardev socket,path=` + `-mon`) rather than `-qmp unix:PATH`: there the
     // path is an implied first value, which QEMU reads as `key=value` when it holds a `=`.
@@ -216,7 +231,8 @@ impl Hypervisor for Qemu {
         let _ = std::fs::remove_file(&cfg.monitor_socket);
         let console = ConsoleLog::open(&cfg.serial_log)?;
         let mut cmd = Command::new(PROGRAM);
-        cmd.args(args(&cfg, self.accel.name, self.tsc_khz, tap_fd))
+        let share_fd = cfg.share_nic.as_ref().map(|n| n.tap.as_raw_fd());
+        cmd.args(args(&cfg, self.accel.name, self.tsc_khz, tap_fd, share_fd))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -401,6 +417,7 @@ mod tests {
             config_drive: format!("{dir}/config.tar").into(),
             tap: None,
             mac: "52:54:00:12:34:56".into(),
+            share_nic: None,
             serial_log: format!("{dir}/serial.log").into(),
             monitor_socket: format!("{dir}/qmp.sock").into(),
         }
@@ -421,7 +438,7 @@ mod tests {
         // A state directory whose name, read naively, would add a `file.driver` option.
         let dir = "/home/u/dev,box,file.driver=nbd/a=b/machines/dev";
         let cfg = boot_config(dir);
-        let a = args(&cfg, "tcg", None, 3);
+        let a = args(&cfg, "tcg", None, 3, None);
         let config = parse_opts(option(&a, "-drive", 0), "file");
         assert_eq!(
             config,
@@ -467,7 +484,7 @@ mod tests {
     /// chardev, which appends without end.
     #[test]
     fn the_console_goes_to_stdout_not_to_a_file() {
-        let a = args(&boot_config("/m"), "tcg", None, 3);
+        let a = args(&boot_config("/m"), "tcg", None, 3, None);
         assert_eq!(option(&a, "-chardev", 0), "stdio,id=console,signal=off");
         assert_eq!(option(&a, "-serial", 0), "chardev:console");
         assert!(!a.iter().any(|x| x.contains("serial.log")), "{a:?}");
@@ -489,6 +506,7 @@ mod tests {
                 config_drive: "/c".into(),
                 tap: None,
                 mac: "52:54:00:12:34:56".into(),
+                share_nic: None,
                 serial_log: "/s".into(),
                 monitor_socket: "/m".into(),
             })

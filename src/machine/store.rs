@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use fs_err as fs;
 
-use super::spec::{InvalidField, MachineSpec, SpecError, validate_name};
+use super::spec::{InvalidField, MachineSpec, SpecError, StateDirs, validate_name};
 use crate::atomic_file::{sync_dir, write_atomic};
 use crate::hint::Hint;
 
@@ -80,6 +80,11 @@ impl Store {
                 .join("devbox")
         });
         Store { home, cache }
+    }
+
+    /// The directories no share may be, lie in, or show to a guest.
+    pub fn state_dirs(&self) -> StateDirs {
+        StateDirs::new(&self.home, &self.cache)
     }
 
     pub fn machines_dir(&self) -> PathBuf {

@@ -37,6 +37,7 @@ dispatch!(
     crate::machine::store::StoreError,
     crate::machine::lock::LockError,
     crate::machine::spec::SpecError,
+    crate::machine::share::ShareError,
     crate::machine::guest_net::AddressError,
     crate::net::NetError,
     crate::net::vmnet::NatLinkError,

@@ -108,7 +108,11 @@ impl<'a> Supervisor<'a> {
         let io = self.io_runtime()?;
 
         self.state.step("exporting shares");
-        let (nfs_server, mounts) = sys::start_nfs(&io, self.spec)?;
+        let sys::Shares {
+            server: nfs_server,
+            mounts,
+            nic: share_nic,
+        } = sys::start_nfs(&io, self.spec, &self.store.state_dirs())?;
         if let Some(server) = nfs_server {
             self.parts.hold("NFS server", server);
         }
@@ -127,7 +131,7 @@ impl<'a> Supervisor<'a> {
             Link::DriverNat => net::vmnet_bridges()?,
             Link::Tap | Link::None => Default::default(),
         };
-        let mut vm = Guest::new(self.boot(hv.as_ref(), &image, tap)?);
+        let mut vm = Guest::new(self.boot(hv.as_ref(), &image, tap, share_nic)?);
         control::serve(
             &self.dir.control_socket_path(),
             self.tx.clone(),
@@ -382,6 +386,7 @@ impl<'a> Supervisor<'a> {
         hv: &dyn Hypervisor,
         image: &Image,
         tap: Option<net::Tap>,
+        share_nic: Option<hypervisor::GuestNic>,
     ) -> Result<Box<dyn hypervisor::RunningVm>> {
         rotate_serial_log(self.dir);
         self.state.step("booting");
@@ -395,6 +400,7 @@ impl<'a> Supervisor<'a> {
             config_drive: self.dir.config_drive_path(),
             tap: tap.map(|t| t.into_inheritable_fd()).transpose()?,
             mac: self.spec.network.mac.clone(),
+            share_nic,
             serial_log: self.dir.serial_log_path(),
             monitor_socket: self.dir.qmp_socket_path(),
         })?;
