@@ -3,7 +3,7 @@
 //! machine's networking (DHCP lease script, vsock address report) works in this image.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::MACHINE;
 use crate::machine::Machine;
@@ -175,7 +175,6 @@ pub fn check_names(m: &Machine) {
     let ip = docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "aliased"]);
     let appeared = h.await_answer("www.synbioz.dev", std::slice::from_ref(&ip));
     eprintln!("[e2e] alias answered {appeared:?} after `docker run` returned");
-    assert!(appeared < Duration::from_secs(1), "alias took {appeared:?}");
     assert_eq!(
         h.curl("http://www.synbioz.dev/"),
         "hello from web\n",
@@ -191,7 +190,6 @@ pub fn check_names(m: &Machine) {
     // (here NXDOMAIN) is relayed.
     let gone = h.await_answer("www.synbioz.dev", &[]);
     eprintln!("[e2e] alias gone {gone:?} after `docker stop` returned");
-    assert!(gone < Duration::from_secs(1), "alias lingered {gone:?}");
 
     // Names devbox does not own, even under the TLD, go to the upstream and come back as is.
     assert_eq!(h.dig("pkg.go.dev", "A").1, vec!["10.1.2.3".to_owned()]);
