@@ -267,6 +267,18 @@ fn server_of(m: &Machine, guest_path: &str) -> (String, u16) {
 /// a container on the default bridge, one on a user network, one sharing the guest's
 /// network, and from a root shell in the guest; the guest's own mounts keep working.
 pub fn check_raw_clients_are_refused(m: &Machine) {
+    #[cfg(target_os = "linux")]
+    raw_clients_are_refused(m);
+    // The control below runs devbox's NFS server, which exists on Linux hosts only (src/nfs).
+    #[cfg(not(target_os = "linux"))]
+    panic!(
+        "{}: the embedded NFS server runs on Linux hosts only",
+        m.name
+    );
+}
+
+#[cfg(target_os = "linux")]
+fn raw_clients_are_refused(m: &Machine) {
     let shares = shares();
     let call = mount_call("/mnt/rw");
     let probe = build_probe(m);
