@@ -475,6 +475,32 @@ mod tests {
     }
 
     #[test]
+    fn nat_only_for_a_machine_main_link_never_its_share_link() {
+        let nat = |add: &str, remove: &str| HostPlan {
+            nat_add: vec![add.into()],
+            nat_remove: vec![remove.into()],
+            ..HostPlan::default()
+        };
+        nat("dbx0", "dbx63").check_allowed().unwrap();
+        let share = crate::net::HostOnlyNet::from_index(0)
+            .unwrap()
+            .share_link()
+            .tap;
+        for bad in [
+            share.as_str(),
+            "eth0",
+            "dbx64",
+            "dbx*",
+            "dbx+",
+            "bridge100",
+            "",
+        ] {
+            assert!(nat(bad, "dbx1").check_allowed().is_err(), "{bad} added");
+            assert!(nat("dbx1", bad).check_allowed().is_err(), "{bad} removed");
+        }
+    }
+
+    #[test]
     fn plan_roundtrips_through_json_and_empty_says_so() {
         let plan = with_route(route("172.18.0.0/16", "192.168.64.2", "dbx0"));
         let json = serde_json::to_string(&plan).unwrap();

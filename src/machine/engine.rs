@@ -210,8 +210,6 @@ const OWNED: &[(&str, &str)] = &[
         "devbox's own: it picks the pool next to `--docker-subnet`",
     ),
     ("fixed-cidr", "devbox's own: derived from `--docker-subnet`"),
-    ("fixed-cidr-v6", "devbox's own: the machine's IPv6 prefix"),
-    ("ipv6", "devbox's own: the machine's IPv6 setting"),
     (
         "dns",
         "devbox's own: containers resolve through the machine's DNS server (names under `--tld`)",
@@ -254,6 +252,11 @@ const OWNED: &[(&str, &str)] = &[
     ),
 ];
 
+/// Docker's IPv6 switches. devbox does not support IPv6 yet: it routes, forwards and names a
+/// machine's containers over IPv4 only (no IPv6 prefix, route from the host or AAAA record), so
+/// these are refused as such rather than accepted into a network the host cannot reach.
+const IPV6_KEYS: &[&str] = &["ipv6", "fixed-cidr-v6"];
+
 /// dockerd environment variables the guest's init relies on.
 const OWNED_ENV: &[&str] = &["PATH", "DOCKER_RAMDISK"];
 
@@ -270,6 +273,11 @@ pub enum EngineError {
     },
     #[error("{key:?} cannot be set: {why}")]
     Owned { key: String, why: &'static str },
+    #[error(
+        "{key:?} cannot be set: IPv6 is not supported yet (devbox routes, forwards and names a \
+         machine's containers over IPv4 only)"
+    )]
+    Ipv6Unsupported { key: String },
     #[error(
         "{key:?} is not known to Docker {major} (the machine's image): it exists in Docker {range}"
     )]
@@ -296,6 +304,19 @@ pub enum EngineError {
     StorageDriver { text: String },
 }
 
+impl crate::hint::Hint for EngineError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            EngineError::Ipv6Unsupported { .. } => Some(
+                "leave Docker's IPv6 off: the host reaches the machine's containers over IPv4, \
+                 by IP (routes) and by name"
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
 /// The flags of `create`, as given (each repeatable).
 #[derive(Debug, Clone, Default)]
 pub struct EngineFlags {
@@ -319,6 +340,9 @@ pub struct FlagError {
 
 impl crate::hint::Hint for FlagError {
     fn hint(&self) -> Option<String> {
+        if let EngineError::Ipv6Unsupported { .. } = self.source {
+            return self.source.hint();
+        }
         Some(
             match self.flag {
                 "--engine-label" => "example: --engine-label provider=devbox",
@@ -434,6 +458,11 @@ pub fn daemon_key(key: &str) -> Option<&'static DaemonKey> {
 
 /// `key` is a daemon.json key that a user may set.
 fn known(key: &str) -> Result<&'static DaemonKey, EngineError> {
+    if IPV6_KEYS.contains(&key) {
+        return Err(EngineError::Ipv6Unsupported {
+            key: key.to_owned(),
+        });
+    }
     if let Some((_, why)) = OWNED.iter().find(|(k, _)| *k == key) {
         return Err(EngineError::Owned {
             key: key.to_owned(),
@@ -607,9 +636,33 @@ mod tests {
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(names, sorted);
-        for (k, _) in OWNED {
+        for k in OWNED.iter().map(|(k, _)| k).chain(IPV6_KEYS) {
             assert!(daemon_key(k).is_some(), "{k}");
         }
+    }
+
+    #[test]
+    fn ipv6_is_refused_as_not_supported_yet() {
+        use crate::hint::Hint;
+        for opt in ["ipv6=true", "fixed-cidr-v6=fd00:db8::/64"] {
+            let e = from_flags(&EngineFlags {
+                opts: vec![opt.into()],
+                ..flags()
+            })
+            .unwrap_err();
+            assert_eq!(e.flag, "--engine-opt");
+            assert!(
+                matches!(e.source, EngineError::Ipv6Unsupported { .. }),
+                "{opt}: {e:?}"
+            );
+            assert!(e.source.to_string().contains("IPv6 is not supported yet"));
+            assert!(e.hint().unwrap().contains("leave Docker's IPv6 off"));
+        }
+        let mut s = EngineSpec::default();
+        s.daemon.insert("ipv6".into(), json!(true));
+        let (field, e) = validate(&s).unwrap_err();
+        assert_eq!(field, "engine.daemon.ipv6");
+        assert!(e.to_string().contains("not supported yet"), "{e}");
     }
 
     #[test]

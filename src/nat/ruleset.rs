@@ -490,6 +490,48 @@ mod tests {
     }
 
     #[test]
+    fn the_share_link_is_never_forwarded_nor_masqueraded() {
+        // The share link (`dbxNs`, a /30 at the top of the machine's /24) carries NFS to the
+        // host and nothing else: no rule names it, the machine's accepts match its main TAP
+        // by exact name (nft's `iifname "dbx0"` has no wildcard, so `dbx0s` is not it), and
+        // the shared drops (`dbx*`) cover it in both directions.
+        let net = crate::net::HostOnlyNet::from_index(0).unwrap();
+        let share = net.share_link();
+        let nat = NatLink::of(&net.tap_name()).unwrap();
+        assert!(NatLink::of(&share.tap).is_none());
+        let text = render_text(&add_change(None, &nat, false).batch);
+        assert!(!text.contains(&format!("\"{}\"", share.tap)), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut accepts = 0;
+        let mut drops = Vec::new();
+        for o in v["nftables"].as_array().unwrap() {
+            let Some(r) = o.get("insert").or(o.get("add")).and_then(|c| c.get("rule")) else {
+                continue;
+            };
+            let names: Vec<&str> = r["expr"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|e| e["match"]["right"].as_str())
+                .filter(|n| n.starts_with("dbx"))
+                .collect();
+            let expr = r["expr"].to_string();
+            if expr.contains("\"accept\"") || expr.contains("\"masquerade\"") {
+                accepts += 1;
+                // Each names the main TAP exactly (or excludes every machine's link).
+                for n in names {
+                    assert!(n == "dbx0" || n == ANY_MACHINE, "{n} in {expr}");
+                }
+            } else if expr.contains("\"drop\"") {
+                drops.extend(names);
+            }
+        }
+        assert_eq!(accepts, 3);
+        assert_eq!(drops, [ANY_MACHINE, ANY_MACHINE]);
+        assert!(share.tap.starts_with(ANY_MACHINE.trim_end_matches('*')));
+    }
+
+    #[test]
     fn a_restart_after_a_crash_replaces_the_old_rules() {
         let t = running(&["dbx0", "dbx1"], true);
         let c = add_change(Some(&t), &NatLink::of("dbx1").unwrap(), true);

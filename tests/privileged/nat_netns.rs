@@ -1,9 +1,10 @@
 //! Tier 3: a machine's outbound NAT through the real applier, `nft` and `iptables`, with real
 //! traffic, and no guest: the test's own network namespace plays the host, and three more
 //! namespaces hang off it on veth pairs: a "machine" on `dbx0` (192.168.64.2, as a guest's
-//! eth0 would be), "the internet" on the uplink (TEST-NET-3, an HTTP server at 203.0.113.2),
-//! and a third network on another host interface (TEST-NET-2, 198.51.100.2) that must not
-//! get routed anywhere through the host. The host's real interfaces, routes and firewall are
+//! eth0 would be) and its share link on `dbx0s` (192.168.64.254/30, as the guest's share
+//! namespace is), "the internet" on the uplink (TEST-NET-3, an HTTP server at 203.0.113.2),
+//! and a third network on another host interface (TEST-NET-2, 198.51.100.2); neither the
+//! share link nor that network gets routed anywhere through the host. The host's real interfaces, routes and firewall are
 //! never touched.
 //!
 //! Needs root, `nft`, `iptables`, busybox (httpd) and curl. Without them the trials are
@@ -124,9 +125,12 @@ impl Drop for Server {
     }
 }
 
-/// The test host's world: the machine on dbx0, the internet on up0, another LAN on lan0.
+/// The test host's world: the machine on dbx0 and its share link on dbx0s (the /30 at the
+/// top of its /24, as `HostOnlyNet::share_link` makes it), the internet on up0, another LAN
+/// on lan0.
 struct World {
     machine: Ns,
+    share: Ns,
     internet: Ns,
     lan: Ns,
     _server: Server,
@@ -136,10 +140,12 @@ struct World {
 /// `test` keeps the namespaces of tests running at once apart.
 fn world(test: &str) -> World {
     let machine = Ns::new(test, "machine");
+    let share = Ns::new(test, "share");
     let internet = Ns::new(test, "internet");
     let lan = Ns::new(test, "lan");
     for (host_if, ns, host_ip, peer_ip) in [
         ("dbx0", &machine, "192.168.64.1/24", "192.168.64.2/24"),
+        ("dbx0s", &share, "192.168.64.253/30", "192.168.64.254/30"),
         ("up0", &internet, "203.0.113.1/24", "203.0.113.2/24"),
         ("lan0", &lan, "198.51.100.1/24", "198.51.100.2/24"),
     ] {
@@ -153,6 +159,7 @@ fn world(test: &str) -> World {
         ns.run("ip link set eth0 up");
     }
     machine.run("ip route add default via 192.168.64.1");
+    share.run("ip route add default via 192.168.64.253");
     lan.run("ip route add default via 198.51.100.1");
     ip("route add default via 203.0.113.2");
     // The internet knows no route back to the host's private networks: only NAT gets replies.
@@ -184,6 +191,7 @@ fn world(test: &str) -> World {
     }
     World {
         machine,
+        share,
         internet,
         lan,
         _server: server,
@@ -247,6 +255,8 @@ fn a_machine_gets_out_and_nothing_else_is_forwarded() {
         assert_eq!(forwarding(), "1");
         assert_eq!(devbox_rules("dbx0"), Some(3));
         assert!(w.machine.gets(url), "the machine reaches the internet");
+        // Its share link (an address of the same /24, on `dbx0s`) is never forwarded.
+        assert!(!w.share.gets(url), "the share link reaches the internet");
         // devbox turned forwarding on: the other LAN is not routed to the internet, nor to
         // the machine, and the internet cannot open connections to the machine.
         assert!(

@@ -21,6 +21,8 @@ pub fn missing_prerequisite() -> Option<String> {
         ("nft", "nftables"),
         ("iptables", "iptables"),
         ("docker-registry", "docker-registry"),
+        // the raw NFS client of tests/e2e/shares.rs, built statically (libc6-dev's libc.a)
+        ("cc", "gcc"),
     ] {
         if which(prog).is_none() {
             return Some(format!("{prog} is not installed ({pkg})"));
