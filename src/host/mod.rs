@@ -21,7 +21,10 @@
 
 mod apply;
 mod argv;
+pub mod install;
+mod leases;
 mod plan;
+pub mod privileged;
 mod sys;
 mod units;
 
@@ -32,14 +35,20 @@ pub use argv::{
     hostfilter_argv, ip_route_argv, launchctl_bootout_argv, launchctl_bootstrap_argv,
     resolved_commands, resolved_revert, route_add_argv, route_delete_argv, systemctl_argv,
 };
-pub use plan::{FileSpec, HostFilter, HostOs, HostPlan, ResolvedLink, ServiceUnit};
+pub use leases::{check_plan as check_leases, open_tap, require_lease};
+pub use plan::{
+    BinaryInstall, DirSpec, FileSpec, HostFilter, HostOs, HostPlan, INSTALLED_BINARY,
+    REGISTRY_DIRS, ResolvedLink, ServiceUnit,
+};
 pub use units::{
     LAUNCHD_LABEL, LAUNCHD_PLIST_PATH, SYSTEMD_PATH_UNIT, SYSTEMD_SERVICE_UNIT, install_plan,
-    render_launchd_plist, render_systemd_units, uninstall_plan,
+    install_plan_as, render_launchd_plist, render_systemd_units, uninstall_plan,
 };
 
 use crate::hint::Hint;
 use crate::net::NetError;
+use crate::net::lease::LeaseError;
+use privileged::PrivilegeError;
 use crate::routes::RouteError;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +67,10 @@ pub enum HostError {
     Route(#[from] RouteError),
     #[error(transparent)]
     Net(#[from] NetError),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    #[error(transparent)]
+    Privilege(#[from] PrivilegeError),
     #[error("cannot {what} {}", path.display())]
     Io {
         what: &'static str,
@@ -91,12 +104,14 @@ impl Hint for HostError {
                 command,
                 ..
             } => Some(format!(
-                "run `sudo devbox {command}`, or grant the capability to the binary once: \
-                 `sudo setcap cap_net_admin+ep \"$(command -v devbox)\"`"
+                "set devbox up once with `sudo devbox system install`, then run \
+                 `/usr/local/bin/devbox {command}` as yourself"
             )),
             HostError::NoPrivilege { command, .. } => Some(format!("run `sudo devbox {command}`")),
             HostError::Route(e) => e.hint(),
             HostError::Net(e) => e.hint(),
+            HostError::Lease(e) => e.hint(),
+            HostError::Privilege(e) => e.hint(),
             _ => None,
         }
     }
@@ -118,8 +133,8 @@ mod tests {
             "changing the host's routes needs CAP_NET_ADMIN"
         );
         let hint = e.hint().unwrap();
-        assert!(hint.contains("`sudo devbox routes apply`"), "{hint}");
-        assert!(hint.contains("sudo setcap cap_net_admin+ep \"$(command -v devbox)\""));
+        assert!(hint.contains("`sudo devbox system install`"), "{hint}");
+        assert!(hint.contains("`/usr/local/bin/devbox routes apply`"), "{hint}");
         let e = HostError::NoPrivilege {
             what: "changing /etc/systemd/system/devbox-routes.path".into(),
             privilege: "root",
