@@ -116,6 +116,7 @@ impl Harness {
             .args(args)
             .env("DEVBOX_HOME", &self.home)
             .env("DEVBOX_CACHE", &self.cache)
+            .env("DEVBOX_REGISTRY", self._tmp.path().join("registry"))
             .env("NO_COLOR", "1")
             .env("DEVBOX_DNS_UPSTREAMS", format!("127.0.0.1:{UPSTREAM_PORT}"))
             .stdin(Stdio::null());

@@ -73,6 +73,7 @@ impl Harness {
             .args(args)
             .env("DEVBOX_HOME", &self.home)
             .env("DEVBOX_CACHE", &self.cache)
+            .env("DEVBOX_REGISTRY", self.tmp.path().join("registry"))
             .env("NO_COLOR", "1")
             // No upstream is needed: nothing here resolves names outside the machine.
             .env("DEVBOX_DNS_UPSTREAMS", "127.0.0.1:5353")

@@ -14,6 +14,7 @@ use std::process::Command;
 
 use devbox::hint::Hint;
 use devbox::host::{ApplyTarget, FileSpec, HostError, HostPlan, Outcome, apply_to};
+use devbox::net::lease::{LeaseInfo, Registry};
 use devbox::net::{HostOnlyNet, HostRoute, Tap, host_routes};
 use devbox::routes::{
     DockerSubnets, PlannedRoute, RouteError, RoutePlan, removal_plan_for, route_plan_for,
@@ -52,6 +53,21 @@ fn routes_to(dest: &str) -> Vec<HostRoute> {
         .collect()
 }
 
+/// Leases host-only `index` with the Docker subnets `docker` to this (root) process in
+/// `target`'s registry, as `create` does: the applier acts only on a caller's own leases.
+fn lease(target: &ApplyTarget, index: u8, docker: &[&str]) {
+    std::fs::create_dir_all(target.registry.dir().parent().unwrap()).unwrap();
+    target.registry.create().unwrap();
+    let info = LeaseInfo {
+        uid: 0,
+        user: "root".into(),
+        machine: format!("m{index}"),
+        dir: "/nonexistent".into(),
+        docker: docker.iter().map(|d| d.parse().unwrap()).collect(),
+    };
+    assert!(target.registry.take(index, &info).unwrap());
+}
+
 fn plan(routes: RoutePlan) -> HostPlan {
     HostPlan {
         command: "routes apply".into(),
@@ -66,6 +82,7 @@ fn apply_adds_routes_once_and_removes_them() {
         let (_tap, net) = machine_tap(0);
         let root = tempfile::tempdir().unwrap();
         let target = ApplyTarget::under(root.path());
+        lease(&target, 0, &["172.18.0.0/16", "172.19.0.0/16"]);
 
         let routes = route_plan_for(
             "dev",
@@ -167,7 +184,9 @@ fn a_foreign_route_is_a_conflict_and_stays() {
         // …and so does the applier, given a plan computed before the VPN came up.
         let stale = route_plan_for("dev", &subnets(), net.guest_ip, "dbx0", &[]).unwrap();
         let root = tempfile::tempdir().unwrap();
-        let err = apply_to(&plan(stale), false, &ApplyTarget::under(root.path())).unwrap_err();
+        let target = ApplyTarget::under(root.path());
+        lease(&target, 0, &["172.18.0.0/16", "172.19.0.0/16"]);
+        let err = apply_to(&plan(stale), false, &target).unwrap_err();
         assert_eq!(
             err.to_string(),
             "Docker subnet 172.18.0.0/16 overlaps the host route 172.18.0.0/16 on vpn1; \
@@ -197,7 +216,10 @@ fn a_failed_add_leaves_no_route_behind() {
         });
         routes.normalize();
         let root = tempfile::tempdir().unwrap();
-        let err = apply_to(&plan(routes), false, &ApplyTarget::under(root.path())).unwrap_err();
+        let target = ApplyTarget::under(root.path());
+        lease(&target, 0, &["172.18.0.0/16", "172.19.0.0/16"]);
+        lease(&target, 1, &["172.30.0.0/16"]);
+        let err = apply_to(&plan(routes), false, &target).unwrap_err();
         assert!(matches!(err, HostError::Net(_)), "{err:?}");
         for dest in ["172.18.0.0/16", "172.19.0.0/16", "172.30.0.0/16"] {
             assert!(routes_to(dest).is_empty(), "{dest} left behind");
@@ -281,19 +303,17 @@ fn the_boot_job_spares_a_running_machines_routes() {
         // Machine b (index 1) runs: its TAP and its Docker routes are up, but routes.json
         // does not name it (the lost update).
         let (_tap, net) = machine_tap(1);
-        let b = serde_norway::from_str::<serde_norway::Value>(
-            &std::fs::read_to_string(env.machine_dir("b").join("machine.yaml")).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(b["network"]["index"].as_u64(), Some(1));
-        let docker = route_plan_for("b", &subnets(), net.guest_ip, "dbx1", &[]).unwrap();
-        apply_to(
-            &plan(docker),
-            false,
-            &ApplyTarget::under(env.home.as_path()),
-        )
-        .unwrap();
-        assert_eq!(routes_to("172.18.0.0/16").len(), 1);
+        let store = devbox::machine::Store::new(Some(env.home.clone()), None);
+        let b = store.machine("b").load_spec().unwrap();
+        assert_eq!(b.network.index, 1);
+        let dests = b.docker.routed().map(|d| d.to_string());
+        let docker = route_plan_for("b", &b.docker, net.guest_ip, "dbx1", &[]).unwrap();
+        let target = ApplyTarget {
+            registry: Registry::at(&env.registry),
+            ..ApplyTarget::under(env.home.as_path())
+        };
+        apply_to(&plan(docker), false, &target).unwrap();
+        assert_eq!(routes_to(&dests[0]).len(), 1);
         std::fs::create_dir_all(&env.home).unwrap();
         std::fs::write(env.home.join("routes.json"), "{\"machines\": {}}\n").unwrap();
 
@@ -302,7 +322,7 @@ fn the_boot_job_spares_a_running_machines_routes() {
         let held =
             nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
         support::cli::succeeds(&env.run(&["routes", "apply"]));
-        for dest in ["172.18.0.0/16", "172.19.0.0/16"] {
+        for dest in &dests {
             assert_eq!(
                 routes_to(dest).len(),
                 1,
@@ -313,7 +333,7 @@ fn the_boot_job_spares_a_running_machines_routes() {
         // The supervisor is gone: its routes are leftovers now, and go.
         drop(held);
         support::cli::succeeds(&env.run(&["routes", "apply"]));
-        for dest in ["172.18.0.0/16", "172.19.0.0/16"] {
+        for dest in &dests {
             assert!(routes_to(dest).is_empty(), "{dest} left behind");
         }
     });

@@ -1,4 +1,5 @@
-//! `devbox rm NAME`: remove a stopped machine (or stop it first with `--force`).
+//! `devbox rm NAME`: remove a stopped machine (or stop it first with `--force`), and give its
+//! network's lease back to the host-wide registry.
 
 use anyhow::Result;
 
@@ -6,6 +7,7 @@ use crate::cli::RmArgs;
 use crate::machine::Store;
 use crate::machine::lock::lock_machine;
 use crate::machine::state::observe;
+use crate::net::lease::{Registry, real_uid};
 use crate::output;
 use crate::supervisor::client::ClientError;
 
@@ -29,6 +31,7 @@ pub fn run(store: &Store, a: &RmArgs) -> Result<i32> {
         }
         super::stop::stop_locked(&dir, false)?;
     }
+    let canonical = fs_err::canonicalize(&dir.path)?;
     // Rename first so a half-finished removal never looks like a machine.
     let trash = store
         .machines_dir()
@@ -36,6 +39,24 @@ pub fn run(store: &Store, a: &RmArgs) -> Result<i32> {
     fs_err::rename(&dir.path, &trash)?;
     drop(lock);
     fs_err::remove_dir_all(&trash)?;
+    release_leases(&canonical)?;
     output::info(format!("Removed machine {}.", a.name));
     Ok(0)
+}
+
+/// Releases the caller's leases recorded for the machine directory `dir` (found by what the
+/// lease says, so a broken `machine.yaml` does not keep a lease forever). No registry: nothing
+/// to release.
+fn release_leases(dir: &std::path::Path) -> Result<()> {
+    let registry = Registry::system();
+    if registry.check().is_err() {
+        return Ok(());
+    }
+    let uid = real_uid();
+    for l in registry.list()? {
+        if l.owner == uid && l.info.as_ref().is_some_and(|i| i.dir == dir) {
+            registry.release(l.index)?;
+        }
+    }
+    Ok(())
 }

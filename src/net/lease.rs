@@ -347,8 +347,10 @@ impl Registry {
         };
         let mut text = serde_json::to_string_pretty(info).expect("plain data serialises");
         text.push('\n');
+        // 0644 whatever the umask: other users' allocations read it to exclude its subnets.
         let written = file
-            .write_all(text.as_bytes())
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .and_then(|()| file.write_all(text.as_bytes()))
             .and_then(|()| file.sync_all());
         if let Err(e) = written {
             let _ = std::fs::remove_file(&path);

@@ -173,9 +173,6 @@ pub fn with_ambient_net_admin<T>(spawn: impl FnOnce() -> T) -> T {
 
 /// See `host::privileged::supervisor_will_have_net_privileges`.
 pub fn supervisor_will_have_net_privileges(exe: &Path) -> Result<(), String> {
-    if is_root() {
-        return Ok(());
-    }
     let in_ambient = |c| ambient::is_set(c) == Some(true);
     if in_ambient(Cap::NET_ADMIN) && in_ambient(Cap::NET_BIND_SERVICE) {
         return Ok(());
@@ -183,10 +180,13 @@ pub fn supervisor_will_have_net_privileges(exe: &Path) -> Result<(), String> {
     for cap in net_caps() {
         if capctl::bounding::read(cap) == Some(false) {
             return Err(format!(
-                "this process's capability bounding set lacks {cap:?} (a container without it?), \
-                 so no file capability can grant it"
+                "this process's capability bounding set lacks {cap:?} (a container without \
+                 it?), so neither root nor a file capability can grant it"
             ));
         }
+    }
+    if is_root() {
+        return Ok(());
     }
     if capctl::prctl::get_no_new_privs().unwrap_or(false) {
         return Err("this process runs with no_new_privs, which ignores file capabilities".into());
