@@ -17,6 +17,9 @@ use crate::{hypervisor, image, net, output, ssh};
 
 pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
     spec::validate_name(&a.name)?;
+    // First: before `system install` there is nothing to allocate from (root makes it).
+    let registry = Registry::system();
+    registry.ensure()?;
     let limits = HostLimits::of_this_host();
     spec::validate_cpus(a.cpus, &limits)?;
     spec::validate_memory(a.memory, &limits)?;
@@ -70,8 +73,6 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
 
     // One create at a time, host-wide, allocates networks: two users never get the same /24
     // or Docker subnet.
-    let registry = Registry::system();
-    registry.ensure()?;
     store.create_private_dirs()?;
     let _host = registry.lock()?;
 

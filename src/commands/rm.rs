@@ -13,11 +13,15 @@ use crate::supervisor::client::ClientError;
 
 pub fn run(store: &Store, a: &RmArgs) -> Result<i32> {
     let dir = store.machine(&a.name);
-    if !dir.path.is_dir() {
-        return Err(crate::machine::store::StoreError::NotFound {
-            name: a.name.clone(),
+    match fs_err::metadata(&dir.path) {
+        Ok(m) if m.is_dir() => {}
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(e.into()),
+        _ => {
+            return Err(crate::machine::store::StoreError::NotFound {
+                name: a.name.clone(),
+            }
+            .into());
         }
-        .into());
     }
     let lock = lock_machine(&dir)?;
     // A broken machine.yaml must not prevent removal: state does not need the spec.

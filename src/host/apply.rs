@@ -285,6 +285,15 @@ fn run_step(
                 }),
             }
         }
+        Step::ReloadUnits | Step::LoadUnit(_) | Step::UnloadUnit(_)
+            if target.manage_services && !service_manager_runs(os) =>
+        {
+            Ok(Outcome::Skipped(
+                "systemd is not running on this host: the unit files are in place, \
+                 enable them where systemd runs"
+                    .into(),
+            ))
+        }
         Step::ReloadUnits if !target.manage_services => Ok(not_managed()),
         Step::ReloadUnits => match unit_reload_argv(os) {
             Some(argv) => run(&argv).map(|()| Outcome::Done),
@@ -312,6 +321,15 @@ fn run_step(
             }
             Ok(Outcome::Done)
         }
+    }
+}
+
+/// Whether the service manager the units are for runs (a container or WSL may have no
+/// systemd: the files are still written).
+fn service_manager_runs(os: HostOs) -> bool {
+    match os {
+        HostOs::Linux => Path::new("/run/systemd/system").is_dir(),
+        HostOs::Macos => true,
     }
 }
 

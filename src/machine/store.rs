@@ -88,15 +88,17 @@ impl Store {
         }
     }
 
-    /// An existing machine's directory, or `NotFound`.
+    /// An existing machine's directory, or `NotFound`; a directory the caller may not enter
+    /// (another user's) is that I/O error, naming the path, not "no such machine".
     pub fn existing(&self, name: &str) -> Result<MachineDir, StoreError> {
         let dir = self.machine(name);
-        if !dir.spec_path().is_file() {
-            return Err(StoreError::NotFound {
+        match fs::metadata(dir.spec_path()) {
+            Ok(m) if m.is_file() => Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(e.into()),
+            _ => Err(StoreError::NotFound {
                 name: name.to_owned(),
-            });
+            }),
         }
-        Ok(dir)
     }
 
     /// Names of all machines, sorted.
@@ -151,6 +153,8 @@ impl Store {
         }
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".creating-{name}-"))
+            // The machine's directory is the user's alone, whatever the umask.
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir_in(&machines)
             .map_err(|e| {
                 std::io::Error::new(
@@ -449,7 +453,7 @@ mod tests {
     #[test]
     fn staging_is_removed_unless_committed() {
         let d = tempfile::tempdir().unwrap();
-        let store = Store::new(Some(d.path().to_owned()), None);
+        let store = Store::new(Some(d.path().join("home")), None);
         {
             let st = store.stage("a").unwrap();
             std::fs::write(st.path().join("x"), "y").unwrap();
