@@ -48,11 +48,7 @@ fn for_user(store: &Store) -> Result<ForUser> {
             )
         }
     };
-    let groups = std::ffi::CString::new(name.as_str())
-        .ok()
-        .and_then(|c| nix::unistd::getgrouplist(&c, nix::unistd::Gid::from_raw(gid)).ok())
-        .map(|gs| gs.into_iter().map(|g| g.as_raw()).collect())
-        .unwrap_or_else(|| vec![gid]);
+    let groups = privileged::groups_of(&name, gid);
     Ok(ForUser {
         job: JobUser {
             uid,

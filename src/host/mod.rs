@@ -1,17 +1,26 @@
 //! The one privileged door: everything devbox changes on the host outside `$DEVBOX_HOME`
 //! (routes to the machines' Docker subnets, vmnet host filters, systemd-resolved's settings
-//! for a machine's link, the `/etc/resolver/*` files, and the service units that restore
-//! routes at boot) is first computed as a [`HostPlan`] by pure code, then carried out by
-//! [`apply`], which refuses anything outside devbox's own subnets, links and files (see
-//! [`HostPlan::check_allowed`]). No other code changes the host.
+//! for a machine's link, the `/etc/resolver/*` files, the service units that restore routes
+//! at boot, and `system install`'s binary and registry) is first computed as a [`HostPlan`]
+//! by pure code, then carried out by [`apply`], which refuses anything outside devbox's own
+//! subnets, links and files (see [`HostPlan::check_allowed`]) and anything on a `dbxN` link
+//! whose lease is not the caller's (`leases.rs`). No other code changes the host.
 //!
 //! - `plan.rs`: the plan and its allowlist.
+//! - `privileged.rs`: who holds the two capabilities of the installed binary and when (the
+//!   sets each verb keeps, `sudo` becoming the invoking user, raising one capability around
+//!   one call); `sys/linux.rs` does it with capctl, macOS has no capabilities.
+//! - `leases.rs`: the plan's items on `dbxN` links checked against the lease registry
+//!   (`crate::net::lease`), and [`open_tap`], the door's TAP.
+//! - `install.rs`: `system install|uninstall` as plans, the record of what install added,
+//!   the checks it prints, and the executors of its steps.
 //! - `argv.rs`: every external command as an argv list (`ip route`, `route`, `ifconfig`,
 //!   `resolvectl`, `systemctl`, `launchctl`), and the plan's `--dry-run` text made of them
 //!   (Linux and macOS).
-//! - `apply.rs`: the applier; `sys/linux.rs` (rtnetlink) and `sys/macos.rs` (`route`,
-//!   `ifconfig`) change the routes, `resolvectl` the resolver links, `systemctl`/`launchctl`
-//!   load the units.
+//! - `apply.rs`: the applier; `sys/linux.rs` (rtnetlink, CAP_NET_ADMIN raised per call) and
+//!   `sys/macos.rs` (`route`, `ifconfig`) change the routes, `resolvectl` the resolver links
+//!   (CAP_NET_ADMIN handed to it through the ambient set), `systemctl`/`launchctl` load the
+//!   units.
 //! - `units.rs`: the launchd plist and systemd units that rerun `devbox routes apply` at boot
 //!   and whenever the routes state file changes, and the plans that install and remove them.
 //!

@@ -248,6 +248,11 @@ pub fn supervisor_will_have_net_privileges(exe: &Path) -> Result<(), String> {
     sys::supervisor_will_have_net_privileges(exe)
 }
 
+/// The groups `user` (primary group `gid`) gets at login, from the group database.
+pub fn groups_of(user: &str, gid: u32) -> Vec<u32> {
+    sys::groups_of(user, gid)
+}
+
 /// The file capabilities `system install` puts on the installed binary, as setcap(8) writes
 /// them.
 pub const INSTALLED_CAPS: &str = "cap_net_admin,cap_net_bind_service+ep";

@@ -255,3 +255,12 @@ pub fn become_user(user: &SudoUser) -> Result<(), PrivilegeError> {
     }
     Ok(())
 }
+
+/// The groups `user` gets at login (getgrouplist(3)); just `gid` when unknown.
+pub fn groups_of(user: &str, gid: u32) -> Vec<u32> {
+    std::ffi::CString::new(user)
+        .ok()
+        .and_then(|c| nix::unistd::getgrouplist(&c, nix::unistd::Gid::from_raw(gid)).ok())
+        .map(|gs| gs.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_else(|| vec![gid])
+}
