@@ -40,8 +40,15 @@ fn system_install_needs_root_and_says_how() {
     let Some(o) = as_nobody(&env, &["system", "install"]) else {
         return;
     };
-    fails_with(&o, "`devbox system install` changes the host's system files and needs root");
-    assert!(stderr(&o).contains("hint: run `sudo devbox system install`"), "{}", stderr(&o));
+    fails_with(
+        &o,
+        "`devbox system install` changes the host's system files and needs root",
+    );
+    assert!(
+        stderr(&o).contains("hint: run `sudo devbox system install`"),
+        "{}",
+        stderr(&o)
+    );
     let o = as_nobody(&env, &["system", "uninstall"]).unwrap();
     fails_with(&o, "needs root");
 }
@@ -127,7 +134,10 @@ fn root_genuine_creates_the_registry_on_demand_and_create_takes_a_lease() {
     let lease: serde_json::Value =
         serde_json::from_slice(&std::fs::read(leases.join("1")).unwrap()).unwrap();
     assert_eq!(lease["machine"], "b");
-    assert_eq!(std::fs::metadata(leases.join("1")).unwrap().mode() & 0o777, 0o644);
+    assert_eq!(
+        std::fs::metadata(leases.join("1")).unwrap().mode() & 0o777,
+        0o644
+    );
     // Private files.
     let m = env.machine_dir("a");
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o777;
@@ -161,7 +171,10 @@ fn root_genuine_creates_the_registry_on_demand_and_create_takes_a_lease() {
     let spec = std::fs::read_to_string(env.machine_dir("d").join("machine.yaml")).unwrap();
     assert!(spec.contains("index: 0"), "{spec}");
     assert!(!leases.join("1").exists(), "b's lease was reclaimed");
-    assert!(leases.join("2").exists(), "another user's lease is never touched");
+    assert!(
+        leases.join("2").exists(),
+        "another user's lease is never touched"
+    );
 }
 
 #[test]
@@ -178,6 +191,10 @@ fn start_before_system_install_names_it_and_makes_nothing() {
         return;
     }
     fails_with(&o, "devbox is not set up on this host");
-    assert!(stderr(&o).contains("sudo devbox system install"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("sudo devbox system install"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!env.machine_dir("m").exists());
 }

@@ -134,7 +134,11 @@ fn ok(what: &str, o: &Output) -> String {
 
 #[track_caller]
 fn refused(what: &str, o: &Output, needle: &str) {
-    assert!(!o.status.success(), "{what} succeeded:\n{}", text(&o.stdout));
+    assert!(
+        !o.status.success(),
+        "{what} succeeded:\n{}",
+        text(&o.stdout)
+    );
     let err = text(&o.stderr);
     assert!(err.contains(needle), "{what}: wanted {needle:?} in:\n{err}");
 }
@@ -150,7 +154,12 @@ fn creds(pid: u32) -> (u32, u64, u64) {
             .trim()
             .to_owned()
     };
-    let uid = field("Uid:").split_whitespace().next().unwrap().parse().unwrap();
+    let uid = field("Uid:")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let hex = |k| u64::from_str_radix(&field(k), 16).unwrap();
     (uid, hex("CapPrm:"), hex("CapEff:"))
 }
@@ -178,8 +187,14 @@ fn private_host(scratch: &Path, docker: &[u8]) {
         ("/var/lib", "mode=0755"),
         ("/etc/systemd/system", "mode=0755"),
     ] {
-        mount(Some("tmpfs"), dir, Some("tmpfs"), MsFlags::empty(), Some(opts))
-            .unwrap_or_else(|e| panic!("tmpfs on {dir}: {e}"));
+        mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some(opts),
+        )
+        .unwrap_or_else(|e| panic!("tmpfs on {dir}: {e}"));
     }
     let docker_copy = Path::new("/usr/local/bin/docker");
     std::fs::write(docker_copy, docker).unwrap();
@@ -187,7 +202,14 @@ fn private_host(scratch: &Path, docker: &[u8]) {
     // /dev/net/tun as standard distributions have it (0666), over this host's 0600 one.
     let tun_dir = scratch.join("tun");
     std::fs::create_dir(&tun_dir).unwrap();
-    mount(Some("tmpfs"), &tun_dir, Some("tmpfs"), MsFlags::empty(), Some("mode=0755")).unwrap();
+    mount(
+        Some("tmpfs"),
+        &tun_dir,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .unwrap();
     let node = tun_dir.join("tun");
     nix::sys::stat::mknod(
         &node,
@@ -254,7 +276,10 @@ fn ordinary_users_after_one_system_install() {
     ok("image build", &o);
     let docker = std::fs::read(which("docker").unwrap()).unwrap();
     // Homes must be reachable by their users: not inside a 0700 temp directory.
-    let scratch = tempfile::Builder::new().prefix("devbox-priv-").tempdir().unwrap();
+    let scratch = tempfile::Builder::new()
+        .prefix("devbox-priv-")
+        .tempdir()
+        .unwrap();
     std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let a = TestUser::add("a", scratch.path());
     let b = TestUser::add("b", scratch.path());
@@ -288,7 +313,13 @@ fn run_as_users(a: &TestUser, b: &TestUser, cache: &Path) {
     let o = as_root(&["system", "install"], &sudo_env(a));
     let out = text(&o.stderr);
     ok("system install", &o);
-    let caps = text(&Command::new("getcap").arg(INSTALLED).output().unwrap().stdout);
+    let caps = text(
+        &Command::new("getcap")
+            .arg(INSTALLED)
+            .output()
+            .unwrap()
+            .stdout,
+    );
     assert!(
         caps.contains("cap_net_bind_service,cap_net_admin=ep"),
         "getcap: {caps}"
@@ -297,8 +328,7 @@ fn run_as_users(a: &TestUser, b: &TestUser, cache: &Path) {
     assert_eq!(std::fs::metadata(installed).unwrap().uid(), 0);
     assert_eq!(mode(Path::new("/var/lib/devbox/leases")), 0o1777);
     assert_eq!(mode(Path::new("/var/lib/devbox/host.lock")), 0o644);
-    let service =
-        std::fs::read_to_string("/etc/systemd/system/devbox-routes.service").unwrap();
+    let service = std::fs::read_to_string("/etc/systemd/system/devbox-routes.service").unwrap();
     assert!(service.contains(&format!("User={}\n", a.uid)), "{service}");
     assert!(
         service.contains(&format!("DEVBOX_HOME={}", a.devbox_dir().display())),
@@ -316,11 +346,23 @@ fn run_as_users(a: &TestUser, b: &TestUser, cache: &Path) {
     // A binary without the capabilities (a cargo build) says to use the installed one.
     ok(
         "create",
-        &a.run(installed, &["create", "m", "--driver", "qemu", "--disk-size", "4G"], &env),
+        &a.run(
+            installed,
+            &["create", "m", "--driver", "qemu", "--disk-size", "4G"],
+            &env,
+        ),
     );
     let o = a.run(&bin(), &["start", "m"], &env);
-    refused("start with a binary without capabilities", &o, "has no capabilities");
-    refused("the hint", &o, "use the installed devbox, /usr/local/bin/devbox");
+    refused(
+        "start with a binary without capabilities",
+        &o,
+        "has no capabilities",
+    );
+    refused(
+        "the hint",
+        &o,
+        "use the installed devbox, /usr/local/bin/devbox",
+    );
 
     let machine = a.devbox_dir().join("machines/m");
     for (p, want) in [
@@ -332,7 +374,12 @@ fn run_as_users(a: &TestUser, b: &TestUser, cache: &Path) {
         (machine.join("machine.yaml"), 0o600),
     ] {
         assert_eq!(mode(&p), want, "{}", p.display());
-        assert_eq!(std::fs::metadata(&p).unwrap().uid(), a.uid, "{}", p.display());
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().uid(),
+            a.uid,
+            "{}",
+            p.display()
+        );
     }
     let spec = devbox::machine::Store::new(Some(a.devbox_dir()), None)
         .machine("m")
@@ -356,20 +403,30 @@ fn run_as_users(a: &TestUser, b: &TestUser, cache: &Path) {
         .unwrap();
     let (uid, prm, eff) = creds(sup);
     assert_eq!(uid, a.uid, "the supervisor runs as A");
-    assert_eq!(prm, NET_CAPS, "the supervisor keeps exactly the two capabilities");
+    assert_eq!(
+        prm, NET_CAPS,
+        "the supervisor keeps exactly the two capabilities"
+    );
     assert_eq!(eff, 0, "and none of them effective outside the door");
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(machine.join("state.json")).unwrap()).unwrap();
     let qemu = state["vm_pid"].as_u64().expect("a guest pid") as u32;
     let (uid, prm, _) = creds(qemu);
-    assert_eq!((uid, prm), (a.uid, 0), "QEMU runs as A without capabilities");
+    assert_eq!(
+        (uid, prm),
+        (a.uid, 0),
+        "QEMU runs as A without capabilities"
+    );
     for sock in ["control.sock", "docker.sock"] {
         assert_eq!(mode(&machine.join(sock)) & 0o077, 0, "{sock} is A's alone");
     }
     let tap = format!("dbx{index}");
     assert!(ip(&["-o", "link", "show"]).contains(&tap));
 
-    let uname = ok("ssh", &a.run(installed, &["ssh", "m", "--", "uname", "-r"], &env));
+    let uname = ok(
+        "ssh",
+        &a.run(installed, &["ssh", "m", "--", "uname", "-r"], &env),
+    );
     assert!(!uname.trim().is_empty());
     let env_out = ok("env", &a.run(installed, &["env", "m"], &env));
     let docker_host = env_out
@@ -442,7 +499,11 @@ fn other_user_is_refused(
         let o = b.run(installed, verb, &b_on_a);
         refused(&format!("B: devbox {verb:?}"), &o, "ermission denied");
     }
-    let cat = b.run(Path::new("/bin/cat"), &[&machine.join("disk.raw").display().to_string()], env);
+    let cat = b.run(
+        Path::new("/bin/cat"),
+        &[&machine.join("disk.raw").display().to_string()],
+        env,
+    );
     refused("B reads A's disk", &cat, "Permission denied");
     let o = b.run(
         Path::new("/usr/local/bin/docker"),
@@ -454,7 +515,10 @@ fn other_user_is_refused(
         Path::new("/bin/sh"),
         &[
             "-c",
-            &format!("exec 3<>/dev/null; : > {}", machine.join("control.sock").display()),
+            &format!(
+                "exec 3<>/dev/null; : > {}",
+                machine.join("control.sock").display()
+            ),
         ],
         env,
     );
@@ -463,7 +527,11 @@ fn other_user_is_refused(
     // B's own machine, with A's index written into its machine.yaml: the lease decides.
     ok(
         "B: create",
-        &b.run(installed, &["create", "evil", "--driver", "qemu", "--no-share"], env),
+        &b.run(
+            installed,
+            &["create", "evil", "--driver", "qemu", "--no-share"],
+            env,
+        ),
     );
     let b_yaml = b.devbox_dir().join("machines/evil/machine.yaml");
     let yaml = std::fs::read_to_string(&b_yaml).unwrap();
@@ -475,7 +543,11 @@ fn other_user_is_refused(
     spec.network.guest_ip = net.guest_ip;
     std::fs::write(&b_yaml, serde_norway::to_string(&spec).unwrap()).unwrap();
     let o = b.run(installed, &["start", "evil"], env);
-    refused("B: start with A's index", &o, &format!("belongs to uid {}", a.uid));
+    refused(
+        "B: start with A's index",
+        &o,
+        &format!("belongs to uid {}", a.uid),
+    );
 
     // B's routes.json naming A's link, then a link that is not devbox's.
     let docker = spec.docker.routed().map(|d| d.to_string());
@@ -488,17 +560,30 @@ fn other_user_is_refused(
         )
     };
     let routes_json = b.devbox_dir().join("routes.json");
-    std::fs::write(&routes_json, crafted(&format!("dbx{a_index}"), &net.guest_ip.to_string()))
-        .unwrap();
+    std::fs::write(
+        &routes_json,
+        crafted(&format!("dbx{a_index}"), &net.guest_ip.to_string()),
+    )
+    .unwrap();
     let o = b.run(installed, &["routes", "apply"], env);
-    refused("B: routes over A's link", &o, &format!("is leased to uid {}", a.uid));
-    ip(&["link", "add", "eth7", "type", "dummy"]);
-    ip(&["addr", "add", "10.77.0.1/24", "dev", "eth7"]);
-    ip(&["link", "set", "eth7", "up"]);
+    refused(
+        "B: routes over A's link",
+        &o,
+        &format!("is leased to uid {}", a.uid),
+    );
+    // A link that is not devbox's, with a connected route (a TAP this thread holds).
+    let eth7 = devbox::net::Tap::create("eth7", false).unwrap();
+    eth7.configure("10.77.0.1".parse().unwrap(), 24).unwrap();
+    let routes_with_eth7 = ip(&["route"]);
     std::fs::write(&routes_json, crafted("eth7", "10.77.0.2")).unwrap();
     let o = b.run(installed, &["routes", "apply"], env);
-    refused("B: routes over a foreign link", &o, "neither a devbox TAP device");
-    ip(&["link", "del", "eth7"]);
+    refused(
+        "B: routes over a foreign link",
+        &o,
+        "neither a devbox TAP device",
+    );
+    assert_eq!(ip(&["route"]), routes_with_eth7, "nothing routed over eth7");
+    drop(eth7);
 
     assert_eq!(ip(&["route"]), routes_before, "no route changed");
     assert_eq!(
@@ -519,16 +604,27 @@ fn sudo_acts_as_the_user(a: &TestUser, env: &[(&str, String)]) {
     sudo.push(("HOME", "/root".into()));
     sudo.push(("DEVBOX_FAKE_GUEST", "ready".into()));
     let ls = ok("sudo devbox ls", &as_root(&["ls"], &sudo));
-    assert!(ls.lines().any(|l| l.starts_with("m ")), "A's machines: {ls}");
+    assert!(
+        ls.lines().any(|l| l.starts_with("m ")),
+        "A's machines: {ls}"
+    );
     ok(
         "sudo devbox create",
         &as_root(&["create", "s", "--driver", "fake", "--no-share"], &sudo),
     );
     let dir = a.devbox_dir().join("machines/s");
     for p in [dir.clone(), dir.join("disk.raw"), dir.join("machine.yaml")] {
-        assert_eq!(std::fs::metadata(&p).unwrap().uid(), a.uid, "{}", p.display());
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().uid(),
+            a.uid,
+            "{}",
+            p.display()
+        );
     }
-    assert!(!Path::new("/root/.devbox/machines/s").exists(), "never root's home");
+    assert!(
+        !Path::new("/root/.devbox/machines/s").exists(),
+        "never root's home"
+    );
     ok("sudo devbox start", &as_root(&["start", "s"], &sudo));
     let sup: u32 = std::fs::read_to_string(dir.join("supervisor.pid"))
         .unwrap()
@@ -536,13 +632,21 @@ fn sudo_acts_as_the_user(a: &TestUser, env: &[(&str, String)]) {
         .parse()
         .unwrap();
     let (uid, prm, eff) = creds(sup);
-    assert_eq!((uid, prm, eff), (a.uid, NET_CAPS, 0), "the supervisor of sudo start");
+    assert_eq!(
+        (uid, prm, eff),
+        (a.uid, NET_CAPS, 0),
+        "the supervisor of sudo start"
+    );
     ok("sudo devbox stop", &as_root(&["stop", "s"], &sudo));
     ok("sudo devbox rm", &as_root(&["rm", "s"], &sudo));
     // Variables that do not agree with the passwd database: refused, with the way out.
     let mut wrong = sudo.clone();
     wrong[0].1 = "root".into();
     let o = as_root(&["ls"], &wrong);
-    refused("sudo with a wrong SUDO_USER", &o, "cannot act as the user who ran sudo");
+    refused(
+        "sudo with a wrong SUDO_USER",
+        &o,
+        "cannot act as the user who ran sudo",
+    );
     refused("its hint", &o, "without sudo");
 }

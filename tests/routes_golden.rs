@@ -208,8 +208,8 @@ fn systemd_units() {
     }
     assert!(units[0].1.contains("\nUser=1000\nGroup=1000\n"));
     // As root (CI), no User= line.
-    let root = host::render_systemd_units(Path::new(EXE), Path::new("/root/.devbox"), None)
-        .unwrap();
+    let root =
+        host::render_systemd_units(Path::new(EXE), Path::new("/root/.devbox"), None).unwrap();
     assert!(!root[0].1.contains("User="));
 }
 
@@ -287,7 +287,9 @@ fn macos_and_linux_command_lines() {
 /// what it recorded, on both OSes.
 #[test]
 fn system_install_and_uninstall_plans() {
-    use devbox::host::install::{InstallInputs, InstallRecord, JobUser, install_plan, uninstall_plan};
+    use devbox::host::install::{
+        InstallInputs, InstallRecord, JobUser, install_plan, uninstall_plan,
+    };
     for (os, name) in [(HostOs::Linux, "linux"), (HostOs::Macos, "macos")] {
         let home = match os {
             HostOs::Linux => "/home/alice/.devbox",
@@ -310,7 +312,11 @@ fn system_install_and_uninstall_plans() {
         })
         .unwrap();
         plan.check_allowed().unwrap();
-        golden("host", &format!("plan-system-install-{name}.txt"), &plan.render(os));
+        golden(
+            "host",
+            &format!("plan-system-install-{name}.txt"),
+            &plan.render(os),
+        );
         let record: InstallRecord = serde_json::from_str(
             &plan
                 .write_files
@@ -322,6 +328,10 @@ fn system_install_and_uninstall_plans() {
         .unwrap();
         let (un, _) = uninstall_plan(&record, Some("5d0f"), &[], false).unwrap();
         un.check_allowed().unwrap();
-        golden("host", &format!("plan-system-uninstall-{name}.txt"), &un.render(os));
+        golden(
+            "host",
+            &format!("plan-system-uninstall-{name}.txt"),
+            &un.render(os),
+        );
     }
 }

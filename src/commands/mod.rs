@@ -81,9 +81,7 @@ fn class_of(command: &Command, os: HostOs) -> (Class, &'static str) {
         Command::Dns(DnsCommand::Uninstall(a)) if !a.dry_run => net("dns uninstall"),
         Command::Start(_) => (Class::Spawner, "start"),
         Command::Restart(_) => (Class::Spawner, "restart"),
-        Command::System(SystemCommand::Install(a)) if !a.dry_run => {
-            (Class::Root, "system install")
-        }
+        Command::System(SystemCommand::Install(a)) if !a.dry_run => (Class::Root, "system install"),
         Command::System(SystemCommand::Uninstall(a)) if !a.dry_run => {
             (Class::Root, "system uninstall")
         }

@@ -23,9 +23,9 @@ pub fn run(store: &Store, c: RoutesCommand) -> Result<i32> {
             // Stale routes on other users' links are theirs to clear: only the links whose
             // lease is the caller's are considered (the applier would refuse the others).
             let mine = own_links();
-            routes
-                .remove
-                .retain(|r| net::devbox_link(&r.interface).is_none() || mine.contains(&r.interface));
+            routes.remove.retain(|r| {
+                net::devbox_link(&r.interface).is_none() || mine.contains(&r.interface)
+            });
             (HostPlan::routes("routes apply", routes), a.dry_run)
         }
     };

@@ -10,10 +10,10 @@ use super::argv::{
     join_argv, resolved_argvs, resolved_revert, step_lines, unit_load_argvs, unit_reload_argv,
     unit_unload_argvs,
 };
-use super::plan::{HostOs, HostPlan, Step};
-use super::sys;
 use super::leases;
+use super::plan::{HostOs, HostPlan, Step};
 use super::privileged::output_with_net_admin;
+use super::sys;
 use crate::atomic_file::write_atomic;
 use crate::net::lease::Registry;
 use crate::net::{HostRoute, first_overlap};
@@ -365,11 +365,10 @@ pub(super) fn output(argv: &[String]) -> Result<String, HostError> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let out = output_with_net_admin(&mut cmd)
-        .map_err(|source| HostError::Spawn {
-            argv: join_argv(argv),
-            source,
-        })?;
+    let out = output_with_net_admin(&mut cmd).map_err(|source| HostError::Spawn {
+        argv: join_argv(argv),
+        source,
+    })?;
     if !out.status.success() {
         return Err(HostError::Command {
             argv: join_argv(argv),

@@ -154,7 +154,12 @@ pub fn install_plan(i: &InstallInputs) -> Result<HostPlan, HostError> {
     }
 
     let run_as = (i.os == HostOs::Linux).then_some((i.user.uid, i.user.gid));
-    let job = units::install_plan_as(i.os, Path::new(INSTALLED_BINARY), &i.user.devbox_home, run_as)?;
+    let job = units::install_plan_as(
+        i.os,
+        Path::new(INSTALLED_BINARY),
+        &i.user.devbox_home,
+        run_as,
+    )?;
     for f in job.write_files {
         if !record.files.contains(&f.path) {
             record.files.push(f.path.clone());
@@ -221,7 +226,9 @@ pub fn uninstall_plan(
         });
     }
     match (installed_sha256, &record.binary_sha256) {
-        (Some(now), Some(ours)) if now == ours => plan.remove_binary = Some(INSTALLED_BINARY.into()),
+        (Some(now), Some(ours)) if now == ours => {
+            plan.remove_binary = Some(INSTALLED_BINARY.into())
+        }
         (Some(_), _) => kept.notes.push(format!(
             "{INSTALLED_BINARY} was replaced since `system install`: left in place"
         )),
@@ -317,15 +324,19 @@ pub(super) fn remove_file(path: &Path) -> Result<Outcome, HostError> {
 /// sets the capabilities (after the last write: a write drops them), syncs it and renames it
 /// over `target`. Already done when `target` has the same bytes, mode, owner and
 /// capabilities.
-pub(super) fn install_binary(source: &Path, target: &Path, caps: bool) -> Result<Outcome, HostError> {
+pub(super) fn install_binary(
+    source: &Path,
+    target: &Path,
+    caps: bool,
+) -> Result<Outcome, HostError> {
     let io = |what, path: &Path| {
         let path = path.to_owned();
         move |source| HostError::Io { what, path, source }
     };
     let bytes = fs_err::read(source).map_err(io("read", source))?;
-    let in_place = std::fs::symlink_metadata(target).is_ok_and(|m| {
-        m.is_file() && m.uid() == 0 && m.mode() & 0o7777 == 0o755
-    }) && std::fs::read(target).is_ok_and(|b| b == bytes)
+    let in_place = std::fs::symlink_metadata(target)
+        .is_ok_and(|m| m.is_file() && m.uid() == 0 && m.mode() & 0o7777 == 0o755)
+        && std::fs::read(target).is_ok_and(|b| b == bytes)
         && (!caps || super::privileged::has_installed_caps(target).unwrap_or(false));
     if in_place {
         return Ok(Outcome::AlreadyDone);
@@ -341,14 +352,19 @@ pub(super) fn install_binary(source: &Path, target: &Path, caps: bool) -> Result
             .open(&tmp)
             .map_err(io("create", &tmp))?;
         f.write_all(&bytes).map_err(io("write", &tmp))?;
-        nix::unistd::fchown(&f, Some(nix::unistd::Uid::from_raw(0)), Some(nix::unistd::Gid::from_raw(0)))
-            .map_err(|e| io("chown", &tmp)(e.into()))?;
+        nix::unistd::fchown(
+            &f,
+            Some(nix::unistd::Uid::from_raw(0)),
+            Some(nix::unistd::Gid::from_raw(0)),
+        )
+        .map_err(|e| io("chown", &tmp)(e.into()))?;
         f.set_permissions(std::fs::Permissions::from_mode(0o755))
             .map_err(io("set the mode of", &tmp))?;
         f.sync_all().map_err(io("sync", &tmp))?;
         drop(f);
         if caps {
-            super::privileged::set_installed_caps(&tmp).map_err(io("set the capabilities of", &tmp))?;
+            super::privileged::set_installed_caps(&tmp)
+                .map_err(io("set the capabilities of", &tmp))?;
         }
         std::fs::rename(&tmp, target).map_err(io("rename into place", target))?;
         crate::atomic_file::sync_dir(dir).map_err(io("sync", dir))
@@ -415,11 +431,17 @@ pub fn kvm_check(
             "the kvm driver is not usable on this host: machines use QEMU (TCG or its KVM)".into(),
         );
     };
-    if user_uid == 0 || mode & 0o006 == 0o006 || (mode & 0o060 == 0o060 && user_groups.contains(&gid)) {
+    if user_uid == 0
+        || mode & 0o006 == 0o006
+        || (mode & 0o060 == 0o060 && user_groups.contains(&gid))
+    {
         return Check::Ok(format!("{user} can open /dev/kvm"));
     }
     Check::Fix {
-        problem: format!("{user} cannot open /dev/kvm (group {gid}, mode {:04o})", mode & 0o7777),
+        problem: format!(
+            "{user} cannot open /dev/kvm (group {gid}, mode {:04o})",
+            mode & 0o7777
+        ),
         fix: format!("sudo usermod -aG kvm {user}, then log out and in again"),
     }
 }
@@ -466,7 +488,11 @@ mod tests {
     }
 
     fn record_of(plan: &HostPlan) -> InstallRecord {
-        let f = plan.write_files.iter().find(|f| f.path == Path::new(RECORD_PATH)).unwrap();
+        let f = plan
+            .write_files
+            .iter()
+            .find(|f| f.path == Path::new(RECORD_PATH))
+            .unwrap();
         serde_json::from_str(&f.contents).unwrap()
     }
 
@@ -483,7 +509,10 @@ mod tests {
         let (un, kept) = uninstall_plan(&rec, Some("aaaa"), &[], false).unwrap();
         un.check_allowed().unwrap();
         assert!(kept.notes.is_empty());
-        assert_eq!(un.remove_binary.as_deref(), Some(Path::new(INSTALLED_BINARY)));
+        assert_eq!(
+            un.remove_binary.as_deref(),
+            Some(Path::new(INSTALLED_BINARY))
+        );
         assert_eq!(un.unload_units, plan.load_units);
         let written: Vec<_> = plan.write_files.iter().map(|f| f.path.clone()).collect();
         let mut removed = un.remove_files.clone();
@@ -506,8 +535,17 @@ mod tests {
         ];
         let plan = install_plan(&again).unwrap();
         assert_eq!(plan.install_binary, None);
-        assert_eq!(record_of(&plan), record_of(&first), "what was added stays recorded");
-        assert!(!plan.write_files.iter().any(|f| f.path == Path::new(HOST_LOCK_PATH)));
+        assert_eq!(
+            record_of(&plan),
+            record_of(&first),
+            "what was added stays recorded"
+        );
+        assert!(
+            !plan
+                .write_files
+                .iter()
+                .any(|f| f.path == Path::new(HOST_LOCK_PATH))
+        );
     }
 
     #[test]
@@ -516,7 +554,10 @@ mod tests {
         i.existing = vec!["/var/lib/devbox".into()];
         i.installed_sha256 = Some("bbbb".into());
         let err = install_plan(&i).unwrap_err().to_string();
-        assert!(err.contains("is not a devbox that `system install` put there"), "{err}");
+        assert!(
+            err.contains("is not a devbox that `system install` put there"),
+            "{err}"
+        );
         assert!(err.contains("--force"), "{err}");
         i.force = true;
         let plan = install_plan(&i).unwrap();
@@ -537,7 +578,11 @@ mod tests {
         assert!(err.hint().unwrap().contains("devbox rm"));
         let (un, kept) = uninstall_plan(&rec, Some("aaaa"), &[0, 3], true).unwrap();
         assert!(un.remove_dirs.is_empty());
-        assert!(!un.remove_files.iter().any(|f| f == Path::new(HOST_LOCK_PATH)));
+        assert!(
+            !un.remove_files
+                .iter()
+                .any(|f| f == Path::new(HOST_LOCK_PATH))
+        );
         assert!(!un.remove_files.iter().any(|f| f == Path::new(RECORD_PATH)));
         assert!(kept.notes[0].contains("registry stays"));
     }

@@ -28,7 +28,10 @@ pub fn check_plan(plan: &HostPlan, leases: &[Lease], uid: u32) -> Result<(), Hos
             Some(l) if l.owner == uid => Ok(Some(l)),
             Some(l) => Err(refused(
                 item(),
-                format!("{link} is leased to uid {}, not to you (uid {uid})", l.owner),
+                format!(
+                    "{link} is leased to uid {}, not to you (uid {uid})",
+                    l.owner
+                ),
             )),
             None => Err(refused(item(), format!("{link} is not leased to anyone"))),
         }
@@ -185,7 +188,11 @@ mod tests {
                 1000,
                 "dbx1 is leased to uid 1001, not to you (uid 1000)",
             ),
-            (route("172.20.0.0/16", 2), 1000, "dbx2 is not leased to anyone"),
+            (
+                route("172.20.0.0/16", 2),
+                1000,
+                "dbx2 is not leased to anyone",
+            ),
             (
                 route("172.20.0.0/16", 0),
                 1000,

@@ -57,8 +57,8 @@ pub use units::{
 use crate::hint::Hint;
 use crate::net::NetError;
 use crate::net::lease::LeaseError;
-use privileged::PrivilegeError;
 use crate::routes::RouteError;
+use privileged::PrivilegeError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -143,7 +143,10 @@ mod tests {
         );
         let hint = e.hint().unwrap();
         assert!(hint.contains("`sudo devbox system install`"), "{hint}");
-        assert!(hint.contains("`/usr/local/bin/devbox routes apply`"), "{hint}");
+        assert!(
+            hint.contains("`/usr/local/bin/devbox routes apply`"),
+            "{hint}"
+        );
         let e = HostError::NoPrivilege {
             what: "changing /etc/systemd/system/devbox-routes.path".into(),
             privilege: "root",

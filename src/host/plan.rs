@@ -25,8 +25,10 @@ pub const REGISTRY_FILES: [&str; 2] = ["/var/lib/devbox/host.lock", "/var/lib/de
 
 /// The directories `system install` creates, with their modes (exact paths only): the lease
 /// registry and its sticky, world-writable leases directory.
-pub const REGISTRY_DIRS: [(&str, u32); 2] =
-    [("/var/lib/devbox", 0o755), ("/var/lib/devbox/leases", 0o1777)];
+pub const REGISTRY_DIRS: [(&str, u32); 2] = [
+    ("/var/lib/devbox", 0o755),
+    ("/var/lib/devbox/leases", 0o1777),
+];
 
 /// Where `system install` puts the binary, the only path it may.
 pub const INSTALLED_BINARY: &str = "/usr/local/bin/devbox";
@@ -260,7 +262,12 @@ impl HostPlan {
         for link in &self.resolved_revert {
             check_resolved(link, &[], "")?;
         }
-        for b in self.install_binary.iter().map(|b| &b.path).chain(&self.remove_binary) {
+        for b in self
+            .install_binary
+            .iter()
+            .map(|b| &b.path)
+            .chain(&self.remove_binary)
+        {
             if b != Path::new(INSTALLED_BINARY) {
                 return Err(refused(
                     format!("install or remove {}", b.display()),
@@ -567,7 +574,10 @@ mod tests {
         assert!(bad.check_allowed().is_err());
         let mut bad = plan.clone();
         bad.create_dirs[1].mode = 0o777;
-        assert!(bad.check_allowed().is_err(), "the leases directory is sticky");
+        assert!(
+            bad.check_allowed().is_err(),
+            "the leases directory is sticky"
+        );
         let mut bad = plan.clone();
         bad.create_dirs.push(DirSpec {
             path: "/etc/sudoers.d".into(),

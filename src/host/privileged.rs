@@ -49,9 +49,7 @@ pub enum Class {
 pub enum PrivilegeError {
     #[error("`devbox {command}` changes the host's system files and needs root")]
     NeedsRoot { command: String },
-    #[error(
-        "cannot act as the user who ran sudo (SUDO_USER={user:?}, SUDO_UID={uid:?}): {why}"
-    )]
+    #[error("cannot act as the user who ran sudo (SUDO_USER={user:?}, SUDO_UID={uid:?}): {why}")]
     Sudo {
         user: String,
         uid: String,

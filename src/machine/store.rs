@@ -465,7 +465,11 @@ mod tests {
         assert_eq!(store.names().unwrap(), vec!["a".to_string()]);
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&dir.path), 0o700, "a machine directory is the user's alone");
+        assert_eq!(
+            mode(&dir.path),
+            0o700,
+            "a machine directory is the user's alone"
+        );
         assert_eq!(mode(&store.machines_dir()), 0o700);
         assert_eq!(mode(&store.home), 0o700);
         assert!(matches!(store.stage("a"), Err(StoreError::Exists { .. })));

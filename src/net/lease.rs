@@ -43,7 +43,9 @@ pub enum LeaseError {
     NotInstalled { path: PathBuf },
     #[error("refused to use {} as devbox's lease registry: {why}", path.display())]
     Unsafe { path: PathBuf, why: String },
-    #[error("the network of host-only index {index} (dbx{index}) is not leased to you (uid {uid}): {why}")]
+    #[error(
+        "the network of host-only index {index} (dbx{index}) is not leased to you (uid {uid}): {why}"
+    )]
     NotYours { index: u8, uid: u32, why: String },
     #[error("cannot {what} {}", path.display())]
     Io {
@@ -385,14 +387,16 @@ impl Registry {
         let uid = real_uid();
         let not_yours = |why: String| LeaseError::NotYours { index, uid, why };
         if index >= POOL_SIZE {
-            return Err(not_yours(format!("it is outside the pool (0 to {})", POOL_SIZE - 1)));
+            return Err(not_yours(format!(
+                "it is outside the pool (0 to {})",
+                POOL_SIZE - 1
+            )));
         }
         match self.open(index)? {
             None => Err(not_yours("nobody holds its lease".into())),
-            Some(l) if l.owner != uid => Err(not_yours(format!(
-                "its lease belongs to uid {}",
-                l.owner
-            ))),
+            Some(l) if l.owner != uid => {
+                Err(not_yours(format!("its lease belongs to uid {}", l.owner)))
+            }
             Some(l) => Ok(l),
         }
     }
@@ -481,8 +485,7 @@ mod tests {
         std::fs::set_permissions(reg.dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
         assert!(matches!(reg.check(), Err(LeaseError::Unsafe { .. })));
         std::fs::set_permissions(reg.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::set_permissions(reg.leases_dir(), std::fs::Permissions::from_mode(0o777))
-            .unwrap();
+        std::fs::set_permissions(reg.leases_dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
         assert!(matches!(reg.check(), Err(LeaseError::Unsafe { .. })));
     }
 

@@ -76,9 +76,7 @@ impl Hint for ClientError {
             ClientError::StopTimeout { .. } => None,
             ClientError::NoNetPrivileges { exe, .. } => {
                 let installed = std::path::Path::new(crate::host::INSTALLED_BINARY);
-                if exe != installed
-                    && privileged::has_installed_caps(installed).unwrap_or(false)
-                {
+                if exe != installed && privileged::has_installed_caps(installed).unwrap_or(false) {
                     Some(format!(
                         "use the installed devbox, {}, which has them (this is {})",
                         installed.display(),
@@ -137,8 +135,11 @@ pub fn preflight(store: &Store, dir: &MachineDir, spec: &MachineSpec) -> Result<
             .into());
         }
         let tun = std::path::Path::new(TUN);
-        if nix::unistd::access(tun, nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK)
-            .is_err()
+        if nix::unistd::access(
+            tun,
+            nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK,
+        )
+        .is_err()
         {
             return Err(ClientError::NoTun {
                 name: spec.name.clone(),

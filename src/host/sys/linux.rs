@@ -194,7 +194,12 @@ pub fn supervisor_will_have_net_privileges(exe: &Path) -> Result<(), String> {
     match FileCaps::get_for_file(exe) {
         Ok(Some(fc)) if (fc.permitted & net_caps()) == net_caps() => {}
         Ok(_) => return Err(format!("{} has no capabilities", exe.display())),
-        Err(e) => return Err(format!("cannot read the capabilities of {}: {e}", exe.display())),
+        Err(e) => {
+            return Err(format!(
+                "cannot read the capabilities of {}: {e}",
+                exe.display()
+            ));
+        }
     }
     match nix::sys::statvfs::statvfs(exe) {
         Ok(fs) if fs.flags().contains(nix::sys::statvfs::FsFlags::ST_NOSUID) => Err(format!(
@@ -215,9 +220,8 @@ pub fn set_file_caps(path: &Path) -> std::io::Result<()> {
 
 /// Whether `path` carries exactly the two capabilities, permitted and effective.
 pub fn has_file_caps(path: &Path) -> std::io::Result<bool> {
-    Ok(FileCaps::get_for_file(path)?.is_some_and(|fc| {
-        fc.effective && fc.permitted == net_caps() && fc.inheritable.is_empty()
-    }))
+    Ok(FileCaps::get_for_file(path)?
+        .is_some_and(|fc| fc.effective && fc.permitted == net_caps() && fc.inheritable.is_empty()))
 }
 
 /// Becomes the sudo user: their groups, gid and uid (all of real, effective and saved), with
