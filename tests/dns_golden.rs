@@ -7,6 +7,7 @@ use support::golden;
 
 use std::net::SocketAddr;
 
+use devbox::dns::policy::Policy;
 use devbox::dns::zone::{Container, Zone, ZoneConfig};
 use devbox::host::{resolved_commands, resolved_revert};
 use devbox::resolver::plan::{macos_files, manual_instructions, owned_domains};
@@ -20,7 +21,11 @@ fn zone() -> Zone {
         machine: "dev".into(),
         tld: "dev".into(),
         guest_ip: "192.168.64.2".parse().unwrap(),
+    };
+    let policy = Policy {
         other_machines: vec!["work".into()],
+        allowed: vec!["synbioz.dev".into(), "example.dev".into()],
+        ..Policy::default()
     };
     let containers = [
         Container {
@@ -40,11 +45,11 @@ fn zone() -> Zone {
             aliases: vec!["db.example.dev".into()],
         },
     ];
-    Zone::build(&cfg, &containers).0
+    Zone::build(&cfg, &policy, &containers).0
 }
 
 fn domains() -> Vec<String> {
-    owned_domains("dev", "dev", &zone().alias_names())
+    owned_domains("dev", "dev", &zone().routed_domains())
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use devbox::dns::policy::Policy;
 use devbox::dns::zone::Container;
 use devbox::dns::{DnsConfig, DnsServer};
 use hickory_proto::op::{Edns, Message, MessageType, Query, ResponseCode};
@@ -24,7 +25,12 @@ fn cfg(bind: &str, upstreams: Vec<SocketAddr>) -> DnsConfig {
         guest_ip: "192.168.64.2".parse().unwrap(),
         bind: bind.parse().unwrap(),
         upstreams,
-        other_machines: vec!["work".into()],
+        clients: vec!["127.0.0.0/8".parse().unwrap()],
+        policy: Box::new(Policy {
+            other_machines: vec!["work".into()],
+            allowed: vec!["synbioz.dev".into()],
+            ..Policy::default()
+        }),
     }
 }
 
@@ -144,6 +150,118 @@ async fn authoritative_answers_over_udp_and_tcp() {
     assert_eq!(data(&over_tcp), ["172.18.0.4"]);
     let nx_tcp = tcp(addr, "gone.dev.dev.", RecordType::A).await;
     assert_eq!(nx_tcp.metadata.response_code, ResponseCode::NXDomain);
+    server.shutdown().await;
+}
+
+async fn tcp_raw(server: SocketAddr, q: &[u8]) -> Message {
+    let mut s = TcpStream::connect(server).await.unwrap();
+    s.write_all(&(q.len() as u16).to_be_bytes()).await.unwrap();
+    s.write_all(q).await.unwrap();
+    let len = timeout(Duration::from_secs(5), s.read_u16())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut buf = vec![0u8; len as usize];
+    s.read_exact(&mut buf).await.unwrap();
+    Message::from_vec(&buf).unwrap()
+}
+
+/// UDP answers owned names from pre-encoded bytes (src/dns/wire.rs); TCP always takes the
+/// general path through hickory. Both must give the same answer to every query.
+#[tokio::test]
+async fn udp_fast_path_answers_like_the_general_path() {
+    let server = started(vec![]).await;
+    let addr = server.local_addr();
+    let names = [
+        "web.dev.dev.",
+        "WEB.Dev.dEV.",
+        "dev.dev.",
+        "db.dev.dev.",
+        "nope.dev.dev.",
+        "a.nope.dev.dev.",
+        "www.synbioz.dev.",
+        "3.0.18.172.in-addr.arpa.",
+        "2.64.168.192.in-addr.arpa.",
+        "3.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.",
+    ];
+    let types = [
+        RecordType::A,
+        RecordType::AAAA,
+        RecordType::PTR,
+        RecordType::MX,
+        RecordType::TXT,
+        RecordType::SOA,
+        RecordType::ANY,
+    ];
+    let mut checked = 0;
+    for name in names {
+        for rtype in types {
+            for (edns, rd, cd) in [(true, true, false), (false, false, true)] {
+                let mut m = Message::query();
+                m.metadata.id = 4242;
+                m.metadata.recursion_desired = rd;
+                m.metadata.checking_disabled = cd;
+                m.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+                if edns {
+                    let mut e = Edns::new();
+                    e.set_max_payload(4096);
+                    m.set_edns(e);
+                }
+                let q = m.to_vec().unwrap();
+                let u = udp_raw(addr, &q).await.unwrap();
+                let t = tcp_raw(addr, &q).await;
+                let what = format!("{name} {rtype} edns={edns} rd={rd} cd={cd}");
+                assert_eq!(u.metadata, t.metadata, "{what}");
+                assert_eq!(u.queries, t.queries, "{what}");
+                assert_eq!(u.answers, t.answers, "{what}");
+                assert_eq!(u.authorities, t.authorities, "{what}");
+                assert_eq!(u.additionals, t.additionals, "{what}");
+                assert_eq!(
+                    u.edns
+                        .as_ref()
+                        .map(|e| (e.max_payload(), e.version(), e.flags().dnssec_ok)),
+                    t.edns
+                        .as_ref()
+                        .map(|e| (e.max_payload(), e.version(), e.flags().dnssec_ok)),
+                    "{what}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, names.len() * types.len() * 2);
+    server.shutdown().await;
+}
+
+/// An answer larger than the client takes is truncated (TC set), never cut mid-record.
+#[tokio::test]
+async fn large_udp_answers_are_truncated() {
+    let server = started(vec![]).await;
+    let many = Container {
+        id: "9".into(),
+        name: "/many".into(),
+        ips: (0..60)
+            .map(|i| IpAddr::from([172, 18, 1, i as u8 + 2]))
+            .collect(),
+        aliases: vec![],
+    };
+    server.records().set_containers(&[many]);
+    let q = query_bytes("many.dev.dev.", RecordType::A, false);
+    let small = udp_raw(server.local_addr(), &q).await.unwrap();
+    assert!(
+        small.metadata.truncation,
+        "60 A records do not fit in 512 bytes"
+    );
+    let full = tcp_raw(server.local_addr(), &q).await;
+    assert_eq!(full.answers.len(), 60);
+    let big = udp(server.local_addr(), "many.dev.dev.", RecordType::A)
+        .await
+        .unwrap();
+    assert!(
+        !big.metadata.truncation,
+        "they fit in the 1232 bytes EDNS allows"
+    );
+    assert_eq!(big.answers.len(), 60);
     server.shutdown().await;
 }
 
@@ -320,6 +438,44 @@ async fn answers_only_on_the_bound_address() {
     let got = timeout(Duration::from_millis(500), sock.recv_from(&mut buf)).await;
     assert!(got.is_err(), "no answer from {other}");
     assert!(TcpStream::connect(other).await.is_err());
+    server.shutdown().await;
+}
+
+/// Finding 7: only allowed sources get an answer; the rest get nothing at all, on UDP and
+/// TCP (tests/dns_netns.rs checks the real allowlist of a machine in a namespace).
+#[tokio::test]
+async fn sources_outside_the_allowlist_get_nothing() {
+    let server = DnsServer::start(DnsConfig {
+        clients: vec!["127.0.0.1/32".parse().unwrap()],
+        ..cfg("127.0.0.1:0", vec![])
+    })
+    .await
+    .unwrap();
+    let addr = server.local_addr();
+    assert!(udp(addr, "dev.dev.", RecordType::A).await.is_some());
+    let stranger = UdpSocket::bind("127.0.0.3:0").await.unwrap();
+    for _ in 0..3 {
+        stranger
+            .send_to(&query_bytes("dev.dev.", RecordType::A, false), addr)
+            .await
+            .unwrap();
+    }
+    let mut buf = [0u8; 512];
+    let got = timeout(Duration::from_millis(500), stranger.recv_from(&mut buf)).await;
+    assert!(got.is_err(), "no answer to 127.0.0.3");
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+    let mut conn = sock.connect(addr).await.unwrap();
+    let q = query_bytes("dev.dev.", RecordType::A, false);
+    let _ = conn.write_all(&(q.len() as u16).to_be_bytes()).await;
+    let _ = conn.write_all(&q).await;
+    let mut one = [0u8; 1];
+    let read = timeout(Duration::from_secs(2), conn.read(&mut one)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the connection is closed unanswered: {read:?}"
+    );
+    assert_eq!(server.dropped(), 4);
     server.shutdown().await;
 }
 

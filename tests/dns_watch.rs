@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use bollard::models::{ContainerInspectResponse, EventMessage};
+use devbox::dns::policy::Policy;
 use devbox::dns::zone::{Container, Lookup, Zone, ZoneConfig};
 use devbox::dns::{container_from_inspect, event_container_id};
 use hickory_proto::rr::{LowerName, Name, RecordType};
@@ -94,10 +95,13 @@ fn inspected_container_becomes_records_and_refusals() {
         machine: "dev".into(),
         tld: "dev".into(),
         guest_ip: "192.168.64.2".parse().unwrap(),
-        other_machines: vec![],
+    };
+    let policy = Policy {
+        allowed: vec!["synbioz.dev".into()],
+        ..Policy::default()
     };
     let c = container_from_inspect(&inspect("inspect-web.json")).unwrap();
-    let (zone, refused) = Zone::build(&cfg, &[c]);
+    let (zone, refused) = Zone::build(&cfg, &policy, &[c]);
     assert_eq!(refused.len(), 1);
     assert_eq!(refused[0].name, "evil.com");
     let name = |s: &str| LowerName::new(&Name::from_ascii(s).unwrap());

@@ -484,7 +484,8 @@ fn check_names(h: &Harness, docker_host: &str) {
         "--name",
         "aliased",
         "-e",
-        "DNSDOCK_ALIAS=www.synbioz.dev",
+        // synbioz.dev is allowed for the machine (create --dns-domain); go.dev is not.
+        "DNSDOCK_ALIAS=www.synbioz.dev,pkg.go.dev",
         "bb:e2e",
         "/bin/httpd",
         "-f",
@@ -501,6 +502,11 @@ fn check_names(h: &Harness, docker_host: &str) {
         h.curl("http://www.synbioz.dev/"),
         "hello from web\n",
         "by name from the host side"
+    );
+    assert_eq!(
+        h.dig("pkg.go.dev", "A").1,
+        vec!["10.1.2.3".to_owned()],
+        "a container's alias never takes a public name outside the allowed domains"
     );
     docker(&["stop", "-t", "1", "aliased"]);
     // Once no container claims it, the name is no longer devbox's: the upstream's answer
@@ -673,6 +679,8 @@ fn walking_skeleton_end_to_end() {
         &rw,
         "--share",
         &ro,
+        "--dns-domain",
+        "synbioz.dev",
     ]);
     // A subnet that collides with a route the host already has is refused, naming it.
     let st = Command::new("ip")

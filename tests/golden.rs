@@ -41,6 +41,7 @@ fn spec() -> MachineSpec {
             read_only: false,
         }],
         tld: "dev".into(),
+        dns_domains: vec![],
         created: "2026-11-21T00:00:00Z".into(),
     }
 }

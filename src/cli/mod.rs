@@ -117,6 +117,10 @@ pub struct CreateArgs {
     /// Top-level domain of the machine's DNS names (`<machine>.<tld>`).
     #[arg(long, default_value = "dev", value_name = "TLD")]
     pub tld: String,
+    /// Let the machine's containers claim names in DOMAIN (e.g. synbioz.dev), routed to its
+    /// DNS server (repeatable; see `devbox dns allow`).
+    #[arg(long = "dns-domain", value_name = "DOMAIN")]
+    pub dns_domains: Vec<String>,
     /// Guest image version (default: the newest installed image).
     #[arg(long, value_name = "VERSION")]
     pub image: Option<String>,
@@ -221,6 +225,13 @@ pub struct ImageBuildArgs {
     /// and can be built on any host.
     #[arg(long, value_name = "ARCH")]
     pub arch: Option<ArchArg>,
+    /// Debian archive to read packages from (any mirror of it: what it serves is checked
+    /// against Debian's signatures).
+    #[arg(long, value_name = "URL", default_value = crate::image::debian::DEFAULT_MIRROR)]
+    pub mirror: String,
+    /// Debian security archive (the `-security` suite).
+    #[arg(long, value_name = "URL", default_value = crate::image::debian::DEFAULT_SECURITY_MIRROR)]
+    pub security_mirror: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -279,6 +290,22 @@ pub enum DnsCommand {
     Install(DnsArgs),
     /// Undo `dns install`.
     Uninstall(DnsArgs),
+    /// Let a machine's containers claim names in DOMAIN (outside `<machine>.<tld>`), which is
+    /// then routed to its DNS server. Not a public suffix (`dev`, `pages.dev`).
+    Allow(DnsAllowArgs),
+    /// Take DOMAIN back from the machines it was allowed for.
+    Deny(DnsAllowArgs),
+    /// List the allowed domains and their machines.
+    Allowed(LsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DnsAllowArgs {
+    /// A domain under the machine's TLD, e.g. synbioz.dev.
+    pub domain: String,
+    /// The machine (default: the only one; for `deny`, every machine that has it).
+    #[arg(long, short, value_name = "NAME")]
+    pub machine: Option<String>,
 }
 
 #[derive(Debug, Args)]

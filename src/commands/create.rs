@@ -68,6 +68,14 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
             .collect::<Result<Vec<_>, _>>()?
     };
     spec::check_shares(&shares)?;
+    let mut dns_domains = Vec::new();
+    for d in &a.dns_domains {
+        let d = super::dns_allow::check_allowance(store, &a.name, &a.tld, d)?;
+        if !dns_domains.contains(&d) {
+            dns_domains.push(d);
+        }
+    }
+    dns_domains.sort();
 
     let image = image::find(&store.cache, a.image.as_deref())?;
 
@@ -151,6 +159,7 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
         docker,
         shares,
         tld: a.tld.clone(),
+        dns_domains,
         created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     };
     dir.save_spec(&spec)?;
@@ -178,6 +187,12 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
         "Docker: bridge {}, networks from {} (routed from this host)",
         spec.docker.bridge, spec.docker.pool
     ));
+    if !spec.dns_domains.is_empty() {
+        output::info(format!(
+            "DNS: its containers may claim names in {}",
+            spec.dns_domains.join(", ")
+        ));
+    }
     output::info(format!("Start it with: devbox start {}", spec.name));
     Ok(0)
 }

@@ -17,6 +17,9 @@ pub fn run(store: &Store, c: DnsCommand) -> Result<i32> {
     let (a, install) = match c {
         DnsCommand::Install(a) => (a, true),
         DnsCommand::Uninstall(a) => (a, false),
+        DnsCommand::Allow(a) => return super::dns_allow::allow(store, &a),
+        DnsCommand::Deny(a) => return super::dns_allow::deny(store, &a),
+        DnsCommand::Allowed(a) => return super::dns_allow::allowed(store, &a),
     };
     let dir = store.existing(&a.name)?;
     let st = client::dns_state(&dir)?;

@@ -16,12 +16,17 @@ pub fn run(store: &Store, name: &str) -> Result<i32> {
     let image = crate::image::find(&store.cache, Some(&spec.image)).ok();
     // The guest's address now (null for a vz machine that is not running).
     let ip = guest_address(&spec, &obs).ok();
+    // The running DNS server's routed domains and refused names (`dns.json`).
+    let dns: Option<serde_json::Value> = fs_err::read_to_string(dir.path.join("dns.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
     output::json(&json!({
         "name": spec.name,
         "state": obs.state,
         "ip": ip,
         "spec": spec,
         "runtime": obs.file,
+        "dns": dns,
         "driver": {
             "name": spec.driver,
             "kvm_usable": kvm.usable,

@@ -8,6 +8,7 @@ mod completion;
 mod create;
 mod disk;
 mod dns;
+mod dns_allow;
 mod env;
 mod image;
 mod inspect;

@@ -13,11 +13,18 @@ use crate::output;
 pub fn run(store: &Store, a: &StatusArgs) -> Result<i32> {
     let dir = store.existing(&a.name)?;
     let obs = observe(&dir)?;
+    // Names the machine's containers asked for and did not get (`dns.json`, while running).
+    let refused: Vec<serde_json::Value> = fs_err::read_to_string(dir.path.join("dns.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("refused")?.as_array().cloned())
+        .unwrap_or_default();
     if a.json {
         output::json(&json!({
             "name": a.name,
             "state": obs.state,
             "detail": obs.file,
+            "dns_refused": refused,
         }));
         return Ok(0);
     }
@@ -42,6 +49,17 @@ pub fn run(store: &Store, a: &StatusArgs) -> Result<i32> {
             .and_then(|d| disk::fullness_warning(&a.name, d))
         {
             output::warn(w);
+        }
+    }
+    if obs.state.is_live() {
+        for r in &refused {
+            let field = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();
+            output::warn(format!(
+                "DNS: container `{}` asked for `{}`: refused, {}",
+                field("container"),
+                field("name"),
+                field("reason")
+            ));
         }
     }
     Ok(0)

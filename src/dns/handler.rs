@@ -14,10 +14,8 @@ use hickory_server::zone_handler::{MessageRequest, MessageResponseBuilder};
 
 use super::RecordsHandle;
 use super::forward::Forwarder;
+use super::wire::EDNS_PAYLOAD;
 use super::zone::Lookup;
-
-/// Largest UDP payload devbox advertises in its own answers (the DNS flag day 2020 value).
-const EDNS_PAYLOAD: u16 = 1232;
 
 /// Answers queries from the records, forwarding names it does not own.
 #[derive(Clone)]

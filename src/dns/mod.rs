@@ -1,27 +1,42 @@
 //! The machine's embedded DNS server. It answers authoritatively for the names the machine
-//! owns (`<machine>.<tld>`, `<container>.<machine>.<tld>`, container aliases under the TLD, and
-//! PTR records for their IPs) and forwards every other query to the host's upstream resolvers,
-//! relaying their answer unchanged. The host resolver is pointed at it only for the owned
-//! domains (`crate::resolver`); `.dev` is a real TLD and must keep working.
+//! owns (`<machine>.<tld>`, `<container>.<machine>.<tld>`, the aliases containers may claim,
+//! and PTR records for their IPs) and forwards every other query to the host's upstream
+//! resolvers, relaying their answer unchanged. It answers only the guest, its containers and
+//! the host ([`clients`]). The host resolver is pointed at it only for the owned domains
+//! (`crate::resolver`); `.dev` is a real TLD and must keep working.
 //!
-//! - [`zone`]: pure: containers → record map; the rules for names and aliases.
-//! - [`DnsServer`] (`server.rs`): UDP + TCP listeners on one address; owns their tasks.
+//! - [`policy`]: pure: which aliases a container may claim (the machine's own domain, allowed
+//!   domains, private TLDs), and which domains a user may allow.
+//! - [`zone`]: pure: containers + policy → record map.
+//! - [`PolicySource`] (`neighbours.rs`): the policy read afresh at each zone build (other
+//!   machines, allowed domains) and the host-wide claims on routed domains.
+//! - [`DnsServer`] (`server.rs`): UDP + TCP listeners on one address, and a refresh task that
+//!   re-reads the policy; owns their tasks.
+//! - [`clients`]: who may query the server; the rest is dropped, counted, logged.
 //! - [`RecordsHandle`] (`records.rs`): shared handle to replace the served containers.
 //! - [`watch_containers`] (`watch.rs`): Docker events on the forwarded socket → records; runs
 //!   as one task (the caller's) until dropped.
 //! - `handler.rs` / `forward.rs`: the request handler and the upstream client (private).
+//! - `wire.rs`: pre-encoded answers for the common UDP query, the fast path (private).
 
+pub mod clients;
 mod forward;
 mod handler;
+mod neighbours;
+pub mod policy;
 mod records;
 mod server;
+mod sys;
 mod watch;
+mod wire;
 pub mod zone;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-pub use records::RecordsHandle;
+pub use clients::machine_clients;
+pub use neighbours::{Claims, PolicySource, StoreNeighbours};
+pub use records::{RecordsHandle, RefusedName};
 pub use server::{DnsServer, MAX_FORWARDS};
 pub use watch::{container_from_inspect, event_container_id, watch_containers};
 
@@ -30,7 +45,7 @@ pub use watch::{container_from_inspect, event_container_id, watch_containers};
 pub const RESOLVED_UPSTREAMS: &str = "/run/systemd/resolve/resolv.conf";
 
 /// What the DNS server needs from the machine's spec and the host.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct DnsConfig {
     /// The machine's name: the guest is `<machine>.<tld>`.
     pub machine: String,
@@ -42,8 +57,11 @@ pub struct DnsConfig {
     pub bind: SocketAddr,
     /// Resolvers for everything not owned, tried in order (see [`host_upstreams`]).
     pub upstreams: Vec<SocketAddr>,
-    /// The other machines' names: aliases inside their domains are refused.
-    pub other_machines: Vec<String>,
+    /// Sources allowed to query ([`machine_clients`]); every other one is dropped.
+    pub clients: Vec<ipnet::IpNet>,
+    /// Where the alias policy comes from at each zone build: [`StoreNeighbours`] for a
+    /// machine, a fixed [`policy::Policy`] otherwise.
+    pub policy: Box<dyn PolicySource>,
 }
 
 /// Everything that can go wrong starting the DNS server or watching containers.

@@ -149,7 +149,7 @@ async fn follow(path: &str, records: &RecordsHandle, listed: &mut bool) -> Resul
             containers.insert(id, c);
         }
     }
-    publish(records, &containers);
+    publish(records, &containers).await;
     *listed = true;
 
     let filters = HashMap::from([(
@@ -173,7 +173,7 @@ async fn follow(path: &str, records: &RecordsHandle, listed: &mut bool) -> Resul
             None => containers.remove(&id).is_some(),
         };
         if changed {
-            publish(records, &containers);
+            publish(records, &containers).await;
         }
     }
     Ok(())
@@ -193,9 +193,12 @@ async fn inspect(docker: &Docker, id: &str) -> Result<Option<Container>, DockerE
     }
 }
 
-fn publish(records: &RecordsHandle, containers: &HashMap<String, Container>) {
+/// Rebuilds the records on a blocking thread: a build reads the state directory and takes
+/// file locks ([`RecordsHandle::set_containers`]).
+async fn publish(records: &RecordsHandle, containers: &HashMap<String, Container>) {
     let list: Vec<Container> = containers.values().cloned().collect();
-    records.set_containers(&list);
+    let records = records.clone();
+    let _ = tokio::task::spawn_blocking(move || records.set_containers(&list)).await;
 }
 
 /// One second before the daemon's clock, in Unix seconds (the guest's clock may differ from

@@ -1,8 +1,9 @@
-//! The machine's DNS zone, built purely from the machine's settings and the list of its running
-//! containers: `<machine>.<tld>` for the guest, `<container>.<machine>.<tld>` for each container
-//! (every IP on every network, A and AAAA), the aliases containers ask for, and PTR records for
-//! all of those IPs. No I/O and no tasks; the server reads a built [`Zone`] through
-//! [`super::RecordsHandle`], the watcher rebuilds it when containers change.
+//! The machine's DNS zone, built purely from the machine's settings, the [`Policy`] of the
+//! moment and the list of its running containers: `<machine>.<tld>` for the guest,
+//! `<container>.<machine>.<tld>` for each container (every IP on every network, A and AAAA),
+//! the aliases containers ask for where the policy lets them ([`super::policy`]), and PTR
+//! records for all of those IPs. No I/O and no tasks; the server reads a built [`Zone`]
+//! through [`super::RecordsHandle`], which rebuilds it when containers or the policy change.
 //!
 //! Names live in a `HashMap`, so a miss costs one hash like a hit does: hickory's in-memory
 //! zone scans every key on a negative answer (research/services.md §2.4).
@@ -13,6 +14,9 @@ use std::net::IpAddr;
 
 use hickory_proto::rr::rdata::{A, AAAA, PTR, SOA};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+
+use super::policy::{self, Policy, normalize};
+use super::wire::WireIndex;
 
 /// TTL of every served record. Short, so a stopped or renamed container leaves client caches
 /// within seconds (the issue asks for at most 5 s).
@@ -31,8 +35,6 @@ pub struct ZoneConfig {
     pub machine: String,
     pub tld: String,
     pub guest_ip: IpAddr,
-    /// Names of the other machines: an alias under `<other>.<tld>` is refused.
-    pub other_machines: Vec<String>,
 }
 
 /// One running container, as the zone sees it.
@@ -61,6 +63,14 @@ pub enum RefusalReason {
     OtherMachine(String),
     /// Equal to another container's `<container>.<machine>.<tld>`.
     OtherContainer(String),
+    /// Outside `<machine>.<tld>`, under a public TLD, in no domain the user allowed for this
+    /// machine; `domain` is the one to allow (the name's registrable domain).
+    NotAllowed { machine: String, domain: String },
+    /// Its routed domain is held by another running machine (named when known).
+    Taken {
+        domain: String,
+        machine: Option<String>,
+    },
 }
 
 /// A name refused for a container; the server logs each as a warning.
@@ -71,17 +81,34 @@ pub struct Refusal {
     pub reason: RefusalReason,
 }
 
-impl fmt::Display for Refusal {
+impl fmt::Display for RefusalReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (container, name) = (&self.container, &self.name);
-        write!(f, "container `{container}`: name `{name}` refused: ")?;
-        match &self.reason {
+        match self {
             RefusalReason::Invalid => write!(f, "not a valid DNS name"),
             RefusalReason::OutsideTld => write!(f, "not under the machine's TLD"),
             RefusalReason::MachineName => write!(f, "it is the machine's own name"),
             RefusalReason::OtherMachine(m) => write!(f, "it belongs to machine `{m}`"),
             RefusalReason::OtherContainer(c) => write!(f, "it is container `{c}`'s name"),
+            RefusalReason::NotAllowed { machine, domain } => write!(
+                f,
+                "outside the machine's domain and in none allowed for it \
+                 (`devbox dns allow {domain} --machine {machine}` would let it in)"
+            ),
+            RefusalReason::Taken { domain, machine } => match machine {
+                Some(m) => write!(f, "machine `{m}` routes `{domain}` already"),
+                None => write!(f, "another machine routes `{domain}` already"),
+            },
         }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (container, name, reason) = (&self.container, &self.name, &self.reason);
+        write!(
+            f,
+            "container `{container}`: name `{name}` refused: {reason}"
+        )
     }
 }
 
@@ -139,11 +166,20 @@ pub struct Zone {
     apex: LowerName,
     apex_soa: Record,
     nodes: HashMap<LowerName, Node>,
+    /// The domain routed to the host's resolver for each alias served outside the apex.
+    routes: BTreeSet<String>,
+    /// The same names with their answers pre-encoded, for the UDP fast path.
+    wire: WireIndex,
 }
 
 impl Zone {
-    /// Builds the zone for `cfg` and `containers`, returning the names it refused.
-    pub fn build(cfg: &ZoneConfig, containers: &[Container]) -> (Zone, Vec<Refusal>) {
+    /// Builds the zone for `cfg` and `containers` under `policy`, returning the names it
+    /// refused.
+    pub fn build(
+        cfg: &ZoneConfig,
+        policy: &Policy,
+        containers: &[Container],
+    ) -> (Zone, Vec<Refusal>) {
         let tld = normalize(&cfg.tld);
         let machine = normalize(&cfg.machine);
         let apex_text = format!("{machine}.{tld}");
@@ -160,6 +196,7 @@ impl Zone {
         let mut sorted: Vec<&Container> = containers.iter().collect();
         sorted.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
         let mut container_names: HashMap<Name, &str> = HashMap::new();
+        let mut routes = BTreeSet::new();
         for c in &sorted {
             let cname = c.name.trim_start_matches('/');
             match fqdn(&format!("{}.{apex_text}", normalize(cname))) {
@@ -186,16 +223,19 @@ impl Zone {
                     name: alias.clone(),
                     reason,
                 };
-                match check_alias(alias, &tld, &apex, &cfg.other_machines) {
+                match check_alias(alias, &machine, &tld, &apex, policy) {
                     Err(reason) => refusals.push(refuse(reason)),
-                    Ok(name) => match container_names.get(&name) {
+                    Ok((name, route)) => match container_names.get(&name) {
                         Some(owner) if *owner != cname => {
                             refusals.push(refuse(RefusalReason::OtherContainer(owner.to_string())))
                         }
-                        _ => wanted
-                            .entry(name)
-                            .or_default()
-                            .extend(c.ips.iter().copied()),
+                        _ => {
+                            routes.extend(route);
+                            wanted
+                                .entry(name)
+                                .or_default()
+                                .extend(c.ips.iter().copied());
+                        }
                     },
                 }
             }
@@ -238,17 +278,22 @@ impl Zone {
                 node.ptr.push(record);
             }
         }
-        for node in nodes.values_mut() {
+        let mut wire = WireIndex::new(&apex, &apex_soa);
+        for (name, node) in nodes.iter_mut() {
             node.all = [&node.a, &node.aaaa, &node.ptr]
                 .into_iter()
                 .flatten()
                 .cloned()
                 .collect();
+            let name = Name::from(name.clone());
+            wire.insert(&name, &node.a, &node.aaaa, &node.ptr, node.soa.as_ref());
         }
         let zone = Zone {
             apex: LowerName::new(&apex),
             apex_soa,
             nodes,
+            routes,
+            wire,
         };
         (zone, refusals)
     }
@@ -281,13 +326,27 @@ impl Zone {
         }
     }
 
+    /// The pre-encoded answers of the UDP fast path ([`super::wire`]).
+    pub(crate) fn wire(&self) -> &WireIndex {
+        &self.wire
+    }
+
     /// Whether a query for `name` is answered here rather than forwarded.
     pub fn owns(&self, name: &LowerName) -> bool {
         self.nodes.contains_key(name) || self.apex.zone_of(name)
     }
 
-    /// Every name served outside `<machine>.<tld>` and the reverse tree: the aliases, which
-    /// the host resolver plan needs (see [`crate::resolver::plan::owned_domains`]).
+    /// The domains to route to the machine's server besides `<machine>.<tld>`: for each alias
+    /// served outside it, its parent domain when that lies within what the alias was allowed
+    /// in, else the alias itself (`www.synbioz.dev` → `synbioz.dev` under an allowance of
+    /// `synbioz.dev`; `mycorp.pages.dev` → itself, never `pages.dev`). Sorted; what
+    /// [`crate::resolver::plan::owned_domains`] turns into the host's routing domains, and what
+    /// the machine claims host-wide.
+    pub fn routed_domains(&self) -> Vec<String> {
+        self.routes.iter().cloned().collect()
+    }
+
+    /// Every name served outside `<machine>.<tld>` and the reverse tree: the aliases.
     pub fn alias_names(&self) -> Vec<String> {
         let mut out: Vec<String> = self
             .nodes
@@ -315,11 +374,6 @@ impl Zone {
     }
 }
 
-/// Lower-case, without surrounding blanks or a trailing dot.
-fn normalize(s: &str) -> String {
-    s.trim().trim_end_matches('.').to_ascii_lowercase()
-}
-
 /// Parses `text` as an absolute name; `None` if it is not a valid one.
 fn fqdn(text: &str) -> Option<Name> {
     if text.is_empty() || text.starts_with('.') || text.contains("..") {
@@ -330,14 +384,17 @@ fn fqdn(text: &str) -> Option<Name> {
     Some(name.to_lowercase())
 }
 
-/// Validates an alias: a name strictly under the TLD, not the machine's own name, not in
-/// another machine's domain.
+/// Validates an alias against the policy ([`super::policy`]): a name strictly under the TLD,
+/// not the machine's own name, not in another machine's domain; outside the machine's domain,
+/// only within an allowed domain (or under a private TLD) whose route no other machine holds.
+/// Returns the name and, for a name outside the machine's domain, the domain to route.
 fn check_alias(
     alias: &str,
+    machine: &str,
     tld: &str,
     apex: &Name,
-    other_machines: &[String],
-) -> Result<Name, RefusalReason> {
+    policy: &Policy,
+) -> Result<(Name, Option<String>), RefusalReason> {
     let text = normalize(alias);
     let name = fqdn(&text).ok_or(RefusalReason::Invalid)?;
     let tld_name = fqdn(tld).ok_or(RefusalReason::OutsideTld)?;
@@ -347,13 +404,42 @@ fn check_alias(
     if &name == apex {
         return Err(RefusalReason::MachineName);
     }
-    for other in other_machines {
-        let other = normalize(other);
-        if fqdn(&format!("{other}.{tld}")).is_some_and(|o| o.zone_of(&name)) {
-            return Err(RefusalReason::OtherMachine(other));
-        }
+    if apex.zone_of(&name) {
+        return Ok((name, None));
     }
-    Ok(name)
+    let others = policy.other_machines.iter().map(String::as_str);
+    if let Some(other) = policy::other_machine_of(&text, tld, others) {
+        return Err(RefusalReason::OtherMachine(normalize(other)));
+    }
+    // The domain the name was let in by: the TLD itself when it is private, else the
+    // broadest allowance that covers it.
+    let scope = if policy::is_private_tld(tld) {
+        Some(tld.to_string())
+    } else {
+        policy
+            .allowed
+            .iter()
+            .map(|a| normalize(a))
+            .filter(|a| policy::within(&text, a))
+            .min_by_key(|a| a.len())
+    };
+    let Some(scope) = scope else {
+        return Err(RefusalReason::NotAllowed {
+            machine: machine.to_string(),
+            domain: policy::suggested_allowance(&text),
+        });
+    };
+    let route = match text.split_once('.') {
+        Some((_, parent)) if parent != tld && policy::within(parent, &scope) => parent.to_string(),
+        _ => text.clone(),
+    };
+    if let Some(holder) = policy.taken.get(&route) {
+        return Err(RefusalReason::Taken {
+            domain: route,
+            machine: holder.clone(),
+        });
+    }
+    Ok((name, Some(route)))
 }
 
 /// SOA at `owner` for negative answers: minimum 0 so that NXDOMAIN/NODATA seen while a
@@ -377,7 +463,15 @@ mod tests {
             machine: "dev".into(),
             tld: "dev".into(),
             guest_ip: "192.168.64.2".parse().unwrap(),
+        }
+    }
+
+    /// Machine `work` exists; `synbioz.dev` is allowed for this machine (`dev`).
+    fn pol() -> Policy {
+        Policy {
             other_machines: vec!["work".into()],
+            allowed: vec!["synbioz.dev".into()],
+            taken: Default::default(),
         }
     }
 
@@ -403,7 +497,7 @@ mod tests {
 
     #[test]
     fn machine_and_container_names() {
-        let (zone, refused) = Zone::build(&cfg(), &[c("web", &["172.18.0.3"], &[])]);
+        let (zone, refused) = Zone::build(&cfg(), &pol(), &[c("web", &["172.18.0.3"], &[])]);
         assert!(refused.is_empty());
         assert_eq!(ips(&zone, "dev.dev.", RecordType::A), ["192.168.64.2"]);
         assert_eq!(ips(&zone, "web.dev.dev.", RecordType::A), ["172.18.0.3"]);
@@ -416,7 +510,7 @@ mod tests {
     #[test]
     fn multiple_networks_v4_and_v6() {
         let container = c("db", &["172.18.0.4", "172.19.0.2", "fd00::4"], &[]);
-        let (zone, _) = Zone::build(&cfg(), &[container]);
+        let (zone, _) = Zone::build(&cfg(), &pol(), &[container]);
         assert_eq!(
             ips(&zone, "db.dev.dev.", RecordType::A),
             ["172.18.0.4", "172.19.0.2"]
@@ -434,7 +528,7 @@ mod tests {
 
     #[test]
     fn nodata_nxdomain_and_not_owned() {
-        let (zone, _) = Zone::build(&cfg(), &[c("web", &["172.18.0.3"], &[])]);
+        let (zone, _) = Zone::build(&cfg(), &pol(), &[c("web", &["172.18.0.3"], &[])]);
         let soa = |l: Lookup<'_>| match l {
             Lookup::NoData(s) | Lookup::NxDomain(s) => s.name.to_string(),
             other => panic!("{other:?}"),
@@ -465,7 +559,7 @@ mod tests {
 
     #[test]
     fn negative_soa_is_not_cached() {
-        let (zone, _) = Zone::build(&cfg(), &[]);
+        let (zone, _) = Zone::build(&cfg(), &pol(), &[]);
         let Lookup::NxDomain(soa) = zone.lookup(&ln("x.dev.dev."), RecordType::A) else {
             panic!()
         };
@@ -480,7 +574,8 @@ mod tests {
     fn ttl_is_at_most_five_seconds() {
         let (zone, _) = Zone::build(
             &cfg(),
-            &[c("web", &["172.18.0.3", "fd00::3"], &["w.x.dev"])],
+            &pol(),
+            &[c("web", &["172.18.0.3", "fd00::3"], &["w.synbioz.dev"])],
         );
         for node in zone.nodes.values() {
             assert!(node.all.iter().all(|r| r.ttl <= 5));
@@ -490,7 +585,7 @@ mod tests {
     #[test]
     fn ptr_for_every_ip() {
         let containers = [c("web", &["172.18.0.3", "fd00::3"], &["www.synbioz.dev"])];
-        let (zone, _) = Zone::build(&cfg(), &containers);
+        let (zone, _) = Zone::build(&cfg(), &pol(), &containers);
         let v4 = Name::from(IpAddr::V4(Ipv4Addr::new(172, 18, 0, 3)));
         assert_eq!(
             ips(&zone, &v4.to_string(), RecordType::PTR),
@@ -544,7 +639,7 @@ mod tests {
     #[test]
     fn alias_served_with_all_container_ips() {
         let containers = [c("web", &["172.18.0.3", "fd00::3"], &["WWW.Synbioz.dev."])];
-        let (zone, refused) = Zone::build(&cfg(), &containers);
+        let (zone, refused) = Zone::build(&cfg(), &pol(), &containers);
         assert!(refused.is_empty(), "{refused:?}");
         assert_eq!(
             ips(&zone, "www.synbioz.dev.", RecordType::A),
@@ -582,10 +677,16 @@ mod tests {
             c(
                 "api",
                 &["172.18.0.5"],
-                &["x.work.dev", "web.dev.dev", "bad..dev", "ok.dev"],
+                &[
+                    "x.work.dev",
+                    "web.dev.dev",
+                    "bad..dev",
+                    "ok.synbioz.dev",
+                    "ok.dev",
+                ],
             ),
         ];
-        let (zone, refused) = Zone::build(&cfg(), &containers);
+        let (zone, refused) = Zone::build(&cfg(), &pol(), &containers);
         let got: Vec<(String, String, RefusalReason)> = refused
             .into_iter()
             .map(|r| (r.container, r.name, r.reason))
@@ -595,6 +696,14 @@ mod tests {
             ("api", "x.work.dev", OtherMachine("work".into())),
             ("api", "web.dev.dev", OtherContainer("web".into())),
             ("api", "bad..dev", Invalid),
+            (
+                "api",
+                "ok.dev",
+                NotAllowed {
+                    machine: "dev".into(),
+                    domain: "ok.dev".into(),
+                },
+            ),
             ("web", "evil.com", OutsideTld),
             ("web", "dev", OutsideTld),
             ("web", "dev.dev", MachineName),
@@ -605,7 +714,8 @@ mod tests {
             .map(|(c, n, r)| (c.to_string(), n.to_string(), r))
             .collect();
         assert_eq!(got, want);
-        assert_eq!(ips(&zone, "ok.dev.", RecordType::A), ["172.18.0.5"]);
+        assert_eq!(ips(&zone, "ok.synbioz.dev.", RecordType::A), ["172.18.0.5"]);
+        assert_eq!(zone.lookup(&ln("ok.dev."), RecordType::A), Lookup::NotOwned);
         assert_eq!(ips(&zone, "dev.dev.", RecordType::A), ["192.168.64.2"]);
         assert_eq!(ips(&zone, "web.dev.dev.", RecordType::A), ["172.18.0.3"]);
         assert_eq!(
@@ -628,9 +738,191 @@ mod tests {
         );
     }
 
+    fn refusals(refused: Vec<Refusal>) -> Vec<(String, RefusalReason)> {
+        refused.into_iter().map(|r| (r.name, r.reason)).collect()
+    }
+
+    /// Finding 6 of the security review: a label alone claimed public names for the host.
+    #[test]
+    fn public_names_need_an_allowance() {
+        let policy = Policy {
+            other_machines: vec!["work".into()],
+            ..Policy::default()
+        };
+        let claims = [
+            "pkg.go.dev",
+            "login.mycorp.pages.dev",
+            "web.dev",
+            "www.synbioz.dev",
+        ];
+        let (zone, refused) = Zone::build(&cfg(), &policy, &[c("evil", &["172.18.0.9"], &claims)]);
+        let domain = |d: &str| RefusalReason::NotAllowed {
+            machine: "dev".into(),
+            domain: d.into(),
+        };
+        assert_eq!(
+            refusals(refused),
+            [
+                ("pkg.go.dev".to_string(), domain("go.dev")),
+                (
+                    "login.mycorp.pages.dev".to_string(),
+                    domain("mycorp.pages.dev")
+                ),
+                ("web.dev".to_string(), domain("web.dev")),
+                ("www.synbioz.dev".to_string(), domain("synbioz.dev")),
+            ]
+        );
+        for name in claims {
+            let name = format!("{name}.");
+            assert_eq!(zone.lookup(&ln(&name), RecordType::A), Lookup::NotOwned);
+        }
+        assert!(zone.routed_domains().is_empty());
+        assert!(zone.alias_names().is_empty());
+        // Inside the machine's own domain, no allowance is needed and nothing else is routed.
+        let (zone, refused) = Zone::build(
+            &cfg(),
+            &policy,
+            &[c("web", &["172.18.0.3"], &["api.dev.dev"])],
+        );
+        assert!(refused.is_empty());
+        assert_eq!(ips(&zone, "api.dev.dev.", RecordType::A), ["172.18.0.3"]);
+        assert!(zone.routed_domains().is_empty());
+    }
+
+    #[test]
+    fn routes_stay_within_the_allowance() {
+        let policy = Policy {
+            allowed: vec![
+                "synbioz.dev".into(),
+                "mycorp.pages.dev".into(),
+                "www.example.dev".into(),
+            ],
+            ..Policy::default()
+        };
+        let aliases = [
+            "www.synbioz.dev",
+            "a.b.synbioz.dev",
+            "synbioz.dev",
+            "mycorp.pages.dev",
+            "www.example.dev",
+            "x.www.example.dev",
+        ];
+        let (zone, refused) = Zone::build(&cfg(), &policy, &[c("web", &["172.18.0.3"], &aliases)]);
+        assert!(refused.is_empty(), "{refused:?}");
+        assert_eq!(
+            zone.routed_domains(),
+            [
+                "b.synbioz.dev",
+                "mycorp.pages.dev",
+                "synbioz.dev",
+                "www.example.dev"
+            ]
+        );
+        assert_eq!(ips(&zone, "synbioz.dev.", RecordType::A), ["172.18.0.3"]);
+    }
+
+    #[test]
+    fn private_tld_needs_no_allowance() {
+        let cfg = ZoneConfig {
+            tld: "test".into(),
+            ..cfg()
+        };
+        let policy = Policy {
+            other_machines: vec!["work".into()],
+            ..Policy::default()
+        };
+        let aliases = ["www.shop.test", "shop.test", "x.work.test", "evil.dev"];
+        let (zone, refused) = Zone::build(&cfg, &policy, &[c("web", &["172.18.0.3"], &aliases)]);
+        assert_eq!(
+            refusals(refused),
+            [
+                (
+                    "x.work.test".to_string(),
+                    RefusalReason::OtherMachine("work".into())
+                ),
+                ("evil.dev".to_string(), RefusalReason::OutsideTld),
+            ]
+        );
+        assert_eq!(ips(&zone, "www.shop.test.", RecordType::A), ["172.18.0.3"]);
+        assert_eq!(zone.routed_domains(), ["shop.test"]);
+    }
+
+    /// Other machines are whatever the policy says at this build: a machine created after
+    /// the server started takes its domain back at the next build.
+    #[test]
+    fn a_machine_created_later_takes_its_domain_back() {
+        let policy = Policy {
+            allowed: vec!["late.dev".into()],
+            ..Policy::default()
+        };
+        let web = [c("web", &["172.18.0.3"], &["api.late.dev"])];
+        let (zone, refused) = Zone::build(&cfg(), &policy, &web);
+        assert!(refused.is_empty());
+        assert_eq!(zone.routed_domains(), ["late.dev"]);
+        let later = Policy {
+            other_machines: vec!["late".into()],
+            ..policy
+        };
+        let (zone, refused) = Zone::build(&cfg(), &later, &web);
+        assert_eq!(
+            refusals(refused),
+            [(
+                "api.late.dev".to_string(),
+                RefusalReason::OtherMachine("late".into())
+            )]
+        );
+        assert_eq!(
+            zone.lookup(&ln("api.late.dev."), RecordType::A),
+            Lookup::NotOwned
+        );
+        assert!(zone.routed_domains().is_empty());
+    }
+
+    #[test]
+    fn a_domain_another_machine_routes_is_refused() {
+        let policy = Policy {
+            taken: [("synbioz.dev".to_string(), Some("first".to_string()))].into(),
+            ..pol()
+        };
+        let web = [c(
+            "web",
+            &["172.18.0.3"],
+            &["www.synbioz.dev", "a.b.synbioz.dev"],
+        )];
+        let (zone, refused) = Zone::build(&cfg(), &policy, &web);
+        assert_eq!(
+            refusals(refused),
+            [(
+                "www.synbioz.dev".to_string(),
+                RefusalReason::Taken {
+                    domain: "synbioz.dev".into(),
+                    machine: Some("first".into())
+                }
+            )]
+        );
+        assert_eq!(zone.routed_domains(), ["b.synbioz.dev"]);
+        let msg = Refusal {
+            container: "web".into(),
+            name: "www.synbioz.dev".into(),
+            reason: RefusalReason::Taken {
+                domain: "synbioz.dev".into(),
+                machine: Some("first".into()),
+            },
+        };
+        assert_eq!(
+            msg.to_string(),
+            "container `web`: name `www.synbioz.dev` refused: machine `first` routes \
+             `synbioz.dev` already"
+        );
+    }
+
     #[test]
     fn alias_under_machine_creates_empty_non_terminals() {
-        let (zone, _) = Zone::build(&cfg(), &[c("web", &["172.18.0.3"], &["api.v1.dev.dev"])]);
+        let (zone, _) = Zone::build(
+            &cfg(),
+            &pol(),
+            &[c("web", &["172.18.0.3"], &["api.v1.dev.dev"])],
+        );
         assert_eq!(ips(&zone, "api.v1.dev.dev.", RecordType::A), ["172.18.0.3"]);
         assert!(matches!(
             zone.lookup(&ln("v1.dev.dev."), RecordType::A),
@@ -645,7 +937,7 @@ mod tests {
             c("a", &["172.18.0.3"], &["lb.synbioz.dev"]),
             c("b", &["172.18.0.4"], &["lb.synbioz.dev"]),
         ];
-        let (zone, _) = Zone::build(&cfg(), &containers);
+        let (zone, _) = Zone::build(&cfg(), &pol(), &containers);
         assert_eq!(
             ips(&zone, "lb.synbioz.dev.", RecordType::A),
             ["172.18.0.3", "172.18.0.4"]
@@ -654,12 +946,12 @@ mod tests {
 
     #[test]
     fn rename_and_stop_replace_records() {
-        let (before, _) = Zone::build(&cfg(), &[c("web", &["172.18.0.3"], &[])]);
+        let (before, _) = Zone::build(&cfg(), &pol(), &[c("web", &["172.18.0.3"], &[])]);
         assert!(matches!(
             before.lookup(&ln("web.dev.dev."), RecordType::A),
             Lookup::Answer(_)
         ));
-        let (after, _) = Zone::build(&cfg(), &[c("front", &["172.18.0.3"], &[])]);
+        let (after, _) = Zone::build(&cfg(), &pol(), &[c("front", &["172.18.0.3"], &[])]);
         assert!(matches!(
             after.lookup(&ln("web.dev.dev."), RecordType::A),
             Lookup::NxDomain(_)
@@ -669,7 +961,7 @@ mod tests {
             ips(&after, "3.0.18.172.in-addr.arpa.", RecordType::PTR),
             ["front.dev.dev."]
         );
-        let (stopped, _) = Zone::build(&cfg(), &[]);
+        let (stopped, _) = Zone::build(&cfg(), &pol(), &[]);
         assert_eq!(
             stopped.lookup(&ln("3.0.18.172.in-addr.arpa."), RecordType::PTR),
             Lookup::NotOwned
@@ -678,7 +970,7 @@ mod tests {
 
     #[test]
     fn container_without_ip_still_exists() {
-        let (zone, _) = Zone::build(&cfg(), &[c("hostnet", &[], &[])]);
+        let (zone, _) = Zone::build(&cfg(), &pol(), &[c("hostnet", &[], &[])]);
         assert!(matches!(
             zone.lookup(&ln("hostnet.dev.dev."), RecordType::A),
             Lookup::NoData(_)
@@ -691,9 +983,13 @@ mod tests {
             c("web", &["172.18.0.3", "fd00::3"], &["www.synbioz.dev"]),
             c("db", &["172.18.0.4"], &[]),
         ];
-        let (zone, _) = Zone::build(&cfg(), &containers);
+        let (zone, _) = Zone::build(&cfg(), &pol(), &containers);
         let text = zone.to_text();
-        let (again, _) = Zone::build(&cfg(), &[containers[1].clone(), containers[0].clone()]);
+        let (again, _) = Zone::build(
+            &cfg(),
+            &pol(),
+            &[containers[1].clone(), containers[0].clone()],
+        );
         assert_eq!(text, again.to_text());
         assert!(text.contains("web.dev.dev. 5 IN AAAA fd00::3\n"));
         assert!(text.contains("www.synbioz.dev. 5 IN A 172.18.0.3\n"));

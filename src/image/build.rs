@@ -1,36 +1,40 @@
 //! `devbox image build`: assembles a guest image (kernel + initramfs) from Debian packages,
 //! for x86_64 or arm64 (the arm64 one is for Apple silicon hosts; it is built on any host).
 //!
-//! Steps, all on the calling thread (the compressor uses its own worker threads):
-//! 1. resolve the package closure with `apt-get` against a private apt state per arch under
-//!    `<cache>/apt/` or `<cache>/apt-<arch>/` (the host's sources, never its dpkg status or
-//!    lists; see [`apt`]);
+//! Steps, on the calling thread (downloads and the compressor use worker threads of their own):
+//! 1. read the suite's signed package lists from the Debian archive (verified against the
+//!    archive keys devbox ships, cached under `<cache>/lists/`) and resolve the package
+//!    closure as `apt-get install` would (see [`super::debian`]);
 //! 2. derive the image version from the arch, that closure, the embedded guest files and the
 //!    recipe constants, and return the cached image when it already exists and verifies;
-//! 3. download the `.deb`s (cached), extract them into a merged-usr staging tree, add busybox,
-//!    kernel modules and the guest files (see [`rootfs`]);
+//! 3. download the `.deb`s (in parallel, resumable, verified, cached by sha256 under
+//!    `<cache>/debs/`), unpack them into a merged-usr staging tree, add busybox, kernel
+//!    modules and the guest files (see [`rootfs`]);
 //! 4. write the kernel in the form the arch's boot loaders take (see [`kernel`]), pack the
 //!    tree as a zstd-compressed newc cpio (see [`pack`]) and move the finished image
 //!    directory into place.
 //!
-//! Host tools used: `apt-get`, `dpkg-deb`, `tar`, and the host's static busybox (the x86_64
-//! guest's busybox, and for every arch the `depmod` that indexes the guest's modules).
+//! No apt or dpkg: the only host tool used is the host's static busybox (the x86_64 guest's
+//! busybox, and for every arch the `depmod` that indexes the guest's modules).
 
-mod apt;
 mod kernel;
 mod pack;
 mod rootfs;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use reqwest::Url;
 use sha2::{Digest, Sha256};
 
+use super::debian::fetch::{Fetcher, Retry};
+use super::debian::keys::Keyring;
+use super::debian::{self, Archive, ArchiveOptions, DebianError, Suite};
 use super::{INITRD, Image, ImageError, KERNEL, MANIFEST, Manifest, images_dir, sha256_file};
 
-pub use apt::Package;
+pub use super::debian::Package;
 
 /// Guest architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +65,7 @@ impl Arch {
         }
     }
     /// Debian architecture.
-    fn debian(self) -> &'static str {
+    pub fn debian(self) -> &'static str {
         match self {
             Arch::X86_64 => "amd64",
             Arch::Arm64 => "arm64",
@@ -83,15 +87,6 @@ impl Arch {
         match self {
             Arch::X86_64 => BusyboxSource::Host,
             Arch::Arm64 => BusyboxSource::Package(BUSYBOX_PACKAGE),
-        }
-    }
-    /// The private apt state under the cache. One per arch: an `apt-get update` for one arch
-    /// drops the other arch's package lists. x86_64 keeps `apt/`, where it always was, so
-    /// existing caches of downloaded packages stay valid.
-    fn apt_dir(self, cache: &Path) -> PathBuf {
-        match self {
-            Arch::X86_64 => cache.join("apt"),
-            _ => cache.join(format!("apt-{}", self.debian())),
         }
     }
 }
@@ -124,12 +119,20 @@ const BUSYBOX_PACKAGE: &str = "busybox-static";
 /// What `build` needs.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
-    /// Cache directory: `images/` and `apt/` live below it.
+    /// Cache directory: `images/`, `lists/` and `debs/` live below it.
     pub cache: PathBuf,
     /// Refresh the package lists and rebuild even if the image exists.
     pub force: bool,
     pub arch: Arch,
     pub kernel: Kernel,
+    /// The Debian release the guest is made of.
+    pub suite: Suite,
+    /// Debian archive (base URL, as `debian::mirror_url` returns it).
+    pub mirror: Url,
+    /// Debian security archive.
+    pub security_mirror: Url,
+    /// Draw a download progress bar (on a terminal only).
+    pub progress: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,12 +151,10 @@ pub enum BuildError {
         status: ExitStatus,
         stderr: String,
     },
-    #[error("apt resolved no concrete kernel for {metapackage}")]
+    #[error("{metapackage} brings in no concrete kernel package")]
     NoKernel { metapackage: String },
-    #[error("apt resolved no package {package}")]
+    #[error("the package closure has no {package}")]
     NotResolved { package: String },
-    #[error("apt-get printed a line devbox cannot parse: {line:?}")]
-    AptOutput { line: String },
     #[error("the kernel package {package} has no module {module}, loadable or built in")]
     ModuleMissing { package: String, module: String },
     #[error("the kernel {path} cannot boot: it is {problem}")]
@@ -178,6 +179,8 @@ pub enum BuildError {
     #[error("{path} is larger than 4 GiB, which the cpio newc format cannot hold")]
     TooLarge { path: PathBuf },
     #[error(transparent)]
+    Debian(#[from] DebianError),
+    #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -186,26 +189,23 @@ pub enum BuildError {
 impl BuildError {
     pub fn hint(&self) -> Option<String> {
         match self {
-            BuildError::ToolMissing { package, .. } => {
-                Some(format!("install it with `apt-get install {package}`"))
-            }
-            BuildError::Command { command, .. } if command.starts_with("apt-get") => Some(
-                "check the network and the host's apt sources (/etc/apt/sources.list*); \
-                 `devbox image build --force` refreshes the package lists"
-                    .into(),
-            ),
+            BuildError::ToolMissing { package, .. } => Some(format!(
+                "install the host's static busybox (Debian and Ubuntu: `{package}`; Fedora: \
+                 `busybox`), or download a built image with `devbox image pull URL`"
+            )),
             BuildError::NoKernel { .. } | BuildError::NotResolved { .. } => {
-                Some("the host's apt sources must include Debian 12 (bookworm) main".into())
+                Some("the mirror must carry Debian's `main` component for this architecture".into())
             }
             BuildError::Kernel { problem, .. } => Some(kernel::hint(problem)),
             BuildError::Gunzip { .. } => Some(
-                "the downloaded kernel package may be damaged: remove it from the apt archive \
-                 cache (`<cache>/apt*/archives`) and build again"
+                "the kernel package's vmlinuz is damaged; `devbox image build --force` builds \
+                 again from fresh package lists"
                     .into(),
             ),
             BuildError::UnsupportedHostArch { .. } => {
                 Some("choose one with `--arch x86_64` or `--arch arm64`".into())
             }
+            BuildError::Debian(e) => e.hint(),
             BuildError::Image(e) => e.hint(),
             _ => None,
         }
@@ -237,7 +237,8 @@ const PACKAGES: &[&str] = &[
 const ZSTD_LEVEL: i32 = 12;
 
 /// Bumped whenever the build logic changes the image in a way the inputs do not show.
-const RECIPE_REVISION: &str = "devbox-image-recipe-1";
+/// 2: the packages are read and unpacked by devbox itself (`super::debian`), not apt and dpkg.
+const RECIPE_REVISION: &str = "devbox-image-recipe-2";
 
 /// Guest files embedded in the binary: (path in the guest, mode, contents).
 const GUEST_FILES: &[(&str, u32, &[u8])] = &[
@@ -306,28 +307,35 @@ const GUEST_FILES: &[(&str, u32, &[u8])] = &[
 /// Builds the image for `opts`, or returns the cached one with the same version.
 pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Image, BuildError> {
     let arch = opts.arch;
-    let apt = apt::Apt::new(&arch.apt_dir(&opts.cache), arch.debian())?;
-    if opts.force || apt.lists_stale()? {
-        progress(&format!(
-            "updating the {} package lists (private apt state)",
-            arch.debian()
-        ));
-        apt.update()?;
-    }
+    let fetcher = Fetcher::new(Retry::default(), opts.progress).map_err(DebianError::from)?;
+    let keyring = Keyring::pinned(opts.suite.keys()).map_err(DebianError::from)?;
+    let sources = opts.suite.sources(&opts.mirror, &opts.security_mirror);
+    progress(&format!(
+        "reading the Debian {} package lists for {} from {} (signed by Debian's archive keys)",
+        opts.suite.name(),
+        arch.debian(),
+        opts.mirror
+    ));
+    let archive = Archive::open(
+        &fetcher,
+        &ArchiveOptions {
+            sources: &sources,
+            keyring: &keyring,
+            arch: arch.debian(),
+            lists: &opts.cache.join("lists"),
+            refresh: opts.force,
+            now: SystemTime::now(),
+        },
+    )?;
     let metapackage = arch.kernel_metapackage(opts.kernel);
-    let mut wanted = vec![metapackage];
-    wanted.extend_from_slice(PACKAGES);
-    if let BusyboxSource::Package(name) = arch.busybox() {
-        wanted.push(name);
-    }
-    let closure = apt.resolve(&wanted)?;
-    let kernel = apt::kernel_package(&closure, metapackage)?;
+    let closure = archive.resolve(&package_list(arch, opts.kernel))?;
+    let kernel = kernel_package(&closure, metapackage)?;
     // The host's busybox runs `depmod` and names the applet directories for every arch.
     let host_busybox = rootfs::host_busybox()?;
     let (busybox_pkg, busybox_id) = match arch.busybox() {
         BusyboxSource::Host => (None, sha256_file(&host_busybox)?),
         BusyboxSource::Package(name) => {
-            let pkg = apt::find_package(&closure, name)?;
+            let pkg = find_package(&closure, name)?;
             // The host's busybox still shapes the image: applet directories, modules.dep.
             let id = format!(
                 "{}={} host={}",
@@ -338,7 +346,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
             (Some(pkg), id)
         }
     };
-    let version = image_version(arch, &closure, &busybox_id);
+    let version = image_version(arch, opts.suite, &closure, &busybox_id);
 
     let images = images_dir(&opts.cache);
     let dir = images.join(&version);
@@ -365,22 +373,23 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
         .chain([&kernel])
         .chain(busybox_pkg.as_ref())
         .collect();
+    let debs_dir = opts.cache.join("debs");
     progress(&format!(
         "downloading {} {} packages (cached in {})",
         wanted.len(),
         arch.debian(),
-        apt.archives().display()
+        debs_dir.display()
     ));
-    let mut debs: BTreeMap<String, PathBuf> = wanted
-        .iter()
-        .map(|p| p.name.clone())
-        .zip(apt.fetch(&wanted)?)
-        .collect();
+    debian::download(&fetcher, &wanted, &debs_dir)?;
+    let mut debs = rootfs::Debs {
+        dir: &debs_dir,
+        by_name: wanted.iter().map(|p| (p.name.as_str(), *p)).collect(),
+    };
     let busybox = match &busybox_pkg {
         None => host_busybox.clone(),
         Some(p) => {
-            let deb = debs.remove(&p.name).expect("fetched with the others");
-            rootfs::packaged_busybox(&deb, &work.join("busybox"))?
+            debs.by_name.remove(p.name.as_str());
+            rootfs::packaged_busybox(&debs, p, &work.join("busybox"))?
         }
     };
 
@@ -442,16 +451,56 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
     Ok(Image::open(&dir)?)
 }
 
+/// The packages whose closure makes the image of `arch` with `kernel`, in the order they are
+/// resolved (the order `apt-get install` was given them).
+pub fn package_list(arch: Arch, kernel: Kernel) -> Vec<&'static str> {
+    let mut wanted = vec![arch.kernel_metapackage(kernel)];
+    wanted.extend_from_slice(PACKAGES);
+    if let BusyboxSource::Package(name) = arch.busybox() {
+        wanted.push(name);
+    }
+    wanted
+}
+
+/// The concrete kernel (`linux-image-<abi>-cloud-amd64`) the metapackage pulled in.
+fn kernel_package(closure: &[Package], metapackage: &str) -> Result<Package, BuildError> {
+    let flavour = metapackage.trim_start_matches("linux-image-");
+    closure
+        .iter()
+        .find(|p| {
+            p.name != metapackage
+                && p.name.starts_with("linux-image-")
+                && p.name.ends_with(flavour)
+                && p.name[12..].starts_with(|c: char| c.is_ascii_digit())
+        })
+        .cloned()
+        .ok_or_else(|| BuildError::NoKernel {
+            metapackage: metapackage.to_owned(),
+        })
+}
+
+/// The package `name` of a resolved closure.
+fn find_package(closure: &[Package], name: &str) -> Result<Package, BuildError> {
+    closure
+        .iter()
+        .find(|p| p.name == name)
+        .cloned()
+        .ok_or_else(|| BuildError::NotResolved {
+            package: name.to_owned(),
+        })
+}
+
 /// Content version: first 16 hex digits of sha256 over the recipe revision and constants, the
-/// arch, the resolved packages (name=version, sorted), the busybox (the host binary's sha256, or
+/// suite, the arch, the resolved packages (name=version, sorted), the busybox (the host binary's sha256, or
 /// its package) and every embedded guest file.
-fn image_version(arch: Arch, closure: &[Package], busybox: &str) -> String {
+fn image_version(arch: Arch, suite: Suite, closure: &[Package], busybox: &str) -> String {
     let mut h = Sha256::new();
     let mut line = |s: &str| {
         h.update(s.as_bytes());
         h.update(b"\n");
     };
     line(RECIPE_REVISION);
+    line(suite.name());
     line(arch.name());
     line(&format!("zstd={ZSTD_LEVEL}"));
     for p in PACKAGES {
@@ -528,12 +577,8 @@ fn describe(cmd: &std::process::Command) -> String {
 fn spawn_error(cmd: &std::process::Command, command: String, e: std::io::Error) -> BuildError {
     if e.kind() == std::io::ErrorKind::NotFound {
         let tool = cmd.get_program().to_string_lossy().into_owned();
-        let package = match Path::new(&tool).file_name().and_then(|n| n.to_str()) {
-            Some("apt-get") => "apt",
-            Some("dpkg-deb") => "dpkg",
-            Some("busybox") => "busybox-static",
-            _ => "tar",
-        };
+        // busybox is the only program the build runs.
+        let package = "busybox-static";
         return BuildError::ToolMissing { tool, package };
     }
     BuildError::Spawn { command, source: e }
@@ -560,6 +605,10 @@ mod tests {
             name: name.into(),
             version: version.into(),
             arch: "amd64".into(),
+            sha256: "0".repeat(64),
+            size: 1,
+            mirror: debian::mirror_url(debian::DEFAULT_MIRROR).unwrap(),
+            filename: format!("pool/main/{name}.deb"),
         }
     }
 
@@ -568,20 +617,20 @@ mod tests {
         let a = [pkg("libc6", "2.36-9"), pkg("runc", "1.1.5")];
         let b = [pkg("runc", "1.1.5"), pkg("libc6", "2.36-9")];
         let c = [pkg("libc6", "2.36-10"), pkg("runc", "1.1.5")];
-        let v = image_version(Arch::X86_64, &a, "00");
+        let v = image_version(Arch::X86_64, Suite::Bookworm, &a, "00");
         assert_eq!(v.len(), 16);
         assert!(v.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_eq!(v, image_version(Arch::X86_64, &b, "00"));
-        assert_ne!(v, image_version(Arch::X86_64, &c, "00"));
-        assert_ne!(v, image_version(Arch::X86_64, &a, "01"));
+        assert_eq!(v, image_version(Arch::X86_64, Suite::Bookworm, &b, "00"));
+        assert_ne!(v, image_version(Arch::X86_64, Suite::Bookworm, &c, "00"));
+        assert_ne!(v, image_version(Arch::X86_64, Suite::Bookworm, &a, "01"));
     }
 
     #[test]
     fn version_differs_per_arch() {
         let a = [pkg("libc6", "2.36-9")];
         assert_ne!(
-            image_version(Arch::X86_64, &a, "00"),
-            image_version(Arch::Arm64, &a, "00")
+            image_version(Arch::X86_64, Suite::Bookworm, &a, "00"),
+            image_version(Arch::Arm64, Suite::Bookworm, &a, "00")
         );
     }
 
@@ -600,16 +649,28 @@ mod tests {
     }
 
     #[test]
-    fn each_arch_has_its_own_apt_state() {
-        let cache = Path::new("/c");
-        // x86_64 keeps the directory it always had, so caches stay valid.
-        assert_eq!(Arch::X86_64.apt_dir(cache), Path::new("/c/apt"));
-        assert_eq!(Arch::Arm64.apt_dir(cache), Path::new("/c/apt-arm64"));
+    fn busybox_comes_from_the_host_or_the_arch_package() {
         assert_eq!(Arch::X86_64.busybox(), BusyboxSource::Host);
         assert_eq!(
             Arch::Arm64.busybox(),
             BusyboxSource::Package("busybox-static")
         );
+    }
+
+    #[test]
+    fn kernel_is_the_concrete_package_not_the_metapackage() {
+        let closure = [
+            pkg("libc6", "2.36-9"),
+            pkg("linux-image-6.1.0-57-cloud-amd64", "6.1.192-3"),
+            pkg("linux-image-cloud-amd64", "6.1.192-3"),
+        ];
+        let k = kernel_package(&closure, "linux-image-cloud-amd64").unwrap();
+        assert_eq!(k.name, "linux-image-6.1.0-57-cloud-amd64");
+        assert!(kernel_package(&closure[..1], "linux-image-cloud-amd64").is_err());
+        assert!(matches!(
+            find_package(&closure, "busybox-static"),
+            Err(BuildError::NotResolved { .. })
+        ));
     }
 
     #[test]
@@ -644,16 +705,16 @@ mod tests {
     }
 
     #[test]
-    fn missing_tool_names_its_package() {
-        let cmd = std::process::Command::new("dpkg-deb");
+    fn missing_busybox_names_its_packages_and_a_way_around() {
+        let cmd = std::process::Command::new("/bin/busybox");
         let e = spawn_error(
             &cmd,
-            "dpkg-deb".into(),
+            "/bin/busybox".into(),
             std::io::Error::from(std::io::ErrorKind::NotFound),
         );
-        assert_eq!(
-            e.hint().as_deref(),
-            Some("install it with `apt-get install dpkg`")
-        );
+        let hint = e.hint().unwrap();
+        assert!(hint.contains("`busybox-static`"), "{hint}");
+        assert!(hint.contains("devbox image pull"), "{hint}");
+        assert!(!hint.contains("apt-get"), "{hint}");
     }
 }

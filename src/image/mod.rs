@@ -7,6 +7,7 @@
 //! `build` assembles one from Debian packages, `pull` downloads one.
 
 pub mod build;
+pub mod debian;
 pub mod kernel_format;
 pub mod pull;
 

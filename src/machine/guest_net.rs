@@ -107,6 +107,7 @@ pub(crate) mod tests {
             },
             shares: vec![],
             tld: "dev".into(),
+            dns_domains: vec![],
             created: "2026-11-21T00:00:00Z".into(),
         }
     }

@@ -42,6 +42,14 @@ pub enum SpecError {
     Share { text: String, why: String },
     #[error("invalid --tld {text:?}: {why}")]
     Tld { text: String, why: &'static str },
+    #[error("cannot allow DNS domain {text:?} for this machine")]
+    DnsDomain {
+        text: String,
+        // Boxed: the rules' error carries strings, and would make every SpecError (and
+        // StoreError) larger for a rare case.
+        #[source]
+        source: Box<crate::dns::policy::AllowanceError>,
+    },
     #[error("{bytes} bytes is too small for the data disk: at least 1G")]
     DiskBytes { bytes: u64 },
     #[error("{version:?} is not an image version (16 lowercase hex digits)")]
@@ -95,6 +103,7 @@ impl Hint for SpecError {
                 Some("example: --share /home/me/src:/src (add :ro for read-only)".into())
             }
             SpecError::DockerSubnet { .. } => Some("example: --docker-subnet 172.24.0.1/16".into()),
+            SpecError::DnsDomain { source, .. } => source.hint(),
             _ => None,
         }
     }
@@ -169,6 +178,10 @@ pub struct MachineSpec {
     /// Top-level domain of the machine's names (`<machine>.<tld>`).
     #[serde(default = "default_tld")]
     pub tld: String,
+    /// Domains outside `<name>.<tld>` in which the machine's containers may claim names, and
+    /// which are then routed to its DNS server (`devbox dns allow`, `create --dns-domain`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_domains: Vec<String>,
     /// RFC 3339 creation time.
     pub created: String,
 }
@@ -212,6 +225,12 @@ impl MachineSpec {
         }
         field("shares", check_shares(&self.shares))?;
         field("tld", validate_tld(&self.tld))?;
+        for (i, d) in self.dns_domains.iter().enumerate() {
+            field(
+                format!("dns_domains[{i}]"),
+                check_dns_domain(d, &self.name, &self.tld),
+            )?;
+        }
         Ok(())
     }
 
@@ -285,6 +304,15 @@ impl NetworkSpec {
         )?;
         field("network.mac", validate_mac(&self.mac))
     }
+}
+
+/// Checks a domain to allow for machine `name` under `tld` ([`crate::dns::policy`]'s rules),
+/// returning it normalized.
+pub fn check_dns_domain(text: &str, name: &str, tld: &str) -> Result<String, SpecError> {
+    crate::dns::policy::check_allowance(text, name, tld).map_err(|source| SpecError::DnsDomain {
+        text: text.to_owned(),
+        source: Box::new(source),
+    })
 }
 
 /// What this host can give a machine.

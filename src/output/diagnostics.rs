@@ -53,6 +53,8 @@ dispatch!(
     crate::image::pull::PullError,
     crate::ssh::SshError,
     crate::dns::DnsError,
+    crate::dns::policy::AllowanceError,
+    crate::dns::policy::AllowError,
     crate::disk::DiskError,
     // The NFS server exists only on Linux hosts for now (see src/nfs).
     #[cfg(target_os = "linux")]

@@ -34,8 +34,8 @@ pub fn resolved_active() -> bool {
     Path::new(RESOLVED_SOCKET).exists()
 }
 
-/// `dns.json`: the machine's DNS server and the domains routed to it, written by its
-/// supervisor while it runs (absent otherwise).
+/// `dns.json`: the machine's DNS server, the domains routed to it and the names refused to its
+/// containers, written by its supervisor while it runs (absent otherwise).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DnsState {
     pub server: SocketAddr,
@@ -43,6 +43,9 @@ pub struct DnsState {
     pub link: String,
     pub tld: String,
     pub domains: Vec<String>,
+    /// Names the machine's containers asked for and did not get, and why.
+    #[serde(default)]
+    pub refused: Vec<crate::dns::RefusedName>,
 }
 
 impl DnsState {
@@ -149,6 +152,7 @@ mod tests {
             link: "dbx0".into(),
             tld: "dev".into(),
             domains: vec!["dev.dev".into(), "synbioz.dev".into()],
+            refused: vec![],
         }
     }
 

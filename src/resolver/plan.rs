@@ -16,20 +16,17 @@ use std::path::PathBuf;
 /// Directory of macOS per-domain resolver files.
 pub const MACOS_RESOLVER_DIR: &str = "/etc/resolver";
 
-/// The domains to route to the machine's server: `<machine>.<tld>` and, for each alias outside
-/// it, the alias's parent domain (`www.synbioz.dev` → `synbioz.dev`; an alias right under the
-/// TLD, `synbioz.dev`, is its own domain). Sorted, without duplicates, and without domains
-/// already covered by another one in the list; never the bare TLD.
-pub fn owned_domains(machine: &str, tld: &str, aliases: &[String]) -> Vec<String> {
+/// The domains to route to the machine's server: `<machine>.<tld>` and the routed domains of
+/// the aliases it serves ([`super::zone::Zone::routed_domains`]: each alias's parent domain
+/// when that stays within what the alias was allowed in, else the alias itself). Sorted,
+/// without duplicates, and without domains already covered by another one in the list; never
+/// the bare TLD, never a domain outside it.
+pub fn owned_domains(machine: &str, tld: &str, routed: &[String]) -> Vec<String> {
     let norm = |s: &str| s.trim().trim_end_matches('.').to_ascii_lowercase();
     let tld = norm(tld);
     let mut domains = vec![format!("{}.{tld}", norm(machine))];
-    for alias in aliases {
-        let alias = norm(alias);
-        let Some(parent) = alias.split_once('.').map(|(_, p)| p.to_string()) else {
-            continue;
-        };
-        let domain = if parent == tld { alias.clone() } else { parent };
+    for domain in routed {
+        let domain = norm(domain);
         if domain != tld && domain.ends_with(&format!(".{tld}")) {
             domains.push(domain);
         }
@@ -105,28 +102,26 @@ mod tests {
 
     #[test]
     fn domains_never_the_bare_tld() {
-        let aliases = s(&[
-            "www.synbioz.dev",
-            "api.synbioz.dev",
+        let routed = s(&[
             "synbioz.dev",
-            "a.b.example.dev",
-            "api.v1.dev.dev",
+            "b.example.dev",
+            "v1.dev.dev",
             "solo.dev",
             "dev",
             "evil.com",
         ]);
         assert_eq!(
-            owned_domains("dev", "dev", &aliases),
+            owned_domains("dev", "dev", &routed),
             s(&["b.example.dev", "dev.dev", "solo.dev", "synbioz.dev"])
         );
     }
 
     #[test]
     fn covered_domains_are_dropped() {
-        let aliases = s(&["x.a.b.synbioz.dev", "y.synbioz.dev"]);
-        assert_eq!(owned_domains("box", "test", &aliases), s(&["box.test"]));
+        let routed = s(&["a.b.synbioz.dev", "synbioz.dev"]);
+        assert_eq!(owned_domains("box", "test", &routed), s(&["box.test"]));
         assert_eq!(
-            owned_domains("box", "dev", &aliases),
+            owned_domains("box", "dev", &routed),
             s(&["box.dev", "synbioz.dev"])
         );
     }

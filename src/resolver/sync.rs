@@ -1,5 +1,5 @@
 //! Keeps the host's resolver pointed at the machine's DNS server for exactly the domains the
-//! machine owns: `<machine>.<tld>` and the parent domain of every alias a container asked for.
+//! machine owns: `<machine>.<tld>` and the routed domain of every alias it serves.
 //! The set changes as containers start and stop; on each change [`ResolverSync::sync`] records
 //! it in `machines/<name>/dns.json` (read by `devbox dns install`) and, on a machine whose
 //! link is a TAP where systemd-resolved runs, has the host applier update resolved's per-link
@@ -37,20 +37,28 @@ impl ResolverSync {
                 link: crate::net::tap_name(spec.network.index),
                 tld: spec.tld.clone(),
                 domains: Vec::new(),
+                refused: Vec::new(),
             },
             resolved_link,
             written: false,
         }
     }
 
-    /// Brings `dns.json` and resolved up to date with the served aliases (cheap when nothing
-    /// changed). Returns what it did, for the supervisor's log.
-    pub fn sync(&mut self, aliases: &[String]) -> Vec<String> {
-        let domains = plan::owned_domains(&self.machine, &self.state.tld, aliases);
-        if self.written && domains == self.state.domains {
+    /// Brings `dns.json` and resolved up to date with the routed domains of the served aliases
+    /// and the refused names (cheap when nothing changed). Returns what it did, for the
+    /// supervisor's log.
+    pub fn sync(
+        &mut self,
+        routed: &[String],
+        refused: Vec<crate::dns::RefusedName>,
+    ) -> Vec<String> {
+        let domains = plan::owned_domains(&self.machine, &self.state.tld, routed);
+        if self.written && domains == self.state.domains && refused == self.state.refused {
             return Vec::new();
         }
+        let routes_changed = !self.written || domains != self.state.domains;
         self.state.domains = domains;
+        self.state.refused = refused;
         self.written = true;
         let mut log = Vec::new();
         let text = serde_json::to_vec_pretty(&self.state).expect("plain data");
@@ -58,6 +66,7 @@ impl ResolverSync {
             log.push(format!("writing dns.json: {e}"));
         }
         if let Some(link) = &self.resolved_link
+            && routes_changed
             && resolved_active()
         {
             let plan = HostPlan {

@@ -322,19 +322,20 @@ impl<'a> Supervisor<'a> {
                 .collect::<Result<Vec<std::net::SocketAddr>>>()?,
             _ => dns::host_upstreams()?,
         };
-        let other_machines = self
-            .store
-            .names()?
-            .into_iter()
-            .filter(|n| n != &self.spec.name)
-            .collect();
+        // The alias policy (other machines, allowed domains, claims) is read from the state
+        // directory at every zone build; only the guest, its containers and the host query.
+        let subnets: Vec<ipnet::IpNet> = self.spec.docker.routed().map(Into::into).to_vec();
         let config = dns::DnsConfig {
             machine: self.spec.name.clone(),
             tld: self.spec.tld.clone(),
             guest_ip: guest_ip.into(),
             bind: net.dns_bind,
             upstreams: upstreams.clone(),
-            other_machines,
+            clients: dns::machine_clients(net.dns_bind.ip(), guest_ip.into(), &subnets),
+            policy: Box::new(dns::StoreNeighbours::new(
+                self.store.clone(),
+                &self.spec.name,
+            )),
         };
         // Port 53 on the TAP's own address (from the leased index, opened by `tap` already):
         // CAP_NET_BIND_SERVICE for the binds only. `start` binds on this thread (block_on runs

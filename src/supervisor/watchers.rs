@@ -230,7 +230,7 @@ impl ResolverWatch {
     pub fn spawn(mut sync: ResolverSync, records: dns::RecordsHandle) -> ResolverWatch {
         ResolverWatch(Stoppable::spawn("resolver", move |sleep| {
             loop {
-                for line in sync.sync(&records.zone().alias_names()) {
+                for line in sync.sync(&records.zone().routed_domains(), records.refused()) {
                     log(line);
                 }
                 if sleep(RESOLVER_CHECK_EVERY) {

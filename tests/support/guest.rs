@@ -17,8 +17,6 @@ pub fn missing_prerequisite() -> Option<String> {
         ("dig", "bind9-dnsutils"),
         ("dnsmasq", "dnsmasq-base"),
         ("pgrep", "procps"),
-        ("apt-get", "apt"),
-        ("dpkg-deb", "dpkg"),
     ] {
         if which(prog).is_none() {
             return Some(format!("{prog} is not installed ({pkg})"));

@@ -9,10 +9,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use super::apt::Package;
-use super::{Arch, BuildError, command_failed, describe, run, spawn_error};
+use super::{Arch, BuildError, Package, run};
+use crate::image::debian::{DebianError, deb};
 
 /// The host's static busybox (Debian's busybox-static); in x86_64 images it is also the
 /// guest's init and shell.
@@ -220,17 +220,24 @@ pub fn host_busybox() -> Result<PathBuf, BuildError> {
     Ok(path)
 }
 
+/// The downloaded `.deb`s of the image, by package name.
+pub struct Debs<'a> {
+    /// `<cache>/debs`.
+    pub dir: &'a Path,
+    pub by_name: BTreeMap<&'a str, &'a Package>,
+}
+
 /// Unpacks a `busybox-static` package into `dir`; returns its busybox binary.
-pub fn packaged_busybox(deb: &Path, dir: &Path) -> Result<PathBuf, BuildError> {
+pub fn packaged_busybox(debs: &Debs, pkg: &Package, dir: &Path) -> Result<PathBuf, BuildError> {
     fs_err::create_dir_all(dir)?;
-    unpack(deb, dir)?;
+    unpack(debs.dir, pkg, dir)?;
     // bookworm ships /bin/busybox; later releases move it below /usr.
     ["usr/bin/busybox", "bin/busybox"]
         .iter()
         .map(|p| dir.join(p))
         .find(|p| p.is_file())
         .ok_or_else(|| BuildError::NoBusybox {
-            deb: deb.to_owned(),
+            deb: pkg.cached(debs.dir),
         })
 }
 
@@ -254,14 +261,14 @@ pub fn select<'a>(closure: &'a [Package], kernel: &str) -> Vec<&'a Package> {
 pub fn assemble(
     stage: &Path,
     kernel_dir: &Path,
-    debs: &BTreeMap<String, PathBuf>,
+    debs: &Debs,
     kernel_pkg: &str,
     busybox: &Busybox,
     arch: Arch,
     guest_files: &[(&str, u32, &[u8])],
 ) -> Result<String, BuildError> {
     // Merged /usr: packages that still ship /bin, /sbin, /lib land below /usr through these
-    // links, which `tar --keep-directory-symlink` keeps.
+    // links, which unpacking keeps (as `tar --keep-directory-symlink` did).
     for d in ["usr/bin", "usr/sbin", "usr/lib", "usr/lib64"] {
         fs_err::create_dir_all(stage.join(d))?;
     }
@@ -273,9 +280,10 @@ pub fn assemble(
     ] {
         symlink(target, stage.join(link)).map_err(|e| io_at(e, &stage.join(link)))?;
     }
-    for (name, deb) in debs {
-        if name != kernel_pkg {
-            unpack(deb, stage)?;
+    // In name order, as before: where two packages ship one path, the later one's stays.
+    for (name, pkg) in &debs.by_name {
+        if *name != kernel_pkg {
+            unpack(debs.dir, pkg, stage)?;
         }
     }
     for p in PRUNE {
@@ -303,40 +311,21 @@ pub fn assemble(
     skeleton(stage, guest_files)?;
 
     fs_err::create_dir_all(kernel_dir)?;
-    unpack(&debs[kernel_pkg], kernel_dir)?;
+    let kernel = debs
+        .by_name
+        .get(kernel_pkg)
+        .ok_or_else(|| BuildError::NotResolved {
+            package: kernel_pkg.to_owned(),
+        })?;
+    unpack(debs.dir, kernel, kernel_dir)?;
     let kver = kernel_pkg.trim_start_matches("linux-image-").to_owned();
     install_modules(stage, kernel_dir, kernel_pkg, &kver, busybox.host, arch)?;
     Ok(kver)
 }
 
-/// `dpkg-deb --fsys-tarfile DEB | tar -x --keep-directory-symlink -C DEST`.
-fn unpack(deb: &Path, dest: &Path) -> Result<(), BuildError> {
-    let mut dpkg = Command::new("dpkg-deb");
-    dpkg.arg("--fsys-tarfile").arg(deb).stdout(Stdio::piped());
-    let mut tar = Command::new("tar");
-    tar.args(["-x", "--keep-directory-symlink", "--no-same-owner", "-C"])
-        .arg(dest)
-        .stderr(Stdio::piped());
-    let mut producer = dpkg
-        .spawn()
-        .map_err(|e| spawn_error(&dpkg, describe(&dpkg), e))?;
-    let stdout = producer.stdout.take().expect("piped stdout");
-    tar.stdin(stdout);
-    let consumer = tar
-        .spawn()
-        .map_err(|e| spawn_error(&tar, describe(&tar), e));
-    let dpkg_status = producer
-        .wait()
-        .map_err(|e| spawn_error(&dpkg, describe(&dpkg), e))?;
-    let out = consumer?
-        .wait_with_output()
-        .map_err(|e| spawn_error(&tar, describe(&tar), e))?;
-    if !dpkg_status.success() {
-        return Err(command_failed(describe(&dpkg), dpkg_status, b""));
-    }
-    if !out.status.success() {
-        return Err(command_failed(describe(&tar), out.status, &out.stderr));
-    }
+/// Unpacks the cached `.deb` of `pkg` into `dest` (see [`deb::unpack`]).
+fn unpack(debs: &Path, pkg: &Package, dest: &Path) -> Result<(), BuildError> {
+    deb::unpack(&pkg.cached(debs), dest, &pkg.sha256).map_err(DebianError::from)?;
     Ok(())
 }
 
@@ -630,6 +619,10 @@ mod tests {
             name: name.into(),
             version: "1".into(),
             arch: "amd64".into(),
+            sha256: "0".repeat(64),
+            size: 1,
+            mirror: crate::image::debian::mirror_url("http://127.0.0.1/").unwrap(),
+            filename: format!("pool/{name}.deb"),
         }
     }
 
