@@ -1,7 +1,6 @@
 //! Tier 2: the real binary against a temporary DEVBOX_HOME, no guest. Help, errors, exit
 //! codes, and the state logic that does not need a booted machine.
 
-use std::path::Path;
 use std::process::Output;
 
 mod support;
@@ -358,47 +357,6 @@ fn missing_qemu_is_named_with_its_package() {
     fails_with(&o, "qemu-system-x86_64 was not found");
     assert!(stderr(&o).contains("apt-get install qemu-system-x86"));
     assert_eq!(stdout(&env.run(&["status", "m"])).trim(), "Stopped");
-}
-
-#[test]
-fn start_without_net_admin_names_the_privilege() {
-    if !Path::new("/usr/bin/setpriv").exists() || !nix_is_root() {
-        eprintln!("skipped: needs root and setpriv to drop CAP_NET_ADMIN");
-        return;
-    }
-    let env = Env::new();
-    succeeds(&create(&env, "m"));
-    let bin = assert_cmd::cargo::cargo_bin("devbox");
-    let o = std::process::Command::new("setpriv")
-        .args(["--bounding-set=-net_admin", "--inh-caps=-net_admin", "--"])
-        .arg(bin)
-        .args(["start", "m"])
-        .env("DEVBOX_HOME", &env.home)
-        .env("DEVBOX_CACHE", &env.cache)
-        .env("DEVBOX_REGISTRY", &env.registry)
-        .output()
-        .unwrap();
-    fails_with(&o, "CAP_NET_ADMIN");
-    assert!(
-        stderr(&o).contains("bounding set lacks NET_ADMIN"),
-        "{}",
-        stderr(&o)
-    );
-    assert!(
-        stderr(&o).contains("sudo devbox system install"),
-        "{}",
-        stderr(&o)
-    );
-    assert!(!env.machine_dir("m").join("supervisor.pid").exists());
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 #[test]

@@ -552,19 +552,21 @@ mod tests {
 
     #[test]
     fn install_steps_only_for_devbox_own_paths() {
-        let mut plan = HostPlan::default();
-        plan.install_binary = Some(BinaryInstall {
-            source: "/tmp/devbox".into(),
-            path: INSTALLED_BINARY.into(),
-            caps: true,
-        });
-        plan.create_dirs = REGISTRY_DIRS
-            .iter()
-            .map(|(p, m)| DirSpec {
-                path: p.into(),
-                mode: *m,
-            })
-            .collect();
+        let plan = HostPlan {
+            install_binary: Some(BinaryInstall {
+                source: "/tmp/devbox".into(),
+                path: INSTALLED_BINARY.into(),
+                caps: true,
+            }),
+            create_dirs: REGISTRY_DIRS
+                .iter()
+                .map(|(p, m)| DirSpec {
+                    path: p.into(),
+                    mode: *m,
+                })
+                .collect(),
+            ..Default::default()
+        };
         plan.check_allowed().unwrap();
         let mut bad = plan.clone();
         bad.install_binary.as_mut().unwrap().path = "/usr/bin/passwd".into();

@@ -1,45 +1,84 @@
-//! Tier 2: `devbox system …`, the privilege rules at the entry and the lease registry, through
-//! the real binary against a temporary `DEVBOX_HOME` and registry. Nothing here changes the
-//! host: installs are `--dry-run`, and the commands that would need root run as `nobody`
-//! (setpriv), where they must refuse before doing anything.
+//! Tier 2 as root: `devbox system …`, the privilege rules at the entry and the lease registry,
+//! through the real binary against a temporary `DEVBOX_HOME` and registry. Nothing here changes
+//! the host: installs are `--dry-run`, and the commands that would need root run as `nobody`
+//! (setpriv), where they must refuse before doing anything. The check of a host without
+//! `system install` sees an empty `/var/lib` in a private mount namespace (`unshare`).
+//!
+//! Needs root and util-linux (setpriv, unshare): without them the trials are reported as not
+//! run, except under `CI=true`, where they fail.
 
-mod support;
-use support::cli::{Env, fails_with, stderr, stdout, succeeds};
+use crate::support::cli::{Env, fails_with, stderr, stdout, succeeds};
+use crate::support::trials::{Missing, Trial, check, programs, root};
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Output};
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+pub fn trials() -> Vec<Trial> {
+    vec![
+        check(
+            "system_install_needs_root_and_says_how",
+            root_and_setpriv,
+            system_install_needs_root_and_says_how,
+        ),
+        check(
+            "system_install_dry_run_prints_the_plan_as_any_user",
+            root_and_setpriv,
+            system_install_dry_run_prints_the_plan_as_any_user,
+        ),
+        check(
+            "sudo_variables_that_disagree_are_refused_with_the_way_out",
+            root,
+            sudo_variables_that_disagree_are_refused_with_the_way_out,
+        ),
+        check(
+            "root_creates_the_registry_on_demand_and_create_takes_a_lease",
+            root,
+            root_creates_the_registry_on_demand_and_create_takes_a_lease,
+        ),
+        check(
+            "create_before_system_install_names_it_and_makes_nothing",
+            root_and_setpriv,
+            create_before_system_install_names_it_and_makes_nothing,
+        ),
+    ]
 }
 
-/// `devbox ARGS` as `nobody`, with every capability dropped (setpriv), in `env`'s home.
-fn as_nobody(env: &Env, args: &[&str]) -> Option<Output> {
-    if !is_root() || support::guest::which("setpriv").is_none() {
-        if support::ci() {
-            panic!("needs root and setpriv (CI=true)");
-        }
-        eprintln!("not run: needs root and setpriv");
-        return None;
-    }
-    let o = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(assert_cmd::cargo::cargo_bin("devbox"))
-        .args(args)
+fn root_and_setpriv() -> Result<(), Missing> {
+    root()?;
+    programs(&[("setpriv", "util-linux"), ("unshare", "util-linux")])
+}
+
+/// The command line of `devbox ARGS` as `nobody`, with every capability dropped (setpriv),
+/// in `env`'s home.
+fn nobody_args(args: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    v.push(assert_cmd::cargo::cargo_bin("devbox").display().to_string());
+    v.extend(args.iter().map(|a| a.to_string()));
+    v
+}
+
+fn as_nobody(env: &Env, args: &[&str]) -> Output {
+    let argv = nobody_args(args);
+    Command::new(&argv[0])
+        .args(&argv[1..])
         .env("DEVBOX_HOME", &env.home)
         .env("DEVBOX_CACHE", &env.cache)
         .env("NO_COLOR", "1")
         .output()
-        .unwrap();
-    Some(o)
+        .unwrap()
 }
 
-#[test]
 fn system_install_needs_root_and_says_how() {
     let env = Env::new();
-    let Some(o) = as_nobody(&env, &["system", "install"]) else {
-        return;
-    };
+    let o = as_nobody(&env, &["system", "install"]);
     fails_with(
         &o,
         "`devbox system install` changes the host's system files and needs root",
@@ -49,16 +88,13 @@ fn system_install_needs_root_and_says_how() {
         "{}",
         stderr(&o)
     );
-    let o = as_nobody(&env, &["system", "uninstall"]).unwrap();
+    let o = as_nobody(&env, &["system", "uninstall"]);
     fails_with(&o, "needs root");
 }
 
-#[test]
 fn system_install_dry_run_prints_the_plan_as_any_user() {
     let env = Env::new();
-    let Some(o) = as_nobody(&env, &["system", "install", "--dry-run"]) else {
-        return;
-    };
+    let o = as_nobody(&env, &["system", "install", "--dry-run"]);
     succeeds(&o);
     let plan = stdout(&o);
     for line in [
@@ -75,7 +111,6 @@ fn system_install_dry_run_prints_the_plan_as_any_user() {
     assert!(stderr(&o).contains("/dev/net/tun"), "{}", stderr(&o));
 }
 
-#[test]
 fn sudo_variables_that_disagree_are_refused_with_the_way_out() {
     let env = Env::new();
     let o = env
@@ -86,22 +121,12 @@ fn sudo_variables_that_disagree_are_refused_with_the_way_out() {
         .env("SUDO_GID", "4242")
         .output()
         .unwrap();
-    if !is_root() {
-        // Not root: sudo's variables mean nothing, the user is the user.
-        succeeds(&o);
-        return;
-    }
     fails_with(&o, "cannot act as the user who ran sudo");
     assert!(stderr(&o).contains("without sudo"), "{}", stderr(&o));
     assert!(!env.home.exists(), "nothing created");
 }
 
-#[test]
-fn root_genuine_creates_the_registry_on_demand_and_create_takes_a_lease() {
-    if !is_root() {
-        eprintln!("not run: needs root (the registry must be root's)");
-        return;
-    }
+fn root_creates_the_registry_on_demand_and_create_takes_a_lease() {
     let env = Env::new();
     let create = |name: &str| {
         env.run(&[
@@ -177,19 +202,27 @@ fn root_genuine_creates_the_registry_on_demand_and_create_takes_a_lease() {
     );
 }
 
-#[test]
-fn start_before_system_install_names_it_and_makes_nothing() {
+/// A host without `system install`: a private mount namespace with an empty `/var/lib` (so
+/// the check does not depend on this host's), where `nobody` creates a machine. A user's
+/// registry cannot be moved (`DEVBOX_REGISTRY` is root's only), and root would create it.
+fn create_before_system_install_names_it_and_makes_nothing() {
     let env = Env::new();
-    // A user's registry cannot be moved (DEVBOX_REGISTRY is root's only); here root's
-    // points at a directory that does not exist, as on a host without `system install`:
-    // root would create it, so the check runs as nobody.
-    let Some(o) = as_nobody(&env, &["create", "m", "--driver", "fake", "--no-share"]) else {
-        return;
-    };
-    if std::path::Path::new("/var/lib/devbox/leases").exists() {
-        eprintln!("not run: this host has a lease registry (system install was run)");
-        return;
-    }
+    let o = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg("mount -t tmpfs -o mode=0755 tmpfs /var/lib && exec \"$@\"")
+        .arg("sh")
+        .args(nobody_args(&[
+            "create",
+            "m",
+            "--driver",
+            "fake",
+            "--no-share",
+        ]))
+        .env("DEVBOX_HOME", &env.home)
+        .env("DEVBOX_CACHE", &env.cache)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
     fails_with(&o, "devbox is not set up on this host");
     assert!(
         stderr(&o).contains("sudo devbox system install"),
