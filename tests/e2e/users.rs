@@ -553,7 +553,8 @@ fn run_as_users(a: &TestUser, b: &TestUser, cache: &Path, scratch: &Path, bb: &P
 }
 
 /// Everything under A's `~/.devbox` (the running machine's disk, keys, sockets, logs and
-/// state) is A's and closed to group and others.
+/// state) is A's and closed to group and others; public keys (`*.pub`) may be read by all,
+/// as OpenSSH's are.
 fn every_file_is_private(a: &TestUser) {
     let mut open = Vec::new();
     let mut dirs = vec![a.devbox_dir()];
@@ -564,7 +565,8 @@ fn every_file_is_private(a: &TestUser) {
             if md.file_type().is_symlink() {
                 continue;
             }
-            if md.uid() != a.uid || md.mode() & 0o077 != 0 {
+            let public = p.extension().is_some_and(|e| e == "pub") && md.mode() & 0o022 == 0;
+            if md.uid() != a.uid || (md.mode() & 0o077 != 0 && !public) {
                 open.push(format!(
                     "{} {:o} uid {}",
                     p.display(),
