@@ -12,7 +12,7 @@ use crate::output;
 use crate::supervisor::client::ClientError;
 
 pub fn run(store: &Store, a: &RmArgs) -> Result<i32> {
-    let dir = store.machine(&a.name);
+    let dir = store.machine(&a.name)?;
     match fs_err::metadata(&dir.path) {
         Ok(m) if m.is_dir() => {}
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(e.into()),

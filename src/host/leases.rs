@@ -5,14 +5,15 @@
 //! (`machine.yaml`, `routes.json`, `dns.json`, the environment) can widen that: another
 //! lease's subnets are excluded, whatever its owner wrote in it.
 //!
-//! Also here, the door's one TAP call, [`open_tap`]: the TAP of an index leased to the caller,
-//! with the address derived from the index.
+//! Also here, the door's two TAP calls, [`open_tap`] and [`open_share_tap`]: the TAPs of an
+//! index leased to the caller (`dbxN` and its share link `dbxNs`), with the addresses derived
+//! from the index. No other TAP name can be asked for.
 
 use super::HostError;
 use super::plan::HostPlan;
 use super::privileged::with_net_admin;
 use crate::net::lease::{Lease, Registry, real_uid};
-use crate::net::{self, HostOnlyNet, Ipv4Net, Tap, devbox_link, overlaps};
+use crate::net::{self, HostOnlyNet, Ipv4Net, ShareLink, Tap, devbox_link, overlaps};
 
 /// Checks every item of `plan` that acts on a `dbxN` link against `leases` (the registry's
 /// listing) for the caller `uid`: routes added or removed over it, resolved settings on it.
@@ -124,6 +125,21 @@ pub fn open_tap(index: u8, vnet_hdr: bool) -> Result<(Tap, HostOnlyNet), HostErr
         Ok(tap)
     })?;
     Ok((tap, hostonly))
+}
+
+/// Creates and configures the share link of host-only `index` (`dbx<index>s`, the top /30 of
+/// the index's /24, see [`ShareLink`]), after the same lease check as [`open_tap`]: the link
+/// is part of the lease, and nobody else's. CAP_NET_ADMIN is raised for the creation and
+/// configuration only.
+pub fn open_share_tap(index: u8, vnet_hdr: bool) -> Result<(Tap, ShareLink), HostError> {
+    require_lease(index)?;
+    let link = HostOnlyNet::from_index(index)?.share_link();
+    let tap = with_net_admin(|| -> Result<Tap, net::NetError> {
+        let tap = Tap::create(&link.tap, vnet_hdr)?;
+        tap.configure(link.host_ip, link.prefix)?;
+        Ok(tap)
+    })?;
+    Ok((tap, link))
 }
 
 #[cfg(test)]

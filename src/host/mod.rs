@@ -11,7 +11,7 @@
 //!   sets each verb keeps, `sudo` becoming the invoking user, raising one capability around
 //!   one call); `sys/linux.rs` does it with capctl, macOS has no capabilities.
 //! - `leases.rs`: the plan's items on `dbxN` links checked against the lease registry
-//!   (`crate::net::lease`), and [`open_tap`], the door's TAP.
+//!   (`crate::net::lease`), and [`open_tap`] and [`open_share_tap`], the door's TAPs.
 //! - `install.rs`: `system install|uninstall` as plans, the record of what install added,
 //!   the checks it prints, and the executors of its steps.
 //! - `argv.rs`: every external command as an argv list (`ip route`, `route`, `ifconfig`,
@@ -44,7 +44,7 @@ pub use argv::{
     hostfilter_argv, ip_route_argv, launchctl_bootout_argv, launchctl_bootstrap_argv,
     resolved_commands, resolved_revert, route_add_argv, route_delete_argv, systemctl_argv,
 };
-pub use leases::{check_plan as check_leases, open_tap, require_lease};
+pub use leases::{check_plan as check_leases, open_share_tap, open_tap, require_lease};
 pub use plan::{
     BinaryInstall, DirSpec, FileSpec, HostFilter, HostOs, HostPlan, INSTALLED_BINARY,
     REGISTRY_DIRS, ResolvedLink, ServiceUnit,

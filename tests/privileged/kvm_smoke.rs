@@ -92,7 +92,7 @@ fn machine(code: Vec<u8>, cpus: u8, console: &Console) -> KvmMachine {
         memory_bytes: 128 << 20,
         payload: Payload::Raw { code },
         disks: vec![],
-        net: None,
+        nets: Vec::new(),
         rng: false,
         serial_out: Box::new(console.clone()),
     })
@@ -189,7 +189,7 @@ fn bad_boot_inputs_fail_before_any_vcpu_runs() {
             cmdline: None,
         },
         disks: vec![],
-        net: None,
+        nets: Vec::new(),
         rng: false,
         serial_out: Box::new(std::io::sink()),
     };

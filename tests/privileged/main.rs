@@ -18,6 +18,7 @@ mod kvm_support;
 mod cli_root;
 #[cfg(target_os = "linux")]
 mod cli_system;
+mod dns_netns;
 mod kvm_boot_conformance;
 mod kvm_net;
 mod kvm_smoke;
@@ -33,6 +34,7 @@ fn main() -> std::process::ExitCode {
         trials.extend(cli_system::trials());
         trials.extend(net_tap::trials());
         trials.extend(routes_netns::trials());
+        trials.extend(dns_netns::trials());
         trials.extend(kvm_net::trials());
         trials.extend(kvm_smoke::trials());
         trials.extend(kvm_boot_conformance::trials());

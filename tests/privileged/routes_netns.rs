@@ -329,7 +329,7 @@ fn the_boot_job_spares_a_running_machines_routes() {
         // does not name it (the lost update).
         let (_tap, net) = machine_tap(1);
         let store = devbox::machine::Store::new(Some(env.home.clone()), None);
-        let b = store.machine("b").load_spec().unwrap();
+        let b = store.machine("b").unwrap().load_spec().unwrap();
         assert_eq!(b.network.index, 1);
         let dests = b.docker.routed().map(|d| d.to_string());
         let docker = route_plan_for("b", &b.docker, net.guest_ip, "dbx1", &[]).unwrap();
