@@ -3,11 +3,11 @@
 //! nothing else: neither can read or write a file, so no devbox process ever holds the power
 //! to act as another user. This file decides who holds them and when:
 //!
-//! - At start, [`enter`] settles the process for its verb ([`Class`]): every verb that needs
-//!   no privilege clears all its capability sets (a `start` under sudo keeps the two in the
-//!   ambient set, to hand them to the supervisor it spawns); `__supervise`, `routes apply` and
-//!   `dns install|uninstall` keep the two in their *permitted* set only, never effective;
-//!   `system *` needs root.
+//! - At start, [`enter`] settles the process for its verb ([`Class`]): for a user (or root
+//!   become the sudo user), every verb that needs no privilege clears all its capability
+//!   sets (a `start` under sudo keeps the two in the ambient set, to hand them to the
+//!   supervisor it spawns); `__supervise`, `routes apply` and `dns install|uninstall` keep
+//!   the two in their *permitted* set only, never effective; `system *` needs root.
 //! - Inside the door, [`with_net_admin`] and [`with_bind_service`] raise one capability in the
 //!   calling thread's effective set around one call (TAP creation, netlink routes, a bind
 //!   below 1024) and lower it right after; [`output_with_net_admin`] hands CAP_NET_ADMIN to
@@ -18,7 +18,7 @@
 //! - `sudo devbox VERB` by mistake ([`Invoker::Sudo`]): the process becomes the invoking user
 //!   (their uid, gid, groups and home), keeping only the two capabilities, so state stays
 //!   under the user's `~/.devbox` and every file is theirs. Root without `SUDO_USER` is a
-//!   genuine root user and keeps root's powers for the privileged verbs.
+//!   genuine root user and keeps root's powers, for every verb.
 //!
 //! What the door may act on is decided elsewhere: the lease registry (`crate::net::lease`)
 //! and the applier's checks (`super::leases`, `HostPlan::check_allowed`). Platform code:
@@ -33,7 +33,8 @@ use crate::hint::Hint;
 /// What a verb needs from the door.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
-    /// No privilege at all: every capability set is cleared at start.
+    /// No privilege at all: every capability set is cleared at start (a genuine root user
+    /// keeps root's, see `sys::settle`).
     Plain,
     /// `start`/`restart`: no privilege itself; under sudo it keeps the two capabilities in
     /// its ambient set only, so that the supervisor it spawns has them.

@@ -81,12 +81,15 @@ fn is_root() -> bool {
 }
 
 /// The capability sets a process of `class` keeps (see `host::privileged`). `switched`: the
-/// process became the sudo user; otherwise a real uid of 0 is a genuine root user.
+/// process became the sudo user; otherwise a real uid of 0 is a genuine root user, who keeps
+/// root's powers for every verb: clearing them would only make root fail where root works
+/// without devbox (a share or a `DEVBOX_HOME` in a directory of another user's, mode 0700),
+/// and protect nothing, since root may run anything.
 pub fn settle(class: Class, switched: bool) -> Result<(), PrivilegeError> {
     let genuine_root = !switched && is_root();
     match class {
         Class::Root => Ok(()),
-        Class::Net if genuine_root => Ok(()),
+        _ if genuine_root => Ok(()),
         Class::Net => keep_net(false),
         Class::Spawner if switched => keep_net(true),
         Class::Plain | Class::Spawner => {
