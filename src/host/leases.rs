@@ -130,9 +130,13 @@ pub fn open_tap(index: u8, vnet_hdr: bool) -> Result<(Tap, HostOnlyNet), HostErr
 /// Creates and configures the share link of host-only `index` (`dbx<index>s`, the top /30 of
 /// the index's /24, see [`ShareLink`]), after the same lease check as [`open_tap`]: the link
 /// is part of the lease, and nobody else's. CAP_NET_ADMIN is raised for the creation and
-/// configuration only.
-pub fn open_share_tap(index: u8, vnet_hdr: bool) -> Result<(Tap, ShareLink), HostError> {
-    require_lease(index)?;
+/// configuration only. `registry` is [`Registry::system`] but in tests.
+pub fn open_share_tap(
+    registry: &Registry,
+    index: u8,
+    vnet_hdr: bool,
+) -> Result<(Tap, ShareLink), HostError> {
+    registry.owned(index)?;
     let link = HostOnlyNet::from_index(index)?.share_link();
     let tap = with_net_admin(|| -> Result<Tap, net::NetError> {
         let tap = Tap::create(&link.tap, vnet_hdr)?;

@@ -58,7 +58,11 @@ pub fn start_nfs(
         });
     }
     // Through the privileged door: only the share link of an index leased to the caller.
-    let (tap, link) = crate::host::open_share_tap(spec.network.index, true)?;
+    let (tap, link) = crate::host::open_share_tap(
+        &crate::net::lease::Registry::system(),
+        spec.network.index,
+        true,
+    )?;
     let server = io.block_on(nfs::NfsServer::start(nfs::NfsConfig {
         bind: link.host_ip.into(),
         bind_device: Some(link.tap.clone()),
