@@ -47,6 +47,11 @@ pub fn trials() -> Vec<Trial> {
             root,
             the_allowlist_refuses_before_any_change,
         ),
+        check(
+            "a_crafted_routes_json_is_refused_by_routes_apply",
+            root,
+            a_crafted_routes_json_is_refused_by_routes_apply,
+        ),
     ]
 }
 
@@ -361,5 +366,70 @@ fn the_boot_job_spares_a_running_machines_routes() {
         for dest in &dests {
             assert!(routes_to(dest).is_empty(), "{dest} left behind");
         }
+    });
+}
+
+/// Issue 15's bad input, through the real binary: `routes apply` (the boot job, holding
+/// CAP_NET_ADMIN) reads the user's `routes.json` and must refuse what it names beyond the
+/// user's lease: a Docker pool covering the host's default route, a subnet of the right size
+/// that is not the lease's, and a link that is not devbox's. Nothing is routed.
+fn a_crafted_routes_json_is_refused_by_routes_apply() {
+    in_new_netns(|| {
+        let env = crate::support::cli::Env::new();
+        crate::support::cli::succeeds(&env.run(&[
+            "create",
+            "--driver",
+            "fake",
+            "--no-share",
+            "--cpus",
+            "1",
+            "--memory",
+            "512",
+            "--disk-size",
+            "2G",
+            "a",
+        ]));
+        let (_tap, net) = machine_tap(0);
+        // The namespace's "internet": a default route via a gateway on another link.
+        let eth9 = Tap::create("eth9", false).unwrap();
+        eth9.configure("10.9.0.1".parse().unwrap(), 24).unwrap();
+        ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.9.0.254",
+            "dev",
+            "eth9",
+        ]);
+        let before = host_routes().unwrap();
+        let crafted = |interface: &str, guest: &str, bridge: &str, pool: &str| {
+            format!(
+                "{{\"machines\": {{\"a\": {{\"guest_ip\": \"{guest}\", \"interface\": \
+                 \"{interface}\", \"docker\": {{\"bridge\": \"{bridge}\", \"pool\": \
+                 \"{pool}\", \"pool_size\": 24}}}}}}}}"
+            )
+        };
+        let guest = net.guest_ip.to_string();
+        for (json, why) in [
+            (
+                crafted("dbx0", &guest, "172.18.0.1/16", "0.0.0.0/1"),
+                "0.0.0.0/1",
+            ),
+            (
+                crafted("dbx0", &guest, "172.18.0.1/16", "172.31.0.0/16"),
+                "172.31.0.0/16",
+            ),
+            (
+                crafted("eth9", "10.9.0.2", "172.18.0.1/16", "172.19.0.0/16"),
+                "eth9",
+            ),
+        ] {
+            std::fs::write(env.home.join("routes.json"), &json).unwrap();
+            let o = env.run(&["routes", "apply"]);
+            crate::support::cli::fails_with(&o, why);
+            assert_eq!(host_routes().unwrap(), before, "nothing routed for {json}");
+        }
+        drop(eth9);
     });
 }
