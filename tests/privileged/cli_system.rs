@@ -36,9 +36,9 @@ pub fn trials() -> Vec<Trial> {
             root_creates_the_registry_on_demand_and_create_takes_a_lease,
         ),
         check(
-            "create_before_system_install_names_it_and_makes_nothing",
+            "create_or_start_before_system_install_names_it_and_makes_nothing",
             root_and_setpriv,
-            create_before_system_install_names_it_and_makes_nothing,
+            create_or_start_before_system_install_names_it_and_makes_nothing,
         ),
     ]
 }
@@ -203,9 +203,9 @@ fn root_creates_the_registry_on_demand_and_create_takes_a_lease() {
 }
 
 /// A host without `system install`: a private mount namespace with an empty `/var/lib` (so
-/// the check does not depend on this host's), where `nobody` creates a machine. A user's
+/// the check does not depend on this host's), where `nobody` creates a machine, then starts one. A user's
 /// registry cannot be moved (`DEVBOX_REGISTRY` is root's only), and root would create it.
-fn create_before_system_install_names_it_and_makes_nothing() {
+fn create_or_start_before_system_install_names_it_and_makes_nothing() {
     let env = Env::new();
     let o = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
@@ -230,4 +230,42 @@ fn create_before_system_install_names_it_and_makes_nothing() {
         stderr(&o)
     );
     assert!(!env.machine_dir("m").exists());
+
+    // `start` of a machine that exists (made by root here, then given to `nobody`, as a
+    // machine of an earlier version or one kept across `system uninstall` would be): the
+    // same error, before any supervisor, lease or state file exists.
+    succeeds(&env.run(&["create", "m", "--driver", "fake", "--no-share"]));
+    let base = env.home.parent().unwrap();
+    std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755)).unwrap();
+    chown_tree(&env.home, 65534);
+    let o = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg("mount -t tmpfs -o mode=0755 tmpfs /var/lib && exec \"$@\"")
+        .arg("sh")
+        .args(nobody_args(&["start", "m"]))
+        .env("DEVBOX_HOME", &env.home)
+        .env("DEVBOX_CACHE", &env.cache)
+        .env("DEVBOX_FAKE_GUEST", "ready")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    fails_with(&o, "devbox is not set up on this host");
+    assert!(
+        stderr(&o).contains("sudo devbox system install"),
+        "{}",
+        stderr(&o)
+    );
+    let machine = env.machine_dir("m");
+    for f in ["supervisor.pid", "state.json", "supervisor.log"] {
+        assert!(!machine.join(f).exists(), "start made {f}");
+    }
+}
+
+fn chown_tree(dir: &std::path::Path, uid: u32) {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(uid)).unwrap();
+    if std::fs::symlink_metadata(dir).unwrap().is_dir() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            chown_tree(&e.unwrap().path(), uid);
+        }
+    }
 }
