@@ -52,7 +52,24 @@ mod network;
 // Its raw-client check is Linux-only (src/nfs): elsewhere its helpers go unused.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 mod shares;
+// Linux only (file capabilities, user namespaces of the test, /dev/net/tun): elsewhere the
+// trial is reported as unsupported.
+#[cfg(target_os = "linux")]
 mod users;
+#[cfg(not(target_os = "linux"))]
+mod users {
+    use crate::support::trials::Missing;
+
+    pub fn prerequisites() -> Result<(), Missing> {
+        Err(Missing::Unsupported(
+            "system install and file capabilities are Linux's (macOS: see the README)".into(),
+        ))
+    }
+
+    pub fn ordinary_users_after_one_system_install() {
+        unreachable!("prerequisites() refuses this host");
+    }
+}
 
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::{Mutex, OnceLock};
