@@ -63,6 +63,10 @@ pub enum Command {
     /// How full a machine's data disk is, and growing it.
     #[command(subcommand)]
     Disk(DiskCommand),
+    /// One-time host set-up (with sudo): devbox installed with the privileges machines need,
+    /// the host-wide lease registry, the boot-time route job; and checks with exact fixes.
+    #[command(subcommand)]
+    System(SystemCommand),
     /// Print a shell completion script.
     Completion(CompletionArgs),
     /// Run a machine's supervisor in the foreground (spawned by `start`).
@@ -283,13 +287,32 @@ pub struct ImagePullArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum RoutesCommand {
-    /// Make the host's routes match the running machines (idempotent; run at boot by the
-    /// installed job).
+    /// Make the host's routes match your running machines (idempotent; run at boot by the
+    /// job `sudo devbox system install` sets up).
     Apply(DryRunArg),
-    /// Install the boot-time job (systemd units on Linux, a LaunchDaemon on macOS).
-    Install(DryRunArg),
-    /// Remove the boot-time job.
-    Uninstall(DryRunArg),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SystemCommand {
+    /// Set this host up for every user (run once, with sudo): copy this binary to
+    /// /usr/local/bin/devbox with the capabilities CAP_NET_ADMIN and CAP_NET_BIND_SERVICE,
+    /// create the lease registry /var/lib/devbox, install the boot-time route job for you.
+    Install(SystemArgs),
+    /// Remove exactly what `system install` added.
+    Uninstall(SystemArgs),
+    /// What is installed, and what still needs a fix.
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct SystemArgs {
+    /// Print the plan without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Install: replace a /usr/local/bin/devbox that `system install` did not put there.
+    /// Uninstall: go ahead while machines still hold leases (the registry stays).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -225,6 +225,28 @@ pub(super) fn step_lines(step: &Step<'_>, os: HostOs) -> Vec<String> {
         Step::AddNat(link) => vec![nat_line(link, "add", os)],
         Step::RemoveNat(link) => vec![nat_line(link, "remove", os)],
         Step::RemoveFile(p) => vec![format!("rm -f {}", p.display())],
+        Step::RemoveBinary(p) => vec![format!("rm -f {}", p.display())],
+        Step::RemoveDir(p) => vec![format!("rmdir {}  # only when empty", p.display())],
+        Step::CreateDir(d) => vec![format!(
+            "install -d -o root -g root -m {:04o} {}",
+            d.mode,
+            d.path.display()
+        )],
+        Step::InstallBinary(b) => {
+            let mut lines = vec![format!(
+                "install -o root -g root -m 0755 {} {}",
+                b.source.display(),
+                b.path.display()
+            )];
+            if b.caps {
+                lines.push(format!(
+                    "setcap {} {}",
+                    super::privileged::INSTALLED_CAPS,
+                    b.path.display()
+                ));
+            }
+            lines
+        }
         Step::WriteFile(f) => vec![format!(
             "write {} (mode {:04o}, {} bytes)",
             f.path.display(),

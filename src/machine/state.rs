@@ -169,7 +169,7 @@ pub fn read_state_file(dir: &MachineDir) -> Result<Option<StateFile>, StoreError
 
 pub fn write_state_file(dir: &MachineDir, st: &StateFile) -> Result<(), StoreError> {
     let text = serde_json::to_vec_pretty(st).map_err(std::io::Error::other)?;
-    write_atomic(&dir.state_path(), &text, 0o644)?;
+    write_atomic(&dir.state_path(), &text, 0o600)?;
     Ok(())
 }
 

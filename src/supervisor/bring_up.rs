@@ -248,24 +248,22 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// For a TAP link: checks that the host-only /24 is still free, creates and configures
-    /// the TAP, routes the Docker subnets over it, and forwards its traffic out (`nat`).
+    /// For a TAP link: the TAP, through the privileged door (only for an index leased to the
+    /// caller, with the index's address, and only while its /24 is still free on the host),
+    /// then the routes to the Docker subnets over it, and its traffic forwarded out (`nat`).
     fn tap(&mut self, net: &HostNet) -> Result<Option<net::Tap>> {
         let Some(setup) = &net.tap else {
             return Ok(None);
         };
-        // The host-only /24 must still be free: a VPN may have claimed it since `create`.
-        net::check_conflicts(&net.hostonly, &net::host_routes()?)?;
-
         self.state.step("creating the network device");
-        let tap = net::Tap::create(&setup.name, true)?;
-        tap.configure(setup.host_ip, setup.prefix)?;
+        let (tap, hostonly) = crate::host::open_tap(net.hostonly.index, true)?;
         log(format!(
             "{} up with {}/{}",
             tap.name(),
-            setup.host_ip,
-            setup.prefix
+            hostonly.host_ip,
+            hostonly.subnet.prefix_len()
         ));
+        debug_assert_eq!(setup.name, tap.name());
 
         self.state.step("routing the Docker subnets");
         add_routes(
@@ -337,7 +335,7 @@ impl<'a> Supervisor<'a> {
         // The alias policy (other machines, allowed domains, claims) is read from the state
         // directory at every zone build; only the guest, its containers and the host query.
         let subnets: Vec<ipnet::IpNet> = self.spec.docker.routed().map(Into::into).to_vec();
-        let server = io.block_on(dns::DnsServer::start(dns::DnsConfig {
+        let config = dns::DnsConfig {
             machine: self.spec.name.clone(),
             tld: self.spec.tld.clone(),
             guest_ip: guest_ip.into(),
@@ -348,7 +346,16 @@ impl<'a> Supervisor<'a> {
                 self.store.clone(),
                 &self.spec.name,
             )),
-        }))?;
+        };
+        // Port 53 on the TAP's own address (from the leased index, opened by `tap` already):
+        // CAP_NET_BIND_SERVICE for the binds only. `start` binds on this thread (block_on runs
+        // the future here, and the runtime's workers, started earlier, do not get it).
+        let start = || io.block_on(dns::DnsServer::start(config));
+        let server = if net.dns_bind.port() < 1024 {
+            crate::host::privileged::with_bind_service(start)
+        } else {
+            start()
+        }?;
         log(format!(
             "DNS on {} for {}.{} (upstreams: {})",
             server.local_addr(),

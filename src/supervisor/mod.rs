@@ -99,7 +99,7 @@ pub fn run(
     write_atomic(
         &dir.pid_path(),
         format!("{}\n", std::process::id()).as_bytes(),
-        0o644,
+        0o600,
     )?;
     let state = StateWriter::new(&dir, StateFile::starting(std::process::id(), now()));
 

@@ -336,6 +336,8 @@ impl Harness {
             .args(args)
             .env("DEVBOX_HOME", &self.home)
             .env("DEVBOX_CACHE", &self.cache)
+            // The run's own lease registry (root may move it), never the host's.
+            .env("DEVBOX_REGISTRY", self.tmp.path().join("registry"))
             .env("NO_COLOR", "1")
             .env("DEVBOX_DNS_UPSTREAMS", format!("127.0.0.1:{UPSTREAM_PORT}"))
             .stdin(Stdio::null());

@@ -226,4 +226,10 @@ pub fn stop_and_rm_leave_nothing(m: &Machine) {
     assert!(stop_again.status.success());
     m.ok(&["rm", MACHINE]);
     assert!(!m.dir().exists());
+    // Every machine of the run is gone, and with them their leases on the host-only networks.
+    let leases: Vec<_> = std::fs::read_dir(m.h.tmp().join("registry/leases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(leases.is_empty(), "rm leaves leases behind: {leases:?}");
 }

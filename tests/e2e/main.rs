@@ -5,8 +5,9 @@
 //! machine (`e2e`, with two shared folders, a 2 GiB disk) is booted once and handed to every
 //! check that does not disturb it; the checks that do (restart, SIGKILL of the supervisor,
 //! a full disk, a resize, stop and rm) run after them, in list order, on the same machine;
-//! the next check gets it running again. The whole run boots 5 times (the shared machine
-//! four times, a second machine once), and the arm64 image once more under qemu-system-aarch64.
+//! the next check gets it running again. The whole run boots 6 times (the shared machine
+//! four times, a second machine once, an ordinary user's machine once: `users.rs`), and the arm64
+//! image once more under qemu-system-aarch64.
 //! Checks run one at a time, in the order of [`CHECKS`] grouped by kind; the run prints each
 //! check's duration at the end, and the number of boots.
 //!
@@ -52,6 +53,24 @@ mod outside;
 // Its raw-client check is Linux-only (src/nfs): elsewhere its helpers go unused.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 mod shares;
+// Linux only (file capabilities, user namespaces of the test, /dev/net/tun): elsewhere the
+// trial is reported as unsupported.
+#[cfg(target_os = "linux")]
+mod users;
+#[cfg(not(target_os = "linux"))]
+mod users {
+    use crate::support::trials::Missing;
+
+    pub fn prerequisites() -> Result<(), Missing> {
+        Err(Missing::Unsupported(
+            "system install and file capabilities are Linux's (macOS: see the README)".into(),
+        ))
+    }
+
+    pub fn ordinary_users_after_one_system_install() {
+        unreachable!("prerequisites() refuses this host");
+    }
+}
 
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -74,6 +93,11 @@ const CHECKS: &[Check] = &[
         "arm64_image_boots_under_qemu_virt",
         arm64::prerequisites,
         arm64::arm64_image_boots_under_qemu_virt,
+    ),
+    own(
+        "ordinary_users_after_one_system_install",
+        users::prerequisites,
+        users::ordinary_users_after_one_system_install,
     ),
     shared(
         "start_boots_and_a_second_start_is_not_an_error",

@@ -38,11 +38,17 @@ fn start_without_net_admin_names_the_privilege() {
         .args(["start", "m"])
         .env("DEVBOX_HOME", &env.home)
         .env("DEVBOX_CACHE", &env.cache)
+        .env("DEVBOX_REGISTRY", &env.registry)
         .output()
         .unwrap();
     fails_with(&o, "CAP_NET_ADMIN");
     assert!(
-        stderr(&o).contains("setcap cap_net_admin+ep"),
+        stderr(&o).contains("bounding set lacks NET_ADMIN"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("sudo devbox system install"),
         "{}",
         stderr(&o)
     );

@@ -16,6 +16,8 @@ mod support;
 mod kvm_support;
 
 mod cli_root;
+#[cfg(target_os = "linux")]
+mod cli_system;
 mod dns_netns;
 mod kvm_boot_conformance;
 mod kvm_net;
@@ -30,6 +32,7 @@ fn main() -> std::process::ExitCode {
     let mut trials = cli_root::trials();
     #[cfg(target_os = "linux")]
     {
+        trials.extend(cli_system::trials());
         trials.extend(net_tap::trials());
         trials.extend(routes_netns::trials());
         trials.extend(nat_netns::trials());

@@ -568,7 +568,7 @@ fn parse_modules_dep(text: &str) -> BTreeMap<String, Vec<String>> {
 
 /// Modules matching `selection` (exact paths or `dir/` prefixes) and everything they need.
 fn module_closure(deps: &BTreeMap<String, Vec<String>>, selection: &[&str]) -> BTreeSet<String> {
-    let mut todo: Vec<&String> = deps
+    let mut pending: Vec<&String> = deps
         .keys()
         .filter(|m| {
             selection.iter().any(|s| {
@@ -581,9 +581,9 @@ fn module_closure(deps: &BTreeMap<String, Vec<String>>, selection: &[&str]) -> B
         })
         .collect();
     let mut out = BTreeSet::new();
-    while let Some(m) = todo.pop() {
+    while let Some(m) = pending.pop() {
         if out.insert(m.clone()) {
-            todo.extend(deps.get(m).into_iter().flatten());
+            pending.extend(deps.get(m).into_iter().flatten());
         }
     }
     out
