@@ -252,12 +252,18 @@ fn run_step(
         Step::RemoveRoute(r) if !present(r) => Ok(Outcome::AlreadyDone),
         Step::RemoveRoute(r) => sys::delete_route(r).map(|()| Outcome::Done),
         Step::HostFilter(h) => sys::hostfilter(h).map(|()| Outcome::Done),
+        // Every user's machines share devbox's table, DOCKER-USER and `ip_forward`: each
+        // change reads and writes them under the registry's host-wide lock.
         Step::AddNat(link) => {
+            let _host = target.registry.lock()?;
             let (outcome, found) = sys::add_nat(link)?;
             warnings.extend(found);
             Ok(outcome)
         }
-        Step::RemoveNat(link) => sys::remove_nat(link),
+        Step::RemoveNat(link) => {
+            let _host = target.registry.lock()?;
+            sys::remove_nat(link)
+        }
         Step::SetResolved(_) | Step::RevertResolved(_) if !target.manage_services => Ok(
             Outcome::Skipped("systemd-resolved is not used for a test root".into()),
         ),

@@ -16,7 +16,8 @@ use crate::net::lease::{Lease, Registry, real_uid};
 use crate::net::{self, HostOnlyNet, Ipv4Net, ShareLink, Tap, devbox_link, overlaps};
 
 /// Checks every item of `plan` that acts on a `dbxN` link against `leases` (the registry's
-/// listing) for the caller `uid`: routes added or removed over it, resolved settings on it.
+/// listing) for the caller `uid`: routes added or removed over it, resolved settings on it,
+/// its outbound NAT.
 /// A route added must be to one of the Docker subnets of the link's lease, and overlap no
 /// other lease's.
 pub fn check_plan(plan: &HostPlan, leases: &[Lease], uid: u32) -> Result<(), HostError> {
@@ -71,6 +72,23 @@ pub fn check_plan(plan: &HostPlan, leases: &[Lease], uid: u32) -> Result<(), Hos
     for link in &plan.resolved_revert {
         own(link, &|| format!("revert resolved on {link}"))?;
     }
+    // NAT acts on the link and the /24 its index gives (`crate::nat::NatLink`), so the lease
+    // of that index is all it needs; any other name (a share link `dbxNs`, a host interface)
+    // is refused here too, not only by the allowlist.
+    for (verb, link) in plan
+        .nat_add
+        .iter()
+        .map(|l| ("add", l))
+        .chain(plan.nat_remove.iter().map(|l| ("remove", l)))
+    {
+        let item = || format!("{verb} the outbound NAT of {link}");
+        if own(link, &item)?.is_none() {
+            return Err(refused(
+                item(),
+                "only a machine's own link (dbxN) gets outbound NAT".into(),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -84,7 +102,8 @@ fn list(nets: &[Ipv4Net]) -> String {
         .join(", ")
 }
 
-/// Whether `plan` acts on any `dbxN` link (and so needs the registry).
+/// Whether `plan` acts on any `dbxN` link (and so needs the registry). Any NAT item does:
+/// one on another name is refused by [`check_plan`].
 pub fn touches_links(plan: &HostPlan) -> bool {
     let link = |l: &str| devbox_link(l).is_some();
     plan.routes
@@ -94,6 +113,8 @@ pub fn touches_links(plan: &HostPlan) -> bool {
         .any(|r| link(&r.interface))
         || plan.resolved.iter().any(|r| link(&r.link))
         || plan.resolved_revert.iter().any(|l| link(l))
+        || !plan.nat_add.is_empty()
+        || !plan.nat_remove.is_empty()
 }
 
 /// [`check_plan`] against `registry`, for the caller's real uid.
@@ -258,5 +279,64 @@ mod tests {
         assert!(check_plan(&p, &leases(), 1001).is_err());
         assert!(touches_links(&p));
         assert!(!touches_links(&HostPlan::default()));
+    }
+
+    fn nat(add: &[&str], remove: &[&str]) -> HostPlan {
+        HostPlan {
+            nat_add: add.iter().map(|l| l.to_string()).collect(),
+            nat_remove: remove.iter().map(|l| l.to_string()).collect(),
+            ..HostPlan::default()
+        }
+    }
+
+    #[test]
+    fn nat_on_the_callers_own_link_passes_both_ways() {
+        let p = nat(&["dbx0"], &["dbx0"]);
+        assert!(touches_links(&p));
+        check_plan(&p, &leases(), 1000).unwrap();
+    }
+
+    #[test]
+    fn nat_on_another_users_or_an_unleased_link_is_refused() {
+        for (add, remove, why) in [
+            (
+                "dbx1",
+                "dbx0",
+                "refused to add the outbound NAT of dbx1: dbx1 is leased to uid 1001, not to you (uid 1000)",
+            ),
+            (
+                "dbx0",
+                "dbx1",
+                "refused to remove the outbound NAT of dbx1: dbx1 is leased to uid 1001, not to you (uid 1000)",
+            ),
+            (
+                "dbx5",
+                "dbx0",
+                "refused to add the outbound NAT of dbx5: dbx5 is not leased to anyone",
+            ),
+        ] {
+            let err = check_plan(&nat(&[add], &[remove]), &leases(), 1000).unwrap_err();
+            assert!(
+                err.to_string().contains(why),
+                "{add}/{remove}: {err}"
+            );
+        }
+        // Root holds no lease either: uid 0 gets no NAT on a user's link.
+        assert!(check_plan(&nat(&["dbx0"], &[]), &leases(), 0).is_err());
+    }
+
+    #[test]
+    fn nat_on_a_share_link_or_a_host_interface_is_refused_even_with_its_lease() {
+        let share = HostOnlyNet::from_index(0).unwrap().share_link().tap;
+        for link in [share.as_str(), "eth0", "dbx", "dbx00", "dbx64", ""] {
+            let p = nat(&[link], &[]);
+            assert!(touches_links(&p), "{link}");
+            let err = check_plan(&p, &leases(), 1000).unwrap_err();
+            assert!(
+                err.to_string().contains("only a machine's own link (dbxN)"),
+                "{link}: {err}"
+            );
+            assert!(check_plan(&nat(&[], &[link]), &leases(), 1000).is_err(), "{link}");
+        }
     }
 }

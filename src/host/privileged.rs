@@ -25,7 +25,7 @@
 //! `sys/linux.rs` (capctl); macOS has no capabilities (`sys/macos.rs`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 
 use super::sys;
 use crate::hint::Hint;
@@ -236,8 +236,13 @@ pub fn with_bind_service<T>(f: impl FnOnce() -> T) -> T {
 /// `resolvectl` and `nft`, which have no file capabilities of their own); the calling thread
 /// takes it back from its own sets right after the spawn.
 pub fn output_with_net_admin(cmd: &mut Command) -> std::io::Result<Output> {
-    let child = sys::with_ambient_net_admin(|| cmd.spawn())?;
-    child.wait_with_output()
+    spawn_with_net_admin(cmd)?.wait_with_output()
+}
+
+/// Starts `cmd` with CAP_NET_ADMIN handed to it as [`output_with_net_admin`] does, for a
+/// caller that writes to its stdin (`nft -f -`).
+pub fn spawn_with_net_admin(cmd: &mut Command) -> std::io::Result<Child> {
+    sys::with_ambient_net_admin(|| cmd.spawn())
 }
 
 /// Whether a supervisor spawned from `exe` by this process will hold the capabilities a TAP

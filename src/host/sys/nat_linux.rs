@@ -1,33 +1,38 @@
 //! Linux: a machine's outbound NAT through `nft` (devbox's table), `iptables` (Docker's
 //! `DOCKER-USER` chain, where it exists) and `/proc/sys/net/ipv4/ip_forward`, all in the
 //! caller's network namespace. What to change is computed by `crate::nat` from what the host
-//! holds now; this file reads the host, runs the commands, and holds the host-wide lock
-//! while it does, so machines starting and stopping at once see each other's rules (and the
-//! last one to stop is the one that puts `ip_forward` back).
+//! holds now; this file reads the host and runs the commands. The applier holds the lease
+//! registry's host-wide lock around each call (`Registry::lock`), so machines of every user
+//! starting and stopping at once see each other's rules (and the last one to stop is the one
+//! that puts `ip_forward` back).
+//!
+//! An ordinary user's devbox holds CAP_NET_ADMIN only in its permitted set (the installed
+//! binary's file capability): `nft` and `iptables` get it through the ambient set for their
+//! run only (`privileged::spawn_with_net_admin`), and `ip_forward` is opened with it raised in
+//! this thread (a net sysctl grants its owner's mode bits to CAP_NET_ADMIN in the network
+//! namespace's user namespace). Which link, which /24, and whether devbox turned forwarding on
+//! come from the link's name and from devbox's own table in the kernel, never from a file a
+//! user can write.
 
 use std::io::Write;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use crate::host::HostError;
 use crate::host::apply::Outcome;
+use crate::host::privileged::{spawn_with_net_admin, with_net_admin};
 use crate::nat::{
     self, Blocker, DOCKER_USER, DevboxTable, NatError, NatLink, docker_user_delete_argvs,
     docker_user_insert_argvs, find_blockers,
 };
 
-/// Serialises every change to devbox's table, DOCKER-USER and `ip_forward` on this host
-/// (D1: created root-owned by `devbox system install`, or here when running as root).
-const HOST_LOCK: &str = "/var/lib/devbox/host.lock";
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
 /// Gives machine `link` its NAT: devbox's rules (replacing any an earlier run left), its
 /// DOCKER-USER rules on a host that runs Docker, and `ip_forward` on. Returns what in the
 /// host's own firewall may still drop the machine's traffic; fails without changing anything
-/// when that firewall certainly drops all of it.
+/// when that firewall certainly drops all of it. The caller holds the host-wide lock.
 pub fn add_nat(link: &str) -> Result<(Outcome, Vec<Blocker>), HostError> {
     let nat = nat_link(link)?;
-    let _lock = host_lock()?;
     let ruleset = nft_output(&["-j", "list", "ruleset"])?;
     let forward = iptables_output(&["-S", "FORWARD"]).unwrap_or(None);
     let docker_user = iptables_output(&["-S", DOCKER_USER]).ok().flatten();
@@ -60,10 +65,9 @@ pub fn add_nat(link: &str) -> Result<(Outcome, Vec<Blocker>), HostError> {
 }
 
 /// Takes machine `link`'s NAT away; the last machine's stop removes devbox's table and puts
-/// `ip_forward` back to 0 if devbox turned it on.
+/// `ip_forward` back to 0 if devbox turned it on. The caller holds the host-wide lock.
 pub fn remove_nat(link: &str) -> Result<Outcome, HostError> {
     nat_link(link)?;
-    let _lock = host_lock()?;
     let mut changed = false;
     if let Some(listing) = iptables_output(&["-S", DOCKER_USER]).ok().flatten() {
         for argv in docker_user_delete_argvs(&listing, link) {
@@ -113,32 +117,6 @@ fn parse_error(why: String) -> HostError {
     .into()
 }
 
-/// The host-wide lock, held until dropped. The directory is created when missing (as root);
-/// flock needs only a descriptor, which any user can have on the 0644 file.
-fn host_lock() -> Result<nix::fcntl::Flock<std::fs::File>, HostError> {
-    let path = Path::new(HOST_LOCK);
-    let io = |what, source| HostError::Io {
-        what,
-        path: path.to_owned(),
-        source,
-    };
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
-    }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .or_else(|_| std::fs::File::open(path))
-        .map_err(|e| io("open", e))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| io("lock", e.into()))
-}
-
 fn read_forwarding() -> Result<bool, HostError> {
     let v = std::fs::read_to_string(IP_FORWARD).map_err(|source| HostError::Io {
         what: "read",
@@ -148,12 +126,15 @@ fn read_forwarding() -> Result<bool, HostError> {
     Ok(v.trim() != "0")
 }
 
+/// Writes `ip_forward` with CAP_NET_ADMIN raised for the open and the write.
 fn write_forwarding(on: bool) -> Result<(), HostError> {
-    std::fs::write(IP_FORWARD, if on { "1\n" } else { "0\n" }).map_err(|source| HostError::Io {
-        what: "write",
-        path: IP_FORWARD.into(),
-        source,
-    })
+    with_net_admin(|| std::fs::write(IP_FORWARD, if on { "1\n" } else { "0\n" })).map_err(
+        |source| HostError::Io {
+            what: "write",
+            path: IP_FORWARD.into(),
+            source,
+        },
+    )
 }
 
 /// `nft ARGS`, its stdout; a missing `nft` is [`NatError::MissingTool`].
@@ -198,17 +179,16 @@ fn tool(
     stdin: Option<&[u8]>,
 ) -> Result<Output, HostError> {
     let line = || format!("{program} {}", args.join(" "));
-    let mut child = Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
             Stdio::null()
         })
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| match source.kind() {
+        .stderr(Stdio::piped());
+    let mut child = spawn_with_net_admin(&mut cmd).map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => HostError::Nat(NatError::MissingTool {
                 tool: if program == "nft" { "nft" } else { "iptables" },
                 package,
