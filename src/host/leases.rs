@@ -316,10 +316,7 @@ mod tests {
             ),
         ] {
             let err = check_plan(&nat(&[add], &[remove]), &leases(), 1000).unwrap_err();
-            assert!(
-                err.to_string().contains(why),
-                "{add}/{remove}: {err}"
-            );
+            assert!(err.to_string().contains(why), "{add}/{remove}: {err}");
         }
         // Root holds no lease either: uid 0 gets no NAT on a user's link.
         assert!(check_plan(&nat(&["dbx0"], &[]), &leases(), 0).is_err());
@@ -336,7 +333,10 @@ mod tests {
                 err.to_string().contains("only a machine's own link (dbxN)"),
                 "{link}: {err}"
             );
-            assert!(check_plan(&nat(&[], &[link]), &leases(), 1000).is_err(), "{link}");
+            assert!(
+                check_plan(&nat(&[], &[link]), &leases(), 1000).is_err(),
+                "{link}"
+            );
         }
     }
 }

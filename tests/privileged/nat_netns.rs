@@ -4,8 +4,15 @@
 //! eth0 would be) and its share link on `dbx0s` (192.168.64.254/30, as the guest's share
 //! namespace is), "the internet" on the uplink (TEST-NET-3, an HTTP server at 203.0.113.2),
 //! and a third network on another host interface (TEST-NET-2, 198.51.100.2); neither the
-//! share link nor that network gets routed anywhere through the host. The host's real interfaces, routes and firewall are
-//! never touched.
+//! share link nor that network gets routed anywhere through the host. The host's real
+//! interfaces, routes and firewall are never touched. The applier checks every NAT link
+//! against a lease registry of the trial's own (`ApplyTarget::under` a temporary root).
+//!
+//! One trial does it as an ordinary user would after `system install`: a thread of the test
+//! takes another uid (raw `setresuid`, which changes only the calling thread) and keeps
+//! CAP_NET_ADMIN in its permitted set alone, as the installed binary's file capability gives
+//! it; the door must raise it for `nft`, `iptables` and `ip_forward`, and refuse a link whose
+//! lease is not that uid's.
 //!
 //! Needs root, `nft`, `iptables`, busybox (httpd) and curl. Without them the trials are
 //! reported as not run, except under `CI=true`, where they fail.
@@ -17,8 +24,9 @@ use crate::support::trials::{Missing, Trial, check, programs, root};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use devbox::host::{HostError, HostPlan, apply};
+use devbox::host::{AppliedReport, ApplyTarget, HostError, HostPlan, apply_to};
 use devbox::nat::NatError;
+use devbox::net::lease::LeaseInfo;
 
 pub fn trials() -> Vec<Trial> {
     vec![
@@ -36,6 +44,11 @@ pub fn trials() -> Vec<Trial> {
             "a_firewall_that_drops_everything_fails_the_start_with_its_fix",
             tools,
             a_firewall_that_drops_everything_fails_the_start_with_its_fix,
+        ),
+        check(
+            "an_ordinary_user_gets_nat_on_their_own_lease_only",
+            tools,
+            an_ordinary_user_gets_nat_on_their_own_lease_only,
         ),
     ]
 }
@@ -199,7 +212,46 @@ fn world(test: &str) -> World {
     }
 }
 
-fn nat(verb: &str, link: &str) -> Result<devbox::host::AppliedReport, HostError> {
+/// The trial's lease registry, under a temporary root readable by every uid (as
+/// `/var/lib/devbox` is), with host-only indexes 0 and 1 leased to root.
+struct Registry {
+    root: tempfile::TempDir,
+}
+
+impl Registry {
+    fn new() -> Registry {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let reg = Registry { root };
+        let target = reg.target();
+        std::fs::create_dir_all(target.registry.dir().parent().unwrap()).unwrap();
+        target.registry.create().unwrap();
+        for index in [0, 1] {
+            let info = LeaseInfo {
+                uid: 0,
+                user: "root".into(),
+                machine: format!("m{index}"),
+                dir: "/nonexistent".into(),
+                docker: vec![],
+            };
+            assert!(target.registry.take(index, &info).unwrap());
+        }
+        reg
+    }
+
+    fn target(&self) -> ApplyTarget {
+        ApplyTarget::under(self.root.path())
+    }
+
+    /// Hands lease `index` to `uid`: the lease file's owner is what the door trusts.
+    fn give(&self, index: u8, uid: u32) {
+        let path = self.target().registry.leases_dir().join(index.to_string());
+        std::os::unix::fs::chown(path, Some(uid), None).unwrap();
+    }
+}
+
+fn nat(reg: &Registry, verb: &str, link: &str) -> Result<AppliedReport, HostError> {
     let mut plan = HostPlan {
         command: format!("{verb} test"),
         ..HostPlan::default()
@@ -208,7 +260,7 @@ fn nat(verb: &str, link: &str) -> Result<devbox::host::AppliedReport, HostError>
         "start" => plan.nat_add.push(link.into()),
         _ => plan.nat_remove.push(link.into()),
     }
-    apply(&plan, false)
+    apply_to(&plan, false, &reg.target())
 }
 
 /// Turns the namespace's IPv4 forwarding off: a new namespace may inherit the host's.
@@ -245,12 +297,13 @@ fn devbox_rules(link: &str) -> Option<usize> {
 
 fn a_machine_gets_out_and_nothing_else_is_forwarded() {
     in_new_netns(|| {
+        let reg = Registry::new();
         let w = world("out");
         let url = "http://203.0.113.2/";
         forwarding_off();
         assert!(!w.machine.gets(url), "out before devbox's NAT");
 
-        let report = nat("start", "dbx0").unwrap();
+        let report = nat(&reg, "start", "dbx0").unwrap();
         assert!(report.warnings.is_empty(), "{:?}", report.warnings);
         assert_eq!(forwarding(), "1");
         assert_eq!(devbox_rules("dbx0"), Some(3));
@@ -286,21 +339,21 @@ fn a_machine_gets_out_and_nothing_else_is_forwarded() {
         }
 
         // A crashed supervisor's rules, then the same machine's next start: one set.
-        nat("start", "dbx0").unwrap();
+        nat(&reg, "start", "dbx0").unwrap();
         assert_eq!(devbox_rules("dbx0"), Some(3));
         // A second machine, then the first stops: the second keeps its rules.
-        nat("start", "dbx1").unwrap();
+        nat(&reg, "start", "dbx1").unwrap();
         assert_eq!(devbox_rules("dbx1"), Some(3));
-        nat("stop", "dbx0").unwrap();
+        nat(&reg, "stop", "dbx0").unwrap();
         assert_eq!(devbox_rules("dbx0"), Some(0));
         assert_eq!(forwarding(), "1", "a machine still runs");
         // The last one puts everything back.
-        nat("stop", "dbx1").unwrap();
+        nat(&reg, "stop", "dbx1").unwrap();
         assert_eq!(devbox_rules("dbx1"), None, "devbox's table is gone");
         assert_eq!(forwarding(), "0");
         assert!(!w.machine.gets(url));
         assert!(
-            !nat("stop", "dbx1").unwrap().changed(),
+            !nat(&reg, "stop", "dbx1").unwrap().changed(),
             "nothing left to remove"
         );
     });
@@ -308,6 +361,7 @@ fn a_machine_gets_out_and_nothing_else_is_forwarded() {
 
 fn on_a_docker_host_the_rules_go_to_docker_user_and_away_again() {
     in_new_netns(|| {
+        let reg = Registry::new();
         let w = world("docker");
         let url = "http://203.0.113.2/";
         // What Docker leaves on a host: forwarding on, FORWARD policy DROP, DOCKER-USER.
@@ -318,7 +372,7 @@ fn on_a_docker_host_the_rules_go_to_docker_user_and_away_again() {
         sh("iptables", &["-P", "FORWARD", "DROP"]);
         assert!(!w.machine.gets(url));
 
-        let report = nat("start", "dbx0").unwrap();
+        let report = nat(&reg, "start", "dbx0").unwrap();
         assert!(report.warnings.is_empty(), "{:?}", report.warnings);
         assert!(
             w.machine.gets(url),
@@ -334,10 +388,10 @@ fn on_a_docker_host_the_rules_go_to_docker_user_and_away_again() {
                 .count()
         };
         assert_eq!(tagged(), 2);
-        nat("start", "dbx0").unwrap();
+        nat(&reg, "start", "dbx0").unwrap();
         assert_eq!(tagged(), 2, "a second start replaces, never adds");
 
-        nat("stop", "dbx0").unwrap();
+        nat(&reg, "stop", "dbx0").unwrap();
         assert_eq!(tagged(), 0);
         assert_eq!(devbox_rules("dbx0"), None);
         assert_eq!(
@@ -351,6 +405,7 @@ fn on_a_docker_host_the_rules_go_to_docker_user_and_away_again() {
 
 fn a_firewall_that_drops_everything_fails_the_start_with_its_fix() {
     in_new_netns(|| {
+        let reg = Registry::new();
         forwarding_off();
         sh("nft", &["add", "table", "inet", "lockdown"]);
         sh(
@@ -364,7 +419,7 @@ fn a_firewall_that_drops_everything_fails_the_start_with_its_fix() {
                 "{ type filter hook forward priority 0; policy drop; }",
             ],
         );
-        let err = nat("start", "dbx0").unwrap_err();
+        let err = nat(&reg, "start", "dbx0").unwrap_err();
         assert!(
             matches!(&err, HostError::Nat(NatError::Blocked { .. })),
             "{err}"
@@ -385,9 +440,107 @@ fn a_firewall_that_drops_everything_fails_the_start_with_its_fix() {
                 "add", "rule", "inet", "lockdown", "outward", "iifname", "\"lan0\"", "accept",
             ],
         );
-        let report = nat("start", "dbx0").unwrap();
+        let report = nat(&reg, "start", "dbx0").unwrap();
         assert_eq!(report.warnings.len(), 1);
         assert!(report.warnings[0].fix.contains("inet lockdown outward"));
-        nat("stop", "dbx0").unwrap();
+        nat(&reg, "stop", "dbx0").unwrap();
+    });
+}
+
+/// An ordinary user's uid for the trial (no account needed: the door trusts uids).
+const USER_UID: u32 = 64_321;
+
+/// Runs `f` on a new thread (in this thread's network namespace) as `USER_UID`, holding
+/// CAP_NET_ADMIN in its permitted set only, as an ordinary user's installed devbox does.
+/// Asserts that the thread has nothing effective or ambient when `f` returns.
+fn as_user<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    use capctl::{Cap, CapSet, CapState, ambient};
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: prctl and the raw setresgid/setresuid syscalls change only this
+            // thread's credentials (glibc's wrappers would change every thread's); nothing
+            // but integers is passed.
+            unsafe {
+                assert_eq!(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0), 0);
+                assert_eq!(
+                    libc::syscall(libc::SYS_setresgid, USER_UID, USER_UID, USER_UID),
+                    0
+                );
+                assert_eq!(
+                    libc::syscall(libc::SYS_setresuid, USER_UID, USER_UID, USER_UID),
+                    0
+                );
+            }
+            let mut only = CapSet::empty();
+            only.add(Cap::NET_ADMIN);
+            CapState {
+                effective: CapSet::empty(),
+                permitted: only,
+                inheritable: CapSet::empty(),
+            }
+            .set_current()
+            .unwrap();
+            assert_eq!(nix::unistd::getuid().as_raw(), USER_UID);
+            let out = f();
+            let after = CapState::get_current().unwrap();
+            assert!(after.effective.is_empty(), "left raised: {after:?}");
+            assert!(after.inheritable.is_empty(), "left inheritable: {after:?}");
+            assert_eq!(ambient::is_set(Cap::NET_ADMIN), Some(false));
+            out
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+fn an_ordinary_user_gets_nat_on_their_own_lease_only() {
+    in_new_netns(|| {
+        let reg = Registry::new();
+        reg.give(0, USER_UID);
+        let w = world("user");
+        let url = "http://203.0.113.2/";
+        forwarding_off();
+        assert!(!w.machine.gets(url), "out before devbox's NAT");
+
+        let refused = |r: Result<AppliedReport, HostError>| match r {
+            Err(e) => e.to_string(),
+            Ok(r) => panic!("applied: {r:?}"),
+        };
+        let (own, others, share) = as_user(|| {
+            (
+                nat(&reg, "start", "dbx0"),
+                refused(nat(&reg, "start", "dbx1")),
+                refused(nat(&reg, "start", "dbx0s")),
+            )
+        });
+        let own = own.unwrap();
+        assert!(own.warnings.is_empty(), "{:?}", own.warnings);
+        assert!(
+            others.contains(&format!(
+                "dbx1 is leased to uid 0, not to you (uid {USER_UID})"
+            )),
+            "{others}"
+        );
+        assert!(share.contains("dbx0s"), "{share}");
+        assert_eq!(forwarding(), "1", "written by the user's devbox");
+        assert_eq!(devbox_rules("dbx0"), Some(3));
+        assert_eq!(devbox_rules("dbx1"), Some(0), "nothing for another's lease");
+        assert!(
+            w.machine.gets(url),
+            "the user's machine reaches the internet"
+        );
+        assert!(!w.share.gets(url), "the share link reaches the internet");
+
+        // Root's machine on dbx1: the user can neither remove its NAT nor their own last.
+        nat(&reg, "start", "dbx1").unwrap();
+        let stop_others = as_user(|| refused(nat(&reg, "stop", "dbx1")));
+        assert!(stop_others.contains("leased to uid 0"), "{stop_others}");
+        assert_eq!(devbox_rules("dbx1"), Some(3));
+        nat(&reg, "stop", "dbx1").unwrap();
+
+        as_user(|| nat(&reg, "stop", "dbx0")).unwrap();
+        assert_eq!(devbox_rules("dbx0"), None, "devbox's table is gone");
+        assert_eq!(forwarding(), "0", "put back by the user's devbox");
+        assert!(!w.machine.gets(url));
     });
 }

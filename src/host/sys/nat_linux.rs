@@ -189,15 +189,15 @@ fn tool(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = spawn_with_net_admin(&mut cmd).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => HostError::Nat(NatError::MissingTool {
-                tool: if program == "nft" { "nft" } else { "iptables" },
-                package,
-            }),
-            _ => HostError::Spawn {
-                argv: line(),
-                source,
-            },
-        })?;
+        std::io::ErrorKind::NotFound => HostError::Nat(NatError::MissingTool {
+            tool: if program == "nft" { "nft" } else { "iptables" },
+            package,
+        }),
+        _ => HostError::Spawn {
+            argv: line(),
+            source,
+        },
+    })?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(input).map_err(|source| HostError::Spawn {
             argv: line(),
