@@ -15,6 +15,7 @@
 //! user can write.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use crate::host::HostError;
@@ -26,6 +27,10 @@ use crate::nat::{
 };
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// Where `nft` and `iptables` are looked up, in order, instead of the caller's `PATH`: an
+/// ordinary user's `PATH` on Debian has no `/usr/sbin`, where both live, and a command run
+/// with a capability is best taken from the system's own directories.
+const SYSTEM_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
 
 /// Gives machine `link` its NAT: devbox's rules (replacing any an earlier run left), its
 /// DOCKER-USER rules on a host that runs Docker, and `ip_forward` on. Returns what in the
@@ -172,6 +177,14 @@ fn run(argv: &[String]) -> Result<(), HostError> {
     tool(program, package, &args, None).map(drop)
 }
 
+/// `program` in the first of [`SYSTEM_DIRS`] that has it.
+fn system_program(program: &str) -> Option<PathBuf> {
+    SYSTEM_DIRS
+        .iter()
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file())
+}
+
 fn tool(
     program: &str,
     package: &'static str,
@@ -179,7 +192,14 @@ fn tool(
     stdin: Option<&[u8]>,
 ) -> Result<Output, HostError> {
     let line = || format!("{program} {}", args.join(" "));
-    let mut cmd = Command::new(program);
+    let missing = || {
+        HostError::Nat(NatError::MissingTool {
+            tool: if program == "nft" { "nft" } else { "iptables" },
+            package,
+        })
+    };
+    let path = system_program(program).ok_or_else(missing)?;
+    let mut cmd = Command::new(path);
     cmd.args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -189,10 +209,7 @@ fn tool(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = spawn_with_net_admin(&mut cmd).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => HostError::Nat(NatError::MissingTool {
-            tool: if program == "nft" { "nft" } else { "iptables" },
-            package,
-        }),
+        std::io::ErrorKind::NotFound => missing(),
         _ => HostError::Spawn {
             argv: line(),
             source,
