@@ -18,14 +18,17 @@
 //!   distributions (and as the fix does), a second install changes nothing and says it is open;
 //! - A with a binary that has no capabilities: `start` names the installed one;
 //! - A: `create` (lease owned by A, private files), `start` (supervisor and QEMU as A, no
-//!   effective capability, only the two permitted), `ssh`, the host's `docker` CLI through
+//!   effective capability, only the two permitted; its outbound NAT in devbox's nftables
+//!   table, made by `nft` with CAP_NET_ADMIN handed through the door), `ssh`, the host's
+//!   `docker` CLI through
 //!   `devbox env` (`docker run` of an imported image), a file the guest writes in the default
 //!   share (A's home) is A's; every file under A's `~/.devbox` is closed to others;
 //! - B against A's machine: start, stop, ssh, status, the disk, docker.sock and control.sock
 //!   are refused, and nothing changes; B's crafted `machine.yaml` (A's index) and `routes.json`
 //!   (A's link, a foreign link) are refused by the privileged side;
 //! - `sudo devbox …` acts as A: files A's, the supervisor A's with the two capabilities;
-//! - A: `stop`, `rm` (lease gone); `system uninstall` leaves nothing.
+//! - A: `stop` (the TAP and the NAT gone), `rm` (lease gone); `system uninstall` leaves
+//!   nothing.
 //!
 //! Every command of A and B runs through `setpriv` as that user with empty capability sets
 //! and a bounding set of the two capabilities only: nothing after the install could use root
@@ -199,6 +202,16 @@ fn creds(pid: u32) -> (u32, u64, u64) {
 
 /// CAP_NET_BIND_SERVICE (10) and CAP_NET_ADMIN (12).
 const NET_CAPS: u64 = (1 << 10) | (1 << 12);
+
+/// devbox's nftables table in this check's network namespace, as `nft` lists it; `None`
+/// when there is none.
+fn devbox_nat() -> Option<String> {
+    let o = Command::new("nft")
+        .args(["list", "table", "inet", "devbox"])
+        .output()
+        .expect("nft");
+    o.status.success().then(|| text(&o.stdout))
+}
 
 fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
@@ -479,6 +492,11 @@ fn run_as_users(a: &TestUser, b: &TestUser, cache: &Path, scratch: &Path, bb: &P
     );
     let tap = format!("dbx{index}");
     assert!(ip(&["-o", "link", "show"]).contains(&tap));
+    let nat = devbox_nat().expect("devbox's nftables table after A's start");
+    assert!(
+        nat.contains(&format!("\"{tap}\"")),
+        "no NAT for {tap}:\n{nat}"
+    );
 
     let uname = ok(
         "ssh",
@@ -538,6 +556,11 @@ fn run_as_users(a: &TestUser, b: &TestUser, cache: &Path, scratch: &Path, bb: &P
 
     ok("stop", &a.run(installed, &["stop", "m"], &env));
     assert!(!ip(&["-o", "link", "show"]).contains(&tap), "the TAP went");
+    assert_eq!(
+        devbox_nat(),
+        None,
+        "the last stop takes devbox's NAT table away"
+    );
     ok("rm", &a.run(installed, &["rm", "m"], &env));
     assert!(!lease.exists(), "rm gives the lease back");
     assert!(!machine.exists());
