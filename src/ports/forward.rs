@@ -74,12 +74,29 @@ enum Bound {
     Udp(UdpSocket),
 }
 
-/// The one place devbox binds a published port (D1: binding below 1024 is a privileged step).
+/// The one place devbox binds a published port (D1: binding below 1024 is a privileged step:
+/// an ordinary user's supervisor holds CAP_NET_BIND_SERVICE only in its permitted set, so the
+/// bind itself runs with it raised in this thread, through the door, and nothing else does).
 async fn bind(proto: Proto, addr: SocketAddr) -> io::Result<Bound> {
-    Ok(match proto {
-        Proto::Tcp => Bound::Tcp(TcpListener::bind(addr).await?),
-        Proto::Udp => Bound::Udp(UdpSocket::bind(addr).await?),
-    })
+    let bind_std = || -> io::Result<Bound> {
+        Ok(match proto {
+            Proto::Tcp => {
+                let l = std::net::TcpListener::bind(addr)?;
+                l.set_nonblocking(true)?;
+                Bound::Tcp(TcpListener::from_std(l)?)
+            }
+            Proto::Udp => {
+                let u = std::net::UdpSocket::bind(addr)?;
+                u.set_nonblocking(true)?;
+                Bound::Udp(UdpSocket::from_std(u)?)
+            }
+        })
+    };
+    if addr.port() < 1024 {
+        crate::host::privileged::with_bind_service(bind_std)
+    } else {
+        bind_std()
+    }
 }
 
 fn spawn(p: &Published, bound: Bound, down: mpsc::UnboundedSender<Unreachable>) -> AbortHandle {
@@ -198,10 +215,9 @@ pub fn describe(e: &io::Error, port: u16) -> String {
              publishes it)"
         ),
         io::ErrorKind::PermissionDenied => format!(
-            "port {port} is below 1024 and devbox lacks CAP_NET_BIND_SERVICE: run \
-             `sudo devbox system install` (or `sudo setcap \
-             cap_net_admin,cap_net_bind_service+ep \"$(command -v devbox)\"`), or publish a \
-             port from 1024 up"
+            "port {port} is below 1024 and devbox lacks CAP_NET_BIND_SERVICE: set devbox \
+             up once with `sudo devbox system install` and run /usr/local/bin/devbox, or \
+             publish a port from 1024 up"
         ),
         _ => format!("cannot listen on port {port}: {e}"),
     }
