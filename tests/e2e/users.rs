@@ -41,7 +41,8 @@ use nix::sched::{CloneFlags, unshare};
 
 use crate::harness::{bounded, count_boot};
 use crate::machine::busybox_rootfs_tar;
-use crate::support::guest::{bin, text, which};
+use crate::support::bin_for_any_user as bin;
+use crate::support::guest::{text, which};
 use crate::support::trials::{Missing, programs};
 
 const INSTALLED: &str = "/usr/local/bin/devbox";
