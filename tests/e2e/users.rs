@@ -44,7 +44,8 @@ use nix::sched::{CloneFlags, unshare};
 
 use crate::harness::{bounded, count_boot};
 use crate::machine::busybox_rootfs_tar;
-use crate::support::guest::{bin, text, which};
+use crate::support::bin_for_any_user as bin;
+use crate::support::guest::{text, which};
 use crate::support::trials::{Missing, programs};
 
 const INSTALLED: &str = "/usr/local/bin/devbox";
@@ -300,7 +301,6 @@ pub fn ordinary_users_after_one_system_install() {
     // The image, outside the namespaces (the build reads the package archive), in the
     // run's cache, which the users read.
     crate::image();
-    let cache = crate::harness().cache.clone();
     let docker = std::fs::read(which("docker").unwrap()).unwrap();
     // Homes must be reachable by their users: not inside a 0700 temp directory.
     let scratch = tempfile::Builder::new()
@@ -308,6 +308,7 @@ pub fn ordinary_users_after_one_system_install() {
         .tempdir()
         .unwrap();
     std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cache = users_cache(&crate::harness().cache, scratch.path());
     let bb = busybox_rootfs_tar(scratch.path());
     std::fs::set_permissions(&bb, std::fs::Permissions::from_mode(0o644)).unwrap();
     let a = TestUser::add("a", scratch.path());
@@ -331,6 +332,36 @@ pub fn ordinary_users_after_one_system_install() {
             std::panic::resume_unwind(panic);
         }
     });
+}
+
+/// The run's images, copied where the test's users can read them: the run's cache may sit
+/// under a directory only root can enter (root's home, the default; a clone made in
+/// `mktemp -d`). Only the images: `create` needs nothing else from the cache.
+fn users_cache(from: &Path, scratch: &Path) -> std::path::PathBuf {
+    let to = scratch.join("cache");
+    let images = to.join("images");
+    for dir in [&to, &images] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for image in std::fs::read_dir(from.join("images")).unwrap() {
+        let image = image.unwrap();
+        if !image.file_type().unwrap().is_dir() {
+            continue;
+        }
+        let dst = images.join(image.file_name());
+        std::fs::create_dir_all(&dst).unwrap();
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for file in std::fs::read_dir(image.path()).unwrap() {
+            let file = file.unwrap();
+            if file.file_type().unwrap().is_file() {
+                let target = dst.join(file.file_name());
+                std::fs::copy(file.path(), &target).unwrap();
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+            }
+        }
+    }
+    to
 }
 
 fn run_as_users(a: &TestUser, b: &TestUser, cache: &Path, scratch: &Path, bb: &Path) {

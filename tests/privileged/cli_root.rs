@@ -47,8 +47,8 @@ fn start_without_net_admin_names_the_privilege() {
         "{}",
         stderr(&o)
     );
-    // The way out: `system install`, or, on a host where it was done (a CI run's users
-    // check leaves /usr/local/bin/devbox behind), the installed binary.
+    // The way out: `system install`, or, on a host where it was done (the README's
+    // quickstart leaves /usr/local/bin/devbox installed), the installed binary.
     let way_out = if std::path::Path::new(devbox::host::INSTALLED_BINARY).exists() {
         "use the installed devbox, /usr/local/bin/devbox, which has them"
     } else {

@@ -60,7 +60,7 @@ fn nobody_args(args: &[&str]) -> Vec<String> {
     ]
     .map(str::to_owned)
     .to_vec();
-    v.push(assert_cmd::cargo::cargo_bin("devbox").display().to_string());
+    v.push(crate::support::bin_for_any_user().display().to_string());
     v.extend(args.iter().map(|a| a.to_string()));
     v
 }
