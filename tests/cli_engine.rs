@@ -120,7 +120,7 @@ fn engine_flags_are_kept_in_the_spec_and_checked_at_every_read() {
 }
 
 #[test]
-fn ipv6_is_refused_as_not_supported_yet_and_creates_nothing() {
+fn docker_ipv6_keys_name_the_ipv6_flag_and_create_nothing() {
     let env = Env::new();
     for opt in ["ipv6=true", "fixed-cidr-v6=fd00:db8:1::/64"] {
         let out = env.run(&[
@@ -132,8 +132,8 @@ fn ipv6_is_refused_as_not_supported_yet_and_creates_nothing() {
             "--engine-opt",
             opt,
         ]);
-        fails_with(&out, "IPv6 is not supported yet");
-        fails_with(&out, "hint: leave Docker's IPv6 off");
+        fails_with(&out, "devbox's own");
+        fails_with(&out, "--ipv6");
         assert!(!env.machine_dir("m").exists(), "{opt} left a machine");
     }
     // Written into machine.yaml by hand: every read refuses it the same way.
@@ -147,5 +147,18 @@ fn ipv6_is_refused_as_not_supported_yet_and_creates_nothing() {
     .unwrap();
     let out = env.run(&["inspect", "m"]);
     fails_with(&out, "engine.daemon.ipv6");
-    fails_with(&out, "IPv6 is not supported yet");
+    fails_with(&out, "`--ipv6` at create");
+}
+
+#[test]
+fn ipv6_needs_a_tap_driver_and_is_kept_in_the_spec() {
+    let env = Env::new();
+    // The fake driver has no link devbox routes (nor has vz, whose NIC is on vmnet's NAT).
+    let out = env.run(&["create", "m", "--driver", "fake", "--no-share", "--ipv6"]);
+    fails_with(
+        &out,
+        "--ipv6: the fake driver's network is not a link devbox routes",
+    );
+    fails_with(&out, "--driver qemu or kvm");
+    assert!(!env.machine_dir("m").exists());
 }

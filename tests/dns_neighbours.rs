@@ -32,6 +32,7 @@ fn spec(name: &str, index: u8, tld: &str, dns_domains: &[&str]) -> MachineSpec {
             host_ip: format!("192.168.{}.1", 64 + index).parse().unwrap(),
             guest_ip: format!("192.168.{}.2", 64 + index).parse().unwrap(),
             mac: "52:54:00:00:00:01".into(),
+            ipv6: false,
         },
         docker: DockerSubnets {
             bridge: "172.18.0.1/16".parse().unwrap(),

@@ -29,6 +29,7 @@ fn spec() -> MachineSpec {
             host_ip: "192.168.64.1".parse().unwrap(),
             guest_ip: "192.168.64.2".parse().unwrap(),
             mac: devbox::machine::spec::mac_for("dev"),
+            ipv6: false,
         },
         docker: DockerSubnets {
             bridge: parse_docker_bip("172.18.0.1/16").unwrap(),
@@ -58,14 +59,18 @@ fn daemon_json() {
     golden(
         "",
         "daemon.json",
-        &config_drive::daemon_json(&spec(), 20, &dns),
+        &config_drive::daemon_json(&spec(), 20, &dns, None),
     );
 }
 
 #[test]
 fn guest_env_file() {
     let dns = ["192.168.64.1".parse().unwrap()];
-    golden("", "devbox.env", &config_drive::env_file(&spec(), &dns));
+    golden(
+        "",
+        "devbox.env",
+        &config_drive::env_file(&spec(), &dns, None),
+    );
 }
 
 #[test]
@@ -85,6 +90,7 @@ fn config_drive_is_a_tar_the_guest_can_read() {
         host_key_public: "ssh-ed25519 AAAA host",
         dns: &[],
         docker_major: 20,
+        ipv6: None,
         mounts: &[config_drive::NfsMount {
             source: "192.168.64.253:/home/alice".into(),
             guest_path: "/home/alice".into(),

@@ -107,6 +107,11 @@ pub struct CreateArgs {
     /// first free of 172.18.0.1/16, 172.20.0.1/16, …).
     #[arg(long, value_name = "CIDR")]
     pub docker_subnet: Option<String>,
+    /// Give containers IPv6 addresses too, from a /56 of this host's unique local prefix
+    /// (a /64 per Docker network), routed from the host and named by AAAA records
+    /// (qemu and kvm drivers).
+    #[arg(long)]
+    pub ipv6: bool,
     /// Export a host directory into the machine over NFS: HOST_PATH[:GUEST_PATH][:ro]
     /// (repeatable; default: your home directory at the same path).
     #[arg(long = "share", value_name = "SHARE")]

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use crate::cli::{CreateArgs, DriverArg};
 use crate::machine::engine::{self, EngineFlags};
 use crate::machine::spec::{self, HostLimits, NetworkSpec};
-use crate::machine::{Driver, MachineSpec, Store};
+use crate::machine::{Driver, Link, MachineSpec, Store};
 use crate::net::lease::{Lease, LeaseInfo, Registry, real_uid};
 use crate::routes::{self, Claim};
 use crate::{hypervisor, image, net, output, ssh};
@@ -54,6 +54,18 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
     };
     // Refuse a driver this host cannot run now, not at the first start.
     hypervisor::for_driver(driver)?;
+
+    if a.ipv6 {
+        if driver.capabilities().link != Link::Tap {
+            anyhow::bail!(
+                "--ipv6: the {driver} driver's network is not a link devbox routes (a TAP \
+                 device), so it cannot route the machine's IPv6 prefix; use --driver qemu or \
+                 kvm, or leave out --ipv6"
+            );
+        }
+        // The prefix derives from the host's machine ID: say now if there is none.
+        net::ula::host_global_id().map_err(net::NetError::from)?;
+    }
 
     let shares_work = driver.capabilities().shares;
     let state_dirs = store.state_dirs();
@@ -172,6 +184,7 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
             host_ip: hostonly.host_ip,
             guest_ip: hostonly.guest_ip,
             mac: spec::mac_for(&a.name),
+            ipv6: a.ipv6,
         },
         docker,
         shares,
@@ -213,6 +226,14 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
         "Docker: bridge {}, networks from {} (routed from this host)",
         spec.docker.bridge, spec.docker.pool
     ));
+    if spec.network.ipv6
+        && let Ok(v6) = net::ula::MachineIpv6::for_index(spec.network.index)
+    {
+        output::info(format!(
+            "IPv6: {} (bridge {}, networks from {}, routed from this host)",
+            v6.prefix, v6.bridge, v6.pool
+        ));
+    }
     if !spec.dns_domains.is_empty() {
         output::info(format!(
             "DNS: its containers may claim names in {}",

@@ -20,10 +20,26 @@ pub fn run(store: &Store, name: &str) -> Result<i32> {
     let dns: Option<serde_json::Value> = fs_err::read_to_string(dir.path.join("dns.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok());
+    // `create --ipv6`: the machine's prefix and its parts (null without IPv6).
+    let ipv6 = spec
+        .network
+        .ipv6
+        .then(|| crate::net::ula::MachineIpv6::for_index(spec.network.index).ok())
+        .flatten()
+        .map(|v6| {
+            json!({
+                "prefix": v6.prefix.to_string(),
+                "guest_ip": v6.guest_ip,
+                "host_ip": v6.host_ip,
+                "bridge": v6.bridge.to_string(),
+                "pool": v6.pool.to_string(),
+            })
+        });
     output::json(&json!({
         "name": spec.name,
         "state": obs.state,
         "ip": ip,
+        "ipv6": ipv6,
         "spec": spec,
         "runtime": obs.file,
         "dns": dns,

@@ -13,6 +13,7 @@ use super::HostError;
 use super::plan::HostPlan;
 use super::privileged::with_net_admin;
 use crate::net::lease::{Lease, Registry, real_uid};
+use crate::net::ula::MachineIpv6;
 use crate::net::{self, HostOnlyNet, Ipv4Net, ShareLink, Tap, devbox_link, overlaps};
 
 /// Checks every item of `plan` that acts on a `dbxN` link against `leases` (the registry's
@@ -134,18 +135,35 @@ pub fn require_lease(index: u8) -> Result<Lease, HostError> {
 
 /// Creates and configures the TAP of host-only `index`, `dbx<index>` with `.1/24` of the
 /// index's /24, after checking that the caller owns the index's lease and that the /24 is
-/// still free on the host (a VPN may have claimed it since `create`). CAP_NET_ADMIN is raised
-/// for the creation and configuration only.
-pub fn open_tap(index: u8, vnet_hdr: bool) -> Result<(Tap, HostOnlyNet), HostError> {
+/// still free on the host (a VPN may have claimed it since `create`). With `ipv6`, the TAP
+/// also gets the host's end of the index's IPv6 link and the route to the index's /56 via
+/// the guest ([`MachineIpv6`]: derived from the index and the host's machine ID, nothing the
+/// caller chooses), after the same check against the host's IPv6 routes. CAP_NET_ADMIN is
+/// raised for the creation and configuration only.
+pub fn open_tap(
+    index: u8,
+    vnet_hdr: bool,
+    ipv6: bool,
+) -> Result<(Tap, HostOnlyNet, Option<MachineIpv6>), HostError> {
     require_lease(index)?;
     let hostonly = HostOnlyNet::from_index(index)?;
     net::check_conflicts(&hostonly, &net::host_routes()?)?;
+    let v6 = if ipv6 {
+        let v6 = MachineIpv6::for_index(index).map_err(net::NetError::from)?;
+        net::check_conflicts_v6(&v6, &net::host_routes_v6()?, &hostonly.tap_name())?;
+        Some(v6)
+    } else {
+        None
+    };
     let tap = with_net_admin(|| -> Result<Tap, net::NetError> {
         let tap = Tap::create(&hostonly.tap_name(), vnet_hdr)?;
         tap.configure(hostonly.host_ip, hostonly.subnet.prefix_len())?;
+        if let Some(v6) = v6 {
+            tap.configure_v6(v6.host_ip, v6.link.prefix_len(), v6.prefix, v6.guest_ip)?;
+        }
         Ok(tap)
     })?;
-    Ok((tap, hostonly))
+    Ok((tap, hostonly, v6))
 }
 
 /// Creates and configures the share link of host-only `index` (`dbx<index>s`, the top /30 of

@@ -10,6 +10,7 @@ use serde_json::json;
 use super::driver::Addressing;
 use super::spec::{MachineSpec, share_link_mac};
 use crate::atomic_file::write_atomic;
+use crate::net::ula::MachineIpv6;
 
 /// One file of the drive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +33,8 @@ pub struct DriveInputs<'a> {
     pub docker_major: u32,
     /// NFS shares the guest mounts at boot.
     pub mounts: &'a [NfsMount],
+    /// The machine's IPv6 networks, when it has IPv6 (`spec.network.ipv6`).
+    pub ipv6: Option<MachineIpv6>,
 }
 
 /// One NFS mount of the guest: `mount -t nfs -o OPTIONS SOURCE GUEST_PATH`.
@@ -44,8 +47,26 @@ pub struct NfsMount {
 
 /// Docker's `daemon.json` for the machine: the user's settings (`spec.engine.daemon`, whose
 /// keys never collide with devbox's own: the spec's validation refuses those), then devbox's.
-pub fn daemon_json(spec: &MachineSpec, docker_major: u32, dns: &[std::net::IpAddr]) -> String {
+/// With `ipv6`, the default bridge gets its /64 (`fixed-cidr-v6`) and user networks take
+/// theirs from the machine's IPv6 pool, next to the IPv4 one.
+pub fn daemon_json(
+    spec: &MachineSpec,
+    docker_major: u32,
+    dns: &[std::net::IpAddr],
+    ipv6: Option<&MachineIpv6>,
+) -> String {
     let mut v = spec.docker.daemon_json_fragment(docker_major);
+    if let Some(v6) = ipv6 {
+        v["ipv6"] = json!(true);
+        v["fixed-cidr-v6"] = json!(v6.bridge.to_string());
+        // One entry per /64: Docker before 27 cannot split an IPv6 base shorter than /64
+        // (moby/moby#42801, #41438), so each entry is a network's whole /64.
+        if let Some(pools) = v["default-address-pools"].as_array_mut() {
+            pools.extend(v6.pool_networks().map(|n| {
+                json!({ "base": n.to_string(), "size": crate::net::ula::POOL_NETWORK_PREFIX_V6 })
+            }));
+        }
+    }
     for (key, value) in &spec.engine.daemon {
         v[key.as_str()] = value.clone();
     }
@@ -77,7 +98,14 @@ pub fn nfs_mounts_file(mounts: &[NfsMount]) -> String {
 /// did before DHCP existed. A static machine with shares also gets its share link's NIC
 /// (`DEVBOX_SHARE_MAC`) and address (`DEVBOX_SHARE_IP`), which the guest moves into a network
 /// namespace of its own for its NFS client.
-pub fn env_file(spec: &MachineSpec, dns: &[std::net::IpAddr]) -> String {
+///
+/// With IPv6, a static machine also gets `DEVBOX_GUEST_IP6` (its end of the IPv6 link, CIDR)
+/// and `DEVBOX_HOST_IP6` (the host's end), which routes the machine's /56 via the guest.
+pub fn env_file(
+    spec: &MachineSpec,
+    dns: &[std::net::IpAddr],
+    ipv6: Option<&MachineIpv6>,
+) -> String {
     let dns: Vec<String> = dns.iter().map(|a| a.to_string()).collect();
     let mut lines = vec![
         ("DEVBOX_NAME", spec.name.clone()),
@@ -94,6 +122,13 @@ pub fn env_file(spec: &MachineSpec, dns: &[std::net::IpAddr]) -> String {
                 ),
             ));
             lines.push(("DEVBOX_HOST_IP", spec.network.host_ip.to_string()));
+            if let Some(v6) = ipv6 {
+                lines.push((
+                    "DEVBOX_GUEST_IP6",
+                    format!("{}/{}", v6.guest_ip, v6.link.prefix_len()),
+                ));
+                lines.push(("DEVBOX_HOST_IP6", v6.host_ip.to_string()));
+            }
             if !spec.shares.is_empty()
                 && let Ok(net) = crate::net::HostOnlyNet::from_index(spec.network.index)
             {
@@ -128,7 +163,7 @@ pub fn files(spec: &MachineSpec, inputs: &DriveInputs) -> Vec<DriveFile> {
         DriveFile {
             name: "devbox.env",
             mode: 0o644,
-            contents: env_file(spec, inputs.dns).into_bytes(),
+            contents: env_file(spec, inputs.dns, inputs.ipv6.as_ref()).into_bytes(),
         },
         DriveFile {
             name: "authorized_keys",
@@ -148,7 +183,8 @@ pub fn files(spec: &MachineSpec, inputs: &DriveInputs) -> Vec<DriveFile> {
         DriveFile {
             name: "daemon.json",
             mode: 0o644,
-            contents: daemon_json(spec, inputs.docker_major, inputs.dns).into_bytes(),
+            contents: daemon_json(spec, inputs.docker_major, inputs.dns, inputs.ipv6.as_ref())
+                .into_bytes(),
         },
         DriveFile {
             name: "nfs-mounts",
@@ -198,7 +234,7 @@ mod tests {
 
     #[test]
     fn a_static_machine_gets_its_address_and_route() {
-        let env = env_file(&spec(Driver::Kvm), &["192.168.64.1".parse().unwrap()]);
+        let env = env_file(&spec(Driver::Kvm), &["192.168.64.1".parse().unwrap()], None);
         assert!(env.contains("DEVBOX_GUEST_IP='192.168.64.2/24'\n"), "{env}");
         assert!(env.contains("DEVBOX_HOST_IP='192.168.64.1'\n"), "{env}");
         assert!(!env.contains("DEVBOX_NET"), "{env}");
@@ -211,7 +247,7 @@ mod tests {
             .daemon
             .insert("labels".into(), json!(["provider=devbox"]));
         s.engine.daemon.insert("log-level".into(), json!("debug"));
-        let v: serde_json::Value = serde_json::from_str(&daemon_json(&s, 26, &[])).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&daemon_json(&s, 26, &[], None)).unwrap();
         assert_eq!(v["labels"], json!(["provider=devbox"]));
         assert_eq!(
             v["log-level"], "debug",
@@ -219,13 +255,48 @@ mod tests {
         );
         assert_eq!(v["bip"], "172.18.0.1/16");
         let plain: serde_json::Value =
-            serde_json::from_str(&daemon_json(&spec(Driver::Qemu), 26, &[])).unwrap();
+            serde_json::from_str(&daemon_json(&spec(Driver::Qemu), 26, &[], None)).unwrap();
         assert_eq!(plain["log-level"], "info");
     }
 
     #[test]
+    fn an_ipv6_machine_gets_its_link_bridge_and_pool() {
+        use crate::net::ula::Ipv6Net;
+        let id = crate::net::ula::GlobalId::from_machine_id("0123456789abcdef0123456789abcdef");
+        let v6 = MachineIpv6::new(id, 0);
+        let mut s = spec(Driver::Qemu);
+        s.network.ipv6 = true;
+        let env = env_file(&s, &[], Some(&v6));
+        assert!(
+            env.contains(&format!("DEVBOX_GUEST_IP6='{}/64'\n", v6.guest_ip)),
+            "{env}"
+        );
+        assert!(
+            env.contains(&format!("DEVBOX_HOST_IP6='{}'\n", v6.host_ip)),
+            "{env}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&daemon_json(&s, 26, &[], Some(&v6))).unwrap();
+        assert_eq!(v["ipv6"], true);
+        assert_eq!(v["fixed-cidr-v6"], v6.bridge.to_string());
+        let pools = v["default-address-pools"].as_array().unwrap();
+        assert_eq!(pools.len(), 1 + 128, "the IPv4 pool, then 128 IPv6 /64s");
+        assert_eq!(pools[0], json!({ "base": "172.19.0.0/16", "size": 24 }));
+        let first: crate::net::ula::Ipv6Net = pools[1]["base"].as_str().unwrap().parse().unwrap();
+        assert_eq!(first, Ipv6Net::new(v6.pool.network(), 64).unwrap());
+        assert_eq!(pools[1]["size"], 64);
+        for p in &pools[1..] {
+            let n: Ipv6Net = p["base"].as_str().unwrap().parse().unwrap();
+            assert!(v6.pool.contains(&n) && n.prefix_len() == 64, "{n}");
+        }
+        let plain = daemon_json(&s, 26, &[], None);
+        assert!(!plain.contains("ipv6"), "{plain}");
+        assert!(!env_file(&s, &[], None).contains("IP6"));
+    }
+
+    #[test]
     fn a_vz_machine_is_told_to_use_dhcp_and_nothing_static() {
-        let env = env_file(&spec(Driver::Vz), &[]);
+        let env = env_file(&spec(Driver::Vz), &[], None);
         assert_eq!(
             env,
             "# Written by devbox at each start; the guest init sources it.\n\

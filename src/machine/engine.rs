@@ -223,6 +223,15 @@ const OWNED: &[(&str, &str)] = &[
         "devbox's own: the routes to containers and published ports need Docker's iptables rules",
     ),
     (
+        "ipv6",
+        "devbox's own: use `--ipv6` at create (the machine's IPv6 prefix, its route from the \
+         host and AAAA names come with it)",
+    ),
+    (
+        "fixed-cidr-v6",
+        "devbox's own: with `--ipv6` the bridge gets a /64 of the machine's IPv6 prefix",
+    ),
+    (
         "ip-forward",
         "devbox's own: the routes to containers need forwarding in the guest",
     ),
@@ -252,11 +261,6 @@ const OWNED: &[(&str, &str)] = &[
     ),
 ];
 
-/// Docker's IPv6 switches. devbox does not support IPv6 yet: it routes, forwards and names a
-/// machine's containers over IPv4 only (no IPv6 prefix, route from the host or AAAA record), so
-/// these are refused as such rather than accepted into a network the host cannot reach.
-const IPV6_KEYS: &[&str] = &["ipv6", "fixed-cidr-v6"];
-
 /// dockerd environment variables the guest's init relies on.
 const OWNED_ENV: &[&str] = &["PATH", "DOCKER_RAMDISK"];
 
@@ -273,11 +277,6 @@ pub enum EngineError {
     },
     #[error("{key:?} cannot be set: {why}")]
     Owned { key: String, why: &'static str },
-    #[error(
-        "{key:?} cannot be set: IPv6 is not supported yet (devbox routes, forwards and names a \
-         machine's containers over IPv4 only)"
-    )]
-    Ipv6Unsupported { key: String },
     #[error(
         "{key:?} is not known to Docker {major} (the machine's image): it exists in Docker {range}"
     )]
@@ -306,14 +305,7 @@ pub enum EngineError {
 
 impl crate::hint::Hint for EngineError {
     fn hint(&self) -> Option<String> {
-        match self {
-            EngineError::Ipv6Unsupported { .. } => Some(
-                "leave Docker's IPv6 off: the host reaches the machine's containers over IPv4, \
-                 by IP (routes) and by name"
-                    .into(),
-            ),
-            _ => None,
-        }
+        None
     }
 }
 
@@ -340,9 +332,6 @@ pub struct FlagError {
 
 impl crate::hint::Hint for FlagError {
     fn hint(&self) -> Option<String> {
-        if let EngineError::Ipv6Unsupported { .. } = self.source {
-            return self.source.hint();
-        }
         Some(
             match self.flag {
                 "--engine-label" => "example: --engine-label provider=devbox",
@@ -458,11 +447,6 @@ pub fn daemon_key(key: &str) -> Option<&'static DaemonKey> {
 
 /// `key` is a daemon.json key that a user may set.
 fn known(key: &str) -> Result<&'static DaemonKey, EngineError> {
-    if IPV6_KEYS.contains(&key) {
-        return Err(EngineError::Ipv6Unsupported {
-            key: key.to_owned(),
-        });
-    }
     if let Some((_, why)) = OWNED.iter().find(|(k, _)| *k == key) {
         return Err(EngineError::Owned {
             key: key.to_owned(),
@@ -636,14 +620,13 @@ mod tests {
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(names, sorted);
-        for k in OWNED.iter().map(|(k, _)| k).chain(IPV6_KEYS) {
+        for k in OWNED.iter().map(|(k, _)| k) {
             assert!(daemon_key(k).is_some(), "{k}");
         }
     }
 
     #[test]
-    fn ipv6_is_refused_as_not_supported_yet() {
-        use crate::hint::Hint;
+    fn docker_ipv6_keys_are_devbox_own_and_name_the_ipv6_flag() {
         for opt in ["ipv6=true", "fixed-cidr-v6=fd00:db8::/64"] {
             let e = from_flags(&EngineFlags {
                 opts: vec![opt.into()],
@@ -652,17 +635,16 @@ mod tests {
             .unwrap_err();
             assert_eq!(e.flag, "--engine-opt");
             assert!(
-                matches!(e.source, EngineError::Ipv6Unsupported { .. }),
+                matches!(e.source, EngineError::Owned { .. }),
                 "{opt}: {e:?}"
             );
-            assert!(e.source.to_string().contains("IPv6 is not supported yet"));
-            assert!(e.hint().unwrap().contains("leave Docker's IPv6 off"));
+            assert!(e.source.to_string().contains("--ipv6"), "{e}");
         }
         let mut s = EngineSpec::default();
         s.daemon.insert("ipv6".into(), json!(true));
         let (field, e) = validate(&s).unwrap_err();
         assert_eq!(field, "engine.daemon.ipv6");
-        assert!(e.to_string().contains("not supported yet"), "{e}");
+        assert!(e.to_string().contains("`--ipv6` at create"), "{e}");
     }
 
     #[test]

@@ -99,6 +99,7 @@ pub(crate) mod tests {
                 host_ip: "192.168.64.1".parse().unwrap(),
                 guest_ip: "192.168.64.2".parse().unwrap(),
                 mac: "52:54:00:12:34:56".into(),
+                ipv6: false,
             },
             docker: DockerSubnets {
                 bridge: "172.18.0.1/16".parse().unwrap(),

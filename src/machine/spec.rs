@@ -122,6 +122,10 @@ pub struct NetworkSpec {
     pub guest_ip: Ipv4Addr,
     /// Guest MAC address (stable, derived from the name).
     pub mac: String,
+    /// IPv6 for the machine's containers (`create --ipv6`): a /56 of the host's unique local
+    /// prefix, derived from `index` ([`crate::net::ula`]), routed like the Docker subnets.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ipv6: bool,
 }
 
 /// Desired state of one machine, as written at `create`.

@@ -19,6 +19,7 @@
 pub mod lease;
 pub mod netstat;
 mod sys;
+pub mod ula;
 pub mod vmnet;
 
 use std::fmt;
@@ -29,9 +30,11 @@ pub use ipnet::Ipv4Net;
 use crate::hint::Hint;
 
 #[cfg(target_os = "linux")]
-pub use sys::linux::{Tap, add_route, delete_route, have_net_admin, host_routes, vmnet_bridges};
+pub use sys::linux::{
+    Tap, add_route, delete_route, have_net_admin, host_routes, host_routes_v6, vmnet_bridges,
+};
 #[cfg(target_os = "macos")]
-pub use sys::macos::{Tap, have_net_admin, host_routes, vmnet_bridges};
+pub use sys::macos::{Tap, have_net_admin, host_routes, host_routes_v6, vmnet_bridges};
 
 /// First /24 of the host-only pool.
 const POOL_FIRST: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 0);
@@ -53,6 +56,14 @@ pub enum NetError {
         route: Ipv4Net,
         interface: String,
     },
+    #[error("IPv6 prefix {prefix} overlaps the host route {route} on {interface}")]
+    ConflictV6 {
+        prefix: ula::Ipv6Net,
+        route: ula::Ipv6Net,
+        interface: String,
+    },
+    #[error(transparent)]
+    NoMachineId(#[from] ula::NoMachineId),
     #[error("{what} needs CAP_NET_ADMIN")]
     NoPrivilege { what: String },
     #[error("invalid interface name {name:?}: {reason}")]
@@ -87,6 +98,11 @@ impl Hint for NetError {
                 "another network on {interface} (a VPN or LAN) uses these addresses: \
                  disconnect it, or recreate the machine so it gets a free subnet"
             )),
+            NetError::ConflictV6 { interface, .. } => Some(format!(
+                "another network on {interface} uses these addresses: disconnect it, or \
+                 recreate the machine without --ipv6"
+            )),
+            NetError::NoMachineId(e) => e.hint(),
             NetError::PoolExhausted => Some(
                 "remove machines you no longer need (`devbox rm NAME`) or free a /24 of \
                  192.168.64.0/18 on the host"
@@ -242,6 +258,31 @@ pub fn check_conflicts(net: &HostOnlyNet, routes: &[HostRoute]) -> Result<(), Ne
     }
 }
 
+/// Fails with the first host IPv6 route that overlaps machine `v6`'s prefix, leaving out the
+/// default route and routes on the machine's own TAP `own_tap` (a running machine's).
+pub fn check_conflicts_v6(
+    v6: &ula::MachineIpv6,
+    routes: &[(ula::Ipv6Net, String)],
+    own_tap: &str,
+) -> Result<(), NetError> {
+    match routes
+        .iter()
+        .filter(|(dest, dev)| dest.prefix_len() > 0 && dev != own_tap)
+        .find(|(dest, _)| ula::overlaps_v6(&v6.prefix, dest))
+    {
+        Some((route, dev)) => Err(NetError::ConflictV6 {
+            prefix: v6.prefix,
+            route: *route,
+            interface: if dev.is_empty() {
+                "no interface".into()
+            } else {
+                dev.clone()
+            },
+        }),
+        None => Ok(()),
+    }
+}
+
 fn first_conflict<'r>(
     net: &HostOnlyNet,
     routes: &'r [HostRoute],
@@ -320,6 +361,28 @@ mod tests {
         let n = allocate_host_only(&[0, 3], &routes).unwrap();
         assert_eq!(n.index, 4, "0 and 3 taken, 1 (wlan0) and 2 (tun0) routed");
         assert_eq!(n.subnet.to_string(), "192.168.68.0/24");
+    }
+
+    #[test]
+    fn an_ipv6_prefix_conflicts_with_overlapping_routes_but_its_own() {
+        let id = ula::GlobalId::from_machine_id("0123456789abcdef0123456789abcdef");
+        let v6 = ula::MachineIpv6::new(id, 2);
+        let r = |d: &str, dev: &str| (d.parse::<ula::Ipv6Net>().unwrap(), dev.to_owned());
+        let mut routes = vec![
+            r("::/0", "eth0"),
+            r("fe80::/64", "eth0"),
+            r("fd00:1::/48", "wg0"),
+            (v6.link, "dbx2".into()),
+            (v6.prefix, "dbx2".into()),
+        ];
+        check_conflicts_v6(&v6, &routes, "dbx2").unwrap();
+        routes.push((v6.bridge, "tun0".into()));
+        let e = check_conflicts_v6(&v6, &routes, "dbx2").unwrap_err();
+        assert!(
+            matches!(&e, NetError::ConflictV6 { interface, .. } if interface == "tun0"),
+            "{e}"
+        );
+        assert!(e.hint().unwrap().contains("without --ipv6"));
     }
 
     #[test]

@@ -256,13 +256,24 @@ impl<'a> Supervisor<'a> {
             return Ok(None);
         };
         self.state.step("creating the network device");
-        let (tap, hostonly) = crate::host::open_tap(net.hostonly.index, true)?;
+        let (tap, hostonly, v6) =
+            crate::host::open_tap(net.hostonly.index, true, self.spec.network.ipv6)?;
         log(format!(
             "{} up with {}/{}",
             tap.name(),
             hostonly.host_ip,
             hostonly.subnet.prefix_len()
         ));
+        if let Some(v6) = v6 {
+            log(format!(
+                "{} has {}/{}; {} routed via {}",
+                tap.name(),
+                v6.host_ip,
+                v6.link.prefix_len(),
+                v6.prefix,
+                v6.guest_ip
+            ));
+        }
         debug_assert_eq!(setup.name, tap.name());
 
         self.state.step("routing the Docker subnets");
@@ -381,6 +392,15 @@ impl<'a> Supervisor<'a> {
         let host_pub = fs_err::read_to_string(self.dir.host_pub_path())?;
         crate::machine::engine::check_engine(&self.spec.engine, image.manifest.docker_major())
             .context("the machine's engine settings (machine.yaml `engine:`)")?;
+        // The same networks the TAP got (derived from the index alone).
+        let ipv6 = if self.spec.network.ipv6 {
+            Some(
+                crate::net::ula::MachineIpv6::for_index(self.spec.network.index)
+                    .map_err(crate::net::NetError::from)?,
+            )
+        } else {
+            None
+        };
         config_drive::write(
             &self.dir.config_drive_path(),
             self.spec,
@@ -391,6 +411,7 @@ impl<'a> Supervisor<'a> {
                 dns: &net.guest_dns,
                 docker_major: image.manifest.docker_major(),
                 mounts,
+                ipv6,
             },
         )?;
         Ok(())

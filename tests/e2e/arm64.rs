@@ -235,6 +235,7 @@ fn write_config_drive(path: &Path, img: &Image) {
             host_ip: net.host_ip,
             guest_ip: net.guest_ip,
             mac: mac_for(MACHINE),
+            ipv6: false,
         },
         docker: DockerSubnets {
             bridge: parse_docker_bip("172.18.0.1/16").unwrap(),
@@ -258,6 +259,7 @@ fn write_config_drive(path: &Path, img: &Image) {
             dns: &[],
             docker_major: img.manifest.docker_major(),
             mounts: &[],
+            ipv6: None,
         },
     );
     let env = files

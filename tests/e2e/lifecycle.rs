@@ -126,7 +126,10 @@ pub fn killed_supervisor_resize_then_concurrent_starts(m: &Machine) {
 }
 
 /// A second machine gets the next subnets; both machines' containers are reachable from the
-/// host at once; stopping the second removes its routes only.
+/// host at once; stopping the second removes its routes only. The second has IPv6
+/// (`--ipv6`): its containers answer from the host over IPv6, on the default bridge and on a
+/// user network whose /64 comes from the machine's pool, and by AAAA name; its stop takes the
+/// IPv6 route away too.
 pub fn second_machine_gets_the_next_subnets(m: &Machine) {
     m.busybox_image();
     let second = m.sibling(SECOND);
@@ -142,6 +145,7 @@ pub fn second_machine_gets_the_next_subnets(m: &Machine) {
             "1024",
             "--disk-size",
             "2G",
+            "--ipv6",
         ])
         .env_remove("SUDO_USER")
         .output()
@@ -155,6 +159,21 @@ pub fn second_machine_gets_the_next_subnets(m: &Machine) {
     let inspect: serde_json::Value = serde_json::from_str(&m.ok(&["inspect", SECOND])).unwrap();
     assert_eq!(inspect["spec"]["docker"]["bridge"], "172.20.0.1/16");
     assert_eq!(inspect["spec"]["network"]["guest_ip"], "192.168.65.2");
+    assert_eq!(inspect["spec"]["network"]["ipv6"], true);
+    let v6 = inspect["ipv6"].clone();
+    let prefix = v6["prefix"]
+        .as_str()
+        .expect("inspect shows the IPv6 prefix")
+        .to_owned();
+    assert!(
+        prefix.starts_with("fd") && prefix.ends_with("00::/56"),
+        "{v6}"
+    );
+    assert!(
+        text(&created.stderr).contains(&format!("IPv6: {prefix}")),
+        "{}",
+        text(&created.stderr)
+    );
     m.ok(&["start", SECOND, "--timeout", "600"]);
     let mounts = second.ssh("mount");
     assert!(!mounts.contains(" type nfs"), "{mounts}");
@@ -197,9 +216,104 @@ pub fn second_machine_gets_the_next_subnets(m: &Machine) {
     );
     assert_eq!(m.h.curl(&format!("http://{ip1}/")), "hello from web\n");
     assert_eq!(m.h.curl(&format!("http://{ip2}/")), "hello from web\n");
+    ipv6_containers_answer(m, &second_host, &v6);
     m.ok(&["stop", SECOND]);
     assert!(!m.h.routes().contains("172.20.0.0/16"), "{}", m.h.routes());
+    assert!(
+        !routes6(m).contains(&prefix),
+        "stop removes the IPv6 route: {}",
+        routes6(m)
+    );
     m.ok(&["rm", SECOND]);
+}
+
+/// `ip -6 route` in the test's host namespace.
+fn routes6(m: &Machine) -> String {
+    let o = std::process::Command::new("ip")
+        .args(["-n", &m.h.netns, "-6", "route"])
+        .output()
+        .unwrap();
+    text(&o.stdout)
+}
+
+/// The IPv6 half of the second machine's check (`v6`: its `inspect`'s `ipv6`).
+fn ipv6_containers_answer(m: &Machine, docker_host: &str, v6: &serde_json::Value) {
+    let prefix = v6["prefix"].as_str().unwrap();
+    let routes = routes6(m);
+    assert!(
+        routes.contains(&format!(
+            "{prefix} via {} dev dbx1",
+            v6["guest_ip"].as_str().unwrap()
+        )),
+        "{routes}"
+    );
+    let bridge: ipnet::Ipv6Net = v6["bridge"].as_str().unwrap().parse().unwrap();
+    let pool: ipnet::Ipv6Net = v6["pool"].as_str().unwrap().parse().unwrap();
+    let addr_of = |name: &str, network: &str| -> std::net::Ipv6Addr {
+        let format =
+            format!("{{{{(index .NetworkSettings.Networks \"{network}\").GlobalIPv6Address}}}}");
+        let a = docker_ok(docker_host, &["inspect", "-f", &format, name]);
+        a.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}'s IPv6 address {a:?}: {e}"))
+    };
+    // The default bridge: its /64 is the prefix's `fixed-cidr-v6`.
+    let a = addr_of("second", "bridge");
+    assert!(bridge.contains(&a), "{a} in {bridge}");
+    assert_eq!(m.h.curl(&format!("http://[{a}]/")), "hello from web\n");
+    // A user network with IPv6 gets a /64 of the machine's pool.
+    docker_ok(docker_host, &["network", "create", "--ipv6", "e2e-v6"]);
+    docker_ok(
+        docker_host,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web6",
+            "--network",
+            "e2e-v6",
+            "bb:e2e",
+            "/bin/sh",
+            "-c",
+            "echo hello over ipv6 > /www/index.html && exec /bin/httpd -f -p 80 -h /www",
+        ],
+    );
+    let b = addr_of("web6", "e2e-v6");
+    assert!(pool.contains(&b), "{b} in {pool}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = m.h.curl_output(&format!("http://[{b}]/"));
+        if o.status.success() {
+            assert_eq!(text(&o.stdout), "hello over ipv6\n");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "web6 at [{b}] does not answer: {}",
+            text(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // By name: AAAA from the second machine's DNS server, on its own link's address.
+    let o = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &m.h.netns,
+            "dig",
+            "@192.168.65.1",
+            "+short",
+        ])
+        .args([
+            "+tries=1",
+            "+time=5",
+            &format!("second.{SECOND}.dev"),
+            "AAAA",
+        ])
+        .output()
+        .unwrap();
+    let answers: Vec<String> = text(&o.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(answers, [a.to_string()], "AAAA of second.{SECOND}.dev");
 }
 
 /// Stop and remove: nothing left behind (routes, NAT rules, guest, TAP, sockets, the machine's

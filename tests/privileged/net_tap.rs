@@ -38,6 +38,11 @@ pub fn trials() -> Vec<Trial> {
             configure_sets_any_prefix_and_rejects_nonsense,
         ),
         check(
+            "an_ipv6_tap_routes_the_machines_prefix_until_closed",
+            root,
+            an_ipv6_tap_routes_the_machines_prefix_until_closed,
+        ),
+        check(
             "the_door_opens_a_share_link_only_for_the_callers_lease",
             root,
             the_door_opens_a_share_link_only_for_the_callers_lease,
@@ -97,6 +102,67 @@ fn the_door_opens_a_share_link_only_for_the_callers_lease() {
             );
         }
         drop(tap);
+    });
+}
+
+/// `create --ipv6`: the TAP gets the host's end of the machine's IPv6 link (no DAD: usable at
+/// once) and the route to the machine's /56 via the guest; the host's IPv6 routes then show
+/// the prefix on the TAP (its own, so no conflict for it, a conflict for any other link), and
+/// closing the TAP takes address and route away.
+fn an_ipv6_tap_routes_the_machines_prefix_until_closed() {
+    use devbox::net::check_conflicts_v6;
+    use devbox::net::host_routes_v6;
+    use devbox::net::ula::{GlobalId, MachineIpv6};
+
+    let v6 = MachineIpv6::new(GlobalId::from_machine_id("devbox test host"), 3);
+    in_new_netns(|| {
+        let net = HostOnlyNet::from_index(3).unwrap();
+        check_conflicts_v6(&v6, &host_routes_v6().unwrap(), "dbx3").unwrap();
+        let tap = Tap::create("dbx3", true).unwrap();
+        tap.configure(net.host_ip, 24).unwrap();
+        tap.configure_v6(v6.host_ip, 64, v6.prefix, v6.guest_ip)
+            .unwrap();
+        let info = ip_addr_show("dbx3").unwrap();
+        let addr = info["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["local"] == v6.host_ip.to_string())
+            .unwrap_or_else(|| panic!("{} on dbx3: {info}", v6.host_ip))
+            .clone();
+        assert_eq!(addr["prefixlen"], 64, "{addr}");
+        assert!(addr.get("tentative").is_none(), "no DAD: {addr}");
+        let routes = host_routes_v6().unwrap();
+        assert!(
+            routes.contains(&(v6.prefix, "dbx3".into())),
+            "{} on dbx3: {routes:?}",
+            v6.prefix
+        );
+        let shown = Command::new("ip")
+            .args(["-6", "route", "show", &v6.prefix.to_string()])
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&shown.stdout);
+        assert!(
+            shown.contains(&format!("via {} dev dbx3", v6.guest_ip)),
+            "{shown}"
+        );
+        check_conflicts_v6(&v6, &routes, "dbx3").unwrap();
+        let e = check_conflicts_v6(&v6, &routes, "dbx4").unwrap_err();
+        assert!(
+            matches!(&e, NetError::ConflictV6 { interface, .. } if interface == "dbx3"),
+            "{e}"
+        );
+        // A second route to the same prefix is refused, never replaced.
+        let again = tap.configure_v6(v6.host_ip, 64, v6.prefix, v6.guest_ip);
+        assert!(again.is_err(), "the route exists: {again:?}");
+        drop(tap);
+        wait_gone("dbx3");
+        let after = host_routes_v6().unwrap();
+        assert!(
+            !after.iter().any(|(d, _)| v6.prefix.contains(d)),
+            "{after:?}"
+        );
     });
 }
 

@@ -8,19 +8,21 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use futures::TryStreamExt;
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteVia,
 };
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 
+use crate::net::ula::Ipv6Net;
 use crate::net::vmnet::Bridge;
 use crate::net::{HostRoute, Ipv4Net, NetError};
 
@@ -109,6 +111,43 @@ impl Tap {
             handle
                 .link()
                 .set(LinkUnspec::new_with_index(index).up().build())
+                .execute()
+                .await
+        })
+    }
+
+    /// Assigns `addr/prefix` to the interface without duplicate address detection (the
+    /// link has two ends, both devbox's, and DAD would hold the address back for a second
+    /// or more), then routes `routed` via `gateway` over it. The kernel adds the link's own
+    /// route with the address; both go away with the interface. `NLM_F_EXCL` on the route:
+    /// a route to `routed` that already exists (someone else's) makes this fail.
+    pub fn configure_v6(
+        &self,
+        addr: Ipv6Addr,
+        prefix: u8,
+        routed: Ipv6Net,
+        gateway: Ipv6Addr,
+    ) -> Result<(), NetError> {
+        let what = format!(
+            "configure {addr}/{prefix} and a route to {routed} via {gateway} on {}",
+            self.name
+        );
+        let index = link_index(&self.name, &what)?;
+        netlink(&what, |handle| async move {
+            let mut add = handle.address().add(index, IpAddr::V6(addr), prefix);
+            add.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            add.replace().execute().await?;
+            handle
+                .route()
+                .add(
+                    RouteMessageBuilder::<Ipv6Addr>::new()
+                        .destination_prefix(routed.network(), routed.prefix_len())
+                        .gateway(gateway)
+                        .output_interface(index)
+                        .build(),
+                )
                 .execute()
                 .await
         })
@@ -221,6 +260,48 @@ pub fn host_routes() -> Result<Vec<HostRoute>, NetError> {
             .execute();
         while let Some(msg) = routes.try_next().await? {
             out.extend(host_route(&msg, &names));
+        }
+        Ok(out)
+    })
+}
+
+/// The IPv6 routes of the main routing table, as (destination, interface name).
+pub fn host_routes_v6() -> Result<Vec<(Ipv6Net, String)>, NetError> {
+    netlink("read the host's IPv6 routing table", |handle| async move {
+        let mut names = HashMap::new();
+        let mut links = handle.link().get().execute();
+        while let Some(link) = links.try_next().await? {
+            if let Some(name) = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            }) {
+                names.insert(link.header.index, name);
+            }
+        }
+        let mut out = Vec::new();
+        let mut routes = handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .execute();
+        while let Some(msg) = routes.try_next().await? {
+            if msg.header.address_family != AddressFamily::Inet6 {
+                continue;
+            }
+            let mut dest = Ipv6Addr::UNSPECIFIED;
+            let mut oif = None;
+            for attr in &msg.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet6(a)) => dest = *a,
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            if let Ok(net) = Ipv6Net::new(dest, msg.header.destination_prefix_length) {
+                let name = oif
+                    .map(|i| names.get(&i).cloned().unwrap_or_else(|| format!("if{i}")))
+                    .unwrap_or_default();
+                out.push((net.trunc(), name));
+            }
         }
         Ok(out)
     })

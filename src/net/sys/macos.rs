@@ -25,6 +25,16 @@ impl Tap {
         match *self {}
     }
 
+    pub fn configure_v6(
+        &self,
+        _addr: std::net::Ipv6Addr,
+        _prefix: u8,
+        _routed: crate::net::ula::Ipv6Net,
+        _gateway: std::net::Ipv6Addr,
+    ) -> Result<(), NetError> {
+        match *self {}
+    }
+
     pub fn name(&self) -> &str {
         match *self {}
     }
@@ -43,6 +53,13 @@ impl Tap {
 /// privilege, so nothing is missing.
 pub fn have_net_admin() -> bool {
     true
+}
+
+/// The host's IPv6 routes. A macOS host has no TAP link, and so no IPv6 prefix of devbox's
+/// to check (`create --ipv6` needs the qemu or kvm driver, which are Linux's): nothing here
+/// ever overlaps.
+pub fn host_routes_v6() -> Result<Vec<(crate::net::ula::Ipv6Net, String)>, NetError> {
+    Ok(Vec::new())
 }
 
 /// The IPv4 routes of the host's routing table.
