@@ -12,7 +12,7 @@
 //!     meta nfproto ipv4 drop                comment "devbox: ip_forward was 0"
 //!   }
 //!   chain postrouting { type nat hook postrouting priority srcnat; policy accept;
-//!     ip saddr 192.168.64.0/24 oifname != "dbx*" masquerade comment "dbx0"
+//!     iifname "dbx0" ip saddr 192.168.64.0/24 oifname != "dbx*" masquerade comment "dbx0"
 //!   }
 //! }
 //! ```
@@ -224,7 +224,12 @@ pub fn add_change(current: Option<&DevboxTable>, nat: &NatLink, forwarding_on: b
     ))));
     b.add_cmd(nftables::schema::NfCmd::Insert(NfListObject::Rule(rule(
         POSTROUTING,
+        // Forwarded packets from the machine's link only: the host's own packets from its
+        // address on the link (a query from this host to the machine's DNS server goes out
+        // through `lo`) keep their source; masqueraded, they took another interface's
+        // address, which that server refuses.
         vec![
+            is(MetaKey::Iifname, link),
             saddr_in(nat),
             is_not(MetaKey::Oifname, ANY_MACHINE),
             Statement::Masquerade(None),
