@@ -199,7 +199,7 @@ pub fn second_machine_gets_the_next_subnets(m: &Machine) {
     assert_eq!(m.h.curl(&format!("http://{ip2}/")), "hello from web\n");
     m.ok(&["stop", SECOND]);
     assert!(!m.h.routes().contains("172.20.0.0/16"), "{}", m.h.routes());
-    m.ok(&["rm", SECOND]);
+    m.ok(&["rm", "-y", SECOND]);
 }
 
 /// Stop and remove: nothing left behind (routes, NAT rules, guest, TAP, sockets, the machine's
@@ -224,7 +224,7 @@ pub fn stop_and_rm_leave_nothing(m: &Machine) {
     }
     let stop_again = m.devbox(&["stop", MACHINE]);
     assert!(stop_again.status.success());
-    m.ok(&["rm", MACHINE]);
+    m.ok(&["rm", "-y", MACHINE]);
     assert!(!m.dir().exists());
     // Every machine of the run is gone, and with them their leases on the host-only networks.
     let leases: Vec<_> = std::fs::read_dir(m.h.tmp().join("registry/leases"))
