@@ -150,15 +150,18 @@ const CHECKS: &[Check] = &[
     ),
     shared("discard_reaches_the_host_file", disk::check_discard),
     shared(
-        "cli_use_makes_plain_docker_reach_the_machine",
+        "everyday_use_makes_plain_docker_reach_the_machine",
         cli::check_use_makes_plain_docker_reach_the_machine,
     ),
-    shared("cli_ssh_behaves_like_ssh", cli::check_ssh_behaves_like_ssh),
     shared(
-        "cli_openssh_with_ssh_config",
+        "everyday_ssh_behaves_like_ssh",
+        cli::check_ssh_behaves_like_ssh,
+    ),
+    shared(
+        "everyday_openssh_with_ssh_config",
         cli::check_openssh_with_ssh_config,
     ),
-    shared("cli_cp_both_ways", cli::check_cp_both_ways),
+    shared("everyday_cp_both_ways", cli::check_cp_both_ways),
     exclusive("full_disk_keeps_the_machine_usable", disk::check_full_disk),
     exclusive(
         "stop_removes_nat_and_a_docker_host_works",
