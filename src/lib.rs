@@ -6,6 +6,7 @@ pub mod cli;
 pub mod commands;
 pub mod disk;
 pub mod dns;
+pub mod docker_context;
 pub mod hint;
 pub mod host;
 pub mod hypervisor;

@@ -106,7 +106,7 @@ fn create_ls_inspect_ip_rm() {
     succeeds(&stop);
     assert!(stderr(&stop).contains("already stopped"));
 
-    succeeds(&env.run(&["rm", "dev"]));
+    succeeds(&env.run(&["rm", "-y", "dev"]));
     assert!(!dir.exists());
     assert_eq!(
         std::fs::read_dir(env.home.join("machines"))
@@ -299,7 +299,7 @@ fn corrupted_spec_names_file_and_line() {
         .and_then(|s| s.parse::<usize>().ok());
     assert!(line.is_some_and(|l| l > 1), "{}", stderr(&o));
     // A broken machine can still be removed.
-    succeeds(&env.run(&["rm", "m"]));
+    succeeds(&env.run(&["rm", "-y", "m"]));
 }
 
 /// Security review finding 4: the privileged side never trusts `machine.yaml`. Each crafted

@@ -153,7 +153,7 @@ fn start_stop_and_restart_run_the_supervisor_for_real() {
     succeeds(&o);
     assert_eq!(status(&env, "m"), "Stopped");
     assert_eq!(state_json(&env, "m")["error"], "the guest was killed");
-    succeeds(&env.run(&["rm", "m"]));
+    succeeds(&env.run(&["rm", "-y", "m"]));
 }
 
 #[test]
@@ -249,6 +249,7 @@ fn two_starts_at_once_run_one_supervisor() {
             .env("DEVBOX_HOME", &env.home)
             .env("DEVBOX_CACHE", &env.cache)
             .env("DEVBOX_REGISTRY", &env.registry)
+            .env("DOCKER_CONFIG", &env.docker_config)
             .env("NO_COLOR", "1")
             .env("DEVBOX_FAKE_GUEST", "ready")
             .env("DEVBOX_FAKE_BOOT_MS", "1000")

@@ -42,6 +42,7 @@ fn start_isolated(env: &Env, name: &str, path: &std::path::Path) -> Output {
     .env("PATH", path)
     .env("DEVBOX_HOME", &env.home)
     .env("DEVBOX_CACHE", &env.cache)
+    .env("DOCKER_CONFIG", &env.docker_config)
     // The test's own lease registry, where `create` took the machine's lease (never the
     // host's /var/lib/devbox).
     .env("DEVBOX_REGISTRY", &env.registry)

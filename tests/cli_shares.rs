@@ -206,6 +206,7 @@ fn start_isolated(env: &Env, name: &str) -> Output {
         .args(["start", name, "--timeout", "60"])
         .env("DEVBOX_HOME", &env.home)
         .env("DEVBOX_CACHE", &env.cache)
+        .env("DOCKER_CONFIG", &env.docker_config)
         .env("NO_COLOR", "1");
     c.output().unwrap()
 }

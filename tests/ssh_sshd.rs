@@ -568,7 +568,10 @@ fn shell_child() {
     };
     let conn = Connection::connect(&target, CONNECT).unwrap();
     let status = conn
-        .shell(Some("stty size; read line; stty size; echo done; exit 7"))
+        .shell(
+            Some("stty size; read line; stty size; echo done; exit 7"),
+            true,
+        )
         .unwrap();
     std::process::exit(status);
 }

@@ -1,4 +1,5 @@
-//! Command-line types (clap derive). No I/O here: `commands/` turns these into actions.
+//! Command-line types (clap derive). No I/O here (but for completing machine names, below):
+//! `commands/` turns these into actions.
 
 use std::path::PathBuf;
 
@@ -29,28 +30,36 @@ pub struct Cli {
 pub enum Command {
     /// Create a machine (does not start it).
     Create(Box<CreateArgs>),
-    /// Start a machine and wait until Docker answers in it.
+    /// Start machines and wait until Docker answers in them.
     Start(StartArgs),
-    /// Stop a machine (guest poweroff, then kill after a timeout).
+    /// Stop machines (guest poweroff, then kill after a timeout).
     Stop(StopArgs),
-    /// Stop then start a machine.
+    /// Stop then start machines.
     Restart(StartArgs),
-    /// Remove a machine and everything it owns.
+    /// Remove machines and everything they own (asks first on a terminal).
     Rm(RmArgs),
     /// List machines.
-    Ls(LsArgs),
+    Ls(MachineLsArgs),
     /// Show a machine's state.
     Status(StatusArgs),
     /// Show everything known about a machine, as JSON.
     Inspect(NameArg),
     /// Print a machine's IP address.
     Ip(NameArg),
-    /// Open a shell in a machine, or run a command: `devbox ssh NAME -- CMD…`.
+    /// Open a shell in a machine, or run a command: `devbox ssh NAME CMD…`.
     Ssh(SshArgs),
+    /// Print an OpenSSH `Host` block for machines (all of them without NAME), for `ssh -F`,
+    /// scp, rsync, VS Code or JetBrains: `devbox ssh-config >> ~/.ssh/config`.
+    SshConfig(SshConfigArgs),
+    /// Copy files between the host and a machine: `NAME:PATH` names the machine's side.
+    Cp(CpArgs),
     /// Show a machine's serial console log.
     Logs(LogsArgs),
     /// Print the environment that points the docker CLI at a machine.
     Env(EnvArgs),
+    /// Make a machine's Docker context (`devbox-NAME`) the docker CLI's current one, in every
+    /// shell; `--none` goes back to the CLI's default.
+    Use(UseArgs),
     /// Build, download or list guest images.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -71,7 +80,7 @@ pub enum Command {
     Completion(CompletionArgs),
     /// Run a machine's supervisor in the foreground (spawned by `start`).
     #[command(hide = true, name = "__supervise")]
-    Supervise(StartArgs),
+    Supervise(SuperviseArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -94,10 +103,10 @@ pub struct CreateArgs {
     /// Virtual CPUs.
     #[arg(long, default_value_t = 2)]
     pub cpus: u32,
-    /// Memory in MiB.
-    #[arg(long, default_value_t = 2048, value_name = "MiB")]
-    pub memory: u64,
-    /// Size of the sparse data disk (e.g. 20G, 512M).
+    /// Memory: a size with a unit (4G, 4096M) or a bare number of MiB.
+    #[arg(long, default_value = "2G", value_name = "SIZE")]
+    pub memory: String,
+    /// Size of the sparse data disk, at least 1G (e.g. 20G, 100G, 1.5T).
     #[arg(long, default_value = "20G", value_name = "SIZE")]
     pub disk_size: String,
     /// Hypervisor driver (default: the best one this host can run).
@@ -163,15 +172,52 @@ pub struct EngineArgs {
     pub storage_driver: Option<String>,
 }
 
+/// Completion of machine names: the machines of the store (`DEVBOX_HOME` or the default),
+/// read when the shell asks (the one place this module touches the file system, and only
+/// under `COMPLETE`, see `commands::completion`).
+fn machine_names() -> clap_complete::ArgValueCandidates {
+    clap_complete::ArgValueCandidates::new(|| {
+        let home = std::env::var_os("DEVBOX_HOME").map(PathBuf::from);
+        crate::machine::Store::new(home, None)
+            .names()
+            .unwrap_or_default()
+            .into_iter()
+            .map(clap_complete::CompletionCandidate::new)
+            .collect()
+    })
+}
+
 #[derive(Debug, Args)]
 pub struct NameArg {
     /// Machine name.
+    #[arg(add = machine_names())]
     pub name: String,
+}
+
+/// The machines a bulk verb acts on: names, or `--all`.
+#[derive(Debug, Args)]
+pub struct Machines {
+    /// Machine names.
+    #[arg(required_unless_present = "all", value_name = "NAME", add = machine_names())]
+    pub names: Vec<String>,
+    /// Every machine.
+    #[arg(long, conflicts_with = "names")]
+    pub all: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct StartArgs {
+    #[command(flatten)]
+    pub machines: Machines,
+    /// Seconds to wait for each machine to be ready.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct SuperviseArgs {
     /// Machine name.
+    #[arg(add = machine_names())]
     pub name: String,
     /// Seconds to wait for the machine to be ready.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
@@ -180,20 +226,33 @@ pub struct StartArgs {
 
 #[derive(Debug, Args)]
 pub struct StopArgs {
-    /// Machine name.
-    pub name: String,
-    /// Kill the machine at once instead of shutting the guest down.
+    #[command(flatten)]
+    pub machines: Machines,
+    /// Kill the machines at once instead of shutting their guests down.
     #[arg(long, short)]
     pub force: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct RmArgs {
-    /// Machine name.
-    pub name: String,
-    /// Stop the machine first if it is running.
+    #[command(flatten)]
+    pub machines: Machines,
+    /// Stop a machine first if it is running.
     #[arg(long, short)]
     pub force: bool,
+    /// Do not ask for confirmation (needed when stdin is not a terminal).
+    #[arg(long, short)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MachineLsArgs {
+    /// Print JSON instead of a table.
+    #[arg(long, conflicts_with = "quiet")]
+    pub json: bool,
+    /// Print the machines' names only, one a line.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -206,6 +265,7 @@ pub struct LsArgs {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Machine name.
+    #[arg(add = machine_names())]
     pub name: String,
     /// Print JSON.
     #[arg(long)]
@@ -214,16 +274,64 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct SshArgs {
+    /// Request a terminal for the command (as `ssh -t`; a shell without a command gets one
+    /// whenever stdin is a terminal). Twice (`-tt`): even when stdin is not a terminal.
+    #[arg(short = 't', action = clap::ArgAction::Count, conflicts_with = "no_tty")]
+    pub tty: u8,
+    /// Never request a terminal (as `ssh -T`).
+    #[arg(short = 'T')]
+    pub no_tty: bool,
+    /// Directory to run in (default: the current directory's path in the machine when it is
+    /// inside a share, else the login directory).
+    #[arg(long, short = 'w', value_name = "DIR")]
+    pub workdir: Option<String>,
     /// Machine name.
+    #[arg(add = machine_names())]
     pub name: String,
-    /// Command to run instead of an interactive shell (after `--`).
-    #[arg(last = true, value_name = "CMD")]
+    /// Command to run instead of an interactive shell (`--` before it is accepted too).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SshConfigArgs {
+    /// Machine name (default: every machine).
+    #[arg(add = machine_names())]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// Copy directories and their contents.
+    #[arg(long, short)]
+    pub recursive: bool,
+    /// Source: a host path, or NAME:PATH in a machine.
+    #[arg(value_name = "SRC")]
+    pub src: String,
+    /// Destination: a host path, or NAME:PATH in a machine (an existing directory receives
+    /// the source under its own name).
+    #[arg(value_name = "DEST")]
+    pub dest: String,
+}
+
+#[derive(Debug, Args)]
+pub struct UseArgs {
+    /// Machine name.
+    #[arg(required_unless_present = "none", add = machine_names())]
+    pub name: Option<String>,
+    /// Go back to the docker CLI's default context.
+    #[arg(long, conflicts_with = "name")]
+    pub none: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
     /// Machine name.
+    #[arg(add = machine_names())]
     pub name: String,
     /// Keep printing as the console writes.
     #[arg(long, short)]
@@ -232,11 +340,36 @@ pub struct LogsArgs {
 
 #[derive(Debug, Args)]
 pub struct EnvArgs {
-    /// Machine name.
-    pub name: String,
+    /// Machine name (not needed with --unset).
+    #[arg(required_unless_present = "unset", add = machine_names())]
+    pub name: Option<String>,
     /// Print the commands that undo the environment instead.
     #[arg(long, short)]
     pub unset: bool,
+    /// The shell to print for (default: the one $SHELL names; sh syntax when unknown).
+    #[arg(long, value_enum, value_name = "SHELL")]
+    pub shell: Option<EnvShell>,
+    /// Print the variables as a JSON object instead (null values with --unset).
+    #[arg(long, conflicts_with = "shell")]
+    pub json: bool,
+}
+
+/// The shells `devbox env` prints for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EnvShell {
+    /// POSIX sh, bash, dash, ksh.
+    #[value(alias = "sh")]
+    Bash,
+    Zsh,
+    Fish,
+    /// tcsh and csh.
+    #[value(alias = "csh")]
+    Tcsh,
+    /// PowerShell (pwsh).
+    #[value(alias = "pwsh")]
+    Powershell,
+    /// Windows cmd.exe.
+    Cmd,
 }
 
 #[derive(Debug, Subcommand)]
@@ -348,6 +481,7 @@ pub struct DnsAllowArgs {
 #[derive(Debug, Args)]
 pub struct DnsArgs {
     /// Machine name.
+    #[arg(add = machine_names())]
     pub name: String,
     /// Print the plan without changing anything.
     #[arg(long)]
@@ -366,6 +500,7 @@ pub enum DiskCommand {
 #[derive(Debug, Args)]
 pub struct DiskResizeArgs {
     /// Machine name.
+    #[arg(add = machine_names())]
     pub name: String,
     /// New size of the data disk (e.g. 40G); only growing is possible.
     #[arg(value_name = "SIZE")]
@@ -416,6 +551,35 @@ mod tests {
             build_arch(&["--arch", "amd64"]).unwrap(),
             Some(ArchArg::X86_64)
         );
+    }
+
+    fn ssh(args: &[&str]) -> Result<SshArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["devbox", "ssh"].iter().chain(args))?;
+        match cli.command {
+            Command::Ssh(a) => Ok(a),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ssh_takes_its_command_with_or_without_a_double_dash() {
+        let a = ssh(&["dev", "docker", "ps", "-a"]).unwrap();
+        assert_eq!(
+            (a.name.as_str(), a.command),
+            ("dev", vec!["docker".into(), "ps".into(), "-a".into()])
+        );
+        let a = ssh(&["dev", "--", "ls", "--all", "--"]).unwrap();
+        assert_eq!(a.command, ["ls", "--all", "--"]);
+        // Options before the name are devbox's; after it, the command's.
+        let a = ssh(&["-t", "--workdir", "/w", "dev", "tty", "-t"]).unwrap();
+        assert_eq!((a.tty, a.workdir.as_deref()), (1, Some("/w")));
+        assert_eq!(a.command, ["tty", "-t"]);
+        let a = ssh(&["-tt", "dev"]).unwrap();
+        assert_eq!(a.tty, 2);
+        assert!(a.command.is_empty());
+        assert!(ssh(&["-T", "dev"]).unwrap().no_tty);
+        assert!(ssh(&["-t", "-T", "dev"]).is_err());
+        assert!(ssh(&[]).is_err());
     }
 
     #[test]

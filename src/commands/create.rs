@@ -23,7 +23,8 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
     registry.ensure()?;
     let limits = HostLimits::of_this_host();
     spec::validate_cpus(a.cpus, &limits)?;
-    spec::validate_memory(a.memory, &limits)?;
+    let memory_mib = spec::parse_memory(&a.memory)?;
+    spec::validate_memory(memory_mib, &limits)?;
     let disk_bytes = spec::parse_disk_size(&a.disk_size)?;
     let bip = a
         .docker_subnet
@@ -175,7 +176,7 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
         name: a.name.clone(),
         driver,
         cpus: a.cpus,
-        memory_mib: a.memory,
+        memory_mib,
         disk_bytes,
         image: image.manifest.version.clone(),
         network: NetworkSpec {
@@ -194,7 +195,7 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
         created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     };
     dir.save_spec(&spec)?;
-    staging.commit()?;
+    let committed = staging.commit()?;
     held.index = None;
 
     output::info(format!(
@@ -240,6 +241,12 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
             spec.dns_domains.join(", ")
         ));
     }
+    super::use_context::refresh(&committed);
+    output::info(format!(
+        "Docker context: {} (`devbox use {}` makes it the docker CLI's current one)",
+        crate::docker_context::context_name(&spec.name),
+        spec.name
+    ));
     output::info(format!("Start it with: devbox start {}", spec.name));
     Ok(0)
 }

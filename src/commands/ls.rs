@@ -1,9 +1,10 @@
-//! `devbox ls`: one row per machine, like `docker-machine ls`.
+//! `devbox ls`: one row per machine, like `docker-machine ls`; `-q` only the names (for
+//! scripts and shell completion).
 
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::cli::LsArgs;
+use crate::cli::MachineLsArgs;
 use crate::disk;
 use crate::machine::Store;
 use crate::machine::guest_net::guest_address;
@@ -25,7 +26,14 @@ struct Row {
     error: Option<String>,
 }
 
-pub fn run(store: &Store, a: &LsArgs) -> Result<i32> {
+pub fn run(store: &Store, a: &MachineLsArgs) -> Result<i32> {
+    if a.quiet {
+        let names = store.names()?;
+        if !names.is_empty() {
+            output::data(names.join("\n"));
+        }
+        return Ok(0);
+    }
     let mut rows = Vec::new();
     for name in store.names()? {
         let dir = store.machine(&name)?;

@@ -5,6 +5,7 @@
 //! and turns errors into `error:` / `caused by:` / `hint:` lines and an exit code (`output`).
 
 mod completion;
+pub(crate) mod cp;
 mod create;
 mod disk;
 mod dns;
@@ -15,27 +16,41 @@ mod inspect;
 mod ip;
 mod logs;
 mod ls;
-mod rm;
+pub(crate) mod rm;
 mod routes;
 mod ssh;
+pub(crate) mod ssh_config;
 mod start;
 mod status;
 mod stop;
 mod system;
+mod use_context;
 
 use anyhow::Result;
 use clap::Parser;
 
-use crate::cli::{Cli, Command, DnsCommand, RoutesCommand, SystemCommand};
+use crate::cli::{Cli, Command, DnsCommand, Machines, RoutesCommand, SystemCommand};
+use crate::hint::Hint;
 use crate::host::HostOs;
 use crate::host::privileged::{self, Class};
 use crate::machine::Store;
+use crate::machine::store::StoreError;
 use crate::output;
 
 /// Exit code for errors (clap uses 2 for usage errors).
 const EXIT_ERROR: i32 = 1;
 
 pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
+    let args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    // The shell asking for completions (the scripts of `devbox completion` set the variable).
+    match completion::complete(&args) {
+        Ok(true) => return 0,
+        Ok(false) => {}
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    }
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
@@ -52,7 +67,8 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     // Everything devbox creates is the user's alone (machine directories, disks, keys, logs,
     // sockets, QEMU's files), unless a mode is set explicitly. Images are not secret, and a
     // cache may be shared. (The NFS server sets the mode the guest asked for explicitly.)
-    if !matches!(cli.command, Command::Image(_)) {
+    // `cp` writes the user's own files where they asked: those get the user's umask.
+    if !matches!(cli.command, Command::Image(_) | Command::Cp(_)) {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     }
     // After `enter`: under sudo, HOME is now the invoking user's.
@@ -93,24 +109,23 @@ fn class_of(command: &Command, os: HostOs) -> (Class, &'static str) {
 fn dispatch(store: &Store, command: Command) -> Result<i32> {
     match command {
         Command::Create(a) => create::run(store, *a),
-        Command::Start(a) => start::run(store, &a),
-        Command::Stop(a) => stop::run(store, &a),
-        Command::Restart(a) => {
-            stop::run(
-                store,
-                &crate::cli::StopArgs {
-                    name: a.name.clone(),
-                    force: false,
-                },
-            )?;
-            start::run(store, &a)
-        }
+        Command::Start(a) => each(store, &a.machines, |name| {
+            start::run(store, name, a.timeout)
+        }),
+        Command::Stop(a) => each(store, &a.machines, |name| stop::run(store, name, a.force)),
+        Command::Restart(a) => each(store, &a.machines, |name| {
+            stop::run(store, name, false)?;
+            start::run(store, name, a.timeout)
+        }),
         Command::Rm(a) => rm::run(store, &a),
         Command::Ls(a) => ls::run(store, &a),
         Command::Status(a) => status::run(store, &a),
         Command::Inspect(a) => inspect::run(store, &a.name),
         Command::Ip(a) => ip::run(store, &a.name),
         Command::Ssh(a) => ssh::run(store, &a),
+        Command::SshConfig(a) => ssh_config::run(store, &a),
+        Command::Cp(a) => cp::run(store, &a),
+        Command::Use(a) => use_context::run(store, &a),
         Command::Logs(a) => logs::run(store, &a),
         Command::Env(a) => env::run(store, &a),
         Command::Image(c) => image::run(store, c),
@@ -129,4 +144,75 @@ fn dispatch(store: &Store, command: Command) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// A bulk verb (`start`, `stop`, `restart`, `rm` with several machines) after trying each.
+#[derive(Debug, thiserror::Error)]
+#[error("{failed} of {total} machines failed (each error is above)")]
+pub struct BulkError {
+    failed: usize,
+    total: usize,
+}
+
+impl Hint for BulkError {
+    fn hint(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The machines a bulk verb names: every machine for `--all` (none is not an error), else
+/// the names given, each once and in order, all known before anything is done.
+pub(crate) fn resolve(store: &Store, m: &Machines) -> Result<Vec<String>> {
+    if m.all {
+        return Ok(store.names()?);
+    }
+    let mut names: Vec<String> = Vec::new();
+    for n in &m.names {
+        // Not a machine name, another user's directory, or no such machine: the store's
+        // errors. A directory whose machine.yaml is gone or broken can still be removed.
+        let dir = store.machine(n)?;
+        match fs_err::metadata(&dir.path) {
+            Ok(meta) if meta.is_dir() => {}
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(e.into()),
+            _ => return Err(StoreError::NotFound { name: n.clone() }.into()),
+        }
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    Ok(names)
+}
+
+/// Runs `f` for each machine `m` names. One machine: its error is the command's. Several:
+/// every machine is tried, each failure printed as it happens, and the command fails after.
+fn each(store: &Store, m: &Machines, f: impl FnMut(&str) -> Result<i32>) -> Result<i32> {
+    let names = resolve(store, m)?;
+    if names.is_empty() {
+        output::info("No machines.");
+        return Ok(0);
+    }
+    each_name(&names, f)
+}
+
+/// [`each`] for names already resolved.
+pub(crate) fn each_name(names: &[String], mut f: impl FnMut(&str) -> Result<i32>) -> Result<i32> {
+    if let [one] = names {
+        return f(one);
+    }
+    let mut failed = 0;
+    for name in names {
+        if let Err(e) = f(name) {
+            let hint = output::diagnostics::hint(&e);
+            output::error(&e.context(format!("machine {name}")), hint);
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        return Err(BulkError {
+            failed,
+            total: names.len(),
+        }
+        .into());
+    }
+    Ok(0)
 }

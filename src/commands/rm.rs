@@ -1,9 +1,14 @@
-//! `devbox rm NAME`: remove a stopped machine (or stop it first with `--force`), and give its
-//! network's lease back to the host-wide registry.
+//! `devbox rm NAME… | --all`: remove stopped machines (or stop them first with `--force`),
+//! give each network's lease back to the host-wide registry, and remove each Docker context.
+//! On a terminal it asks first (`-y` skips); without a terminal it needs `-y`, so a script
+//! never deletes a disk by accident.
+
+use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::Result;
 
 use crate::cli::RmArgs;
+use crate::hint::Hint;
 use crate::machine::Store;
 use crate::machine::lock::lock_machine;
 use crate::machine::state::observe;
@@ -11,14 +16,73 @@ use crate::net::lease::{Registry, real_uid};
 use crate::output;
 use crate::supervisor::client::ClientError;
 
+#[derive(Debug, thiserror::Error)]
+pub enum RmError {
+    #[error("not removing {names} without confirmation: stdin is not a terminal to ask on")]
+    NoTerminal { names: String },
+}
+
+impl Hint for RmError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            RmError::NoTerminal { names } => {
+                Some(format!("confirm with -y: `devbox rm -y {names}`"))
+            }
+        }
+    }
+}
+
 pub fn run(store: &Store, a: &RmArgs) -> Result<i32> {
-    let dir = store.machine(&a.name)?;
+    let names = super::resolve(store, &a.machines)?;
+    if names.is_empty() {
+        output::info("No machines.");
+        return Ok(0);
+    }
+    // Refused anyway: say so before asking.
+    if !a.force {
+        for name in &names {
+            let dir = store.machine(name)?;
+            if dir.path.is_dir() && observe(&dir)?.state.is_live() {
+                return Err(ClientError::Running { name: name.clone() }.into());
+            }
+        }
+    }
+    if !a.yes && !confirm(&names)? {
+        output::info("Nothing removed.");
+        return Ok(1);
+    }
+    super::each_name(&names, |name| remove(store, name, a.force))
+}
+
+/// Asks on the terminal whether to remove `names` (yes only for `y` or `yes`).
+fn confirm(names: &[String]) -> Result<bool> {
+    let list = names.join(" ");
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(RmError::NoTerminal { names: list }.into());
+    }
+    let what = match names {
+        [one] => format!("machine {one}"),
+        _ => format!("machines {list}"),
+    };
+    eprint!("Remove {what} and its disk and keys? This cannot be undone. [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
+fn remove(store: &Store, name: &str, force: bool) -> Result<i32> {
+    let dir = store.machine(name)?;
     match fs_err::metadata(&dir.path) {
         Ok(m) if m.is_dir() => {}
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(e.into()),
         _ => {
             return Err(crate::machine::store::StoreError::NotFound {
-                name: a.name.clone(),
+                name: name.to_owned(),
             }
             .into());
         }
@@ -27,9 +91,9 @@ pub fn run(store: &Store, a: &RmArgs) -> Result<i32> {
     // A broken machine.yaml must not prevent removal: state does not need the spec.
     let obs = observe(&dir)?;
     if obs.state.is_live() {
-        if !a.force {
+        if !force {
             return Err(ClientError::Running {
-                name: a.name.clone(),
+                name: name.to_owned(),
             }
             .into());
         }
@@ -39,12 +103,13 @@ pub fn run(store: &Store, a: &RmArgs) -> Result<i32> {
     // Rename first so a half-finished removal never looks like a machine.
     let trash = store
         .machines_dir()
-        .join(format!(".removing-{}-{}", a.name, std::process::id()));
+        .join(format!(".removing-{name}-{}", std::process::id()));
     fs_err::rename(&dir.path, &trash)?;
     drop(lock);
     fs_err::remove_dir_all(&trash)?;
     release_leases(&canonical)?;
-    output::info(format!("Removed machine {}.", a.name));
+    super::use_context::forget(name);
+    output::info(format!("Removed machine {name}."));
     Ok(0)
 }
 

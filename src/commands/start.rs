@@ -1,37 +1,37 @@
-//! `devbox start NAME`: spawn the machine's supervisor detached and wait until it reports the
-//! machine ready (SSH answers and `docker info` works), showing its progress.
+//! `devbox start NAME…`: spawn the machine's supervisor detached and wait until it reports the
+//! machine ready (SSH answers and `docker info` works), showing its progress; then bring its
+//! Docker context in step with its socket.
 
 use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::cli::StartArgs;
 use crate::machine::lock::{LockError, lock_machine};
 use crate::machine::state::observe;
 use crate::machine::{MachineDir, MachineState, Store};
 use crate::output;
 use crate::supervisor::client;
 
-pub fn run(store: &Store, a: &StartArgs) -> Result<i32> {
-    let dir = store.existing(&a.name)?;
+pub fn run(store: &Store, name: &str, timeout: u64) -> Result<i32> {
+    let dir = store.existing(name)?;
     let spec = dir.load_spec()?;
     let _lock = lock_machine(&dir)?;
 
     match observe(&dir)?.state {
         MachineState::Running => {
-            output::info(format!("Machine {} is already running.", a.name));
+            output::info(format!("Machine {name} is already running."));
+            super::use_context::refresh(&dir);
             return Ok(0);
         }
         MachineState::Starting | MachineState::Stopping => {
             return Err(LockError::Busy {
-                name: a.name.clone(),
+                name: name.to_owned(),
             }
             .into());
         }
         MachineState::Crashed => {
             output::warn(format!(
-                "machine {} was left running by a supervisor that died; cleaning up",
-                a.name
+                "machine {name} was left running by a supervisor that died; cleaning up"
             ));
             client::cleanup_stale(&dir);
         }
@@ -39,15 +39,16 @@ pub fn run(store: &Store, a: &StartArgs) -> Result<i32> {
     }
 
     client::preflight(store, &dir, &spec)?;
-    client::spawn(store, &dir, a.timeout)?;
+    client::spawn(store, &dir, timeout)?;
     let mut progress = output::Progress::new(&format!("Starting {}", dir.name));
-    let limit = Duration::from_secs(a.timeout + 10);
+    let limit = Duration::from_secs(timeout + 10);
     match client::wait_ready(&dir, limit, &mut |step| {
         progress.set(&format!("Starting {}: {step}", dir.name))
     }) {
         Ok(ready) => {
+            super::use_context::refresh(&dir);
             progress.finish(&format!(
-                "Machine {} is running ({}, {:.1} s). Try: devbox ssh {} -- docker info",
+                "Machine {} is running ({}, {:.1} s). Try: devbox ssh {} docker info",
                 dir.name,
                 ready.accel,
                 ready.elapsed.as_secs_f64(),

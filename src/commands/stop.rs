@@ -1,18 +1,17 @@
-//! `devbox stop NAME`: ask the supervisor to power the guest off (or kill it with `--force`)
+//! `devbox stop NAME…`: ask the supervisor to power the guest off (or kill it with `--force`)
 //! and wait until the supervisor has torn everything down.
 
 use anyhow::Result;
 
-use crate::cli::StopArgs;
 use crate::machine::lock::lock_machine;
 use crate::machine::{MachineDir, Store};
 use crate::output;
 use crate::supervisor::client::{self, Stopped};
 
-pub fn run(store: &Store, a: &StopArgs) -> Result<i32> {
-    let dir = store.existing(&a.name)?;
+pub fn run(store: &Store, name: &str, force: bool) -> Result<i32> {
+    let dir = store.existing(name)?;
     let _lock = lock_machine(&dir)?;
-    stop_locked(&dir, a.force)
+    stop_locked(&dir, force)
 }
 
 /// Stops a machine whose command lock the caller holds.

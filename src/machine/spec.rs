@@ -40,6 +40,10 @@ pub enum SpecError {
     Size { text: String },
     #[error("--disk-size {text} is too small: at least 1G")]
     DiskTooSmall { text: String },
+    #[error(
+        "invalid --memory {text:?}: a size with a unit (4G, 4096M) or a bare number of MiB, in whole MiB"
+    )]
+    MemorySize { text: String },
     #[error("invalid --docker-subnet {text:?}: {why}")]
     DockerSubnet { text: String, why: String },
     #[error(transparent)]
@@ -426,6 +430,23 @@ pub fn format_size(bytes: u64) -> String {
     format!("{bytes}B")
 }
 
+/// Parses `--memory` into MiB: a bare number is MiB (as it always was), a number with a
+/// unit is a size (`4G`, `4096M`, `1.5G`) that must come to whole MiB.
+pub fn parse_memory(text: &str) -> Result<u64, SpecError> {
+    let err = || SpecError::MemorySize {
+        text: text.to_owned(),
+    };
+    let t = text.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t.parse().map_err(|_| err());
+    }
+    let bytes = parse_size(t).map_err(|_| err())?;
+    if !bytes.is_multiple_of(1 << 20) {
+        return Err(err());
+    }
+    Ok(bytes >> 20)
+}
+
 pub fn parse_disk_size(text: &str) -> Result<u64, SpecError> {
     let bytes = parse_size(text)?;
     if bytes < MIN_DISK_BYTES {
@@ -538,6 +559,23 @@ pub fn validate_tld(text: &str) -> Result<(), SpecError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn memory_takes_units_and_a_bare_number_is_mib() {
+        use super::parse_memory;
+        assert_eq!(parse_memory("4G").unwrap(), 4096);
+        assert_eq!(parse_memory("4096M").unwrap(), 4096);
+        assert_eq!(parse_memory("4096").unwrap(), 4096);
+        assert_eq!(parse_memory("1.5G").unwrap(), 1536);
+        assert_eq!(parse_memory("4GiB").unwrap(), 4096);
+        for bad in ["", "4X", "G", "-1", "1000K", "0.3M", "4 G B"] {
+            let e = parse_memory(bad).unwrap_err();
+            assert!(
+                matches!(e, super::SpecError::MemorySize { .. }),
+                "{bad:?}: {e}"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -65,6 +65,11 @@ dispatch!(
     #[cfg(target_os = "linux")]
     crate::nfs::NfsError,
     crate::supervisor::client::ClientError,
+    crate::docker_context::ContextError,
+    crate::commands::cp::CpError,
+    crate::commands::BulkError,
+    crate::commands::rm::RmError,
+    crate::commands::ssh_config::SshConfigError,
 );
 
 /// Error types of modules that other work is changing right now keep their inherent

@@ -1,10 +1,10 @@
 //! Interactive sessions on the host terminal ([`Connection::shell`]): `devbox ssh dev` and
 //! `devbox ssh dev -- cmd`, on the caller's thread.
 //!
-//! Like OpenSSH, a PTY is requested only when our stdin is a terminal; the host terminal then
-//! goes to raw mode (restored by a guard on every exit path) and SIGWINCH is forwarded as a
-//! window-change request. Without a terminal the same pump simply moves stdin, stdout and
-//! stderr, so `echo hi | devbox ssh dev -- cat` works.
+//! The caller decides whether a PTY is requested (OpenSSH's rules are `commands/ssh.rs`'s);
+//! with one, the host terminal goes to raw mode when stdin is a terminal (restored by a guard
+//! on every exit path) and SIGWINCH is forwarded as a window-change request. Stdin is always
+//! forwarded, so `echo hi | devbox ssh dev cat` works.
 
 use std::io::{self, Write};
 use std::os::fd::AsFd;
@@ -21,8 +21,9 @@ const ABANDON_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Connection {
     /// Runs `cmd`, or the user's login shell when `None`, wired to this process's stdin,
-    /// stdout and stderr. Returns the exit status (128 + n when killed by signal n).
-    pub fn shell(&self, cmd: Option<&str>) -> Result<i32, SshError> {
+    /// stdout and stderr, on a PTY when `pty`. Returns the exit status (128 + n when killed
+    /// by signal n).
+    pub fn shell(&self, cmd: Option<&str>, pty: bool) -> Result<i32, SshError> {
         let label = cmd.unwrap_or("login shell");
         let _busy = self.exclusive();
         let stdin = io::stdin();
@@ -33,7 +34,7 @@ impl Connection {
             .retry(None, || self.session.channel_session())
             .map_err(|f| self.error(label, f))?;
         let mut started = Ok(());
-        if is_tty {
+        if pty {
             let size = window_size(stdin_fd).unwrap_or(DEFAULT_SIZE);
             let term = std::env::var("TERM")
                 .ok()
@@ -51,6 +52,7 @@ impl Connection {
         let result = started.and_then(|()| {
             // The guards live until the end of this closure: the terminal is restored before
             // the caller prints anything, error or not.
+            let is_tty = pty && is_tty;
             let mut watch = match is_tty {
                 true => Some(WindowWatch::install(stdin_fd).map_err(terminal)?),
                 false => None,

@@ -24,7 +24,7 @@ work=$(mktemp -d)
 export DEVBOX_HOME=$work/home
 
 cleanup() {
-	ip netns exec "$host" "$devbox" rm --force bench >/dev/null 2>&1 || true
+	ip netns exec "$host" "$devbox" rm -y --force bench >/dev/null 2>&1 || true
 	[ -n "${sink_pid:-}" ] && kill "$sink_pid" 2>/dev/null || true
 	[ -n "${sink2_pid:-}" ] && kill "$sink2_pid" 2>/dev/null || true
 	ip netns del "$host" 2>/dev/null || true

@@ -323,6 +323,11 @@ impl Harness {
         self.tmp.path()
     }
 
+    /// The docker CLI's configuration directory of this run (`DOCKER_CONFIG`).
+    pub fn docker_config(&self) -> std::path::PathBuf {
+        self.tmp.path().join("docker-config")
+    }
+
     /// `devbox ARGS` inside the namespace.
     pub fn devbox(&self, args: &[&str]) -> Output {
         self.devbox_cmd(args).output().unwrap()
@@ -338,6 +343,8 @@ impl Harness {
             .env("DEVBOX_CACHE", &self.cache)
             // The run's own lease registry (root may move it), never the host's.
             .env("DEVBOX_REGISTRY", self.tmp.path().join("registry"))
+            // The machines' Docker contexts: the run's own, never root's ~/.docker.
+            .env("DOCKER_CONFIG", self.docker_config())
             .env("NO_COLOR", "1")
             .env("DEVBOX_DNS_UPSTREAMS", format!("127.0.0.1:{UPSTREAM_PORT}"))
             .stdin(Stdio::null());

@@ -224,7 +224,7 @@ pub fn second_machine_gets_the_next_subnets(m: &Machine) {
         "stop removes the IPv6 route: {}",
         routes6(m)
     );
-    m.ok(&["rm", SECOND]);
+    m.ok(&["rm", "-y", SECOND]);
 }
 
 /// `ip -6 route` in the test's host namespace.
@@ -338,7 +338,7 @@ pub fn stop_and_rm_leave_nothing(m: &Machine) {
     }
     let stop_again = m.devbox(&["stop", MACHINE]);
     assert!(stop_again.status.success());
-    m.ok(&["rm", MACHINE]);
+    m.ok(&["rm", "-y", MACHINE]);
     assert!(!m.dir().exists());
     // Every machine of the run is gone, and with them their leases on the host-only networks.
     let leases: Vec<_> = std::fs::read_dir(m.h.tmp().join("registry/leases"))

@@ -102,13 +102,12 @@ impl Machine {
     pub fn docker_host(&self) -> String {
         self.docker_host
             .get_or_init(|| {
-                let env = self.ok(&["env", &self.name]);
-                let line = env
-                    .lines()
-                    .find(|l| l.starts_with("export DOCKER_HOST="))
-                    .expect("env prints DOCKER_HOST");
-                line.trim_start_matches("export DOCKER_HOST=")
-                    .trim_matches('"')
+                let env: serde_json::Value =
+                    serde_json::from_str(&self.ok(&["env", &self.name, "--json"]))
+                        .expect("env --json prints JSON");
+                env["DOCKER_HOST"]
+                    .as_str()
+                    .expect("env prints DOCKER_HOST")
                     .to_owned()
             })
             .clone()

@@ -44,6 +44,7 @@ mod support;
 
 mod arm64;
 mod basics;
+mod cli;
 mod disk;
 mod harness;
 mod lifecycle;
@@ -148,6 +149,19 @@ const CHECKS: &[Check] = &[
         outside::check_published_ports,
     ),
     shared("discard_reaches_the_host_file", disk::check_discard),
+    shared(
+        "everyday_use_makes_plain_docker_reach_the_machine",
+        cli::check_use_makes_plain_docker_reach_the_machine,
+    ),
+    shared(
+        "everyday_ssh_behaves_like_ssh",
+        cli::check_ssh_behaves_like_ssh,
+    ),
+    shared(
+        "everyday_openssh_with_ssh_config",
+        cli::check_openssh_with_ssh_config,
+    ),
+    shared("everyday_cp_both_ways", cli::check_cp_both_ways),
     exclusive("full_disk_keeps_the_machine_usable", disk::check_full_disk),
     exclusive(
         "stop_removes_nat_and_a_docker_host_works",

@@ -534,7 +534,10 @@ fn run_as_users(a: &TestUser, b: &TestUser, cache: &Path, scratch: &Path, bb: &P
         &a.run(installed, &["ssh", "m", "--", "uname", "-r"], &env),
     );
     assert!(!uname.trim().is_empty());
-    let env_out = ok("env", &a.run(installed, &["env", "m"], &env));
+    let env_out = ok(
+        "env",
+        &a.run(installed, &["env", "m", "--shell", "bash"], &env),
+    );
     let docker_host = env_out
         .lines()
         .find_map(|l| l.strip_prefix("export DOCKER_HOST="))
@@ -592,7 +595,7 @@ fn run_as_users(a: &TestUser, b: &TestUser, cache: &Path, scratch: &Path, bb: &P
         None,
         "the last stop takes devbox's NAT table away"
     );
-    ok("rm", &a.run(installed, &["rm", "m"], &env));
+    ok("rm", &a.run(installed, &["rm", "-y", "m"], &env));
     assert!(!lease.exists(), "rm gives the lease back");
     assert!(!machine.exists());
 
@@ -757,7 +760,7 @@ fn other_user_is_refused(
     );
     let st = a.run(installed, &["status", "m"], env);
     assert_eq!(ok("A: status", &st).trim(), "Running");
-    ok("B: rm", &b.run(installed, &["rm", "evil"], env));
+    ok("B: rm", &b.run(installed, &["rm", "-y", "evil"], env));
 }
 
 /// `sudo devbox …` from A: A's machines, files A's, a supervisor of A's with the two
@@ -802,7 +805,7 @@ fn sudo_acts_as_the_user(a: &TestUser, env: &[(&str, String)]) {
         "the supervisor of sudo start"
     );
     ok("sudo devbox stop", &as_root(&["stop", "s"], &sudo));
-    ok("sudo devbox rm", &as_root(&["rm", "s"], &sudo));
+    ok("sudo devbox rm", &as_root(&["rm", "-y", "s"], &sudo));
     // Variables that do not agree with the passwd database: refused, with the way out.
     let mut wrong = sudo.clone();
     wrong[0].1 = "root".into();

@@ -89,7 +89,7 @@ x86_64() {
     printf 'x86_64 boot %2d: %s in %d s, console waits %s, lost %d%s\n' "$i" "$status" \
       $((SECONDS - t0)) "${waited:-?}" "${#lost[@]}" "$( [ ${#lost[@]} -eq 0 ] || printf ' (%s)' "${lost[*]}")"
   done
-  dbx rm loop >/dev/null
+  dbx rm -y loop >/dev/null
 }
 
 case "$arch" in

@@ -189,7 +189,7 @@ fn root_creates_the_registry_on_demand_and_create_takes_a_lease() {
     assert!(spec.contains("bridge: 172.24.0.1/16"), "{spec}");
 
     // rm gives the lease back; a lease whose home is gone is reclaimed at the next create.
-    succeeds(&env.run(&["rm", "a"]));
+    succeeds(&env.run(&["rm", "-y", "a"]));
     assert!(!leases.join("0").exists());
     std::fs::remove_dir_all(env.machine_dir("b")).unwrap();
     succeeds(&create("d"));

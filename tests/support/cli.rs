@@ -13,6 +13,8 @@ pub struct Env {
     /// The host-wide lease registry, private to this test (`DEVBOX_REGISTRY`, which devbox
     /// honours for root only; the tests run as root).
     pub registry: PathBuf,
+    /// The docker CLI's configuration directory (`DOCKER_CONFIG`).
+    pub docker_config: PathBuf,
 }
 
 impl Env {
@@ -41,6 +43,7 @@ impl Env {
         std::fs::write(img.join("manifest.json"), manifest.to_string()).unwrap();
         Env {
             registry: tmp.path().join("registry"),
+            docker_config: tmp.path().join("docker"),
             _tmp: tmp,
             home,
             cache,
@@ -52,6 +55,19 @@ impl Env {
         c.env("DEVBOX_HOME", &self.home)
             .env("DEVBOX_CACHE", &self.cache)
             .env("DEVBOX_REGISTRY", &self.registry)
+            // The machines' Docker contexts go here, never to the user's ~/.docker.
+            .env("DOCKER_CONFIG", &self.docker_config)
+            .env("NO_COLOR", "1");
+        c
+    }
+
+    /// [`Env::cmd`] as a `std::process::Command` (whose stdin can be any file).
+    pub fn std_cmd(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("devbox"));
+        c.env("DEVBOX_HOME", &self.home)
+            .env("DEVBOX_CACHE", &self.cache)
+            .env("DEVBOX_REGISTRY", &self.registry)
+            .env("DOCKER_CONFIG", &self.docker_config)
             .env("NO_COLOR", "1");
         c
     }
