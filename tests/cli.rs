@@ -1,7 +1,6 @@
 //! Tier 2: the real binary against a temporary DEVBOX_HOME, no guest. Help, errors, exit
 //! codes, and the state logic that does not need a booted machine.
 
-use std::path::Path;
 use std::process::Output;
 
 mod support;
@@ -224,6 +223,57 @@ fn unknown_machine_is_an_error_for_every_verb() {
 }
 
 #[test]
+fn a_name_outside_the_store_is_refused_by_every_verb_and_nothing_is_touched() {
+    let env = Env::new();
+    succeeds(&create(&env, "dev"));
+    // `machines/../x` and an absolute path: directories a careless join would act on.
+    let outside = env.home.join("x");
+    std::fs::create_dir_all(outside.join("sub")).unwrap();
+    let victim = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(victim.path().join("sub")).unwrap();
+    let victim_path = victim.path().to_str().unwrap().to_owned();
+    let listing = |p: &std::path::Path| {
+        let mut v: Vec<_> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = (
+        listing(&outside),
+        listing(victim.path()),
+        listing(&env.home.join("machines")),
+    );
+    for name in ["../x", &victim_path, "..", "dev/..", "/etc"] {
+        for verb in [
+            vec!["rm", name],
+            vec!["rm", "--force", name],
+            vec!["logs", name],
+            vec!["start", name],
+            vec!["stop", name],
+            vec!["env", name],
+        ] {
+            let o = env.run(&verb);
+            fails_with(&o, &format!("invalid machine name {name:?}"));
+            assert!(
+                stderr(&o).contains("hint: `devbox ls` lists the machines"),
+                "{verb:?}: {}",
+                stderr(&o)
+            );
+        }
+        let after = (
+            listing(&outside),
+            listing(victim.path()),
+            listing(&env.home.join("machines")),
+        );
+        assert_eq!(before, after, "`devbox rm {name}` touched something");
+    }
+    assert!(!std::path::Path::new("/etc/machine.lock").exists());
+    assert!(env.machine_dir("dev").join("machine.yaml").is_file());
+}
+
+#[test]
 fn missing_image_names_the_fix() {
     let env = Env::new();
     std::fs::remove_dir_all(&env.cache).unwrap();
@@ -361,41 +411,6 @@ fn missing_qemu_is_named_with_its_package() {
 }
 
 #[test]
-fn start_without_net_admin_names_the_privilege() {
-    if !Path::new("/usr/bin/setpriv").exists() || !nix_is_root() {
-        eprintln!("skipped: needs root and setpriv to drop CAP_NET_ADMIN");
-        return;
-    }
-    let env = Env::new();
-    succeeds(&create(&env, "m"));
-    let bin = assert_cmd::cargo::cargo_bin("devbox");
-    let o = std::process::Command::new("setpriv")
-        .args(["--bounding-set=-net_admin", "--inh-caps=-net_admin", "--"])
-        .arg(bin)
-        .args(["start", "m"])
-        .env("DEVBOX_HOME", &env.home)
-        .env("DEVBOX_CACHE", &env.cache)
-        .output()
-        .unwrap();
-    fails_with(&o, "CAP_NET_ADMIN");
-    assert!(
-        stderr(&o).contains("setcap cap_net_admin+ep"),
-        "{}",
-        stderr(&o)
-    );
-    assert!(!env.machine_dir("m").join("supervisor.pid").exists());
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-#[test]
 fn crashed_supervisor_is_reported_as_crashed() {
     let env = Env::new();
     succeeds(&create(&env, "m"));
@@ -466,4 +481,29 @@ fn logs_of_a_never_started_machine() {
     let o = env.run(&["logs", "m"]);
     succeeds(&o);
     assert!(stderr(&o).contains("never started"));
+}
+
+/// The guest writes its console: `logs` shows its escape sequences (OSC 52 clipboard write,
+/// title, clear screen, 8-bit CSI) as text instead of passing them to the terminal.
+#[test]
+fn logs_neutralise_the_guest_escape_sequences() {
+    let env = Env::new();
+    succeeds(&create(&env, "m"));
+    std::fs::write(
+        env.machine_dir("m").join("serial.log"),
+        "boot ok\r\n\x1b]52;c;cm0gLXJmIH4=\x07\x1b]0;sudo password\x07\x1b[2J\u{9b}8m\tend\r\n",
+    )
+    .unwrap();
+    let o = env.run(&["logs", "m"]);
+    succeeds(&o);
+    let out = stdout(&o);
+    assert_eq!(
+        out,
+        "boot ok\n\\u{1b}]52;c;cm0gLXJmIH4=\\u{7}\\u{1b}]0;sudo password\\u{7}\\u{1b}[2J\\u{9b}8m\tend\n"
+    );
+    assert!(
+        !out.chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t'),
+        "{out:?}"
+    );
 }

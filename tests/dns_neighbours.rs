@@ -46,7 +46,7 @@ fn spec(name: &str, index: u8, tld: &str, dns_domains: &[&str]) -> MachineSpec {
 }
 
 fn save(store: &Store, spec: &MachineSpec) {
-    let dir = store.machine(&spec.name);
+    let dir = store.machine(&spec.name).unwrap();
     std::fs::create_dir_all(&dir.path).unwrap();
     dir.save_spec(spec).unwrap();
 }

@@ -442,7 +442,7 @@ async fn answers_only_on_the_bound_address() {
 }
 
 /// Finding 7: only allowed sources get an answer; the rest get nothing at all, on UDP and
-/// TCP (tests/dns_netns.rs checks the real allowlist of a machine in a namespace).
+/// TCP (tests/privileged/dns_netns.rs checks the real allowlist of a machine in a namespace).
 #[tokio::test]
 async fn sources_outside_the_allowlist_get_nothing() {
     let server = DnsServer::start(DnsConfig {

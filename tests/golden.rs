@@ -9,10 +9,10 @@ mod support;
 use std::path::PathBuf;
 use support::golden;
 
-use devbox::hypervisor::BootConfig;
 use devbox::hypervisor::qemu;
+use devbox::hypervisor::{BootConfig, GuestNic};
 use devbox::machine::config_drive;
-use devbox::machine::spec::{Driver, MachineSpec, NetworkSpec, ShareSpec, parse_docker_bip};
+use devbox::machine::spec::{DirId, Driver, MachineSpec, NetworkSpec, ShareSpec, parse_docker_bip};
 use devbox::routes::DockerSubnets;
 
 fn spec() -> MachineSpec {
@@ -39,6 +39,11 @@ fn spec() -> MachineSpec {
             host_path: "/home/alice".into(),
             guest_path: "/home/alice".into(),
             read_only: false,
+            id: Some(DirId {
+                dev: 2049,
+                ino: 131_073,
+            }),
+            allow_root: false,
         }],
         tld: "dev".into(),
         dns_domains: vec![],
@@ -80,9 +85,9 @@ fn config_drive_is_a_tar_the_guest_can_read() {
         dns: &[],
         docker_major: 20,
         mounts: &[config_drive::NfsMount {
-            source: "192.168.64.1:/home/alice".into(),
+            source: "192.168.64.253:/home/alice".into(),
             guest_path: "/home/alice".into(),
-            options: "vers=3,proto=tcp,port=40000,mountport=40000,mountproto=tcp,nolock,noacl,addr=192.168.64.1".into(),
+            options: "vers=3,proto=tcp,port=40000,mountport=40000,mountproto=tcp,nolock,noacl,addr=192.168.64.253".into(),
         }],
     };
     let bytes = config_drive::render(&config_drive::files(&spec(), &inputs)).unwrap();
@@ -103,9 +108,9 @@ fn config_drive_is_a_tar_the_guest_can_read() {
 #[test]
 fn nfs_mounts_file() {
     let m = [config_drive::NfsMount {
-        source: "192.168.64.1:/home/alice".into(),
+        source: "192.168.64.253:/home/alice".into(),
         guest_path: "/home/alice".into(),
-        options: "vers=3,proto=tcp,port=40000,mountport=40000,mountproto=tcp,nolock,noacl,addr=192.168.64.1".into(),
+        options: "vers=3,proto=tcp,port=40000,mountport=40000,mountproto=tcp,nolock,noacl,addr=192.168.64.253".into(),
     }];
     golden("", "nfs-mounts", &config_drive::nfs_mounts_file(&m));
 }
@@ -132,11 +137,15 @@ fn qemu_arguments() {
         initrd: "/cache/images/v/initrd.img".into(),
         data_disk: m.join("disk.raw"),
         config_drive: m.join("config.tar"),
-        tap: Some(devnull.into()),
+        tap: Some(devnull.try_clone().unwrap().into()),
         mac: "52:54:00:12:34:56".into(),
+        share_nic: Some(GuestNic {
+            tap: devnull.into(),
+            mac: "52:54:00:65:43:21".into(),
+        }),
         serial_log: m.join("serial.log"),
         monitor_socket: m.join("qmp.sock"),
     };
-    let args = qemu::args(&cfg, "tcg", Some(2_000_000), 3);
+    let args = qemu::args(&cfg, "tcg", Some(2_000_000), 3, Some(4));
     golden("", "qemu-tcg.args", &(args.join("\n") + "\n"));
 }

@@ -1,7 +1,12 @@
 //! The NFS server driven by crafted ONC-RPC requests over TCP on loopback: escapes,
-//! forged handles, oversized requests, foreign peers, big directories, restarts, uid/gid
-//! mapping and read-only exports. The client below is written from RFC 5531/1813 and shares
-//! no code with the server, so an encoding mistake on either side shows up here.
+//! forged handles, oversized requests, foreign peers, unprivileged ports and weak
+//! credentials, big directories, restarts, host-side renames, uid/gid mapping and the
+//! owner's identity, devbox's hidden directories, idle connections and read-only exports.
+//! The client below is written from RFC 5531/1813 and shares no code with the server, so an
+//! encoding mistake on either side shows up here.
+//!
+//! The server acts as the share's owner, which needs root (CAP_SETUID/CAP_SETGID) for an
+//! owner other than the test's own user, and the client binds reserved ports: run as root.
 //!
 //! The Linux kernel NFS client is not used: this host's kernel has no `nfs` filesystem
 //! (`/proc/filesystems`) and no modules; the real-guest mount is tested end to end.
@@ -12,7 +17,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
 
 use devbox::nfs::{Export, NfsConfig, NfsServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,6 +39,7 @@ const ROFS: u32 = 30;
 const STALE: u32 = 70;
 const BADHANDLE: u32 = 10001;
 const NOTSUPP: u32 = 10004;
+const JUKEBOX: u32 = 10008;
 
 #[derive(Default)]
 struct Enc(Vec<u8>);
@@ -147,10 +154,29 @@ struct Fattr {
     mtime: u32,
 }
 
+/// The credential a client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    /// AUTH_UNIX with this uid (the kernel client's).
+    Unix(u32),
+    /// AUTH_NONE.
+    None,
+    /// AUTH_UNIX whose body is cut short.
+    BrokenUnix,
+}
+
 struct Client {
     sock: TcpStream,
     xid: u32,
+    flavor: Flavor,
 }
+
+/// An RPC refused for its credential: MSG_DENIED / AUTH_ERROR with this `auth_stat`.
+#[derive(Debug, PartialEq, Eq)]
+struct Denied(u32);
+
+/// Reserved source ports handed out to the test clients of this process, from the top down.
+static NEXT_PORT: AtomicU16 = AtomicU16::new(1023);
 
 /// Accepted reply: (accept_stat, results).
 struct Reply {
@@ -173,18 +199,42 @@ impl Reply {
 }
 
 impl Client {
+    /// Connects from a reserved port of `from` (below 1024, as the kernel client does).
     async fn connect(server: SocketAddr, from: IpAddr) -> std::io::Result<Client> {
+        for _ in 0..400 {
+            let port = NEXT_PORT
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                    Some(if p <= 600 { 1023 } else { p - 1 })
+                })
+                .unwrap();
+            match Client::connect_from(server, SocketAddr::new(from, port)).await {
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => continue,
+                other => return other,
+            }
+        }
+        Err(std::io::Error::other("no free reserved port"))
+    }
+
+    /// Connects from exactly `local` (port 0: an ephemeral port).
+    async fn connect_from(server: SocketAddr, local: SocketAddr) -> std::io::Result<Client> {
         let sock = TcpSocket::new_v4()?;
-        sock.bind(SocketAddr::new(from, 0))?;
+        sock.set_reuseaddr(true)?;
+        sock.bind(local)?;
         let sock = sock.connect(server).await?;
-        Ok(Client { sock, xid: 1 })
+        Ok(Client {
+            sock,
+            xid: 1,
+            flavor: Flavor::Unix(0),
+        })
     }
 
     async fn send_raw(&mut self, record: &[u8]) -> std::io::Result<()> {
-        self.sock
-            .write_all(&(record.len() as u32 | 0x8000_0000).to_be_bytes())
-            .await?;
-        self.sock.write_all(record).await
+        // Record mark and record in one write: two small writes would wait for each other
+        // (Nagle's algorithm against the server's delayed ACK, 40 ms a call).
+        let mut bytes = (record.len() as u32 | 0x8000_0000).to_be_bytes().to_vec();
+        bytes.extend_from_slice(record);
+        self.sock.write_all(&bytes).await
     }
 
     async fn read_reply(&mut self) -> std::io::Result<Vec<u8>> {
@@ -209,13 +259,34 @@ impl Client {
     }
 
     async fn try_call(&mut self, prog: u32, proc_: u32, args: Enc) -> std::io::Result<Reply> {
+        match self.call_or_denied(prog, proc_, args).await? {
+            Ok(reply) => Ok(reply),
+            Err(denied) => panic!("RPC denied: {denied:?}"),
+        }
+    }
+
+    /// A call whose reply may be MSG_DENIED for the credential.
+    async fn call_or_denied(
+        &mut self,
+        prog: u32,
+        proc_: u32,
+        args: Enc,
+    ) -> std::io::Result<Result<Reply, Denied>> {
         self.xid += 1;
-        let cred = Enc::default()
-            .u32(0) // stamp
-            .opaque(b"guest")
-            .u32(0) // uid: the guest's root
-            .u32(0)
-            .u32(0);
+        let unix = |uid: u32| {
+            Enc::default()
+                .u32(0) // stamp
+                .opaque(b"guest")
+                .u32(uid)
+                .u32(0)
+                .u32(0)
+                .0
+        };
+        let (flavor, body) = match self.flavor {
+            Flavor::Unix(uid) => (1, unix(uid)),
+            Flavor::None => (0, Vec::new()),
+            Flavor::BrokenUnix => (1, unix(0)[..10].to_vec()),
+        };
         let mut rec = Enc::default()
             .u32(self.xid)
             .u32(0) // CALL
@@ -223,8 +294,8 @@ impl Client {
             .u32(prog)
             .u32(3)
             .u32(proc_)
-            .u32(1) // AUTH_UNIX
-            .opaque(&cred.0)
+            .u32(flavor)
+            .opaque(&body)
             .u32(0)
             .u32(0)
             .0;
@@ -236,14 +307,17 @@ impl Client {
         let mut d = Dec(&reply);
         assert_eq!(d.u32(), self.xid);
         assert_eq!(d.u32(), 1, "not a REPLY");
-        assert_eq!(d.u32(), 0, "RPC denied");
+        if d.u32() == 1 {
+            assert_eq!(d.u32(), 1, "MSG_DENIED, but not AUTH_ERROR");
+            return Ok(Err(Denied(d.u32())));
+        }
         d.u32();
         d.opaque();
         let accept = d.u32();
-        Ok(Reply {
+        Ok(Ok(Reply {
             accept,
             body: d.0.to_vec(),
-        })
+        }))
     }
 
     async fn mnt(&mut self, path: &str) -> Result<Vec<u8>, u32> {
@@ -432,6 +506,8 @@ fn fixture() -> Fixture {
     std::fs::create_dir(&export).unwrap();
     std::fs::create_dir(&outside).unwrap();
     std::fs::write(outside.join("secret"), b"TOP-SECRET-host-file\n").unwrap();
+    give_to_owner(&export);
+    give_to_owner(&outside);
     Fixture {
         _tmp: tmp,
         export,
@@ -439,22 +515,37 @@ fn fixture() -> Fixture {
     }
 }
 
+/// Gives `path` and everything below it to the share's owner (files the test writes as root
+/// are the owner's files in a real share).
+fn give_to_owner(path: &Path) {
+    std::os::unix::fs::lchown(path, Some(OWNER_UID), Some(OWNER_GID)).unwrap();
+    if std::fs::symlink_metadata(path).unwrap().is_dir() {
+        for e in std::fs::read_dir(path).unwrap() {
+            give_to_owner(&e.unwrap().path());
+        }
+    }
+}
+
 fn config(exports: Vec<Export>, client: &str) -> NfsConfig {
     NfsConfig {
         bind: LOCAL.parse().unwrap(),
+        bind_device: None,
         port: 0,
         allowed_client: client.parse().unwrap(),
         exports,
+        hidden: Vec::new(),
+        idle_timeout: devbox::nfs::IDLE_TIMEOUT,
     }
 }
 
 fn export(name: &str, path: &Path, read_only: bool) -> Export {
+    let m = std::fs::metadata(path).unwrap();
     Export {
         name: name.into(),
-        host_path: path.to_path_buf(),
+        host_path: path.canonicalize().unwrap(),
+        dir_id: (m.dev(), m.ino()),
         read_only,
-        uid: OWNER_UID,
-        gid: OWNER_GID,
+        allow_root: false,
     }
 }
 
@@ -639,6 +730,7 @@ async fn oversized_requests_are_clamped_or_refused() {
     let (server, mut c, root) = serve(&f, false).await;
     let big = vec![7u8; 3 * 1024 * 1024];
     std::fs::write(f.export.join("big"), &big).unwrap();
+    give_to_owner(&f.export.join("big"));
     let fh = c.lookup(&root, b"big").await.unwrap();
 
     let data = c.read(&fh, 0, u32::MAX).await.unwrap();
@@ -820,10 +912,11 @@ async fn owner_mapping_and_attributes() {
     assert_eq!(c.getattr(&fh).await.unwrap().mtime, 1_000_000);
     assert_eq!(c.setattr(&fh, None, Some(0), None, None).await, OK);
     assert_eq!(c.setattr(&fh, None, Some(4242), None, None).await, PERM);
-    assert_eq!(c.setattr(&theirs, None, Some(0), None, None).await, OK);
+    // Another user's file stays theirs: the owner could not take it either.
+    assert_eq!(c.setattr(&theirs, None, Some(0), None, None).await, PERM);
     assert_eq!(
         std::fs::metadata(f.export.join("theirs")).unwrap().uid(),
-        OWNER_UID
+        4242
     );
     assert_eq!(
         std::fs::metadata(f.export.join("new")).unwrap().uid(),
@@ -969,4 +1062,632 @@ async fn several_exports_on_one_port() {
         }
     }
     assert_eq!(names, ["/proj", "/other/share"]);
+}
+
+// ---- who may use a share ---------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unprivileged_ports_and_weak_credentials_are_refused() {
+    let f = fixture();
+    let server = NfsServer::start(config(vec![export("/proj", &f.export, false)], LOCAL))
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    // The guest's own address from an unprivileged port, as any process without
+    // CAP_NET_BIND_SERVICE connects: closed before a byte is read.
+    let mut c = Client::connect_from(addr, SocketAddr::new(LOCAL.parse().unwrap(), 0))
+        .await
+        .unwrap();
+    let port = c.sock.local_addr().unwrap().port();
+    assert!(port >= 1024, "{port}");
+    let res = c
+        .call_or_denied(MOUNT, 1, Enc::default().opaque(b"/proj"))
+        .await;
+    assert!(
+        res.is_err(),
+        "a call from port {port} was answered: {:?}",
+        res.map(|r| r.map(|r| r.body))
+    );
+
+    // A reserved port, AUTH_NONE: NULL is answered, anything else is AUTH_TOOWEAK (5).
+    let mut c = Client::connect(addr, LOCAL.parse().unwrap()).await.unwrap();
+    let root = c.mnt("/proj").await.unwrap();
+    c.flavor = Flavor::None;
+    for prog in [NFS, MOUNT] {
+        let r = c.call_or_denied(prog, 0, Enc::default()).await.unwrap();
+        assert_eq!(r.map(|r| r.accept), Ok(0), "NULL of {prog}");
+    }
+    let weak: Vec<(u32, u32, Enc)> = vec![
+        (MOUNT, 1, Enc::default().opaque(b"/proj")),
+        (MOUNT, 5, Enc::default()),
+        (NFS, 1, Enc::default().opaque(&root)),
+        (NFS, 3, Enc::default().opaque(&root).opaque(b"x")),
+        (
+            NFS,
+            8,
+            Enc::default()
+                .opaque(&root)
+                .opaque(b"planted")
+                .u32(0)
+                .sattr(Some(0o644), None, None, None),
+        ),
+    ];
+    for (prog, proc_, args) in weak {
+        let r = c.call_or_denied(prog, proc_, args).await.unwrap();
+        assert_eq!(
+            r.err(),
+            Some(Denied(5)),
+            "program {prog} procedure {proc_} with AUTH_NONE"
+        );
+    }
+    assert!(!f.export.join("planted").exists());
+    // A malformed AUTH_UNIX body: AUTH_BADCRED (1).
+    c.flavor = Flavor::BrokenUnix;
+    let r = c
+        .call_or_denied(NFS, 1, Enc::default().opaque(&root))
+        .await
+        .unwrap();
+    assert_eq!(r.err(), Some(Denied(1)));
+    // AUTH_UNIX, any uid (the identity used is the share owner's): served.
+    c.flavor = Flavor::Unix(1000);
+    assert_alive(&mut c, &root).await;
+}
+
+// ---- the owner's identity ----------------------------------------------------------------
+
+/// MKDIR with an explicit mode.
+async fn mkdir_mode(c: &mut Client, dir: &[u8], name: &[u8], mode: u32) -> Result<Vec<u8>, u32> {
+    let args = Enc::default()
+        .opaque(dir)
+        .opaque(name)
+        .sattr(Some(mode), None, None, None);
+    let r = c.call(NFS, 9, args).await;
+    Client::created(&r)
+}
+
+/// ACCESS bits granted out of all six.
+async fn access(c: &mut Client, fh: &[u8]) -> u32 {
+    let r = c.call(NFS, 4, Enc::default().opaque(fh).u32(0x3f)).await;
+    let mut d = r.dec();
+    assert_eq!(d.u32(), OK);
+    d.post_op();
+    d.u32()
+}
+
+fn mode_of(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_acts_as_the_share_owner() {
+    let f = fixture();
+    // Root's files in the owner's share, as `sudo make install` or `sudo vim` leave them.
+    let secret = f.export.join("root-only");
+    std::fs::write(&secret, b"root-only secret\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let exe = f.export.join("root-exe");
+    std::fs::write(&exe, b"#!/bin/sh\necho root\n").unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A sticky world-writable directory (like /tmp) with another user's file in it.
+    let sticky = f.export.join("sticky");
+    std::fs::create_dir(&sticky).unwrap();
+    std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::write(sticky.join("theirs"), b"x").unwrap();
+    std::os::unix::fs::chown(sticky.join("theirs"), Some(4242), Some(4242)).unwrap();
+    let (_server, mut c, root) = serve(&f, false).await;
+
+    let secret_fh = c.lookup(&root, b"root-only").await.unwrap();
+    assert_eq!(c.read(&secret_fh, 0, 100).await, Err(ACCES), "READ");
+    assert_eq!(c.write(&secret_fh, 0, 4, b"evil").await, Err(ACCES));
+    let exe_fh = c.lookup(&root, b"root-exe").await.unwrap();
+    assert_eq!(c.write(&exe_fh, 0, 4, b"evil").await, Err(ACCES));
+    assert_eq!(
+        c.setattr(&exe_fh, Some(0o4755), None, None, None).await,
+        PERM
+    );
+    assert_eq!(c.setattr(&exe_fh, None, Some(0), None, None).await, PERM);
+    assert_eq!(c.setattr(&exe_fh, None, None, Some(0), None).await, ACCES);
+    let m = std::fs::metadata(&exe).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o755));
+    assert_eq!(std::fs::read(&exe).unwrap(), b"#!/bin/sh\necho root\n");
+    assert_eq!(std::fs::read(&secret).unwrap(), b"root-only secret\n");
+    // The guest sees root's files as nobody's, and may not modify them.
+    let a = c.getattr(&exe_fh).await.unwrap();
+    assert_eq!((a.uid, a.gid), (65534, 65534));
+    assert_eq!(access(&mut c, &exe_fh).await & (4 | 8 | 16), 0);
+    assert_eq!(access(&mut c, &exe_fh).await & 1, 1, "readable by all");
+    // The sticky bit holds: another user's file there is not the owner's to remove.
+    let sticky_fh = c.lookup(&root, b"sticky").await.unwrap();
+    let args = Enc::default().opaque(&sticky_fh).opaque(b"theirs");
+    assert_eq!(c.call(NFS, 12, args).await.status(), PERM);
+    assert!(sticky.join("theirs").exists());
+
+    // Set-ID bits are never set from the guest: not at CREATE, MKDIR nor SETATTR.
+    let fh = c.create(&root, b"suid", 0o6755).await.unwrap();
+    assert_eq!(mode_of(&f.export.join("suid")), 0o755);
+    assert_eq!(c.write(&fh, 0, 5, b"#!x\n\n").await, Ok(5));
+    assert_eq!(c.setattr(&fh, Some(0o4755), None, None, None).await, OK);
+    assert_eq!(mode_of(&f.export.join("suid")), 0o755);
+    assert_eq!(c.setattr(&fh, Some(0o2711), None, None, None).await, OK);
+    assert_eq!(mode_of(&f.export.join("suid")), 0o711);
+    mkdir_mode(&mut c, &root, b"sgid", 0o2775).await.unwrap();
+    assert_eq!(mode_of(&f.export.join("sgid")), 0o775);
+    // Bits the host set are the host's: kept when asked for, cleared when not.
+    std::fs::set_permissions(
+        f.export.join("suid"),
+        std::fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
+    assert_eq!(c.setattr(&fh, Some(0o4750), None, None, None).await, OK);
+    assert_eq!(mode_of(&f.export.join("suid")), 0o4750);
+    assert_eq!(c.setattr(&fh, Some(0o750), None, None, None).await, OK);
+    assert_eq!(mode_of(&f.export.join("suid")), 0o750);
+    // The owner's own files: everything the owner may do.
+    let m = std::fs::metadata(f.export.join("suid")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (OWNER_UID, OWNER_GID));
+    assert_eq!(c.setattr(&fh, Some(0o000), None, None, None).await, OK);
+    assert_eq!(
+        c.setattr(&fh, Some(0o640), None, None, Some(1_000_000))
+            .await,
+        OK,
+        "the owner changes a mode-000 file's attributes"
+    );
+    assert_eq!(mode_of(&f.export.join("suid")), 0o640);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_owned_share_needs_the_opt_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("srv");
+    std::fs::create_dir(&dir).unwrap();
+    let e = export("/srv", &dir, false);
+    let err = NfsServer::start(config(vec![e.clone()], LOCAL))
+        .await
+        .err()
+        .expect("a root-owned share was served without the opt-in");
+    assert!(err.to_string().contains("owned by root"), "{err}");
+    assert!(err.hint().unwrap().contains("--allow-root-share"));
+
+    // Allowed: the guest acts as root there, but still plants no set-ID file.
+    let e = Export {
+        allow_root: true,
+        ..e
+    };
+    let server = NfsServer::start(config(vec![e], LOCAL)).await.unwrap();
+    let mut c = Client::connect(server.local_addr(), LOCAL.parse().unwrap())
+        .await
+        .unwrap();
+    let root = c.mnt("/srv").await.unwrap();
+    c.create(&root, b"tool", 0o6755).await.unwrap();
+    let m = std::fs::metadata(dir.join("tool")).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o755));
+}
+
+// ---- devbox's own directories ------------------------------------------------------------
+
+/// A forged handle for the host object at `path` (kind from its type).
+fn forged_handle(template: &[u8], path: &Path) -> Vec<u8> {
+    let m = std::fs::symlink_metadata(path).unwrap();
+    let mut h = template.to_vec();
+    h[3] = if m.is_dir() { 2 } else { 1 };
+    h[8..16].copy_from_slice(&m.dev().to_be_bytes());
+    h[16..24].copy_from_slice(&m.ino().to_be_bytes());
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devbox_state_is_invisible_in_a_share() {
+    let f = fixture();
+    // A home share holding devbox's state and image cache (`~/.devbox`, `~/.cache/devbox`).
+    let state = f.export.join(".devbox");
+    let key = state.join("machines/dev/id_ed25519");
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    std::fs::write(&key, b"-----BEGIN OPENSSH PRIVATE KEY-----\n").unwrap();
+    let cache = f.export.join(".cache/devbox");
+    std::fs::create_dir_all(cache.join("images/v")).unwrap();
+    std::fs::write(cache.join("images/v/vmlinuz"), b"kernel").unwrap();
+    std::fs::write(f.export.join(".cache/other"), b"x").unwrap();
+    give_to_owner(&f.export);
+    let mut cfg = config(vec![export("/home", &f.export, false)], LOCAL);
+    cfg.hidden = vec![state.canonicalize().unwrap(), cache.canonicalize().unwrap()];
+    let server = NfsServer::start(cfg.clone()).await.unwrap();
+    let mut c = Client::connect(server.local_addr(), LOCAL.parse().unwrap())
+        .await
+        .unwrap();
+    let root = c.mnt("/home").await.unwrap();
+
+    assert_eq!(c.lookup(&root, b".devbox").await, Err(NOENT));
+    let dot_cache = c.lookup(&root, b".cache").await.unwrap();
+    assert_eq!(c.lookup(&dot_cache, b"devbox").await, Err(NOENT));
+    assert!(c.lookup(&dot_cache, b"other").await.is_ok());
+    for plus in [false, true] {
+        let (names, _) = c.list(&root, plus, 10).await;
+        assert!(!names.iter().any(|n| n == b".devbox"), "plus={plus}");
+        assert!(names.iter().any(|n| n == b".cache"), "plus={plus}");
+        let (names, _) = c.list(&dot_cache, plus, 10).await;
+        assert_eq!(names, vec![b"other".to_vec()], "plus={plus}");
+    }
+    // Handles made up from the state's inode numbers lead nowhere.
+    for p in [&state, &key, &cache, &cache.join("images/v/vmlinuz")] {
+        let forged = forged_handle(&root, p);
+        assert_eq!(
+            c.getattr(&forged).await.err(),
+            Some(STALE),
+            "{}",
+            p.display()
+        );
+        assert_eq!(c.lookup(&forged, b"machines").await, Err(STALE));
+    }
+    assert_eq!(
+        c.read(&forged_handle(&root, &key), 0, 100).await,
+        Err(STALE)
+    );
+    // Neither the state nor a directory leading to it can be moved, replaced or removed.
+    let rename = |from: &[u8], to: &[u8]| {
+        Enc::default()
+            .opaque(&root)
+            .opaque(from)
+            .opaque(&root)
+            .opaque(to)
+    };
+    assert_eq!(
+        c.call(NFS, 14, rename(b".devbox", b"x")).await.status(),
+        NOENT
+    );
+    assert_eq!(
+        c.call(NFS, 14, rename(b".cache", b"x")).await.status(),
+        ACCES
+    );
+    c.mkdir(&root, b"empty").await.unwrap();
+    assert_eq!(
+        c.call(NFS, 14, rename(b"empty", b".cache")).await.status(),
+        ACCES
+    );
+    let args = Enc::default().opaque(&root).opaque(b".devbox");
+    assert_eq!(c.call(NFS, 13, args).await.status(), NOENT);
+    assert_eq!(c.mkdir(&root, b".devbox").await, Err(EXIST));
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        b"-----BEGIN OPENSSH PRIVATE KEY-----\n"
+    );
+    assert!(cache.join("images/v/vmlinuz").is_file());
+    drop(c);
+    server.shutdown().await;
+
+    // An export that is devbox's state, or inside it: not served at all.
+    for dir in [&state, &state.join("machines/dev"), &cache] {
+        let mut inside = cfg.clone();
+        inside.exports = vec![export("/x", dir, false)];
+        let err = NfsServer::start(inside)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{} was served", dir.display()));
+        assert!(err.to_string().contains("devbox's own directory"), "{err}");
+    }
+}
+
+// ---- shares changed on the host ------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_replaced_on_the_host_is_refused_at_start() {
+    let f = fixture();
+    let data = f.export.join("work/data");
+    std::fs::create_dir_all(&data).unwrap();
+    give_to_owner(&f.export);
+    let e = export("/data", &data, true);
+    // Through another share, or on the host: the directory is moved away and a symlink to
+    // something else is put in its place.
+    let old = f.export.join("work/data.old");
+    std::fs::rename(&data, &old).unwrap();
+    std::os::unix::fs::symlink(&f.outside, &data).unwrap();
+    let err = NfsServer::start(config(vec![e.clone()], LOCAL))
+        .await
+        .err()
+        .expect("a share replaced by a symlink was served");
+    assert!(
+        format!("{err}: {}", std::error::Error::source(&err).unwrap()).contains("symlink"),
+        "{err}"
+    );
+    // Another directory at the same path: not the one recorded.
+    std::fs::remove_file(&data).unwrap();
+    std::fs::create_dir(&data).unwrap();
+    give_to_owner(&data);
+    let err = NfsServer::start(config(vec![e.clone()], LOCAL))
+        .await
+        .err()
+        .expect("another directory was served");
+    assert!(err.to_string().contains("not the directory"), "{err}");
+    // The recorded directory back in place: served.
+    std::fs::remove_dir(&data).unwrap();
+    std::fs::rename(&old, &data).unwrap();
+    NfsServer::start(config(vec![e], LOCAL)).await.unwrap();
+}
+
+// ---- handles across host-side renames, forged handles ------------------------------------
+
+/// Retries a call answered JUKEBOX, as the kernel client does (after a pause).
+macro_rules! patiently {
+    ($call:expr) => {{
+        let mut tries = 0;
+        loop {
+            match $call {
+                Err(JUKEBOX) if tries < 10 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handles_survive_host_side_renames() {
+    let f = fixture();
+    let src = f.export.join("src");
+    std::fs::create_dir_all(src.join("proj/sub")).unwrap();
+    std::fs::write(src.join("proj/sub/file.txt"), b"content").unwrap();
+    std::fs::create_dir(f.export.join("other")).unwrap();
+    give_to_owner(&f.export);
+    let (_server, mut c, root) = serve(&f, false).await;
+    let src_fh = c.lookup(&root, b"src").await.unwrap();
+    let proj = c.lookup(&src_fh, b"proj").await.unwrap();
+    let sub = c.lookup(&proj, b"sub").await.unwrap();
+    let file = c.lookup(&sub, b"file.txt").await.unwrap();
+    // A handle of nothing in the export first: the server has looked through all of it.
+    let forged = forged_handle(&root, &f.outside.join("secret"));
+    assert_eq!(patiently!(c.getattr(&forged).await).err(), Some(STALE));
+
+    // The host renames the project, twice (`mv ~/src/proj ~/src/proj2`), then moves it to
+    // another directory: the guest's handles (a shell's cwd, an open file) keep working.
+    let moves = [
+        (src.join("proj"), src.join("proj2")),
+        (src.join("proj2"), src.join("proj3")),
+        (src.join("proj3"), f.export.join("other/proj")),
+    ];
+    for (from, to) in moves {
+        std::fs::rename(&from, &to).unwrap();
+        let read = patiently!(c.read(&file, 0, 100).await);
+        assert_eq!(
+            read.as_deref(),
+            Ok(&b"content"[..]),
+            "after mv {}",
+            to.display()
+        );
+        let a = patiently!(c.getattr(&sub).await).unwrap();
+        assert_eq!(a.ftype, 2);
+        assert_eq!(c.lookup(&sub, b"file.txt").await.unwrap(), file);
+        assert_eq!(patiently!(c.getattr(&proj).await).unwrap().ftype, 2);
+    }
+    let created = c.create(&sub, b"new.txt", 0o644).await.unwrap();
+    assert_eq!(c.write(&created, 0, 2, b"ok").await, Ok(2));
+    assert_eq!(
+        std::fs::read(f.export.join("other/proj/sub/new.txt")).unwrap(),
+        b"ok"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forged_handle_does_not_stall_other_requests() {
+    let f = fixture();
+    // Enough files that looking through all of them takes a while (100,000).
+    for d in 0..200 {
+        let dir = f.export.join(format!("d{d}"));
+        std::fs::create_dir(&dir).unwrap();
+        for i in 0..500 {
+            std::fs::write(dir.join(format!("f{i}")), b"").unwrap();
+        }
+    }
+    give_to_owner(&f.export);
+    let (server, mut a, root) = serve(&f, false).await;
+    let mut b = Client::connect(server.local_addr(), LOCAL.parse().unwrap())
+        .await
+        .unwrap();
+    let forged = forged_handle(&root, &f.outside.join("secret"));
+    let asked = Instant::now();
+    let forged_call = tokio::spawn(async move {
+        let r = a.getattr(&forged).await.err();
+        (r, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Meanwhile, another connection's requests are answered, each needing the index.
+    for i in 0..20 {
+        let d = b.lookup(&root, format!("d{i}").as_bytes()).await.unwrap();
+        b.lookup(&d, b"f1").await.unwrap();
+    }
+    let others_done = Instant::now();
+    let (status, forged_done) = forged_call.await.unwrap();
+    assert!(
+        matches!(status, Some(STALE) | Some(JUKEBOX)),
+        "forged handle: {status:?}"
+    );
+    assert!(
+        others_done < forged_done,
+        "40 requests on another connection waited for the forged handle's search: they \
+         ended {:?} after it was asked, the search {:?}",
+        others_done - asked,
+        forged_done - asked
+    );
+}
+
+// ---- idle connections -----------------------------------------------------------------------
+
+/// Whether the server closed the client's connection (EOF or reset) within `wait`.
+async fn closed_within(c: &mut Client, wait: Duration) -> bool {
+    let mut buf = [0u8; 1];
+    matches!(
+        tokio::time::timeout(wait, c.sock.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_give_way_and_time_out() {
+    let f = fixture();
+    let server = NfsServer::start(config(vec![export("/proj", &f.export, false)], LOCAL))
+        .await
+        .unwrap();
+    // Sixteen connections (the cap) opened and left silent.
+    let mut silent = Vec::new();
+    for _ in 0..16 {
+        silent.push(
+            Client::connect(server.local_addr(), LOCAL.parse().unwrap())
+                .await
+                .unwrap(),
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The guest's kernel reconnects: served, and the oldest silent connection made way.
+    let mut guest = Client::connect(server.local_addr(), LOCAL.parse().unwrap())
+        .await
+        .unwrap();
+    let root = guest
+        .mnt("/proj")
+        .await
+        .expect("a new client after 16 idle ones");
+    assert_alive(&mut guest, &root).await;
+    assert!(closed_within(&mut silent[0], Duration::from_secs(10)).await);
+    assert!(!closed_within(&mut silent[1], Duration::from_millis(300)).await);
+    drop(silent);
+    server.shutdown().await;
+
+    // Silent for the idle timeout: closed. Speaking in time: kept.
+    let mut cfg = config(vec![export("/proj", &f.export, false)], LOCAL);
+    cfg.idle_timeout = Duration::from_secs(1);
+    let server = NfsServer::start(cfg).await.unwrap();
+    let mut quiet = Client::connect(server.local_addr(), LOCAL.parse().unwrap())
+        .await
+        .unwrap();
+    let mut busy = Client::connect(server.local_addr(), LOCAL.parse().unwrap())
+        .await
+        .unwrap();
+    let root = busy.mnt("/proj").await.unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_alive(&mut busy, &root).await;
+    }
+    assert!(closed_within(&mut quiet, Duration::from_secs(5)).await);
+    assert!(!closed_within(&mut busy, Duration::from_millis(200)).await);
+}
+
+// ---- the share link ---------------------------------------------------------------------
+
+/// `ip ARGS` in the calling thread's network namespace (a child inherits its creator's).
+fn ip(args: &[&str]) {
+    let st = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(st.success(), "ip {args:?}");
+}
+
+/// A network namespace made for one test, deleted when dropped.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Netns {
+        ip(&["netns", "add", &name]);
+        let ns = Netns(name);
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Moves the calling thread into this namespace.
+    fn enter(&self) {
+        let f = std::fs::File::open(format!("/run/netns/{}", self.0)).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// A server bound to its link's device answers only what arrives on that device, even for
+/// its own address (Linux accepts a packet for any of its addresses, whatever the device it
+/// came in on): in devbox, nothing that comes through the guest's main NIC reaches the file
+/// server, not even frames made by hand. Two namespaces this test makes: the server's, with
+/// its link (`shr0`, 10.9.0.1) and another device (`lnk0`, 10.8.0.1), and a client's behind
+/// `lnk0` with a route to 10.9.0.1 through it. Needs root.
+#[test]
+fn a_server_bound_to_its_link_answers_nothing_else() {
+    let server_ns = Netns::new(format!("dbx-nfs-s-{}", std::process::id()));
+    let client_ns = Netns::new(format!("dbx-nfs-c-{}", std::process::id()));
+    let (s, c) = (&server_ns.0, &client_ns.0);
+    ip(&[
+        "-n", s, "link", "add", "shr0", "type", "veth", "peer", "name", "shr1",
+    ]);
+    ip(&["-n", s, "addr", "add", "10.9.0.1/30", "dev", "shr0"]);
+    ip(&[
+        "-n", s, "link", "add", "lnk0", "type", "veth", "peer", "name", "lnk1", "netns", c,
+    ]);
+    ip(&["-n", s, "addr", "add", "10.8.0.1/30", "dev", "lnk0"]);
+    ip(&["-n", c, "addr", "add", "10.8.0.2/30", "dev", "lnk1"]);
+    for (ns, dev) in [(s, "shr0"), (s, "shr1"), (s, "lnk0"), (c, "lnk1")] {
+        ip(&["-n", ns, "link", "set", dev, "up"]);
+    }
+    ip(&["-n", c, "route", "add", "10.9.0.0/30", "via", "10.8.0.1"]);
+    let f = fixture();
+
+    let (server_ns, client_ns) = (&server_ns, &client_ns);
+    for device in [None, Some("shr0")] {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let export = export("/proj", &f.export, false);
+        let server = std::thread::scope(|scope| {
+            scope.spawn(move || {
+                server_ns.enter();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let mut cfg = config(vec![export], "10.8.0.2");
+                    cfg.bind = "10.9.0.1".parse().unwrap();
+                    cfg.bind_device = device.map(str::to_owned);
+                    let server = NfsServer::start(cfg).await.unwrap();
+                    addr_tx.send(server.local_addr()).unwrap();
+                    tokio::task::spawn_blocking(move || done_rx.recv())
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    server.shutdown().await;
+                });
+            });
+            scope
+                .spawn(move || {
+                    client_ns.enter();
+                    let addr = addr_rx.recv().unwrap();
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    let answered = rt.block_on(async {
+                        match Client::connect(addr, "10.8.0.2".parse().unwrap()).await {
+                            Ok(mut c) => c
+                                .call_or_denied(MOUNT, 1, Enc::default().opaque(b"/proj"))
+                                .await
+                                .is_ok(),
+                            Err(e) => {
+                                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+                                false
+                            }
+                        }
+                    });
+                    done_tx.send(()).unwrap();
+                    answered
+                })
+                .join()
+                .unwrap()
+        });
+        assert_eq!(
+            server,
+            device.is_none(),
+            "bound to {device:?}: a client behind another device was answered: {server}"
+        );
+    }
 }

@@ -110,6 +110,10 @@ pub struct CreateArgs {
     /// Do not export any directory (not even the default home share).
     #[arg(long, conflicts_with = "shares")]
     pub no_share: bool,
+    /// Allow a --share whose directory is owned by root: the file server then acts as root
+    /// on it (without this, such a share is refused).
+    #[arg(long, requires = "shares")]
+    pub allow_root_share: bool,
     /// Top-level domain of the machine's DNS names (`<machine>.<tld>`).
     #[arg(long, default_value = "dev", value_name = "TLD")]
     pub tld: String,

@@ -39,12 +39,16 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
     hypervisor::for_driver(driver)?;
 
     let shares_work = driver.capabilities().shares;
+    let state_dirs = store.state_dirs();
+    let mut no_default_share = None;
     let shares = if a.no_share {
         Vec::new()
     } else if a.shares.is_empty() {
         // Where shares do not work, a default machine starts without one.
         if shares_work {
-            spec::default_shares()
+            let default = spec::default_shares(&state_dirs);
+            no_default_share = default.why_none;
+            default.shares
         } else {
             Vec::new()
         }
@@ -56,10 +60,12 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
     } else {
         a.shares
             .iter()
-            .map(|s| spec::parse_share(s))
+            .map(|s| {
+                spec::parse_share(s, a.allow_root_share, &state_dirs).map_err(spec::SpecError::from)
+            })
             .collect::<Result<Vec<_>, _>>()?
     };
-    spec::check_shares(&shares)?;
+    spec::check_shares(&shares, Some(&state_dirs)).map_err(spec::SpecError::from)?;
     let mut dns_domains = Vec::new();
     for d in &a.dns_domains {
         let d = super::dns_allow::check_allowance(store, &a.name, &a.tld, d)?;
@@ -85,13 +91,13 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
     .map_err(|(_, e)| std::io::Error::from(e))
     .context("locking the machine store")?;
 
-    if store.machine(&a.name).spec_path().exists() {
+    if store.machine(&a.name)?.spec_path().exists() {
         return Err(crate::machine::store::StoreError::Exists { name: a.name }.into());
     }
     let mut taken = Vec::new();
     let mut claims = Vec::new();
     for other in store.names()? {
-        if let Ok(s) = store.machine(&other).load_spec() {
+        if let Ok(s) = store.machine(&other).and_then(|d| d.load_spec()) {
             taken.push(s.network.index);
             for subnet in s.docker.routed() {
                 claims.push(Claim {
@@ -150,11 +156,19 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
     ));
     for sh in &spec.shares {
         output::info(format!(
-            "Share: {} -> {}{}",
+            "Share: {} -> {}{}{}",
             sh.host_path.display(),
             sh.guest_path,
-            if sh.read_only { " (read-only)" } else { "" }
+            if sh.read_only { " (read-only)" } else { "" },
+            if sh.allow_root {
+                " (owned by root)"
+            } else {
+                ""
+            }
         ));
+    }
+    if let Some(why) = no_default_share {
+        output::info(format!("No default share: {why}"));
     }
     output::info(format!(
         "Docker: bridge {}, networks from {} (routed from this host)",

@@ -80,7 +80,7 @@ pub fn deny(store: &Store, a: &DnsAllowArgs) -> Result<i32> {
     };
     let mut denied = Vec::new();
     for name in names {
-        let dir = store.machine(&name);
+        let dir = store.machine(&name)?;
         if !dir.load_spec()?.dns_domains.contains(&domain) {
             continue;
         }
@@ -113,7 +113,7 @@ struct Row {
 pub fn allowed(store: &Store, a: &LsArgs) -> Result<i32> {
     let mut rows = Vec::new();
     for name in store.names()? {
-        for domain in store.machine(&name).load_spec()?.dns_domains {
+        for domain in store.machine(&name)?.load_spec()?.dns_domains {
             rows.push(Row {
                 domain,
                 machine: name.clone(),

@@ -28,7 +28,7 @@ struct Row {
 pub fn run(store: &Store, a: &LsArgs) -> Result<i32> {
     let mut rows = Vec::new();
     for name in store.names()? {
-        let dir = store.machine(&name);
+        let dir = store.machine(&name)?;
         let obs = observe(&dir)?;
         let state = obs.state.as_str().to_owned();
         let sample = obs.file.as_ref().and_then(|f| f.disk.clone());

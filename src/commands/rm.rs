@@ -10,7 +10,7 @@ use crate::output;
 use crate::supervisor::client::ClientError;
 
 pub fn run(store: &Store, a: &RmArgs) -> Result<i32> {
-    let dir = store.machine(&a.name);
+    let dir = store.machine(&a.name)?;
     if !dir.path.is_dir() {
         return Err(crate::machine::store::StoreError::NotFound {
             name: a.name.clone(),

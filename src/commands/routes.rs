@@ -52,7 +52,7 @@ pub fn run(store: &Store, c: RoutesCommand) -> Result<i32> {
 fn live_links(store: &Store) -> Result<BTreeSet<String>> {
     let mut links = BTreeSet::new();
     for name in store.names()? {
-        let dir = store.machine(&name);
+        let dir = store.machine(&name)?;
         if supervisor_alive(&dir)?
             && let Ok(spec) = dir.load_spec()
         {

@@ -41,8 +41,12 @@ pub enum DiskError {
         current: String,
         requested: String,
     },
-    #[error("the guest's `{command}` printed something unexpected: {output:?}")]
-    GuestOutput { command: String, output: String },
+    #[error("the guest's `{command}` printed something unexpected ({why}): {output:?}")]
+    GuestOutput {
+        command: String,
+        why: String,
+        output: String,
+    },
     #[error("measuring the guest's disk")]
     Ssh(#[source] ssh::SshError),
     #[error("resizing {path}")]
@@ -77,39 +81,62 @@ const MEASURE_CMD: &str = "df -Pk /var/lib/docker && \
 pub fn measure_guest(conn: &ssh::Connection) -> Result<GuestDiskSample, DiskError> {
     let out = conn.exec_capture(MEASURE_CMD).map_err(DiskError::Ssh)?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let bad = || DiskError::GuestOutput {
+    let bad = |why: String| DiskError::GuestOutput {
         command: "df -Pk /var/lib/docker".into(),
+        why,
         output: format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
     };
     if out.status != 0 {
-        return Err(bad());
+        return Err(bad(format!("it exited with status {}", out.status)));
     }
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    parse_measurement(&text, now).ok_or_else(bad)
+    parse_measurement(&text, now).map_err(bad)
 }
 
 /// Parses `df -Pk` (POSIX format, KiB) followed by a `reserve=held|released` line.
-fn parse_measurement(text: &str, measured: String) -> Option<GuestDiskSample> {
+///
+/// The text comes from the guest, which is untrusted: every number is parsed as an unsigned
+/// integer and every sum and product is checked, so a hostile `df` (negative, huge, garbage)
+/// gives an error naming the problem, never a wrapped value or a panic in the disk thread.
+fn parse_measurement(text: &str, measured: String) -> Result<GuestDiskSample, String> {
     let mut lines = text.lines();
-    let header = lines.next()?;
-    if !header.starts_with("Filesystem") {
-        return None;
+    match lines.next() {
+        Some(header) if header.starts_with("Filesystem") => {}
+        _ => return Err("no `Filesystem` header line".into()),
     }
-    let row: Vec<&str> = lines.next()?.split_whitespace().collect();
-    let kib = |i: usize| row.get(i)?.parse::<u64>().ok().map(|v| v * 1024);
-    let (size_bytes, used_bytes, avail_bytes) = (kib(1)?, kib(2)?, kib(3)?);
-    let reserve_held = match lines.next()?.trim() {
-        "reserve=held" => true,
-        "reserve=released" => false,
-        _ => return None,
+    let row: Vec<&str> = lines
+        .next()
+        .ok_or("no line for the filesystem")?
+        .split_whitespace()
+        .collect();
+    let kib = |i: usize, what: &str| -> Result<u64, String> {
+        let field = row.get(i).ok_or(format!("no {what} column"))?;
+        let v: u64 = field
+            .parse()
+            .map_err(|_| format!("the {what} column {field:?} is not a count of KiB"))?;
+        v.checked_mul(1024).ok_or(format!(
+            "the {what} column {v} KiB is more than 64 bits of bytes"
+        ))
     };
-    let denom = used_bytes + avail_bytes;
+    let size_bytes = kib(1, "size")?;
+    let used_bytes = kib(2, "used")?;
+    let avail_bytes = kib(3, "available")?;
+    let reserve_held = match lines.next().map(str::trim) {
+        Some("reserve=held") => true,
+        Some("reserve=released") => false,
+        _ => return Err("no `reserve=held|released` line".into()),
+    };
+    let denom = used_bytes
+        .checked_add(avail_bytes)
+        .ok_or("used plus available is more than 64 bits of bytes")?;
     let used_pct = if denom == 0 {
         0
     } else {
-        (used_bytes * 100).div_ceil(denom).min(100) as u8
+        // In 128 bits `used * 100` cannot overflow; the result is at most 100.
+        let pct = (u128::from(used_bytes) * 100).div_ceil(u128::from(denom));
+        u8::try_from(pct.min(100)).expect("at most 100")
     };
-    Some(GuestDiskSample {
+    Ok(GuestDiskSample {
         size_bytes,
         used_bytes,
         avail_bytes,
@@ -140,14 +167,15 @@ const DOCKER_DF_CMD: &str = "docker system df --format '{{json .}}'";
 pub fn docker_df(conn: &ssh::Connection) -> Result<Vec<DockerDfRow>, DiskError> {
     let out = conn.exec_capture(DOCKER_DF_CMD).map_err(DiskError::Ssh)?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let bad = || DiskError::GuestOutput {
+    let bad = |why: String| DiskError::GuestOutput {
         command: DOCKER_DF_CMD.into(),
+        why,
         output: format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
     };
     if out.status != 0 {
-        return Err(bad());
+        return Err(bad(format!("it exited with status {}", out.status)));
     }
-    parse_docker_df(&text).ok_or_else(bad)
+    parse_docker_df(&text).ok_or_else(|| bad("a line is not one of Docker's JSON rows".into()))
 }
 
 fn parse_docker_df(text: &str) -> Option<Vec<DockerDfRow>> {
@@ -323,9 +351,74 @@ mod tests {
 
     #[test]
     fn refuses_unexpected_df_output() {
-        assert!(parse_measurement("df: /var/lib/docker: No such file\n", "t".into()).is_none());
-        assert!(parse_measurement(&DF.replace("1600000", "x"), "t".into()).is_none());
-        assert!(parse_measurement(&DF.replace("reserve=held\n", ""), "t".into()).is_none());
+        let why = |text: &str| parse_measurement(text, "t".into()).unwrap_err();
+        assert_eq!(
+            why("df: /var/lib/docker: No such file\n"),
+            "no `Filesystem` header line"
+        );
+        assert_eq!(
+            why(&DF.replace("1600000", "x")),
+            "the used column \"x\" is not a count of KiB"
+        );
+        assert_eq!(
+            why(&DF.replace("reserve=held\n", "")),
+            "no `reserve=held|released` line"
+        );
+    }
+
+    /// The guest controls `df`'s output: hostile numbers give errors, never wrapped values
+    /// or an overflow panic (debug builds) in the supervisor's disk thread.
+    #[test]
+    fn hostile_df_numbers_are_errors_not_overflows() {
+        let with = |size: &str, used: &str, avail: &str| {
+            let text = format!(
+                "Filesystem 1024-blocks Used Available Capacity Mounted on\n\
+                 /dev/vdb {size} {used} {avail} 85% /var/lib/docker\nreserve=held\n"
+            );
+            parse_measurement(&text, "t".into())
+        };
+        let max = u64::MAX.to_string();
+        let past_max = "18446744073709551616"; // u64::MAX + 1
+        let huge_kib = (u64::MAX / 1024 + 1).to_string(); // fits in u64, not once in bytes
+        assert_eq!(
+            with(&max, "1", "1").unwrap_err(),
+            format!("the size column {max} KiB is more than 64 bits of bytes")
+        );
+        assert_eq!(
+            with("1", &huge_kib, "1").unwrap_err(),
+            format!("the used column {huge_kib} KiB is more than 64 bits of bytes")
+        );
+        assert_eq!(
+            with("1", "1", past_max).unwrap_err(),
+            format!("the available column \"{past_max}\" is not a count of KiB")
+        );
+        assert_eq!(
+            with("100", "-5", "1").unwrap_err(),
+            "the used column \"-5\" is not a count of KiB"
+        );
+        assert_eq!(
+            with("100", "1e9", "1").unwrap_err(),
+            "the used column \"1e9\" is not a count of KiB"
+        );
+        assert_eq!(
+            with("100", "50", "").unwrap_err(),
+            "the available column \"85%\" is not a count of KiB"
+        );
+        // Each value fits, the sum does not.
+        let half = (u64::MAX / 1024 / 2 + 1).to_string();
+        assert_eq!(
+            with("1", &half, &half).unwrap_err(),
+            "used plus available is more than 64 bits of bytes"
+        );
+        // The largest values that fit: `used * 100` would overflow 64 bits; the result holds.
+        let big = (u64::MAX / 1024 / 2).to_string();
+        let s = with(&big, &big, "0").unwrap();
+        assert_eq!(
+            (s.used_bytes, s.used_pct),
+            (u64::MAX / 1024 / 2 * 1024, 100)
+        );
+        let s = with(&big, "1", &big).unwrap();
+        assert_eq!(s.used_pct, 1);
     }
 
     #[test]

@@ -92,7 +92,11 @@ impl PolicySource for StoreNeighbours {
             Err(e) => self.problem(format!("listing the other machines: {e}")),
         }
         // Fail closed: without a readable spec, nothing outside the machine's domain.
-        let allowed = match self.store.machine(&self.machine).load_spec() {
+        let allowed = match self
+            .store
+            .machine(&self.machine)
+            .and_then(|d| d.load_spec())
+        {
             Ok(spec) => spec.dns_domains,
             Err(e) => {
                 self.problem(format!(

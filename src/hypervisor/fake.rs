@@ -109,10 +109,7 @@ impl Hypervisor for Fake {
         for path in [&cfg.kernel, &cfg.initrd, &cfg.data_disk, &cfg.config_drive] {
             fs_err::metadata(path)?;
         }
-        let mut console = fs_err::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&cfg.serial_log)?;
+        let mut console = super::console_log::ConsoleLog::open(&cfg.serial_log)?;
         writeln!(
             console,
             "fake guest {}: booting ({} CPUs, {} MiB)",
@@ -152,7 +149,7 @@ impl Shared {
         &self,
         behaviour: Behaviour,
         boot: Duration,
-        mut console: fs_err::File,
+        mut console: super::console_log::ConsoleLog,
         ready: Sender<Result<String, String>>,
     ) {
         let mut line = |s: &str| {
@@ -265,6 +262,7 @@ mod tests {
             config_drive: file("config.tar"),
             tap: None,
             mac: "52:54:00:12:34:56".into(),
+            share_nic: None,
             serial_log: dir.join("serial.log"),
             monitor_socket: PathBuf::from("/nonexistent"),
         }

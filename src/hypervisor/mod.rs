@@ -11,6 +11,8 @@
 //!   it reports itself ready, so the tier-2 tests run the supervisor's whole lifecycle.
 //! - `probe`: decides whether this host's KVM can run a stock guest kernel.
 //! - `guest_report`: the line a guest sends over vsock to report its address.
+//! - `console_log`: the guest's console log, size-capped and rotated; the kvm, qemu and fake
+//!   drivers write the console through it.
 //!
 //! Which drivers exist on which host, and the default one, is in `sys/`. How drivers differ
 //! for everything around them (TAP or not, how the guest is addressed and reached, shares) is
@@ -21,6 +23,7 @@
 //! the TAP device ([`BootConfig::tap`] is `Some`); the vz driver puts the NIC on VZ's NAT
 //! itself (`None`), and the guest reports its address over vsock.
 
+pub mod console_log;
 #[cfg(feature = "fake-hypervisor")]
 pub mod fake;
 pub mod guest_report;
@@ -112,10 +115,22 @@ pub struct BootConfig {
     /// drivers whose link is [`Link::Tap`] (qemu, kvm); `None` for the others.
     pub tap: Option<OwnedFd>,
     pub mac: String,
-    /// Where the guest's serial console goes.
+    /// A second NIC for the guest's NFS client alone, on the machine's share link
+    /// (`net::ShareLink`), handed over like `tap`; `None` when the machine has no shares.
+    /// The guest finds it by its MAC address.
+    pub share_nic: Option<GuestNic>,
+    /// Where the guest's serial console goes, through [`console_log::ConsoleLog`] (capped).
     pub serial_log: PathBuf,
     /// Driver-private control endpoint (QEMU's QMP socket).
     pub monitor_socket: PathBuf,
+}
+
+/// A NIC on a TAP device of its own.
+#[derive(Debug)]
+pub struct GuestNic {
+    /// The TAP device's descriptor, inheritable as [`BootConfig::tap`] is.
+    pub tap: OwnedFd,
+    pub mac: String,
 }
 
 /// How a machine's guest ended.

@@ -1,8 +1,10 @@
 //! The QEMU driver: runs `qemu-system-x86_64` as a child of the supervisor.
 //!
 //! Machine type `microvm` with ACPI (Debian's `virtio_mmio` finds devices only through ACPI or
-//! a device tree: research/vmm.md §0), virtio-mmio disks and NIC, serial console to a file, and
-//! a QMP socket for the ACPI power button. Under TCG the guest needs `tsc_early_khz` and
+//! a device tree: research/vmm.md §0), virtio-mmio disks and NIC, the serial console on QEMU's
+//! stdout (a `devbox-console` thread copies it into the size-capped `serial.log`,
+//! `console_log`: QEMU's own file chardev grows without bound), and a QMP socket for the ACPI
+//! power button. Under TCG the guest needs `tsc_early_khz` and
 //! `tsc=reliable`, or it hangs calibrating the TSC and then loses a third of its clock
 //! (research/guest-poc.md pitfalls 1–2).
 
@@ -13,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use super::console_log::{self, ConsoleLog};
 use super::probe::KvmProbe;
 use super::{Accel, BootConfig, Hypervisor, HypervisorError, RunningVm, VmExit};
 use crate::machine::Driver;
@@ -82,9 +85,19 @@ pub fn kernel_cmdline(accel: &str, tsc_khz: Option<u64>) -> String {
 }
 
 /// The QEMU arguments for a machine (without the program name). `tap_fd` is the descriptor
-/// number the child inherits.
-pub fn args(cfg: &BootConfig, accel: &str, tsc_khz: Option<u64>, tap_fd: i32) -> Vec<String> {
+/// number the child inherits for the main NIC, `share_fd` the one for the share link's NIC
+/// ([`BootConfig::share_nic`], whose MAC address is used).
+pub fn args(
+    cfg: &BootConfig,
+    accel: &str,
+    tsc_khz: Option<u64>,
+    tap_fd: i32,
+    share_fd: Option<i32>,
+) -> Vec<String> {
+    // `-kernel`/`-initrd` take a whole argument: the path as it is.
     let p = |p: &Path| p.display().to_string();
+    // Inside `key=value,...` option strings a value is escaped (see [`opt_value`]).
+    let v = |p: &Path| opt_value(&p.display().to_string());
     let (accel_arg, cpu) = if accel == "kvm" {
         ("kvm", "host")
     } else {
@@ -94,7 +107,11 @@ pub fn args(cfg: &BootConfig, accel: &str, tsc_khz: Option<u64>, tap_fd: i32) ->
     let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
     push(&[
         "-name",
-        &format!("devbox-{},process=devbox-{}", cfg.name, cfg.name),
+        &format!(
+            "devbox-{},process=devbox-{}",
+            opt_value(&cfg.name),
+            opt_value(&cfg.name)
+        ),
     ]);
     push(&["-machine", "microvm,acpi=on,rtc=on"]);
     push(&["-accel", accel_arg, "-cpu", cpu]);
@@ -111,9 +128,11 @@ pub fn args(cfg: &BootConfig, accel: &str, tsc_khz: Option<u64>, tap_fd: i32) ->
         "none",
         "-no-reboot",
     ]);
+    // The console goes to stdout, which the driver reads (see `boot`); `signal=off`: a ^C
+    // byte from the guest is data, never a signal to QEMU.
     push(&[
         "-chardev",
-        &format!("file,id=console,path={}", p(&cfg.serial_log)),
+        "stdio,id=console,signal=off",
         "-serial",
         "chardev:console",
     ]);
@@ -123,7 +142,7 @@ pub fn args(cfg: &BootConfig, accel: &str, tsc_khz: Option<u64>, tap_fd: i32) ->
         "-drive",
         &format!(
             "id=config,file={},format=raw,if=none,readonly=on",
-            p(&cfg.config_drive)
+            v(&cfg.config_drive)
         ),
         "-device",
         "virtio-blk-device,drive=config,serial=devbox-config",
@@ -134,7 +153,7 @@ pub fn args(cfg: &BootConfig, accel: &str, tsc_khz: Option<u64>, tap_fd: i32) ->
         "-drive",
         &format!(
             "id=data,file={},format=raw,if=none,cache=writeback,discard=unmap,detect-zeroes=unmap",
-            p(&cfg.data_disk)
+            v(&cfg.data_disk)
         ),
         "-device",
         "virtio-blk-device,drive=data,serial=devbox-data",
@@ -145,12 +164,35 @@ pub fn args(cfg: &BootConfig, accel: &str, tsc_khz: Option<u64>, tap_fd: i32) ->
         "-device",
         &format!("virtio-net-device,netdev=net0,mac={}", cfg.mac),
     ]);
+    if let (Some(nic), Some(fd)) = (&cfg.share_nic, share_fd) {
+        push(&[
+            "-netdev",
+            &format!("tap,id=shares,fd={fd},vhost=off"),
+            "-device",
+            &format!("virtio-net-device,netdev=shares,mac={}", nic.mac),
+        ]);
+    }
     push(&["-device", "virtio-rng-device"]);
+    // Spelled out (`-chardev socket,path=` + `-mon`) rather than `-qmp unix:PATH`: there the
+    // path is an implied first value, which QEMU reads as `key=value` when it holds a `=`.
     push(&[
-        "-qmp",
-        &format!("unix:{},server=on,wait=off", p(&cfg.monitor_socket)),
+        "-chardev",
+        &format!(
+            "socket,id=qmp,path={},server=on,wait=off",
+            v(&cfg.monitor_socket)
+        ),
+        "-mon",
+        "chardev=qmp,mode=control",
     ]);
     a
+}
+
+/// A value for a QEMU `key=value,...` option string. QEMU's option parser ends a value at the
+/// first single comma and reads `,,` as a literal comma (qemu-options docs, "-drive"), so a path
+/// with a comma would otherwise end early and its rest be read as more options
+/// (`/home/u/a,file.driver=...`). Every comma is doubled.
+fn opt_value(value: &str) -> String {
+    value.replace(',', ",,")
 }
 
 /// Finds a program on PATH.
@@ -187,16 +229,31 @@ impl Hypervisor for Qemu {
         self.preflight()?;
         let tap_fd = tap.as_raw_fd();
         let _ = std::fs::remove_file(&cfg.monitor_socket);
+        let console = ConsoleLog::open(&cfg.serial_log)?;
         let mut cmd = Command::new(PROGRAM);
-        cmd.args(args(&cfg, self.accel.name, self.tsc_khz, tap_fd))
+        let share_fd = cfg.share_nic.as_ref().map(|n| n.tap.as_raw_fd());
+        cmd.args(args(&cfg, self.accel.name, self.tsc_khz, tap_fd, share_fd))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         super::sys::kill_with_parent(&mut cmd);
         let mut child = cmd.spawn().map_err(|source| HypervisorError::Spawn {
             program: PROGRAM.into(),
             source,
         })?;
+        // The guest's console: copied until QEMU exits and its end of the pipe closes.
+        let stdout = child.stdout.take().expect("piped");
+        let log_path = cfg.serial_log.clone();
+        std::thread::Builder::new()
+            .name("devbox-console".into())
+            .spawn(move || {
+                console_log::pump(stdout, console, |e| {
+                    crate::supervisor::log(format!(
+                        "the guest console is dropped from now on: writing {}: {e}",
+                        log_path.display()
+                    ))
+                })
+            })?;
         // QEMU reports bad arguments on stderr and exits at once; keep its last words.
         let stderr = child.stderr.take().expect("piped");
         let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
@@ -323,6 +380,116 @@ mod tests {
         );
     }
 
+    /// Splits a QEMU option string the way QEMU does: a single comma separates, `,,` is a
+    /// literal comma; an element without `=` gets the name `implied`.
+    fn parse_opts(s: &str, implied: &str) -> Vec<(String, String)> {
+        let mut elems = vec![String::new()];
+        let mut chars = s.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == ',' {
+                if chars.peek() == Some(&',') {
+                    chars.next();
+                    elems.last_mut().unwrap().push(',');
+                } else {
+                    elems.push(String::new());
+                }
+            } else {
+                elems.last_mut().unwrap().push(c);
+            }
+        }
+        elems
+            .into_iter()
+            .map(|e| match e.split_once('=') {
+                Some((k, v)) => (k.to_owned(), v.to_owned()),
+                None => (implied.to_owned(), e),
+            })
+            .collect()
+    }
+
+    fn boot_config(dir: &str) -> BootConfig {
+        BootConfig {
+            name: "dev".into(),
+            cpus: 1,
+            memory_mib: 512,
+            kernel: format!("{dir}/vmlinuz").into(),
+            initrd: format!("{dir}/initrd").into(),
+            data_disk: format!("{dir}/disk.raw").into(),
+            config_drive: format!("{dir}/config.tar").into(),
+            tap: None,
+            mac: "52:54:00:12:34:56".into(),
+            share_nic: None,
+            serial_log: format!("{dir}/serial.log").into(),
+            monitor_socket: format!("{dir}/qmp.sock").into(),
+        }
+    }
+
+    /// The option string that follows the `n`th occurrence of `flag`.
+    fn option<'a>(args: &'a [String], flag: &str, n: usize) -> &'a str {
+        args.iter()
+            .enumerate()
+            .filter(|(_, a)| *a == flag)
+            .nth(n)
+            .map(|(i, _)| args[i + 1].as_str())
+            .unwrap_or_else(|| panic!("no {flag} #{n} in {args:?}"))
+    }
+
+    #[test]
+    fn a_path_with_commas_stays_one_option_value() {
+        // A state directory whose name, read naively, would add a `file.driver` option.
+        let dir = "/home/u/dev,box,file.driver=nbd/a=b/machines/dev";
+        let cfg = boot_config(dir);
+        let a = args(&cfg, "tcg", None, 3, None);
+        let config = parse_opts(option(&a, "-drive", 0), "file");
+        assert_eq!(
+            config,
+            [
+                ("id", "config"),
+                ("file", &format!("{dir}/config.tar")[..]),
+                ("format", "raw"),
+                ("if", "none"),
+                ("readonly", "on"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        let data = parse_opts(option(&a, "-drive", 1), "file");
+        assert_eq!(data[1], ("file".into(), format!("{dir}/disk.raw")));
+        assert_eq!(
+            data.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            [
+                "id",
+                "file",
+                "format",
+                "if",
+                "cache",
+                "discard",
+                "detect-zeroes"
+            ]
+        );
+        assert_eq!(
+            parse_opts(option(&a, "-chardev", 1), "backend"),
+            [
+                ("backend", "socket"),
+                ("id", "qmp"),
+                ("path", &format!("{dir}/qmp.sock")[..]),
+                ("server", "on"),
+                ("wait", "off"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        // Whole-argument paths are passed as they are.
+        assert_eq!(option(&a, "-kernel", 0), format!("{dir}/vmlinuz"));
+    }
+
+    /// The console is a stream the driver caps (`console_log`), never QEMU's own file
+    /// chardev, which appends without end.
+    #[test]
+    fn the_console_goes_to_stdout_not_to_a_file() {
+        let a = args(&boot_config("/m"), "tcg", None, 3, None);
+        assert_eq!(option(&a, "-chardev", 0), "stdio,id=console,signal=off");
+        assert_eq!(option(&a, "-serial", 0), "chardev:console");
+        assert!(!a.iter().any(|x| x.contains("serial.log")), "{a:?}");
+    }
+
     #[test]
     fn booting_without_a_tap_is_a_clear_error() {
         let qemu = Qemu::new(&crate::hypervisor::probe::probe_at(std::path::Path::new(
@@ -339,6 +506,7 @@ mod tests {
                 config_drive: "/c".into(),
                 tap: None,
                 mac: "52:54:00:12:34:56".into(),
+                share_nic: None,
                 serial_log: "/s".into(),
                 monitor_socket: "/m".into(),
             })

@@ -265,6 +265,7 @@ mod tests {
             config_drive: "/m/config.img".into(),
             tap: None,
             mac: "52:54:00:12:34:56".into(),
+            share_nic: None,
             serial_log: "/m/serial.log".into(),
             monitor_socket: "/m/qmp.sock".into(),
         }

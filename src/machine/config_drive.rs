@@ -8,7 +8,7 @@ use std::path::Path;
 use serde_json::json;
 
 use super::driver::Addressing;
-use super::spec::MachineSpec;
+use super::spec::{MachineSpec, share_link_mac};
 use crate::atomic_file::write_atomic;
 
 /// One file of the drive.
@@ -68,7 +68,9 @@ pub fn nfs_mounts_file(mounts: &[NfsMount]) -> String {
 /// follows the driver ([`Addressing`]): a static address and default route (the host chose
 /// them, on its TAP), or `DEVBOX_NET='dhcp'` (the driver's NAT chooses; the guest reports the
 /// address it got). No `DEVBOX_NET` means static, so the file of a static machine reads as it
-/// did before DHCP existed.
+/// did before DHCP existed. A static machine with shares also gets its share link's NIC
+/// (`DEVBOX_SHARE_MAC`) and address (`DEVBOX_SHARE_IP`), which the guest moves into a network
+/// namespace of its own for its NFS client.
 pub fn env_file(spec: &MachineSpec, dns: &[std::net::IpAddr]) -> String {
     let dns: Vec<String> = dns.iter().map(|a| a.to_string()).collect();
     let mut lines = vec![
@@ -86,6 +88,16 @@ pub fn env_file(spec: &MachineSpec, dns: &[std::net::IpAddr]) -> String {
                 ),
             ));
             lines.push(("DEVBOX_HOST_IP", spec.network.host_ip.to_string()));
+            if !spec.shares.is_empty()
+                && let Ok(net) = crate::net::HostOnlyNet::from_index(spec.network.index)
+            {
+                let link = net.share_link();
+                lines.push(("DEVBOX_SHARE_MAC", share_link_mac(&spec.name)));
+                lines.push((
+                    "DEVBOX_SHARE_IP",
+                    format!("{}/{}", link.guest_ip, link.prefix),
+                ));
+            }
         }
         Addressing::Dhcp => lines.push(("DEVBOX_NET", "dhcp".into())),
     }

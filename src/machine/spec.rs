@@ -2,13 +2,16 @@
 //! `machines/<name>/machine.yaml`. Everything here is pure: parsing and validation only.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 pub use super::driver::Driver;
+pub use super::share::{
+    DefaultShares, DirId, ShareError, ShareSpec, StateDirs, check_shares, default_shares,
+    parse_share, share_link_mac,
+};
 use crate::hint::Hint;
 use crate::net::HostOnlyNet;
 use crate::routes::{Claim, DockerSubnets, RouteError, validate_docker_subnet};
@@ -38,8 +41,8 @@ pub enum SpecError {
     DiskTooSmall { text: String },
     #[error("invalid --docker-subnet {text:?}: {why}")]
     DockerSubnet { text: String, why: String },
-    #[error("invalid --share {text:?}: {why}")]
-    Share { text: String, why: String },
+    #[error(transparent)]
+    Share(#[from] ShareError),
     #[error("invalid --tld {text:?}: {why}")]
     Tld { text: String, why: &'static str },
     #[error("cannot allow DNS domain {text:?} for this machine")]
@@ -74,8 +77,6 @@ pub enum SpecError {
     Docker(RouteError),
     #[error("Docker's pool size /{size} does not fit the pool {pool}: between /{} and /30", pool.prefix_len())]
     PoolSize { size: u8, pool: Ipv4Net },
-    #[error("invalid share host path {}: {why}", path.display())]
-    SharePath { path: PathBuf, why: &'static str },
 }
 
 /// A value of `machine.yaml` that failed validation: which field, and why.
@@ -99,9 +100,7 @@ fn field<T>(name: impl Into<String>, check: Result<T, SpecError>) -> Result<T, I
 impl Hint for SpecError {
     fn hint(&self) -> Option<String> {
         match self {
-            SpecError::Share { .. } => {
-                Some("example: --share /home/me/src:/src (add :ro for read-only)".into())
-            }
+            SpecError::Share(e) => e.hint(),
             SpecError::DockerSubnet { .. } => Some("example: --docker-subnet 172.24.0.1/16".into()),
             SpecError::DnsDomain { source, .. } => source.hint(),
             _ => None,
@@ -120,42 +119,6 @@ pub struct NetworkSpec {
     /// Guest MAC address (stable, derived from the name).
     pub mac: String,
 }
-
-/// A host directory exported into the machine over NFS.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShareSpec {
-    /// Absolute, canonical host directory.
-    pub host_path: PathBuf,
-    /// Absolute path where the guest mounts it.
-    pub guest_path: String,
-    #[serde(default)]
-    pub read_only: bool,
-}
-
-/// Guest paths a share may not cover: the guest's own system and Docker's data.
-const RESERVED_GUEST_PATHS: &[&str] = &[
-    "/",
-    "/bin",
-    "/boot",
-    "/dev",
-    "/etc",
-    "/lib",
-    "/lib64",
-    "/mnt/data",
-    "/proc",
-    "/root/.ssh",
-    "/run",
-    "/sbin",
-    "/sys",
-    "/tmp",
-    "/usr",
-    "/var",
-    "/var/lib",
-    "/var/lib/docker",
-    "/var/log",
-    "/var/run",
-];
 
 /// Desired state of one machine, as written at `create`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,17 +176,19 @@ impl MachineSpec {
         for (i, share) in self.shares.iter().enumerate() {
             field(
                 format!("shares[{i}].host_path"),
-                validate_share_host_path(&share.host_path),
+                super::share::validate_host_path(&share.host_path).map_err(SpecError::from),
             )?;
             field(
                 format!("shares[{i}].guest_path"),
-                validate_guest_path(&share.guest_path).map_err(|why| SpecError::Share {
-                    text: share.guest_path.clone(),
-                    why,
-                }),
+                super::share::check_guest_path(share).map_err(SpecError::from),
             )?;
         }
-        field("shares", check_shares(&self.shares))?;
+        // No two with one guest path, none inside another (the state directories are
+        // checked where they are known: at create and at start).
+        field(
+            "shares",
+            check_shares(&self.shares, None).map_err(SpecError::from),
+        )?;
         field("tld", validate_tld(&self.tld))?;
         for (i, d) in self.dns_domains.iter().enumerate() {
             field(
@@ -529,141 +494,11 @@ pub fn validate_mac(text: &str) -> Result<(), SpecError> {
     }
 }
 
-/// A share's host directory as `machine.yaml` records it: absolute and in canonical form
-/// (`create` canonicalises it; whether it still is the directory recorded then is checked at
-/// start, where it is opened).
-fn validate_share_host_path(path: &Path) -> Result<(), SpecError> {
-    use std::path::Component;
-    let canonical_form = path.is_absolute()
-        && path.components().collect::<PathBuf>().as_os_str() == path.as_os_str()
-        && path
-            .components()
-            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-    if canonical_form {
-        Ok(())
-    } else {
-        Err(SpecError::SharePath {
-            path: path.to_owned(),
-            why: "not an absolute path in canonical form (no `.`, `..`, `//` or trailing `/`)",
-        })
-    }
-}
-
 /// A stable locally administered MAC from the machine name (QEMU's 52:54:00 prefix).
 pub fn mac_for(name: &str) -> String {
     use sha2::{Digest, Sha256};
     let h = Sha256::digest(name.as_bytes());
     format!("52:54:00:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2])
-}
-
-/// Parses `HOST_PATH[:GUEST_PATH][:ro]`. The host path must be an existing directory; the
-/// guest path defaults to the same path and must not cover the guest's system directories.
-pub fn parse_share(text: &str) -> Result<ShareSpec, SpecError> {
-    let err = |why: String| SpecError::Share {
-        text: text.to_owned(),
-        why,
-    };
-    let mut parts: Vec<&str> = text.split(':').collect();
-    let mut read_only = false;
-    if parts.len() > 1 && matches!(*parts.last().expect("non-empty"), "ro" | "rw") {
-        read_only = parts.pop() == Some("ro");
-    }
-    let (host, guest) = match parts.as_slice() {
-        [h] => (*h, None),
-        [h, g] => (*h, Some(*g)),
-        _ => return Err(err("expected HOST_PATH[:GUEST_PATH][:ro]".into())),
-    };
-    if !host.starts_with('/') {
-        return Err(err("the host path must be absolute".into()));
-    }
-    let host_path = std::fs::canonicalize(host)
-        .map_err(|e| err(format!("cannot use host path {host}: {e}")))?;
-    if !host_path.is_dir() {
-        return Err(err(format!("{} is not a directory", host_path.display())));
-    }
-    let guest_path = match guest {
-        Some(g) => g.to_owned(),
-        None => host_path.to_string_lossy().into_owned(),
-    };
-    validate_guest_path(&guest_path).map_err(err)?;
-    Ok(ShareSpec {
-        host_path,
-        guest_path,
-        read_only,
-    })
-}
-
-fn validate_guest_path(p: &str) -> Result<(), String> {
-    if !p.starts_with('/') {
-        return Err("the guest path must be absolute".into());
-    }
-    if p.contains("/../")
-        || p.ends_with("/..")
-        || p.contains("//")
-        || p.contains('\t')
-        || p.contains('\n')
-    {
-        return Err("the guest path must be a plain absolute path".into());
-    }
-    let norm = p.trim_end_matches('/');
-    let norm = if norm.is_empty() { "/" } else { norm };
-    if RESERVED_GUEST_PATHS.contains(&norm) {
-        return Err(format!(
-            "{norm} is a system directory of the guest; mount the share elsewhere"
-        ));
-    }
-    Ok(())
-}
-
-/// Shares must not repeat a guest path.
-pub fn check_shares(shares: &[ShareSpec]) -> Result<(), SpecError> {
-    for (i, a) in shares.iter().enumerate() {
-        if shares[..i].iter().any(|b| b.guest_path == a.guest_path) {
-            return Err(SpecError::Share {
-                text: a.guest_path.clone(),
-                why: "two shares use the same guest path".into(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// The default share: the user's home directory at the same path, as docker-machine-nfs did
-/// with /Users. Under sudo that is the invoking user's home, not root's. None on hosts where
-/// devbox cannot serve shares yet (its NFS server is Linux-only), so that a default machine
-/// starts there.
-pub fn default_shares() -> Vec<ShareSpec> {
-    if !cfg!(target_os = "linux") {
-        return Vec::new();
-    }
-    let home = sudo_user_home().or_else(|| std::env::var_os("HOME").map(PathBuf::from));
-    match home.and_then(|h| std::fs::canonicalize(h).ok()) {
-        Some(h) if h.is_dir() && validate_guest_path(&h.to_string_lossy()).is_ok() => {
-            vec![ShareSpec {
-                guest_path: h.to_string_lossy().into_owned(),
-                host_path: h,
-                read_only: false,
-            }]
-        }
-        _ => Vec::new(),
-    }
-}
-
-fn sudo_user_home() -> Option<PathBuf> {
-    let user = std::env::var("SUDO_USER").ok()?;
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd
-        .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.len() > 5 && f[0] == user)
-        .map(|f| PathBuf::from(f[5]))
-}
-
-/// Owner of a share's host directory: files the guest creates belong to this user.
-pub fn share_owner(path: &Path) -> std::io::Result<(u32, u32)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = fs_err::metadata(path)?;
-    Ok((m.uid(), m.gid()))
 }
 
 /// A TLD is one or more DNS labels, e.g. `dev`, `test`, `internal`.
@@ -740,32 +575,6 @@ mod tests {
         for bad in ["172.18.0.1", "172.18.0.1/31", "x/16", "10.0.0.255/24"] {
             assert!(parse_docker_bip(bad).is_err(), "{bad:?} accepted");
         }
-    }
-
-    #[test]
-    fn shares_parse_and_refuse_system_paths() {
-        let d = tempfile::tempdir().unwrap();
-        let host = d.path().canonicalize().unwrap();
-        let h = host.to_str().unwrap();
-        let s = parse_share(h).unwrap();
-        assert_eq!(s.guest_path, h);
-        assert!(!s.read_only);
-        let s = parse_share(&format!("{h}:/src:ro")).unwrap();
-        assert_eq!((s.guest_path.as_str(), s.read_only), ("/src", true));
-        let s = parse_share(&format!("{h}:ro")).unwrap();
-        assert!(s.read_only && s.guest_path == h);
-        for bad in [
-            "relative/dir".to_owned(),
-            format!("{h}/missing"),
-            format!("{h}:/var/lib/docker"),
-            format!("{h}:/"),
-            format!("{h}:relative"),
-            format!("{h}:/a:/b:ro"),
-        ] {
-            assert!(parse_share(&bad).is_err(), "{bad} accepted");
-        }
-        let a = parse_share(&format!("{h}:/x")).unwrap();
-        assert!(check_shares(&[a.clone(), a]).is_err());
     }
 
     #[test]
@@ -886,6 +695,8 @@ mod tests {
                         host_path: "/home/me/../../etc".into(),
                         guest_path: "/src".into(),
                         read_only: false,
+                        id: None,
+                        allow_root: false,
                     }]
                 }),
                 "shares[0].host_path",
@@ -896,6 +707,8 @@ mod tests {
                         host_path: "/home/me".into(),
                         guest_path: "/var/lib/docker".into(),
                         read_only: false,
+                        id: None,
+                        allow_root: false,
                     }]
                 }),
                 "shares[0].guest_path",
@@ -906,6 +719,8 @@ mod tests {
                         host_path: "/home/me".into(),
                         guest_path: "/src".into(),
                         read_only: false,
+                        id: None,
+                        allow_root: false,
                     };
                     s.shares = vec![share.clone(), share];
                 }),

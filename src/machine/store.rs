@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use fs_err as fs;
 
-use super::spec::{InvalidField, MachineSpec, SpecError};
+use super::spec::{InvalidField, MachineSpec, SpecError, StateDirs, validate_name};
 use crate::atomic_file::{sync_dir, write_atomic};
 use crate::hint::Hint;
 
@@ -17,6 +17,9 @@ use crate::hint::Hint;
 pub enum StoreError {
     #[error("no machine named {name:?}")]
     NotFound { name: String },
+    /// A name that is not a machine name (`..`, `/etc`, `a/b`): never joined to a path.
+    #[error(transparent)]
+    Name(SpecError),
     #[error("a machine named {name:?} already exists")]
     Exists { name: String },
     #[error("{path}:{line}:{column}: {message}")]
@@ -42,7 +45,9 @@ pub enum StoreError {
 impl Hint for StoreError {
     fn hint(&self) -> Option<String> {
         match self {
-            StoreError::NotFound { .. } => Some("`devbox ls` lists the machines".into()),
+            StoreError::NotFound { .. } | StoreError::Name(_) => {
+                Some("`devbox ls` lists the machines".into())
+            }
             StoreError::Exists { name } => Some(format!(
                 "pick another name, or remove the old one with `devbox rm {name}`"
             )),
@@ -77,20 +82,30 @@ impl Store {
         Store { home, cache }
     }
 
+    /// The directories no share may be, lie in, or show to a guest.
+    pub fn state_dirs(&self) -> StateDirs {
+        StateDirs::new(&self.home, &self.cache)
+    }
+
     pub fn machines_dir(&self) -> PathBuf {
         self.home.join("machines")
     }
 
-    pub fn machine(&self, name: &str) -> MachineDir {
-        MachineDir {
+    /// The directory of the machine `name`, which need not exist. This is the one place a
+    /// name becomes a path, so it is checked here with the rule `create` applies: a name that
+    /// is not a DNS label (`..`, `/etc`, `a/b`) is refused before it can reach outside
+    /// `machines/`.
+    pub fn machine(&self, name: &str) -> Result<MachineDir, StoreError> {
+        validate_name(name).map_err(StoreError::Name)?;
+        Ok(MachineDir {
             name: name.to_owned(),
             path: self.machines_dir().join(name),
-        }
+        })
     }
 
     /// An existing machine's directory, or `NotFound`.
     pub fn existing(&self, name: &str) -> Result<MachineDir, StoreError> {
-        let dir = self.machine(name);
+        let dir = self.machine(name)?;
         if !dir.spec_path().is_file() {
             return Err(StoreError::NotFound {
                 name: name.to_owned(),
@@ -110,7 +125,9 @@ impl Store {
         for entry in entries {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.starts_with('.') && entry.path().join(SPEC_FILE).is_file() {
+            // Dot-names are staging and trash; anything else that is not a valid name cannot
+            // be a machine (nothing creates it) and is left alone.
+            if validate_name(&name).is_ok() && entry.path().join(SPEC_FILE).is_file() {
                 out.push(name);
             }
         }
@@ -120,9 +137,10 @@ impl Store {
 
     /// A fresh staging directory for `create`; [`Staging::commit`] renames it into place.
     pub fn stage(&self, name: &str) -> Result<Staging, StoreError> {
+        let target = self.machine(name)?.path;
         let machines = self.machines_dir();
         fs::create_dir_all(&machines)?;
-        if self.machine(name).path.exists() {
+        if target.exists() {
             return Err(StoreError::Exists {
                 name: name.to_owned(),
             });
@@ -139,7 +157,7 @@ impl Store {
         Ok(Staging {
             name: name.to_owned(),
             dir: Some(tmp),
-            target: self.machine(name).path,
+            target,
         })
     }
 }
@@ -417,5 +435,30 @@ mod tests {
         st.commit().unwrap();
         assert_eq!(store.names().unwrap(), vec!["a".to_string()]);
         assert!(matches!(store.stage("a"), Err(StoreError::Exists { .. })));
+    }
+
+    #[test]
+    fn a_name_that_is_not_a_machine_name_never_becomes_a_path() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::new(Some(d.path().join("home")), None);
+        for bad in ["..", ".", "/etc", "../x", "a/b", "", "-a", "A"] {
+            assert!(
+                matches!(store.machine(bad), Err(StoreError::Name(_))),
+                "{bad:?} accepted"
+            );
+            assert!(matches!(store.existing(bad), Err(StoreError::Name(_))));
+            assert!(matches!(store.stage(bad), Err(StoreError::Name(_))));
+        }
+        // Refused before anything was created.
+        assert!(!d.path().join("home").exists());
+        let err = store.machine("../x").unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid machine name \"../x\""),
+            "{err}"
+        );
+        assert_eq!(
+            err.hint().as_deref(),
+            Some("`devbox ls` lists the machines")
+        );
     }
 }

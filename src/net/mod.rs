@@ -129,6 +129,31 @@ impl HostOnlyNet {
     pub fn tap_name(&self) -> String {
         tap_name(self.index)
     }
+
+    /// The machine's share link (see [`ShareLink`]).
+    pub fn share_link(&self) -> ShareLink {
+        let [a, b, c, _] = self.subnet.network().octets();
+        ShareLink {
+            tap: format!("dbx{}s", self.index),
+            host_ip: Ipv4Addr::new(a, b, c, 253),
+            guest_ip: Ipv4Addr::new(a, b, c, 254),
+            prefix: 30,
+        }
+    }
+}
+
+/// The link a machine's shares travel on: a second TAP device (`dbxNs`) and NIC, used by the
+/// guest's NFS client alone, which the guest moves into a network namespace of its own at
+/// boot. Its /30 is the top of the machine's host-only /24 (host `.253`, guest `.254`), so
+/// it needs no allocation of its own. The file server listens there, bound to the device:
+/// nothing in the guest's main network namespace (no process, no container, not even raw
+/// frames on `eth0`) can reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareLink {
+    pub tap: String,
+    pub host_ip: Ipv4Addr,
+    pub guest_ip: Ipv4Addr,
+    pub prefix: u8,
 }
 
 /// One IPv4 route of the host's main routing table.
@@ -256,6 +281,17 @@ mod tests {
             Err(NetError::BadIndex { index: 64 })
         ));
         assert_eq!(tap_name(7), "dbx7");
+        let link = HostOnlyNet::from_index(7).unwrap().share_link();
+        assert_eq!(
+            (link.tap.as_str(), link.host_ip, link.guest_ip, link.prefix),
+            (
+                "dbx7s",
+                Ipv4Addr::new(192, 168, 71, 253),
+                Ipv4Addr::new(192, 168, 71, 254),
+                30
+            )
+        );
+        assert!(devbox_link(&link.tap).is_none(), "not a routed dbxN link");
         assert_eq!(last.tap_name(), "dbx63");
     }
 

@@ -2,15 +2,20 @@
 //!
 //! Mapping (like `-mapall=uid:gid`): objects owned by the export's host user/group are
 //! shown to the guest as owned by uid/gid 0, so the guest's root (docker, build tools) can
-//! write them; other owners are shown as they are. In the other direction, a guest
-//! chown/chgrp may only name 0 or the export's own ids (both meaning the export's owner);
-//! anything else is NFS3ERR_PERM, so the guest can never hand a host file to another user.
+//! write them; objects the host's root owns are shown as owned by nobody (65534), since the
+//! guest's root cannot act as the host's; other owners are shown as they are. In the other
+//! direction, a guest chown/chgrp may only name 0 or the export's own ids (both meaning the
+//! export's owner); anything else is NFS3ERR_PERM, so the guest can never hand a host file to
+//! another user (and, acting as the owner, it cannot take another user's file either).
 
 use rustix::fs::Stat;
 
 use super::fs::ExportFs;
 use super::handle::{Key, Kind, NfsResult, Status};
 use super::xdr::{Garbage, XdrReader, XdrResult, XdrWriter};
+
+/// The id host root's objects are shown with (the guest's root is the share's owner).
+const NOBODY: u32 = 65534;
 
 /// `fattr3` (RFC 1813 §2.6).
 #[derive(Debug, Clone, Copy)]
@@ -41,13 +46,17 @@ impl ExportFs {
     #[allow(clippy::unnecessary_cast)] // field types differ between platforms
     pub(crate) fn attr(&self, st: &Stat) -> Attr {
         let key: Key = super::fs::key_of(st);
-        let map = |id: u32, owner: u32| if id == owner { 0 } else { id };
+        let map = |id: u32, owner: u32| match id {
+            _ if id == owner => 0,
+            0 => NOBODY,
+            _ => id,
+        };
         Attr {
             kind: super::fs::kind_of(st),
             mode: super::fs::mode_of(st) & 0o7777,
             nlink: u32::try_from(st.st_nlink).unwrap_or(u32::MAX),
-            uid: map(st.st_uid, self.uid),
-            gid: map(st.st_gid, self.gid),
+            uid: map(st.st_uid, self.owner.uid),
+            gid: map(st.st_gid, self.owner.gid),
             size: st.st_size as u64,
             used: (st.st_blocks as u64).saturating_mul(512),
             rdev: (
@@ -64,16 +73,16 @@ impl ExportFs {
 
     /// Host uid for a uid the guest asks for (see the module header).
     pub(crate) fn host_uid(&self, guest: u32) -> NfsResult<u32> {
-        if guest == 0 || guest == self.uid {
-            Ok(self.uid)
+        if guest == 0 || guest == self.owner.uid {
+            Ok(self.owner.uid)
         } else {
             Err(Status::Perm)
         }
     }
 
     pub(crate) fn host_gid(&self, guest: u32) -> NfsResult<u32> {
-        if guest == 0 || guest == self.gid {
-            Ok(self.gid)
+        if guest == 0 || guest == self.owner.gid {
+            Ok(self.owner.gid)
         } else {
             Err(Status::Perm)
         }

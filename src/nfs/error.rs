@@ -33,6 +33,47 @@ pub enum NfsError {
         source: io::Error,
     },
 
+    /// The export is devbox's own state or cache directory, or inside one.
+    #[error("NFS export `{name}`: {} is inside devbox's own directory {}", path.display(), state.display())]
+    ExportInStateDir {
+        name: String,
+        path: PathBuf,
+        state: PathBuf,
+    },
+
+    /// The directory at the export's path is not the one recorded when the share was chosen.
+    #[error(
+        "NFS export `{name}`: {} is not the directory that was shared when the machine was created",
+        path.display()
+    )]
+    ExportChanged { name: String, path: PathBuf },
+
+    /// Root owns the directory, and the share was not created with `--allow-root-share`.
+    #[error("NFS export `{name}`: {} is owned by root", path.display())]
+    ExportRootOwned { name: String, path: PathBuf },
+
+    /// The server can take neither the owner's identity nor already has it.
+    #[error(
+        "NFS export `{name}`: {} belongs to uid {owner}, and the file server, running as uid \
+         {server_uid}, cannot act as that user",
+        path.display()
+    )]
+    ExportOwner {
+        name: String,
+        path: PathBuf,
+        owner: u32,
+        server_uid: u32,
+    },
+
+    /// A directory to hide could not be examined, so the export cannot be served safely.
+    #[error("NFS export `{name}`: cannot examine {}, which must stay hidden from the guest", path.display())]
+    Hidden {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
     /// The listening socket could not be created.
     #[error("cannot listen for NFS on {addr}")]
     Bind {
@@ -67,9 +108,32 @@ impl NfsError {
                     "create {} or remove the share from the machine spec",
                     path.display()
                 )),
-                io::ErrorKind::NotADirectory => Some("only directories can be shared".to_string()),
+                io::ErrorKind::NotADirectory => Some(
+                    "a share is opened without following symlinks: share the real directory \
+                     (remove the machine and create it again with its --share options)"
+                        .to_string(),
+                ),
                 _ => None,
             },
+            NfsError::ExportInStateDir { .. } => Some(
+                "remove the share from the machine: devbox's state and image cache are never \
+                 shared"
+                    .to_string(),
+            ),
+            NfsError::ExportChanged { path, .. } => Some(format!(
+                "{} was replaced or moved since; if the new directory is the one to share, \
+                 remove the machine and create it again with its --share options",
+                path.display()
+            )),
+            NfsError::ExportRootOwned { .. } => Some(
+                "give the directory to your user, or create the machine with \
+                 --allow-root-share if the guest may act as root on it"
+                    .to_string(),
+            ),
+            NfsError::ExportOwner { owner, .. } => Some(format!(
+                "run devbox as uid {owner} or as root, or share a directory you own"
+            )),
+            NfsError::Hidden { .. } => None,
             NfsError::Bind { addr, source } => match source.kind() {
                 io::ErrorKind::AddrNotAvailable => Some(format!(
                     "{} is not configured on this host: is the machine's TAP interface up?",

@@ -1,4 +1,4 @@
-//! One export's view of the host filesystem: confined resolution and the handle index.
+//! One export's view of the host filesystem: confined resolution, hidden objects.
 //!
 //! Confinement: the export root is opened once; every object is reached from that fd by
 //! `openat`/`statat` one component at a time with `O_NOFOLLOW` / `AT_SYMLINK_NOFOLLOW`, using
@@ -6,29 +6,32 @@
 //! not `.`/`..`). A path string is never built, and a symlink is never followed on the host,
 //! so neither `..`, absolute names, nor a symlink (guest-made or host-side swapped in) can lead
 //! outside the export. Objects opened for I/O are re-checked with `fstat` against the
-//! `(st_dev, st_ino)` of their handle before use.
+//! `(st_dev, st_ino)` of their handle before use. Directories are walked through with
+//! `O_PATH`, which needs only the search permission the share's owner would need.
 //!
-//! Handles carry only `(st_dev, st_ino)` (see `handle.rs`). To turn one back into an object,
-//! the [`Index`] maps each key seen (through LOOKUP, READDIRPLUS, CREATE…) to its parent and
-//! name. After a supervisor restart the index is empty; an unknown key then drives an
-//! incremental breadth-first scan of the export, which records every entry it passes, until
-//! the key is found or the whole tree was scanned (then: STALE, without rescanning).
+//! Handles carry only `(st_dev, st_ino)` (see `handle.rs`); turning one back into an object
+//! is the index's and its scanner's job (`index.rs`). devbox's own state and cache
+//! directories are hidden wherever they appear in an export (`open.rs` finds them).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashSet;
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
-use std::sync::Mutex;
+use std::sync::Arc;
 
-use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
+use rustix::fs::{AtFlags, Dir, Mode, OFlags, Stat};
 
 use super::handle::{HANDLE_LEN, Handle, Key, Kind, NfsResult, Status, export_id};
+use super::identity::Owner;
+use super::index::{Finder, Miss, ScanTarget};
 
 /// Longest name accepted in a directory operation (`NAME_MAX`).
 pub(crate) const NAME_MAX: usize = 255;
 
-/// Deepest chain of parents followed when rebuilding a path from the index.
-const MAX_DEPTH: usize = 4096;
+/// How directories are opened to walk through them or to act in them with `*at` calls.
+pub(crate) const DIR_PATH: OFlags = OFlags::PATH
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
 
 // `stat` field types differ between platforms (and libc/linux_raw backends); these casts
 // are no-ops on some of them.
@@ -46,8 +49,9 @@ pub(crate) fn kind_of(st: &Stat) -> Kind {
     Kind::from_mode(mode_of(st))
 }
 
-/// A resolved object: its parent directory (an open fd) and its name in it, or the export
-/// root itself (`name == None`, `dir` = the root). `st` is what `statat` saw when resolving.
+/// A resolved object: its parent directory (an `O_PATH` fd) and its name in it, or the
+/// export root itself (`name == None`, `dir` = the root). `st` is what `statat` saw when
+/// resolving.
 pub(crate) struct Loc {
     pub dir: OwnedFd,
     pub name: Option<CString>,
@@ -82,11 +86,27 @@ impl Loc {
         Ok(fd)
     }
 
+    /// The object itself as an `O_PATH` descriptor (a symlink is the link, a device is not
+    /// opened): for changing its attributes, whatever its permissions.
+    pub(crate) fn open_path(&self) -> NfsResult<OwnedFd> {
+        self.open(OFlags::PATH)
+    }
+
+    /// A directory, opened to list it.
     pub(crate) fn open_dir(&self) -> NfsResult<OwnedFd> {
         if self.kind() != Kind::Dir {
             return Err(Status::NotDir);
         }
         self.open(OFlags::RDONLY | OFlags::DIRECTORY)
+    }
+
+    /// A directory, opened to look names up or change entries in it (search permission
+    /// is enough).
+    pub(crate) fn open_dir_path(&self) -> NfsResult<OwnedFd> {
+        if self.kind() != Kind::Dir {
+            return Err(Status::NotDir);
+        }
+        self.open(OFlags::PATH | OFlags::DIRECTORY)
     }
 }
 
@@ -101,85 +121,63 @@ pub(crate) fn check_name(name: &[u8]) -> NfsResult<CString> {
     CString::new(name).map_err(|_| Status::Acces)
 }
 
-struct Node {
-    parent: Key,
-    name: Box<[u8]>,
-}
-
-/// Key → (parent, name) for every object the server has seen, plus the state of the
-/// breadth-first scan used to find keys it has not.
-struct Index {
-    nodes: HashMap<Key, Node>,
-    queue: VecDeque<Key>,
-    complete: bool,
-}
-
-impl Index {
-    fn path(&self, key: Key, root: Key) -> Option<Vec<&[u8]>> {
-        let mut comps = Vec::new();
-        let mut at = key;
-        while at != root {
-            let node = self.nodes.get(&at)?;
-            comps.push(&node.name[..]);
-            if comps.len() > MAX_DEPTH {
-                return None;
-            }
-            at = node.parent;
-        }
-        comps.reverse();
-        Some(comps)
-    }
-}
-
-/// One export: its root fd, identity, and settings.
+/// One export: its identity, its settings, and its tree (root, index, scanner).
 pub(crate) struct ExportFs {
     pub name: String,
     pub id: [u8; 4],
     pub read_only: bool,
-    pub uid: u32,
-    pub gid: u32,
+    pub owner: Owner,
     pub fsid: u64,
-    root: OwnedFd,
-    root_key: Key,
-    index: Mutex<Index>,
+    /// Objects never shown to the guest (devbox's state and cache directories, wherever
+    /// they appear in the export): LOOKUP says NOENT, listings skip them, handles are STALE.
+    hidden: HashSet<Key>,
+    /// Directories on the way from the root to a hidden one: the guest may not rename or
+    /// remove them (it could otherwise move the hidden directory's parent away and put one
+    /// of its own where devbox looks for its state).
+    pinned: HashSet<Key>,
+    finder: Arc<Finder>,
 }
 
 impl ExportFs {
-    pub(crate) fn open(
+    pub(crate) fn new(
         name: &str,
-        host_path: &Path,
         read_only: bool,
-        uid: u32,
-        gid: u32,
+        owner: Owner,
+        root: OwnedFd,
+        hidden: HashSet<Key>,
+        pinned: HashSet<Key>,
     ) -> std::io::Result<ExportFs> {
-        let root = rustix::fs::open(
-            host_path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
         let root_key = key_of(&rustix::fs::fstat(&root)?);
         let id = export_id(name);
         Ok(ExportFs {
             name: name.to_string(),
             id,
             read_only,
-            uid,
-            gid,
+            owner,
             fsid: u64::from_be_bytes([id[0], id[1], id[2], id[3], 0, 0, 0, 1]),
-            root,
-            root_key,
-            index: Mutex::new(Index {
-                nodes: HashMap::new(),
-                queue: VecDeque::from([root_key]),
-                complete: false,
-            }),
+            finder: Arc::new(Finder::new(ScanTarget {
+                root,
+                root_key,
+                owner,
+                hidden: hidden.clone(),
+            })),
+            hidden,
+            pinned,
         })
+    }
+
+    fn root(&self) -> &OwnedFd {
+        &self.finder.target.root
+    }
+
+    fn root_key(&self) -> Key {
+        self.finder.target.root_key
     }
 
     /// The NFS `fileid3` of a host object: its inode number on the export's own device,
     /// otherwise the inode mixed with the device so ids stay unique across mount points.
     pub(crate) fn fileid(&self, key: Key) -> u64 {
-        if key.0 == self.root_key.0 {
+        if key.0 == self.root_key().0 {
             key.1
         } else {
             key.1 ^ key.0.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(40)
@@ -196,11 +194,11 @@ impl ExportFs {
     }
 
     pub(crate) fn root_handle(&self) -> NfsResult<[u8; HANDLE_LEN]> {
-        Ok(self.handle(&rustix::fs::fstat(&self.root)?))
+        Ok(self.handle(&rustix::fs::fstat(self.root())?))
     }
 
     fn root_loc(&self) -> NfsResult<Loc> {
-        let dir = self.root.try_clone().map_err(|_| Status::ServerFault)?;
+        let dir = self.root().try_clone().map_err(|_| Status::ServerFault)?;
         let st = rustix::fs::fstat(&dir)?;
         Ok(Loc {
             dir,
@@ -209,79 +207,86 @@ impl ExportFs {
         })
     }
 
-    pub(crate) fn remember(&self, parent: Key, name: &[u8], key: Key) {
-        if key == self.root_key {
+    /// Whether the guest may see the object `key` (see [`ExportFs::hidden`]).
+    pub(crate) fn visible(&self, key: Key) -> bool {
+        !self.hidden.contains(&key)
+    }
+
+    /// Refuses renaming or removing `st`: a hidden object (NOENT: it is not there for the
+    /// guest) or a directory leading to one (ACCES).
+    pub(crate) fn movable(&self, st: &Stat) -> NfsResult<()> {
+        let key = key_of(st);
+        if self.hidden.contains(&key) {
+            Err(Status::NoEnt)
+        } else if self.pinned.contains(&key) {
+            Err(Status::Acces)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Records where `st` is, so that its handle resolves.
+    pub(crate) fn remember(&self, parent: Key, name: &[u8], st: &Stat) {
+        let key = key_of(st);
+        if key == self.root_key() || !self.visible(key) {
             return;
         }
-        let mut index = self.lock();
-        index.nodes.insert(
-            key,
-            Node {
-                parent,
-                name: name.into(),
-            },
-        );
+        self.finder
+            .index()
+            .insert(key, parent, name, kind_of(st) == Kind::Dir);
     }
 
     pub(crate) fn forget(&self, key: Key) {
-        let mut index = self.lock();
-        index.nodes.remove(&key);
+        self.finder.index().remove(key);
     }
 
-    /// Resolves a decoded handle of this export to the object it names.
+    /// Resolves a decoded handle of this export to the object it names: through the index,
+    /// or, when the index does not know it or its recorded place no longer holds it, through
+    /// the export's scanner (`index.rs`).
     pub(crate) fn resolve(&self, handle: &Handle) -> NfsResult<Loc> {
-        if handle.key == self.root_key {
+        if handle.key == self.root_key() {
             return if handle.kind == Kind::Dir {
                 self.root_loc()
             } else {
                 Err(Status::Stale)
             };
         }
-        // Fast path: the key is indexed; walk without holding the lock.
-        let path = self.lock().path(handle.key, self.root_key).map(to_owned);
-        if let Some(Ok(loc)) = path.map(|path| self.walk(&path, handle)) {
-            return Ok(loc);
+        if !self.visible(handle.key) {
+            return Err(Status::Stale);
         }
-        let mut index = self.lock();
-        loop {
-            if let Some(path) = index.path(handle.key, self.root_key).map(to_owned) {
-                match self.walk(&path, handle) {
-                    Ok(loc) => return Ok(loc),
-                    // Moved or deleted on the host since it was indexed: forget it; a new
-                    // LOOKUP of its new name yields the same handle again.
-                    Err(_) => {
-                        index.nodes.remove(&handle.key);
-                    }
-                }
+        // `None`: not where the index says (or not indexed); the object found, but of
+        // another type than the handle's (its inode number reused): STALE.
+        let indexed = || {
+            let path = self.finder.index().path(handle.key, self.root_key())?;
+            match self.walk(&path, handle.key) {
+                Ok(loc) if loc.kind() == handle.kind => Some(Ok(loc)),
+                Ok(_) => Some(Err(Status::Stale)),
+                Err(_) => None,
             }
-            if index.complete {
-                return Err(Status::Stale);
-            }
-            self.scan_step(&mut index);
+        };
+        if let Some(found) = indexed() {
+            return found;
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
-        self.index.lock().unwrap_or_else(|e| e.into_inner())
+        Finder::find(&self.finder, handle.key, indexed).unwrap_or_else(|miss| {
+            Err(match miss {
+                Miss::Gone => Status::Stale,
+                Miss::Later => Status::Jukebox,
+            })
+        })
     }
 
     /// Follows `path` from the root without following symlinks; the last component must be
-    /// the object of `handle` (same key and type).
-    fn walk(&self, path: &[Box<[u8]>], handle: &Handle) -> NfsResult<Loc> {
+    /// the object `key`.
+    fn walk(&self, path: &[Box<[u8]>], key: Key) -> NfsResult<Loc> {
         let (last, parents) = path.split_last().ok_or(Status::Stale)?;
-        let mut dir = self.root.try_clone().map_err(|_| Status::ServerFault)?;
+        let mut dir = self.root().try_clone().map_err(|_| Status::ServerFault)?;
         for comp in parents {
             let comp = CString::new(&comp[..]).map_err(|_| Status::Stale)?;
-            dir = rustix::fs::openat(
-                &dir,
-                comp.as_c_str(),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
+            dir = rustix::fs::openat(&dir, comp.as_c_str(), DIR_PATH, Mode::empty())?;
         }
         let name = CString::new(&last[..]).map_err(|_| Status::Stale)?;
         let st = rustix::fs::statat(&dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
-        if key_of(&st) != handle.key || kind_of(&st) != handle.kind {
+        if key_of(&st) != key {
             return Err(Status::Stale);
         }
         Ok(Loc {
@@ -289,60 +294,6 @@ impl ExportFs {
             name: Some(name),
             st,
         })
-    }
-
-    /// Lists the next directory of the breadth-first scan into the index.
-    fn scan_step(&self, index: &mut Index) {
-        let Some(dir_key) = index.queue.pop_front() else {
-            index.complete = true;
-            return;
-        };
-        let dir_handle = Handle {
-            export: self.id,
-            kind: Kind::Dir,
-            key: dir_key,
-        };
-        let dir = if dir_key == self.root_key {
-            self.root.try_clone().ok()
-        } else {
-            index
-                .path(dir_key, self.root_key)
-                .and_then(|path| self.walk(&to_owned(path), &dir_handle).ok())
-                .and_then(|loc| loc.open_dir().ok())
-        };
-        let Some(dir) = dir else { return };
-        let Ok(mut entries) = Dir::read_from(&dir) else {
-            return;
-        };
-        while let Some(Ok(entry)) = entries.read() {
-            let name = entry.file_name();
-            if is_dot(name) {
-                continue;
-            }
-            let key = match entry.file_type() {
-                FileType::Directory | FileType::Unknown => {
-                    match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-                        Ok(st) => {
-                            if kind_of(&st) == Kind::Dir {
-                                index.queue.push_back(key_of(&st));
-                            }
-                            key_of(&st)
-                        }
-                        Err(_) => continue,
-                    }
-                }
-                _ => (dir_key.0, entry.ino()),
-            };
-            if key != self.root_key {
-                index.nodes.insert(
-                    key,
-                    Node {
-                        parent: dir_key,
-                        name: name.to_bytes().into(),
-                    },
-                );
-            }
-        }
     }
 
     /// Looks `name` up in directory `dir`; `.` and `..` are answered from the index (`..` of
@@ -360,9 +311,12 @@ impl ExportFs {
             Status::Acces => Status::NoEnt,
             other => other,
         })?;
-        let fd = dir.open_dir()?;
+        let fd = dir.open_dir_path()?;
         let st = rustix::fs::statat(&fd, cname.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
-        self.remember(dir.key(), name, key_of(&st));
+        if !self.visible(key_of(&st)) {
+            return Err(Status::NoEnt);
+        }
+        self.remember(dir.key(), name, &st);
         Ok(Loc {
             dir: fd,
             name: Some(cname),
@@ -390,10 +344,6 @@ impl ExportFs {
             key: key_of(&st),
         })
     }
-}
-
-fn to_owned(path: Vec<&[u8]>) -> Vec<Box<[u8]>> {
-    path.into_iter().map(Box::from).collect()
 }
 
 pub(crate) fn is_dot(name: &CStr) -> bool {
@@ -430,20 +380,39 @@ mod tests {
         assert!(check_name(&[b'a'; 255]).is_ok());
     }
 
+    /// The export of `dir` by this process, as its owner would be served.
+    fn open_dir(dir: &std::path::Path) -> ExportFs {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(dir).unwrap();
+        let e = super::super::Export {
+            name: "/x".into(),
+            host_path: dir.canonicalize().unwrap(),
+            dir_id: (m.dev(), m.ino()),
+            read_only: false,
+            allow_root: true,
+        };
+        super::super::open::open_export(&e, &[]).unwrap()
+    }
+
     #[test]
     fn handles_resolve_after_a_fresh_index_through_the_scan() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(tmp.path().join("a/b/c")).unwrap();
         std::fs::write(tmp.path().join("a/b/c/f.txt"), b"hi").unwrap();
-        let fs = ExportFs::open("/x", tmp.path(), false, 0, 0).unwrap();
+        let fs = open_dir(tmp.path());
         let st = rustix::fs::stat(tmp.path().join("a/b/c/f.txt")).unwrap();
         let h = Handle::decode(&fs.handle(&st)).unwrap();
         let loc = fs.resolve(&h).unwrap();
         assert_eq!(loc.name.as_deref(), Some(c"f.txt"));
-        // Gone on the host: STALE, and no second scan.
+        // Gone on the host: STALE once a scan did not find it, then at once.
         std::fs::remove_file(tmp.path().join("a/b/c/f.txt")).unwrap();
         assert_eq!(fs.resolve(&h).err(), Some(Status::Stale));
+        let t = std::time::Instant::now();
         assert_eq!(fs.resolve(&h).err(), Some(Status::Stale));
+        assert!(
+            t.elapsed() < super::super::index::MIN_COOLDOWN,
+            "no second scan"
+        );
         // Same key, other type: STALE.
         let dir = rustix::fs::stat(tmp.path().join("a")).unwrap();
         let wrong = Handle {

@@ -41,6 +41,8 @@ pub(crate) enum Status {
     NotSupp = 10004,
     TooSmall = 10005,
     ServerFault = 10006,
+    /// "Try again later": the server is still looking for the object (`index.rs`).
+    Jukebox = 10008,
 }
 
 pub(crate) type NfsResult<T> = Result<T, Status>;

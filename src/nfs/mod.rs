@@ -1,15 +1,24 @@
 //! Embedded NFSv3 server: serves a machine's shared project directories to its guest.
 //!
-//! What it exposes: [`NfsServer::start`] with an [`NfsConfig`] (bind address = the
-//! machine's host-side IP, the one allowed client = the guest's IP, and the [`Export`]s),
-//! [`NfsServer::mounts`] giving one [`GuestMount`] per export, and [`mount_line`], the
-//! command the guest runs for each. All exports are served on one TCP port, which carries
-//! NFS v3, MOUNT v3 and a minimal PORTMAP, so the guest needs neither rpcbind nor
-//! `mount.nfs` (`port=`/`mountport=` point the kernel at it).
+//! What it exposes: [`NfsServer::start`] with an [`NfsConfig`] (bind address and device =
+//! the host's end of the machine's share link, the one allowed client = the guest's end, the
+//! [`Export`]s, and the directories never to serve), [`NfsServer::mounts`] giving one
+//! [`GuestMount`] per export, and [`mount_line`], the command the guest runs for each. All
+//! exports are served on one TCP port, which carries NFS v3, MOUNT v3 and a minimal PORTMAP,
+//! so the guest needs neither rpcbind nor `mount.nfs` (`port=`/`mountport=` point the kernel
+//! at it).
+//!
+//! Security model (README, "File sharing"): only the guest's kernel client can connect (the
+//! guest's address from a reserved port, `AUTH_UNIX`, on a device only its NFS client uses);
+//! every operation runs with the export owner's filesystem identity (`identity.rs`) and
+//! never sets a set-ID bit (`ops.rs`); devbox's own state and cache directories are hidden
+//! wherever they appear (`open.rs`, `fs.rs`); an export is opened without following symlinks
+//! and must be the directory recorded when it was chosen (`open.rs`).
 //!
 //! Tasks: one accept task, and per connection a reader and a writer task; each request is
-//! handled on tokio's blocking pool (`server.rs`). Dropping the
-//! [`NfsServer`] or calling [`NfsServer::shutdown`] stops them all.
+//! handled on tokio's blocking pool (`server.rs`); per export, a scanner thread when a
+//! handle must be looked for (`index.rs`). Dropping the [`NfsServer`] or calling
+//! [`NfsServer::shutdown`] stops the tasks; a running scan ends on its own.
 //!
 //! Why our own protocol layer instead of `nfsserve`/`nfs3_server` (research services.md §1):
 //! both crates own the accept loop with no per-connection hook (no peer allowlist), both
@@ -22,16 +31,21 @@
 //! 5531 record marking) is small enough to own instead, with a decoder that never allocates
 //! from wire lengths (`xdr.rs`).
 //!
-//! Layout: `rpc.rs` (records, call/reply headers), `xdr.rs`, `proto.rs` (dispatch, MOUNT,
-//! PORTMAP), `nfs3.rs` (NFS procedures), `ops.rs` (operations on an export), `fs.rs`
-//! (confined resolution, handle index), `attr.rs` (attributes, uid/gid mapping),
-//! `handle.rs` (handles and status codes).
+//! Layout: `rpc.rs` (records, call/reply headers, credentials), `xdr.rs`, `proto.rs`
+//! (dispatch, credential checks, MOUNT, PORTMAP), `nfs3.rs` (NFS procedures), `ops.rs`
+//! (operations on an export), `fs.rs` (confined resolution, hidden objects), `index.rs`
+//! (handle index and the scanner thread), `open.rs` (opening an export at start),
+//! `identity.rs` (the owner's filesystem identity), `attr.rs` (attributes, uid/gid mapping),
+//! `handle.rs` (handles and status codes), `server.rs` (connections and their limits).
 
 mod attr;
 mod error;
 mod fs;
 mod handle;
+mod identity;
+mod index;
 mod nfs3;
+mod open;
 mod ops;
 mod proto;
 mod rpc;
@@ -42,27 +56,32 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use error::NfsError;
+pub use server::IDLE_TIMEOUT;
 
-/// One shared directory.
+/// One shared directory. Its owner (the owner of `host_path`) is the identity the server
+/// takes for every operation on it (`identity.rs`): files the guest creates belong to them,
+/// and files they own appear to the guest as owned by uid/gid 0.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Export {
     /// Export path the guest mounts, e.g. `/home/alice/src` (absolute, normalised).
     pub name: String,
-    /// The host directory served.
+    /// The host directory served: absolute and canonical; opened without following
+    /// symlinks.
     pub host_path: PathBuf,
+    /// `(st_dev, st_ino)` the directory must have (recorded when the share was chosen).
+    pub dir_id: (u64, u64),
     /// Every mutation is refused with NFS3ERR_ROFS.
     pub read_only: bool,
-    /// Host user and group that own the share: files the guest creates belong to them, and
-    /// files they own appear to the guest as owned by uid/gid 0.
-    pub uid: u32,
-    pub gid: u32,
+    /// Serve the directory even though root owns it (the server then acts as root on it);
+    /// otherwise a root-owned directory is refused.
+    pub allow_root: bool,
 }
 
 /// What [`NfsServer::start`] serves, where, and to whom.
@@ -70,11 +89,23 @@ pub struct Export {
 pub struct NfsConfig {
     /// The machine's host-side address; never a wildcard.
     pub bind: IpAddr,
+    /// The network device the listening socket is bound to (`SO_BINDTODEVICE`): connections
+    /// arriving on any other device are refused by the kernel, even for `bind`'s address
+    /// (Linux delivers a packet for any local address whatever the device it came in on).
+    pub bind_device: Option<String>,
     /// 0 picks a free port.
     pub port: u16,
-    /// The guest's address; connections from any other peer are closed unread.
+    /// The guest's address; connections from any other peer, or from a port that is not
+    /// a reserved one (below 1024), are closed unread.
     pub allowed_client: IpAddr,
     pub exports: Vec<Export>,
+    /// Directories never served, wherever they appear in an export (devbox's state and image
+    /// cache directories); an export that is one of them, or inside one, is refused.
+    /// Absolute and canonical.
+    pub hidden: Vec<PathBuf>,
+    /// A connection with nothing in flight that sends nothing for this long is closed
+    /// ([`IDLE_TIMEOUT`] in devbox).
+    pub idle_timeout: Duration,
 }
 
 /// How the guest mounts one export.
@@ -116,17 +147,10 @@ impl NfsServer {
                     name: e.name.clone(),
                 });
             }
-            let opened = fs::ExportFs::open(&e.name, &e.host_path, e.read_only, e.uid, e.gid)
-                .map_err(|source| NfsError::ExportDir {
-                    name: e.name.clone(),
-                    path: e.host_path.clone(),
-                    source,
-                })?;
-            exports.push(opened);
+            exports.push(open::open_export(e, &cfg.hidden)?);
         }
         let want = SocketAddr::new(cfg.bind, cfg.port);
-        let listener = TcpListener::bind(want)
-            .await
+        let listener = listen(want, cfg.bind_device.as_deref())
             .map_err(|source| NfsError::Bind { addr: want, source })?;
         let addr = listener
             .local_addr()
@@ -140,6 +164,7 @@ impl NfsServer {
         let task = tokio::spawn(server::accept_loop(
             listener,
             cfg.allowed_client,
+            cfg.idle_timeout,
             shared,
             stop_rx,
         ));
@@ -196,6 +221,21 @@ impl Drop for NfsServer {
             task.abort();
         }
     }
+}
+
+fn listen(addr: SocketAddr, device: Option<&str>) -> std::io::Result<TcpListener> {
+    let sock = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    sock.set_reuseaddr(true)?;
+    if let Some(dev) = device {
+        // Since Linux 5.7 no capability is needed for this (on a socket not yet bound to a
+        // device).
+        sock.bind_device(Some(dev.as_bytes()))?;
+    }
+    sock.bind(addr)?;
+    sock.listen(64)
 }
 
 /// The busybox `mount` command the guest runs for `m` at `guest_path`.
@@ -301,9 +341,12 @@ mod tests {
     async fn wildcard_bind_and_client_are_refused() {
         let cfg = NfsConfig {
             bind: "0.0.0.0".parse().unwrap(),
+            bind_device: None,
             port: 0,
             allowed_client: "127.0.0.1".parse().unwrap(),
             exports: vec![],
+            hidden: vec![],
+            idle_timeout: IDLE_TIMEOUT,
         };
         let err = NfsServer::start(cfg.clone()).await.err().unwrap();
         assert!(matches!(err, NfsError::WildcardBind { .. }));

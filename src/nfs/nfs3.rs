@@ -1,9 +1,12 @@
 //! NFS version 3 procedures (RFC 1813 §3): argument decoding, the call into the export,
 //! and result encoding. Arguments are always decoded completely before anything is done.
+//! Each procedure runs with the filesystem identity of the owner of the export its (first)
+//! handle names ([`call`], `identity.rs`).
 
 use super::attr::{Attr, FATTR_SIZE, get_sattr, put_fattr, put_post_op, put_wcc};
 use super::fs::{ExportFs, Loc, is_dot, key_of, read_dir_from};
 use super::handle::{HANDLE_LEN, Handle, Kind, NfsResult, Status};
+use super::identity::AsOwner;
 use super::ops::{CreateHow, Stable};
 use super::proto::Shared;
 use super::rpc::{Cred, MAX_IO, MAX_RECORD};
@@ -21,6 +24,11 @@ const FSF3_HOMOGENEOUS: u32 = 8;
 const FSF3_CANSETTIME: u32 = 16;
 
 /// Dispatches one NFS call; `Ok(false)` means an unknown procedure (PROC_UNAVAIL).
+///
+/// Every procedure but NULL starts with a file handle; the procedure runs as the owner of
+/// that handle's export. A handle of no export needs no identity: it is answered
+/// BADHANDLE/STALE without touching the filesystem. If the identity cannot be taken, the
+/// procedure is not run (SERVERFAULT, which every procedure's result allows).
 pub(crate) fn call(
     shared: &Shared,
     cred: Cred,
@@ -28,6 +36,20 @@ pub(crate) fn call(
     r: &mut XdrReader<'_>,
     w: &mut XdrWriter,
 ) -> XdrResult<bool> {
+    if proc_ == 0 || proc_ > 21 {
+        return Ok(proc_ == 0);
+    }
+    let export = fh(&mut XdrReader::new(r.rest()))
+        .ok()
+        .and_then(|fh| Handle::decode(fh).ok())
+        .and_then(|h| shared.exports.iter().find(|e| e.id == h.export));
+    let _as_owner = match export.map(|e| AsOwner::enter(&e.owner)).transpose() {
+        Ok(guard) => guard,
+        Err(_) => {
+            fail_without_attributes(w, proc_, Status::ServerFault);
+            return Ok(true);
+        }
+    };
     match proc_ {
         0 => {}
         1 => getattr(shared, r, w)?,
@@ -54,6 +76,24 @@ pub(crate) fn call(
         _ => return Ok(false),
     }
     Ok(true)
+}
+
+/// A failed result of procedure `proc_` with every optional attribute absent.
+fn fail_without_attributes(w: &mut XdrWriter, proc_: u32, s: Status) {
+    status(w, s);
+    // How many `bool`s the failure arm of each result starts its attributes with: none for
+    // GETATTR, one post_op_attr, one wcc_data (two), LINK's post_op_attr and wcc_data,
+    // RENAME's two wcc_data.
+    let absent = match proc_ {
+        1 => 0,
+        3 | 4 | 5 | 6 | 16 | 17 | 18 | 19 | 20 => 1,
+        15 => 3,
+        14 => 4,
+        _ => 2,
+    };
+    for _ in 0..absent {
+        w.bool(false);
+    }
 }
 
 fn fh<'a>(r: &mut XdrReader<'a>) -> XdrResult<&'a [u8]> {
@@ -164,28 +204,51 @@ fn lookup(shared: &Shared, r: &mut XdrReader<'_>, w: &mut XdrWriter) -> XdrResul
     Ok(())
 }
 
-/// ACCESS from the attributes the guest sees (after uid/gid mapping), so the answer agrees
-/// with what the guest kernel would decide itself; the guest's root may do anything except
-/// execute a file without any x bit, and nothing may modify a read-only export.
-fn allowed(e: &ExportFs, a: &Attr, cred: Cred) -> u32 {
+/// ACCESS: what the guest's caller may do, by the attributes the guest sees (after uid/gid
+/// mapping, so the answer agrees with what the guest kernel would decide itself: the guest's
+/// root may do anything but execute a file without any x bit), limited to what the share's
+/// owner may do on the host (the identity every operation runs with), and without any
+/// modification on a read-only export.
+fn allowed(e: &ExportFs, a: &Attr, host_uid: u32, host_gid: u32, cred: Cred) -> u32 {
     let dir = a.kind == Kind::Dir;
     let x = if dir { ACCESS_LOOKUP } else { ACCESS_EXECUTE };
     let write = ACCESS_MODIFY | ACCESS_EXTEND | ACCESS_DELETE;
-    let mut bits = if cred.uid == 0 {
-        let exec = dir || a.mode & 0o111 != 0;
-        ACCESS_READ | write | if exec { x } else { 0 }
-    } else {
-        let class = if a.uid == cred.uid {
-            a.mode >> 6
-        } else if a.gid == cred.gid {
-            a.mode >> 3
-        } else {
-            a.mode
-        } & 7;
+    let by_class = |class: u32| {
         (if class & 4 != 0 { ACCESS_READ } else { 0 })
             | (if class & 2 != 0 { write } else { 0 })
             | (if class & 1 != 0 { x } else { 0 })
     };
+    let root = |mode: u32| {
+        let exec = dir || mode & 0o111 != 0;
+        ACCESS_READ | write | if exec { x } else { 0 }
+    };
+    let guest = if cred.uid == 0 {
+        root(a.mode)
+    } else {
+        by_class(
+            if a.uid == cred.uid {
+                a.mode >> 6
+            } else if a.gid == cred.gid {
+                a.mode >> 3
+            } else {
+                a.mode
+            } & 7,
+        )
+    };
+    let owner = if e.owner.uid == 0 {
+        root(a.mode)
+    } else {
+        by_class(
+            if host_uid == e.owner.uid {
+                a.mode >> 6
+            } else if host_gid == e.owner.gid {
+                a.mode >> 3
+            } else {
+                a.mode
+            } & 7,
+        )
+    };
+    let mut bits = guest & owner;
     if e.read_only {
         bits &= !write;
     }
@@ -200,7 +263,7 @@ fn access(shared: &Shared, cred: Cred, r: &mut XdrReader<'_>, w: &mut XdrWriter)
             let a = e.attr(&loc.st);
             status(w, Status::Ok);
             put_post_op(w, Some(&a));
-            w.u32(wanted & allowed(e, &a, cred));
+            w.u32(wanted & allowed(e, &a, loc.st.st_uid, loc.st.st_gid, cred));
         }
         Err(s) => {
             status(w, s);
@@ -403,22 +466,30 @@ fn rename(shared: &Shared, r: &mut XdrReader<'_>, w: &mut XdrWriter) -> XdrResul
     let from_name = name(r)?;
     let to_fh = fh(r)?;
     let to_name = name(r)?;
+    // Between exports: refused before the second handle is resolved, which would be done
+    // with the first export owner's identity.
+    let export_of = |fh: &[u8]| Handle::decode(fh).map(|h| h.export);
+    if let (Ok(a), Ok(b)) = (export_of(from_fh), export_of(to_fh))
+        && a != b
+    {
+        status(w, Status::XDev);
+        put_wcc(w, None, None);
+        put_wcc(w, None, None);
+        return Ok(());
+    }
     let result = resolve(shared, from_fh).and_then(|(e, from)| {
-        let (e2, to) = resolve(shared, to_fh)?;
-        Ok((e, from, e2, to))
+        let (_, to) = resolve(shared, to_fh)?;
+        Ok((e, from, to))
     });
     match result {
-        Ok((e, from, e2, to)) => {
-            let s = if !std::ptr::eq(e, e2) {
-                Status::XDev
-            } else {
-                e.rename(&from, from_name, &to, to_name)
-                    .err()
-                    .unwrap_or(Status::Ok)
-            };
+        Ok((e, from, to)) => {
+            let s = e
+                .rename(&from, from_name, &to, to_name)
+                .err()
+                .unwrap_or(Status::Ok);
             status(w, s);
             put_wcc(w, Some(&e.attr(&from.st)), e.attr_now(&from).as_ref());
-            put_wcc(w, Some(&e2.attr(&to.st)), e2.attr_now(&to).as_ref());
+            put_wcc(w, Some(&e.attr(&to.st)), e.attr_now(&to).as_ref());
         }
         Err(s) => {
             status(w, s);
@@ -497,11 +568,15 @@ fn list(
             continue;
         }
         let st = rustix::fs::statat(&dirfd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW);
-        let fileid = match &st {
-            Ok(st) => e.fileid(key_of(st)),
+        let key = match &st {
+            Ok(st) => key_of(st),
             Err(_) if plus => continue, // vanished since listed
-            Err(_) => e.fileid((dir.key().0, entry.ino())),
+            Err(_) => (dir.key().0, entry.ino()),
         };
+        if !e.visible(key) {
+            continue;
+        }
+        let fileid = e.fileid(key);
         let name = name.to_bytes();
         let dir_part = 4 + 8 + XdrWriter::opaque_size(name.len()) + 8;
         let plus_part = if plus {
@@ -523,7 +598,7 @@ fn list(
         out.u64(entry.offset() as u64);
         if plus {
             let st = st.map_err(Status::from)?;
-            e.remember(dir.key(), name, key_of(&st));
+            e.remember(dir.key(), name, &st);
             put_post_op(&mut out, Some(&e.attr(&st)));
             out.bool(true);
             put_fh(&mut out, &e.handle(&st));

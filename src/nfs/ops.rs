@@ -1,19 +1,27 @@
 //! The NFS operations on one export, on top of the confined resolution of `fs.rs`.
 //!
-//! Every mutation first checks [`ExportFs::writable`] (NFS3ERR_ROFS on read-only exports).
-//! Objects are opened with `O_NOFOLLOW` and re-checked by `fstat` ([`Loc::open`]); objects
-//! that must not be opened (symlinks, sockets, devices) are only touched with `*at` calls
-//! that do not follow symlinks. Created objects get the mode the guest asked for (the
-//! supervisor's umask does not apply: the guest already applied its own) and are chowned
-//! to the export's host user and group.
+//! Every operation runs with the share owner's filesystem identity (`identity.rs`, taken by
+//! `nfs3.rs` for the whole procedure), so the kernel decides what is allowed as it would for
+//! the owner. Every mutation first checks [`ExportFs::writable`] (NFS3ERR_ROFS on read-only
+//! exports). Objects are opened with `O_NOFOLLOW` and re-checked by `fstat` ([`Loc::open`]);
+//! attributes are changed through an `O_PATH` descriptor of the object itself, so symlinks,
+//! sockets and devices are never opened or followed. Created objects get the mode the guest
+//! asked for (the supervisor's umask does not apply: the guest already applied its own) and
+//! belong to the export's owner.
+//!
+//! Set-user-ID and set-group-ID bits are never set from the guest: CREATE and MKDIR drop them
+//! from the mode asked for, and SETATTR keeps only those the object already has (so `chmod`
+//! can clear them, or keep the host's, never add one). The guest's root is the share's owner,
+//! and a set-ID file made through the share would run with that identity for whoever starts
+//! it on the host.
 
 use std::ffi::CString;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use rustix::fs::{AtFlags, Gid, Mode, OFlags, Stat, Timespec, Timestamps, Uid};
 
 use super::attr::{Attr, Sattr, SetTime};
-use super::fs::{ExportFs, Loc, check_name, key_of, kind_of};
+use super::fs::{ExportFs, Loc, check_name, key_of, kind_of, mode_of};
 use super::handle::{Kind, NfsResult, Status};
 use super::rpc::MAX_IO;
 
@@ -104,70 +112,50 @@ impl ExportFs {
         }
         let uid = s.uid.map(|u| self.host_uid(u)).transpose()?;
         let gid = s.gid.map(|g| self.host_gid(g)).transpose()?;
+        // What cannot be done is refused before anything is changed.
+        let plain = matches!(loc.kind(), Kind::Reg | Kind::Dir | Kind::Fifo);
+        if s.mode.is_some() && !plain {
+            // Modes of symlinks, sockets and devices: not set through the share.
+            return Err(Status::NotSupp);
+        }
+        if s.size.is_some() && loc.kind() != Kind::Reg {
+            return Err(if plain {
+                Status::Inval
+            } else {
+                Status::NotSupp
+            });
+        }
+        if let Some(size) = s.size {
+            let fd = loc.open(OFlags::WRONLY)?;
+            rustix::fs::ftruncate(&fd, size)?;
+        }
         let times = Timestamps {
             last_access: ts(s.atime),
             last_modification: ts(s.mtime),
         };
         let set_times = s.atime != SetTime::Keep || s.mtime != SetTime::Keep;
-        match loc.kind() {
-            Kind::Reg | Kind::Dir | Kind::Fifo => {
-                let flags = if s.size.is_some() {
-                    if loc.kind() != Kind::Reg {
-                        return Err(Status::Inval);
-                    }
-                    OFlags::WRONLY
-                } else {
-                    OFlags::RDONLY
-                };
-                let fd = loc.open(flags)?;
-                self.apply_fd(&fd, s, uid, gid)?;
-                if set_times {
-                    rustix::fs::futimens(&fd, &times)?;
-                }
-            }
-            // Never opened: a symlink would be followed, a device could act on open.
-            _ => {
-                let name = loc.name.as_ref().ok_or(Status::Inval)?;
-                if s.mode.is_some() || s.size.is_some() {
-                    return Err(Status::NotSupp);
-                }
-                if uid.is_some() || gid.is_some() {
-                    rustix::fs::chownat(
-                        &loc.dir,
-                        name.as_c_str(),
-                        uid.map(Uid::from_raw),
-                        gid.map(Gid::from_raw),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )?;
-                }
-                if set_times {
-                    rustix::fs::utimensat(
-                        &loc.dir,
-                        name.as_c_str(),
-                        &times,
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )?;
-                }
-            }
+        if uid.is_none() && gid.is_none() && s.mode.is_none() && !set_times {
+            return Ok(());
         }
-        Ok(())
-    }
-
-    fn apply_fd(
-        &self,
-        fd: &OwnedFd,
-        s: &Sattr,
-        uid: Option<u32>,
-        gid: Option<u32>,
-    ) -> NfsResult<()> {
-        if let Some(size) = s.size {
-            rustix::fs::ftruncate(fd, size)?;
-        }
+        // The object itself, not opened for reading or writing: its owner may change its
+        // attributes whatever its permission bits.
+        let fd = loc.open_path()?;
         if uid.is_some() || gid.is_some() {
-            rustix::fs::fchown(fd, uid.map(Uid::from_raw), gid.map(Gid::from_raw))?;
+            rustix::fs::chownat(
+                &fd,
+                c"",
+                uid.map(Uid::from_raw),
+                gid.map(Gid::from_raw),
+                AtFlags::EMPTY_PATH,
+            )?;
         }
         if let Some(mode) = s.mode {
-            rustix::fs::fchmod(fd, Mode::from_raw_mode((mode & 0o7777) as _))?;
+            // After the chown, which may have cleared set-ID bits.
+            let now = mode_of(&rustix::fs::fstat(&fd)?);
+            chmod_path_fd(&fd, (mode & 0o1777) | (mode & now & 0o6000))?;
+        }
+        if set_times {
+            rustix::fs::utimensat(&fd, c"", &times, AtFlags::EMPTY_PATH)?;
         }
         Ok(())
     }
@@ -175,11 +163,11 @@ impl ExportFs {
     /// Gives a newly created object to the export's owner.
     fn own(&self, fd: &OwnedFd) -> NfsResult<()> {
         let st = rustix::fs::fstat(fd)?;
-        if st.st_uid != self.uid || st.st_gid != self.gid {
+        if st.st_uid != self.owner.uid || st.st_gid != self.owner.gid {
             rustix::fs::fchown(
                 fd,
-                Some(Uid::from_raw(self.uid)),
-                Some(Gid::from_raw(self.gid)),
+                Some(Uid::from_raw(self.owner.uid)),
+                Some(Gid::from_raw(self.owner.gid)),
             )?;
         }
         Ok(())
@@ -238,7 +226,11 @@ impl ExportFs {
         if loc.kind() != Kind::Reg {
             return Err(Status::Inval);
         }
-        let fd = loc.open(OFlags::RDONLY)?;
+        // A file its owner may write but not read (mode 0200) is committed all the same.
+        let fd = match loc.open(OFlags::RDONLY) {
+            Err(Status::Acces) => loc.open(OFlags::WRONLY)?,
+            other => other?,
+        };
         rustix::fs::fsync(&fd)?;
         Ok(())
     }
@@ -246,7 +238,11 @@ impl ExportFs {
     /// Opens (creating or not) `name` in `dir`, registers it, and returns its location.
     fn child_loc(&self, dir: &Loc, dirfd: OwnedFd, name: CString) -> NfsResult<Loc> {
         let st = rustix::fs::statat(&dirfd, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
-        self.remember(dir.key(), name.as_bytes(), key_of(&st));
+        if !self.visible(key_of(&st)) {
+            // A hidden object under this name: not the guest's to create or open.
+            return Err(Status::Exist);
+        }
+        self.remember(dir.key(), name.as_bytes(), &st);
         Ok(Loc {
             dir: dirfd,
             name: Some(name),
@@ -257,7 +253,7 @@ impl ExportFs {
     pub(crate) fn create(&self, dir: &Loc, name: &[u8], how: &CreateHow) -> NfsResult<Loc> {
         self.writable()?;
         let cname = check_name(name).map_err(dots_exist(name))?;
-        let dirfd = dir.open_dir()?;
+        let dirfd = dir.open_dir_path()?;
         let base = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
         let created = rustix::fs::openat(
             &dirfd,
@@ -267,7 +263,7 @@ impl ExportFs {
         );
         match (created, how) {
             (Ok(fd), CreateHow::Unchecked(s) | CreateHow::Guarded(s)) => {
-                self.finish_new(&dirfd, &cname, &fd, s.mode.unwrap_or(0o644))?;
+                self.finish_new(&dirfd, &cname, &fd, s.mode.unwrap_or(0o644) & 0o1777)?;
                 let loc = self.child_loc(dir, dirfd, cname)?;
                 self.apply(&loc, &creation_sattr(s))?;
                 Ok(loc)
@@ -316,7 +312,7 @@ impl ExportFs {
         mode: u32,
     ) -> NfsResult<()> {
         let result = self.own(fd).and_then(|()| {
-            rustix::fs::fchmod(fd, Mode::from_raw_mode((mode & 0o7777) as _)).map_err(Status::from)
+            rustix::fs::fchmod(fd, Mode::from_raw_mode(mode as _)).map_err(Status::from)
         });
         if result.is_err() {
             let is_dir = rustix::fs::fstat(fd).map(|st| kind_of(&st) == Kind::Dir);
@@ -333,7 +329,7 @@ impl ExportFs {
     pub(crate) fn mkdir(&self, dir: &Loc, name: &[u8], s: &Sattr) -> NfsResult<Loc> {
         self.writable()?;
         let cname = check_name(name).map_err(dots_exist(name))?;
-        let dirfd = dir.open_dir()?;
+        let dirfd = dir.open_dir_path()?;
         rustix::fs::mkdirat(&dirfd, cname.as_c_str(), Mode::from_raw_mode(0o700))?;
         let fd = rustix::fs::openat(
             &dirfd,
@@ -341,7 +337,11 @@ impl ExportFs {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        self.finish_new(&dirfd, &cname, &fd, s.mode.unwrap_or(0o755))?;
+        // A directory made in a set-group-ID one inherits that bit from the host, which is
+        // the host's choice: kept. None is added from the guest's mode.
+        let inherited = mode_of(&rustix::fs::fstat(&fd)?) & 0o2000;
+        let mode = (s.mode.unwrap_or(0o755) & 0o1777) | inherited;
+        self.finish_new(&dirfd, &cname, &fd, mode)?;
         let loc = self.child_loc(dir, dirfd, cname)?;
         self.apply(&loc, &creation_sattr(s))?;
         Ok(loc)
@@ -356,13 +356,13 @@ impl ExportFs {
         if target.as_bytes().is_empty() {
             return Err(Status::Inval);
         }
-        let dirfd = dir.open_dir()?;
+        let dirfd = dir.open_dir_path()?;
         rustix::fs::symlinkat(target.as_c_str(), &dirfd, cname.as_c_str())?;
         let owned = rustix::fs::chownat(
             &dirfd,
             cname.as_c_str(),
-            Some(Uid::from_raw(self.uid)),
-            Some(Gid::from_raw(self.gid)),
+            Some(Uid::from_raw(self.owner.uid)),
+            Some(Gid::from_raw(self.owner.gid)),
             AtFlags::SYMLINK_NOFOLLOW,
         );
         if let Err(e) = owned {
@@ -384,8 +384,9 @@ impl ExportFs {
     pub(crate) fn remove(&self, dir: &Loc, name: &[u8], rmdir: bool) -> NfsResult<()> {
         self.writable()?;
         let cname = check_name(name)?;
-        let dirfd = dir.open_dir()?;
+        let dirfd = dir.open_dir_path()?;
         let st = rustix::fs::statat(&dirfd, cname.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+        self.movable(&st)?;
         let is_dir = kind_of(&st) == Kind::Dir;
         match (rmdir, is_dir) {
             (false, true) => return Err(Status::IsDir),
@@ -414,21 +415,37 @@ impl ExportFs {
         self.writable()?;
         let from = check_name(from)?;
         let to = check_name(to)?;
-        let from_fd = from_dir.open_dir()?;
-        let to_fd = to_dir.open_dir()?;
+        let from_fd = from_dir.open_dir_path()?;
+        let to_fd = to_dir.open_dir_path()?;
         let st = rustix::fs::statat(&from_fd, from.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+        self.movable(&st)?;
+        match rustix::fs::statat(&to_fd, to.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            // Replacing a hidden object, or a directory leading to one: refused alike.
+            Ok(target) => self.movable(&target).map_err(|_| Status::Acces)?,
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
         rustix::fs::renameat(&from_fd, from.as_c_str(), &to_fd, to.as_c_str())?;
-        self.remember(to_dir.key(), to.as_bytes(), key_of(&st));
+        self.remember(to_dir.key(), to.as_bytes(), &st);
         Ok(())
     }
 
     pub(crate) fn statvfs(&self, loc: &Loc) -> NfsResult<rustix::fs::StatVfs> {
         let fd = match loc.kind() {
-            Kind::Dir => loc.open_dir()?,
+            Kind::Dir => loc.open_dir_path()?,
             _ => loc.dir.try_clone().map_err(|_| Status::ServerFault)?,
         };
         Ok(rustix::fs::fstatvfs(&fd)?)
     }
+}
+
+/// `chmod` of the object an `O_PATH` descriptor stands for: through its `/proc/self/fd`
+/// link, which names that very object (`fchmod` refuses `O_PATH` descriptors, and
+/// `fchmodat` with `AT_EMPTY_PATH` needs Linux 6.6).
+fn chmod_path_fd(fd: &OwnedFd, mode: u32) -> NfsResult<()> {
+    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    rustix::fs::chmod(link.as_str(), Mode::from_raw_mode(mode as _))?;
+    Ok(())
 }
 
 /// What of a CREATE/MKDIR `sattr3` is applied after creation: the mode was set at creation,

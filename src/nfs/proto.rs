@@ -1,9 +1,16 @@
 //! One RPC record in, one reply out: program/version dispatch, MOUNT v3 (RFC 1813 §5) and
 //! the single PORTMAP call a client may make to this port.
+//!
+//! Credentials: every MOUNT and NFS procedure but NULL needs `AUTH_UNIX` (the Linux client's
+//! default); any other flavor is refused with AUTH_TOOWEAK, a malformed one with
+//! AUTH_BADCRED (RFC 5531 §9). NULL is answered whatever the flavor: the Linux client pings
+//! with `AUTH_NONE`. Together with the reserved source port (`server.rs`), this is knfsd's
+//! `secure` + `sec=sys`; which process in the guest may use those is the guest's firewall's
+//! business (README, "Who can reach a share").
 
 use super::fs::ExportFs;
 use super::nfs3;
-use super::rpc::{Accept, accepted, parse_call, rpc_mismatch};
+use super::rpc::{Accept, Auth, AuthStat, accepted, auth_error, parse_call, rpc_mismatch};
 use super::xdr::{Garbage, XdrReader, XdrResult, XdrWriter};
 
 const PMAP_PROG: u32 = 100_000;
@@ -42,11 +49,18 @@ pub(crate) fn handle_record(shared: &Shared, record: &[u8]) -> Option<Vec<u8>> {
         let reply = accepted(call.xid, Accept::ProgMismatch, (version, version));
         return Some(reply.into_bytes());
     }
+    let cred = match (call.prog, call.proc_, call.auth) {
+        (_, _, Auth::Unix(cred)) => Some(cred),
+        (PMAP_PROG, _, _) | (_, 0, _) => None,
+        (_, _, Auth::Bad) => return Some(auth_error(call.xid, AuthStat::BadCred).into_bytes()),
+        (_, _, Auth::Weak) => return Some(auth_error(call.xid, AuthStat::TooWeak).into_bytes()),
+    };
     let mut w = accepted(call.xid, Accept::Success, (0, 0));
     let mut r = XdrReader::new(call.args);
-    let result = match call.prog {
-        NFS_PROG => nfs3::call(shared, call.cred, call.proc_, &mut r, &mut w),
-        MOUNT_PROG => mount(shared, call.proc_, &mut r, &mut w),
+    let result = match (call.prog, cred) {
+        (NFS_PROG, Some(cred)) => nfs3::call(shared, cred, call.proc_, &mut r, &mut w),
+        (NFS_PROG, None) => Ok(true), // NULL
+        (MOUNT_PROG, _) => mount(shared, call.proc_, &mut r, &mut w),
         _ => portmap(shared, call.proc_, &mut r, &mut w),
     };
     let reply = match result {
@@ -75,9 +89,8 @@ fn mount(shared: &Shared, proc_: u32, r: &mut XdrReader<'_>, w: &mut XdrWriter) 
                 Some(Ok(fh)) => {
                     w.u32(MNT3_OK);
                     w.opaque(&fh);
-                    w.u32(2);
-                    w.u32(1); // AUTH_UNIX
-                    w.u32(0); // AUTH_NONE
+                    w.u32(1);
+                    w.u32(1); // AUTH_UNIX only
                 }
                 Some(Err(_)) => w.u32(MNT3ERR_SERVERFAULT),
                 None => w.u32(MNT3ERR_NOENT),
@@ -92,7 +105,7 @@ fn mount(shared: &Shared, proc_: u32, r: &mut XdrReader<'_>, w: &mut XdrWriter) 
             for e in &shared.exports {
                 w.bool(true);
                 w.opaque(e.name.as_bytes());
-                w.bool(false); // no group list: access is decided by peer address
+                w.bool(false); // no group list: access is decided by peer address and port
             }
             w.bool(false);
         }

@@ -68,11 +68,30 @@ pub(crate) async fn write_record<W: AsyncWrite + Unpin>(
 
 const AUTH_UNIX: u32 = 1;
 
-/// The caller's identity as sent in `AUTH_UNIX` (uid/gid 65534 for any other flavor).
+/// The caller's identity as sent in `AUTH_UNIX`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Cred {
     pub uid: u32,
     pub gid: u32,
+}
+
+/// The call's credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Auth {
+    Unix(Cred),
+    /// An `AUTH_UNIX` body that does not parse.
+    Bad,
+    /// Another flavor (`AUTH_NONE`, …).
+    Weak,
+}
+
+/// `auth_stat` of a call refused for its credential (RFC 5531 §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthStat {
+    /// Bad credential (seal broken).
+    BadCred = 1,
+    /// Rejected for security reasons.
+    TooWeak = 5,
 }
 
 /// A parsed call header; `args` is the undecoded procedure argument block.
@@ -82,7 +101,7 @@ pub(crate) struct Call<'a> {
     pub prog: u32,
     pub vers: u32,
     pub proc_: u32,
-    pub cred: Cred,
+    pub auth: Auth,
     pub args: &'a [u8],
 }
 
@@ -104,13 +123,10 @@ fn parse_call_body<'a>(r: &mut XdrReader<'a>, xid: u32) -> XdrResult<Call<'a>> {
     let proc_ = r.u32()?;
     let flavor = r.u32()?;
     let body = r.opaque(400)?;
-    let cred = if flavor == AUTH_UNIX {
-        parse_auth_unix(body)?
+    let auth = if flavor == AUTH_UNIX {
+        parse_auth_unix(body).map_or(Auth::Bad, Auth::Unix)
     } else {
-        Cred {
-            uid: 65534,
-            gid: 65534,
-        }
+        Auth::Weak
     };
     let _verf_flavor = r.u32()?;
     r.opaque(400)?;
@@ -120,7 +136,7 @@ fn parse_call_body<'a>(r: &mut XdrReader<'a>, xid: u32) -> XdrResult<Call<'a>> {
         prog,
         vers,
         proc_,
-        cred,
+        auth,
         args: r.rest(),
     })
 }
@@ -165,6 +181,17 @@ pub(crate) fn accepted(xid: u32, stat: Accept, mismatch: (u32, u32)) -> XdrWrite
         w.u32(mismatch.0);
         w.u32(mismatch.1);
     }
+    w
+}
+
+/// A denied reply for a call whose credential is refused.
+pub(crate) fn auth_error(xid: u32, stat: AuthStat) -> XdrWriter {
+    let mut w = XdrWriter::with_capacity(16);
+    w.u32(xid);
+    w.u32(1); // REPLY
+    w.u32(1); // MSG_DENIED
+    w.u32(1); // AUTH_ERROR
+    w.u32(stat as u32);
     w
 }
 

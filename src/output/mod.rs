@@ -1,8 +1,10 @@
 //! The one owner of terminal output: data on stdout (tables, JSON, `devbox ip`), messages,
 //! progress and errors on stderr. Colour only on a terminal and never with `NO_COLOR`;
-//! spinners only on a terminal. Which hint goes with an error is `diagnostics`' business.
+//! spinners only on a terminal. Which hint goes with an error is `diagnostics`' business;
+//! making guest-written text safe to print is `guest_text`'s.
 
 pub mod diagnostics;
+pub mod guest_text;
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;

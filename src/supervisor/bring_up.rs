@@ -31,7 +31,7 @@ use super::state::StateWriter;
 use super::watchers::{self, ResolverWatch};
 use super::{Event, client, control, log, report, sys};
 use crate::host::HostFilter;
-use crate::hypervisor::{self, BootConfig, Hypervisor};
+use crate::hypervisor::{self, BootConfig, Hypervisor, console_log};
 use crate::image::Image;
 use crate::machine::{
     Addressing, Capabilities, GuestAccess, Link, MachineDir, MachineSpec, Store, config_drive,
@@ -108,7 +108,11 @@ impl<'a> Supervisor<'a> {
         let io = self.io_runtime()?;
 
         self.state.step("exporting shares");
-        let (nfs_server, mounts) = sys::start_nfs(&io, self.spec)?;
+        let sys::Shares {
+            server: nfs_server,
+            mounts,
+            nic: share_nic,
+        } = sys::start_nfs(&io, self.spec, &self.store.state_dirs())?;
         if let Some(server) = nfs_server {
             self.parts.hold("NFS server", server);
         }
@@ -127,7 +131,7 @@ impl<'a> Supervisor<'a> {
             Link::DriverNat => net::vmnet_bridges()?,
             Link::Tap | Link::None => Default::default(),
         };
-        let mut vm = Guest::new(self.boot(hv.as_ref(), &image, tap)?);
+        let mut vm = Guest::new(self.boot(hv.as_ref(), &image, tap, share_nic)?);
         control::serve(
             &self.dir.control_socket_path(),
             self.tx.clone(),
@@ -382,6 +386,7 @@ impl<'a> Supervisor<'a> {
         hv: &dyn Hypervisor,
         image: &Image,
         tap: Option<net::Tap>,
+        share_nic: Option<hypervisor::GuestNic>,
     ) -> Result<Box<dyn hypervisor::RunningVm>> {
         rotate_serial_log(self.dir);
         self.state.step("booting");
@@ -395,6 +400,7 @@ impl<'a> Supervisor<'a> {
             config_drive: self.dir.config_drive_path(),
             tap: tap.map(|t| t.into_inheritable_fd()).transpose()?,
             mac: self.spec.network.mac.clone(),
+            share_nic,
             serial_log: self.dir.serial_log_path(),
             monitor_socket: self.dir.qmp_socket_path(),
         })?;
@@ -404,10 +410,11 @@ impl<'a> Supervisor<'a> {
     }
 }
 
-/// The previous boot's console log is kept as `serial.log.1`.
+/// The previous boot's console log is kept as `serial.log.1` (the driver's `ConsoleLog`
+/// rotates the same way when the log fills while the machine runs).
 fn rotate_serial_log(dir: &MachineDir) {
     let log_path = dir.serial_log_path();
     if log_path.exists() {
-        let _ = std::fs::rename(&log_path, log_path.with_extension("log.1"));
+        let _ = std::fs::rename(&log_path, console_log::rotated_path(&log_path));
     }
 }

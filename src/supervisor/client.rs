@@ -307,9 +307,11 @@ pub fn supervisor_log_tail(dir: &MachineDir, n: usize) -> String {
     tail(&dir.supervisor_log_path(), n)
 }
 
+/// The last `n` lines of a log, escaped for the terminal: both logs hold text the guest chose
+/// (its console; container names and aliases in the supervisor's).
 fn tail(path: &std::path::Path, n: usize) -> String {
     let text = std::fs::read(path).unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
+    let text = crate::output::guest_text::escape(&text);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
@@ -374,6 +376,31 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "machine \"dev\" did not become ready: the supervisor exited"
+        );
+    }
+
+    /// `start` prints these tails when a boot fails: the guest's escape sequences are shown
+    /// as text, not sent to the terminal.
+    #[test]
+    fn log_tails_escape_what_the_guest_wrote() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = MachineDir {
+            name: "dev".into(),
+            path: d.path().to_owned(),
+        };
+        std::fs::write(
+            dir.serial_log_path(),
+            "one\r\ntwo \x1b]52;c;aGk=\x07\r\nthree \x1b[2J\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            console_tail(&dir, 2),
+            "two \\u{1b}]52;c;aGk=\\u{7}\nthree \\u{1b}[2J"
+        );
+        std::fs::write(dir.supervisor_log_path(), "alias \x1b]0;x\x07 refused\n").unwrap();
+        assert_eq!(
+            supervisor_log_tail(&dir, 5),
+            "alias \\u{1b}]0;x\\u{7} refused"
         );
     }
 }

@@ -19,12 +19,18 @@
 # devbox's guest options (vers=3, tcp, nolock, noacl, the kernel's default rsize/wsize).
 # Times are host wall-clock of `ssh … CMD`, minus the median of `ssh … true`.
 # Needs root. RUNS (default 3) repeats each workload; medians are printed.
+#
+# BASELINE=/path/to/devbox compares this build with another build of devbox instead (an
+# earlier commit's `target/release/devbox`): a second machine is created and started by that
+# binary (its own image, built by it into the same cache), sharing the same directory, owned
+# by an ordinary user as a home is; the two shares alternate run by run, each guest running
+# its own workload while the other idles. Ganesha, knfsd and 9p are skipped then.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-3}
 BENCH_CACHE=${BENCH_CACHE:-/var/cache/devbox-bench}
 
-if ! command -v ganesha.nfsd >/dev/null || [ ! -e /usr/lib/x86_64-linux-gnu/ganesha/libfsalvfs.so ]; then
+if [ -z "${BASELINE:-}" ] && { ! command -v ganesha.nfsd >/dev/null || [ ! -e /usr/lib/x86_64-linux-gnu/ganesha/libfsalvfs.so ]; }; then
   had_rpcbind=$(pgrep -x rpcbind || true)
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     nfs-ganesha nfs-ganesha-vfs rpcbind >/dev/null
@@ -44,6 +50,7 @@ ip netns add "$NS"
 ip -n "$NS" link set lo up
 cleanup() {
   ip netns exec "$NS" "$DEVBOX" stop --force nfsb >/dev/null 2>&1 || true
+  [ -n "${BASELINE:-}" ] && DEVBOX_HOME=$work/home-baseline ip netns exec "$NS" "$BASELINE" stop --force nfsbase >/dev/null 2>&1 || true
   [ -n "${QPID:-}" ] && kill "$QPID" 2>/dev/null || true
   [ -f "$work/ganesha.pid" ] && kill "$(cat "$work/ganesha.pid")" 2>/dev/null || true
   [ -n "${RPCPID:-}" ] && kill "$RPCPID" 2>/dev/null || true
@@ -61,6 +68,9 @@ for d in $(seq 0 99); do
   mkdir -p "$share/tree/d$d"
   for f in $(seq 0 99); do : > "$share/tree/d$d/f$f"; done
 done
+# A user's directory, as a home or project is: devbox acts with its owner's identity there
+# (and refuses a directory root owns without --allow-root-share).
+chown -R 1000:1000 "$share"
 
 image=$("$DEVBOX" image build --kernel generic 2>/dev/null)
 nsx "$DEVBOX" create nfsb --image "$image" --cpus 2 --memory 2048 --disk-size 4G --share "$share:/mnt/share" >/dev/null 2>&1
@@ -70,14 +80,19 @@ ip=192.168.64.2
 echo "$ip $(cat "$M/ssh_host_ed25519_key.pub")" > "$work/known_hosts"
 ssh_opts=(-i "$M/id_ed25519" -o UserKnownHostsFile="$work/known_hosts" -o StrictHostKeyChecking=yes -o BatchMode=yes -o LogLevel=ERROR)
 g() { nsx ssh "${ssh_opts[@]}" "root@$ip" "$@"; }
-timed() { local t; t=$(now); g "$1" >/dev/null || { echo "workload failed: $1" >&2; return 1; }; echo "$(now) - $t" | bc -l; }
+# The guest a label's workloads run in: the baseline's machine for `baseline`, else this one.
+gl() { local label=$1; shift; if [ "$label" = baseline ]; then gb "$@"; else g "$@"; fi; }
+timed() { local t; t=$(now); gl "$1" "$2" >/dev/null || { echo "workload failed: $2" >&2; return 1; }; echo "$(now) - $t" | bc -l; }
 
 # Each workload RUNS times on every mount given, alternating between them run by run, so
 # that a change in the host's load falls on all of them alike; each time is minus the SSH
 # round trip. Writes the median of each (label, workload) to $work/LABEL-WORKLOAD.
 run_workloads() { # LABEL:MOUNT...
   local base lm label mnt w r seq c t cmd
-  base=$(for _ in 1 2 3 4 5; do timed true; done | median)
+  for lm in "$@"; do
+    label=${lm%%:*}
+    for _ in 1 2 3 4 5; do timed "$label" true; done | median > "$work/$label-base"
+  done
   for w in seq-write seq-read stat-10k create-1k; do
     for r in $(seq "$RUNS"); do
       for lm in "$@"; do
@@ -90,8 +105,8 @@ run_workloads() { # LABEL:MOUNT...
           stat-10k) cmd="echo 3 > /proc/sys/vm/drop_caches; ls -lR $mnt/tree > /dev/null" ;;
           create-1k) cmd="set -e; rm -rf $c; mkdir $c; cd $c; i=0; while [ \$i -lt 1000 ]; do echo x > f\$i; i=\$((i+1)); done" ;;
         esac
-        t=$(timed "$cmd")
-        echo "$t - $base" | bc -l >> "$work/$label-$w.runs"
+        t=$(timed "$label" "$cmd")
+        echo "$t - $(cat "$work/$label-base")" | bc -l >> "$work/$label-$w.runs"
       done
     done
     for lm in "$@"; do
@@ -100,12 +115,35 @@ run_workloads() { # LABEL:MOUNT...
       printf '%-8s %-10s %8.3f s\n' "$label" "$w" "$(cat "$work/$label-$w")" >&2
     done
   done
-  for lm in "$@"; do g "rm -rf ${lm#*:}/c-${lm%%:*} ${lm#*:}/seq-${lm%%:*}"; done
+  for lm in "$@"; do gl "${lm%%:*}" "rm -rf ${lm#*:}/c-${lm%%:*} ${lm#*:}/seq-${lm%%:*}"; done
 }
 nfs_opts="vers=3,proto=tcp,nolock,noacl,mountproto=tcp,addr=$host_ip"
 
 nsx "$DEVBOX" start nfsb >/dev/null 2>&1
 g "mount | grep -q ' /mnt/share type nfs'"
+
+if [ -n "${BASELINE:-}" ]; then
+  # The baseline's own state directory and image (its recipe may differ); its machine takes
+  # the next free host-only /24, since this one's is routed now.
+  bhome=$work/home-baseline
+  bimage=$(DEVBOX_HOME=$bhome "$BASELINE" image build --kernel generic 2>/dev/null)
+  DEVBOX_HOME=$bhome nsx "$BASELINE" create nfsbase --image "$bimage" --cpus 2 --memory 2048 --disk-size 4G --share "$share:/mnt/share" >/dev/null 2>&1
+  DEVBOX_HOME=$bhome nsx "$BASELINE" start nfsbase >/dev/null 2>&1
+  B=$bhome/machines/nfsbase
+  bip=$(grep guest_ip: "$B/machine.yaml" | awk '{print $2}')
+  echo "$bip $(cat "$B/ssh_host_ed25519_key.pub")" >> "$work/known_hosts"
+  gb() { nsx ssh -i "$B/id_ed25519" -o UserKnownHostsFile="$work/known_hosts" -o StrictHostKeyChecking=yes -o BatchMode=yes -o LogLevel=ERROR "root@$bip" "$@"; }
+  gb "mount | grep -q ' /mnt/share type nfs'"
+  run_workloads devbox:/mnt/share baseline:/mnt/share
+  echo
+  echo "ratio = baseline's time / this build's time (> 1: this build is faster); baseline: $BASELINE"
+  printf '%-10s %9s %9s %9s\n' workload devbox baseline ratio
+  for w in seq-write seq-read stat-10k create-1k; do
+    d=$(cat "$work/devbox-$w") b=$(cat "$work/baseline-$w")
+    printf '%-10s %8.3fs %8.3fs %8.2fx\n' "$w" "$d" "$b" "$(echo "$b / $d" | bc -l)"
+  done
+  exit 0
+fi
 
 # The kernel NFS server, where the host kernel has one.
 if grep -qw nfsd /proc/filesystems 2>/dev/null || modprobe -n nfsd 2>/dev/null; then

@@ -17,6 +17,8 @@ pub fn missing_prerequisite() -> Option<String> {
         ("dig", "bind9-dnsutils"),
         ("dnsmasq", "dnsmasq-base"),
         ("pgrep", "procps"),
+        // the raw NFS client of tests/e2e/shares.rs, built statically (libc6-dev's libc.a)
+        ("cc", "gcc"),
     ] {
         if which(prog).is_none() {
             return Some(format!("{prog} is not installed ({pkg})"));

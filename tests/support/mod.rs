@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: golden files and a network namespace per test.
+//! Helpers shared by the integration tests: golden files, a network namespace per test, and
+//! the trials of the test binaries that may not be able to run on every host (`trials`).
 //! Each test crate uses a subset, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
@@ -6,6 +7,7 @@ use std::path::Path;
 
 pub mod cli;
 pub mod guest;
+pub mod trials;
 
 /// Compares `actual` with `tests/golden/<dir>/<name>` (`dir` may be empty).
 /// `UPDATE_GOLDEN=1` rewrites the file instead; review the diff before committing it.
@@ -41,27 +43,17 @@ pub fn ci() -> bool {
 
 /// Runs `f` on a thread inside a fresh network namespace (`unshare(CLONE_NEWNET)` on that
 /// thread only, so the host's interfaces and routes are never touched; the namespace goes
-/// when the thread ends). `None` when skipped: not root, and not under `CI=true`.
+/// when the thread ends). Needs root: a trial that calls it requires [`trials::root`].
 #[cfg(target_os = "linux")]
-pub fn in_new_netns<T: Send>(test: &str, f: impl FnOnce() -> T + Send) -> Option<T> {
+pub fn in_new_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     use nix::sched::{CloneFlags, unshare};
-    use std::io::Write;
-    if !nix::unistd::geteuid().is_root() {
-        let why = format!("{test}: needs root to create a network namespace and a TAP device");
-        if ci() {
-            panic!("{why} (CI=true, so this is a failure)");
-        }
-        // Straight to stderr: libtest captures `eprintln!`, and a skip should be seen.
-        let _ = writeln!(std::io::stderr(), "skipped {why}");
-        return None;
-    }
     std::thread::scope(|s| {
         let worker = s.spawn(|| {
             unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
             f()
         });
         match worker.join() {
-            Ok(v) => Some(v),
+            Ok(v) => v,
             Err(panic) => std::panic::resume_unwind(panic),
         }
     })

@@ -23,8 +23,7 @@ pub mod layout;
 mod run_state;
 pub mod vm;
 
-use std::fs::File;
-
+use super::console_log::ConsoleLog;
 use super::probe::KvmProbe;
 use super::{Accel, BootConfig, Hypervisor, HypervisorError, RunningVm};
 use crate::machine::Driver;
@@ -100,18 +99,26 @@ impl Kvm {
 
     /// The machine configuration for a supervisor's [`BootConfig`].
     pub fn machine_config(cfg: BootConfig) -> Result<MachineConfig, KvmError> {
-        let mac = parse_mac(&cfg.mac)
-            .ok_or_else(|| KvmError::Config(format!("bad MAC address {:?}", cfg.mac)))?;
+        let mac_of = |text: &str| {
+            parse_mac(text).ok_or_else(|| KvmError::Config(format!("bad MAC address {text:?}")))
+        };
+        let tap = cfg.tap.ok_or_else(|| {
+            KvmError::Config(
+                "the kvm driver needs the machine's TAP device, and the supervisor gave none"
+                    .into(),
+            )
+        })?;
+        let mut nets = vec![(tap, mac_of(&cfg.mac)?)];
+        if let Some(nic) = cfg.share_nic {
+            let mac = mac_of(&nic.mac)?;
+            nets.push((nic.tap, mac));
+        }
         let cpus = u8::try_from(cfg.cpus)
             .map_err(|_| KvmError::Config(format!("{} vCPUs is too many", cfg.cpus)))?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&cfg.serial_log)
-            .map_err(|source| KvmError::SerialLog {
-                path: cfg.serial_log.clone(),
-                source,
-            })?;
+        let log = ConsoleLog::open(&cfg.serial_log).map_err(|source| KvmError::SerialLog {
+            path: cfg.serial_log.clone(),
+            source,
+        })?;
         Ok(MachineConfig {
             cpus,
             memory_bytes: cfg.memory_mib << 20,
@@ -132,31 +139,11 @@ impl Kvm {
                     serial: "devbox-data".into(),
                 },
             ],
-            net: Some((
-                cfg.tap.ok_or_else(|| {
-                    KvmError::Config(
-                        "the kvm driver needs the machine's TAP device, and the supervisor \
-                         gave none"
-                            .into(),
-                    )
-                })?,
-                mac,
-            )),
+            nets,
             rng: true,
-            serial_out: Box::new(std::io::LineWriter::new(SerialLog(log))),
+            // Size-capped: the guest decides how much it prints (`console_log`).
+            serial_out: Box::new(std::io::LineWriter::new(log)),
         })
-    }
-}
-
-/// The serial log file (a newtype so the console writer is `Send` and named).
-struct SerialLog(File);
-
-impl std::io::Write for SerialLog {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.write(b)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
     }
 }
 
@@ -177,5 +164,67 @@ impl Hypervisor for Kvm {
     fn boot(&self, cfg: BootConfig) -> Result<Box<dyn RunningVm>, HypervisorError> {
         let machine = launch(Self::machine_config(cfg)?)?;
         Ok(Box::new(machine))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::console_log::{MAX_BYTES, rotated_path};
+    use std::io::Write;
+
+    fn boot_config(dir: &std::path::Path, share_mac: Option<&str>) -> BootConfig {
+        let null = || std::fs::File::open("/dev/null").unwrap().into();
+        BootConfig {
+            name: "dev".into(),
+            cpus: 1,
+            memory_mib: 256,
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            data_disk: "/d".into(),
+            config_drive: "/c".into(),
+            tap: Some(null()),
+            mac: "52:54:00:12:34:56".into(),
+            share_nic: share_mac.map(|mac| crate::hypervisor::GuestNic {
+                tap: null(),
+                mac: mac.into(),
+            }),
+            serial_log: dir.join("serial.log"),
+            monitor_socket: dir.join("qmp.sock"),
+        }
+    }
+
+    #[test]
+    fn the_share_link_is_a_second_nic_after_the_main_one() {
+        let d = tempfile::tempdir().unwrap();
+        let one = Kvm::machine_config(boot_config(d.path(), None)).unwrap();
+        assert_eq!(one.nets.len(), 1);
+        let two = Kvm::machine_config(boot_config(d.path(), Some("52:54:00:65:43:21"))).unwrap();
+        let macs: Vec<[u8; 6]> = two.nets.iter().map(|(_, m)| *m).collect();
+        assert_eq!(
+            macs,
+            [
+                [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+                [0x52, 0x54, 0, 0x65, 0x43, 0x21]
+            ]
+        );
+        assert!(Kvm::machine_config(boot_config(d.path(), Some("nope"))).is_err());
+    }
+
+    /// A guest printing without end fills at most two capped files on the host.
+    #[test]
+    fn the_serial_log_stays_under_its_cap() {
+        let d = tempfile::tempdir().unwrap();
+        let serial_log = d.path().join("serial.log");
+        let mut cfg = Kvm::machine_config(boot_config(d.path(), None)).unwrap();
+        let line = [b"x".repeat(1023), b"\n".to_vec()].concat();
+        for _ in 0..(3 * MAX_BYTES / 1024) {
+            cfg.serial_out.write_all(&line).unwrap();
+        }
+        cfg.serial_out.flush().unwrap();
+        let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        assert!(size(&serial_log) <= MAX_BYTES, "{}", size(&serial_log));
+        assert!(size(&rotated_path(&serial_log)) <= MAX_BYTES);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 2);
     }
 }

@@ -53,8 +53,8 @@ pub struct MachineConfig {
     pub memory_bytes: u64,
     pub payload: Payload,
     pub disks: Vec<DiskConfig>,
-    /// TAP descriptor (IFF_VNET_HDR) and MAC of the NIC.
-    pub net: Option<(OwnedFd, [u8; 6])>,
+    /// TAP descriptor (IFF_VNET_HDR) and MAC of each NIC, in slot order.
+    pub nets: Vec<(OwnedFd, [u8; 6])>,
     pub rng: bool,
     /// Where the serial console goes.
     pub serial_out: Box<dyn Write + Send>,
@@ -97,7 +97,7 @@ pub fn validate(cfg: &MachineConfig) -> Result<(), KvmError> {
             source,
         })?;
     }
-    let slots = cfg.disks.len() + usize::from(cfg.net.is_some()) + usize::from(cfg.rng);
+    let slots = cfg.disks.len() + cfg.nets.len() + usize::from(cfg.rng);
     if slots > (GSI_GED - GSI_VIRTIO_FIRST) as usize {
         return Err(KvmError::Config(format!(
             "{slots} virtio devices is too many"
@@ -182,12 +182,12 @@ pub fn launch(cfg: MachineConfig) -> Result<KvmMachine, KvmError> {
         unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("registering guest RAM"))?;
     }
 
-    // Devices, in virtio slot order: disks, NIC, entropy.
+    // Devices, in virtio slot order: disks, NICs, entropy.
     let mut virtio: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for d in &cfg.disks {
         virtio.push(Box::new(Block::open(&d.path, d.read_only, &d.serial)?));
     }
-    if let Some((tap, mac)) = cfg.net {
+    for (tap, mac) in cfg.nets {
         virtio.push(Box::new(Net::new(tap, mac).map_err(KvmError::Tap)?));
     }
     if cfg.rng {

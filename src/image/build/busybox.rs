@@ -310,8 +310,14 @@ mod tests {
         let binary = tmp.path().join("busybox");
         fs_err::write(&binary, b"\x7fELF\0\0[\0[[\0mke2fs\0modprobe\0sh\0\0").unwrap();
         let made = install(&stage, &binary).unwrap();
-        assert_eq!(made, ["usr/bin/[", "usr/bin/[[", "usr/sbin/modprobe", "usr/bin/sh"]);
-        assert_eq!(fs_err::read(stage.join("usr/sbin/mke2fs")).unwrap(), b"real");
+        assert_eq!(
+            made,
+            ["usr/bin/[", "usr/bin/[[", "usr/sbin/modprobe", "usr/bin/sh"]
+        );
+        assert_eq!(
+            fs_err::read(stage.join("usr/sbin/mke2fs")).unwrap(),
+            b"real"
+        );
         assert_eq!(
             fs_err::read_link(stage.join("usr/sbin/modprobe")).unwrap(),
             Path::new("/usr/bin/busybox")

@@ -264,16 +264,20 @@ impl ModuleTree {
             if set.modules.contains_key(&name) {
                 continue;
             }
-            let file = self.files.get(&name).ok_or_else(|| BuildError::ModuleIndex {
-                path: self.root.clone(),
-                problem: format!("module {name} is needed but not shipped"),
-            })?;
+            let file = self
+                .files
+                .get(&name)
+                .ok_or_else(|| BuildError::ModuleIndex {
+                    path: self.root.clone(),
+                    problem: format!("module {name} is needed but not shipped"),
+                })?;
             let src = self.root.join(&file.shipped);
             let bytes = read_module(&src, file.compression)?;
-            let module = parse(&bytes, &file.path()).map_err(|problem| BuildError::ModuleIndex {
-                path: src.clone(),
-                problem,
-            })?;
+            let module =
+                parse(&bytes, &file.path()).map_err(|problem| BuildError::ModuleIndex {
+                    path: src.clone(),
+                    problem,
+                })?;
             if module.name != name {
                 return Err(BuildError::ModuleIndex {
                     path: src,
@@ -462,24 +466,16 @@ pub fn parse(elf: &[u8], path: &str) -> Result<Module, String> {
         };
         match key {
             "name" => name = Some(value.to_owned()),
-            "depends" => depends.extend(
-                value
-                    .split(',')
-                    .filter(|d| !d.is_empty())
-                    .map(module_name),
-            ),
+            "depends" => {
+                depends.extend(value.split(',').filter(|d| !d.is_empty()).map(module_name))
+            }
             "alias" => aliases.push(value.to_owned()),
             _ => {}
         }
     }
     let mut symbols: Vec<String> = file
         .symbols()
-        .filter_map(|s| {
-            s.name()
-                .ok()?
-                .strip_prefix("__ksymtab_")
-                .map(str::to_owned)
-        })
+        .filter_map(|s| s.name().ok()?.strip_prefix("__ksymtab_").map(str::to_owned))
         .collect();
     symbols.sort();
     symbols.dedup();
@@ -545,7 +541,8 @@ mod tests {
     /// A relocatable ELF like a kernel module: a `.modinfo` section holding `tags` and one
     /// `__ksymtab_<name>` symbol per exported name.
     fn module_elf(arch: object::Architecture, tags: &[&str], exports: &[&str]) -> Vec<u8> {
-        let mut obj = write::Object::new(object::BinaryFormat::Elf, arch, object::Endianness::Little);
+        let mut obj =
+            write::Object::new(object::BinaryFormat::Elf, arch, object::Endianness::Little);
         let modinfo = obj.add_section(Vec::new(), b".modinfo".to_vec(), object::SectionKind::Data);
         let mut data = Vec::new();
         for t in tags {
@@ -553,7 +550,11 @@ mod tests {
             data.push(0);
         }
         obj.append_section_data(modinfo, &data, 1);
-        let ksymtab = obj.add_section(Vec::new(), b"___ksymtab+x".to_vec(), object::SectionKind::Data);
+        let ksymtab = obj.add_section(
+            Vec::new(),
+            b"___ksymtab+x".to_vec(),
+            object::SectionKind::Data,
+        );
         for (i, e) in exports.iter().enumerate() {
             obj.append_section_data(ksymtab, &[0; 12], 4);
             obj.add_symbol(write::Symbol {
@@ -589,7 +590,12 @@ mod tests {
             ),
             (
                 "kernel/fs/nfs/nfs.ko.xz",
-                &["alias=fs-nfs", "alias=nfs-layouttype4-1", "depends=sunrpc,lockd,grace", "name=nfs"],
+                &[
+                    "alias=fs-nfs",
+                    "alias=nfs-layouttype4-1",
+                    "depends=sunrpc,lockd,grace",
+                    "name=nfs",
+                ],
                 &["nfs_probe_server"],
             ),
             (
@@ -597,7 +603,11 @@ mod tests {
                 &["depends=sunrpc,grace", "name=lockd"],
                 &["nlmclnt_init"],
             ),
-            ("kernel/fs/nfs_common/grace.ko", &["depends=", "name=grace"], &["locks_start_grace"]),
+            (
+                "kernel/fs/nfs_common/grace.ko",
+                &["depends=", "name=grace"],
+                &["locks_start_grace"],
+            ),
             (
                 "kernel/net/sunrpc/sunrpc.ko",
                 &["depends=", "name=sunrpc"],
@@ -616,7 +626,11 @@ mod tests {
             let bytes = if path.ends_with(".xz") { xz(&elf) } else { elf };
             fs_err::write(p, bytes).unwrap();
         }
-        fs_err::write(root.join("modules.builtin"), "kernel/drivers/virtio/virtio.ko\n").unwrap();
+        fs_err::write(
+            root.join("modules.builtin"),
+            "kernel/drivers/virtio/virtio.ko\n",
+        )
+        .unwrap();
     }
 
     #[test]
@@ -626,11 +640,21 @@ mod tests {
             let (root, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
             tree(&root, arch);
             let t = ModuleTree::scan(&root).unwrap();
-            assert_eq!(t.names(), ["grace", "lockd", "nfs", "nfsv3", "sunrpc", "virtio_rng"]);
-            let wanted = t.select(&["kernel/fs/nfs/", "kernel/drivers/char/hw_random/virtio-rng.ko"]);
+            assert_eq!(
+                t.names(),
+                ["grace", "lockd", "nfs", "nfsv3", "sunrpc", "virtio_rng"]
+            );
+            let wanted = t.select(&[
+                "kernel/fs/nfs/",
+                "kernel/drivers/char/hw_random/virtio-rng.ko",
+            ]);
             assert_eq!(wanted, ["nfs", "nfsv3", "virtio_rng"]);
             let set = t.closure(&wanted, Some(&dest)).unwrap();
-            assert_eq!(set.modules.len(), 6, "{arch:?}: lockd and grace come with nfs");
+            assert_eq!(
+                set.modules.len(),
+                6,
+                "{arch:?}: lockd and grace come with nfs"
+            );
             assert_eq!(
                 set.modules_dep().unwrap(),
                 "kernel/drivers/char/hw_random/virtio-rng.ko:\n\
@@ -663,8 +687,14 @@ mod tests {
             assert!(!dest.join("kernel/fs/nfs/nfs.ko.xz").exists());
             let builtin = t.builtin().unwrap();
             let names: BTreeSet<String> = set.modules.keys().cloned().collect();
-            assert_eq!(missing_module(&["virtio", "nfs", "grace"], &names, &builtin), None);
-            assert_eq!(missing_module(&["nfs", "tun"], &names, &builtin), Some("tun"));
+            assert_eq!(
+                missing_module(&["virtio", "nfs", "grace"], &names, &builtin),
+                None
+            );
+            assert_eq!(
+                missing_module(&["nfs", "tun"], &names, &builtin),
+                Some("tun")
+            );
         }
     }
 
@@ -692,7 +722,10 @@ mod tests {
         };
         let dep = set.modules_dep().unwrap();
         let line = dep.lines().find(|l| l.starts_with("kernel/e.ko:")).unwrap();
-        assert_eq!(line, "kernel/e.ko: kernel/d.ko kernel/c.ko kernel/b.ko kernel/a.ko");
+        assert_eq!(
+            line,
+            "kernel/e.ko: kernel/d.ko kernel/c.ko kernel/b.ko kernel/a.ko"
+        );
         // A loop, or a dependency that is not there, is refused rather than written.
         let mut broken = ModuleSet {
             modules: set.modules.clone(),
@@ -702,7 +735,11 @@ mod tests {
         assert!(e.to_string().contains("loop back"), "{e}");
         broken.modules.get_mut("a").unwrap().depends = vec!["zz".into()];
         let e = broken.modules_dep().unwrap_err();
-        assert!(e.to_string().contains("depends on zz, which is not in the image"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("depends on zz, which is not in the image"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -719,7 +756,11 @@ mod tests {
         let e = t.closure(&["cut".into()], None).unwrap_err();
         assert!(e.to_string().contains("cannot be decompressed"), "{e}");
         let e = t.closure(&["absent".into()], None).unwrap_err();
-        assert!(e.to_string().contains("module absent is needed but not shipped"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("module absent is needed but not shipped"),
+            "{e}"
+        );
         // The name a module gives itself must be the one its file says.
         fs_err::write(
             root.join("kernel/fs/other.ko"),
@@ -733,15 +774,25 @@ mod tests {
 
     #[test]
     fn module_names_as_kbuild_spells_them() {
-        assert_eq!(module_name("kernel/drivers/char/hw_random/virtio-rng.ko"), "virtio_rng");
+        assert_eq!(
+            module_name("kernel/drivers/char/hw_random/virtio-rng.ko"),
+            "virtio_rng"
+        );
         assert_eq!(module_name("kernel/fs/nfs/nfs.ko.xz"), "nfs");
-        assert_eq!(module_name("kernel/net/netfilter/xt_MASQUERADE.ko.zst"), "xt_MASQUERADE");
+        assert_eq!(
+            module_name("kernel/net/netfilter/xt_MASQUERADE.ko.zst"),
+            "xt_MASQUERADE"
+        );
     }
 
     #[test]
     fn arch_specific_module_paths() {
         assert!(arch_module_selection(Arch::X86_64).contains(&"kernel/arch/x86/crypto/"));
-        assert!(!arch_module_selection(Arch::Arm64).iter().any(|p| p.contains("arch/x86")));
+        assert!(
+            !arch_module_selection(Arch::Arm64)
+                .iter()
+                .any(|p| p.contains("arch/x86"))
+        );
         assert!(arch_module_selection(Arch::Arm64).contains(&"kernel/arch/arm64/crypto/"));
     }
 }

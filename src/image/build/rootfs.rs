@@ -113,12 +113,12 @@ pub fn recipe(arch: Arch, suite: Suite) -> impl Iterator<Item = &'static str> {
         modules::arch_module_selection(arch),
         modules::REQUIRED_MODULES,
         IPTABLES_LINKS,
-        &[iptables_backend(suite)],
         busybox::SBIN_APPLETS,
     ]
     .into_iter()
     .flatten()
     .copied()
+    .chain([iptables_backend(suite)])
 }
 
 /// The downloaded `.deb`s of the image, by package name.

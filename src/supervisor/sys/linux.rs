@@ -3,45 +3,76 @@
 
 use anyhow::Result;
 
+use crate::hypervisor::GuestNic;
 use crate::machine::MachineSpec;
 use crate::machine::config_drive::NfsMount;
-use crate::nfs;
+use crate::machine::spec::{ShareError, SpecError, StateDirs, check_shares, share_link_mac};
 use crate::supervisor::log;
+use crate::{net, nfs};
 
 /// A running share server.
 pub type NfsServer = nfs::NfsServer;
 
-/// Starts the NFS server for the machine's shares (none: no server), and returns the mounts
-/// the guest makes.
+/// What serving a machine's shares needs while it runs, and gives its guest.
+#[derive(Default)]
+pub struct Shares {
+    /// Held until the machine ends.
+    pub server: Option<NfsServer>,
+    /// The mounts the guest makes (config drive).
+    pub mounts: Vec<NfsMount>,
+    /// The guest's NIC on the share link (boot config).
+    pub nic: Option<GuestNic>,
+}
+
+/// Starts the NFS server for the machine's shares (none: no server, no share link), on the
+/// machine's share link (`net::ShareLink`): a TAP device of its own, which the guest hands
+/// to its NFS client alone, with the server bound to that device. The shares are checked
+/// again first (`machine.yaml` is the user's to edit, and the host may have changed since
+/// create): none is or lies in devbox's own directories (`state`), none contains another,
+/// and each is still the directory recorded at create (the server opens it without
+/// following symlinks and compares its identity).
 pub fn start_nfs(
     io: &tokio::runtime::Runtime,
     spec: &MachineSpec,
-) -> Result<(Option<NfsServer>, Vec<NfsMount>)> {
+    state: &StateDirs,
+) -> Result<Shares> {
     if spec.shares.is_empty() {
-        return Ok((None, Vec::new()));
+        return Ok(Shares::default());
     }
+    check_shares(&spec.shares, Some(state)).map_err(SpecError::from)?;
     let mut exports = Vec::new();
     for share in &spec.shares {
-        let (uid, gid) = crate::machine::spec::share_owner(&share.host_path)?;
+        let id = share.id.ok_or_else(|| {
+            SpecError::from(ShareError::NoIdentity {
+                path: share.host_path.clone(),
+            })
+        })?;
         exports.push(nfs::Export {
             // The guest path names the export: unique per machine, and stable across
             // restarts, so file handles stay valid.
             name: share.guest_path.clone(),
             host_path: share.host_path.clone(),
+            dir_id: (id.dev, id.ino),
             read_only: share.read_only,
-            uid,
-            gid,
+            allow_root: share.allow_root,
         });
     }
+    let link = net::HostOnlyNet::from_index(spec.network.index)?.share_link();
+    let tap = net::Tap::create(&link.tap, true)?;
+    tap.configure(link.host_ip, link.prefix)?;
     let server = io.block_on(nfs::NfsServer::start(nfs::NfsConfig {
-        bind: spec.network.host_ip.into(),
+        bind: link.host_ip.into(),
+        bind_device: Some(link.tap.clone()),
         port: 0,
-        allowed_client: spec.network.guest_ip.into(),
+        allowed_client: link.guest_ip.into(),
         exports,
+        hidden: state.paths(),
+        idle_timeout: nfs::IDLE_TIMEOUT,
     }))?;
     log(format!(
-        "NFS on {} exporting {}",
+        "NFS on {} ({}) exporting {}",
         server.local_addr(),
+        link.tap,
         spec.shares
             .iter()
             .map(|s| format!("{} as {}", s.host_path.display(), s.guest_path))
@@ -57,5 +88,12 @@ pub fn start_nfs(
             options: m.options,
         })
         .collect();
-    Ok((Some(server), mounts))
+    Ok(Shares {
+        server: Some(server),
+        mounts,
+        nic: Some(GuestNic {
+            tap: tap.into_inheritable_fd()?,
+            mac: share_link_mac(&spec.name),
+        }),
+    })
 }

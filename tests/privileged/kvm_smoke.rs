@@ -3,7 +3,8 @@
 //! 64-bit guests on this host's /dev/kvm. Even the software-nested kvm_pvm can run these
 //! (a stock kernel it cannot: research/vmm.md §1.9).
 //!
-//! Without a usable /dev/kvm the tests print why and pass, except under `CI=true`.
+//! Without a usable /dev/kvm the tests are reported as not run, except under `CI=true`,
+//! where they fail.
 #![cfg(target_os = "linux")]
 
 use std::io::Write;
@@ -13,21 +14,45 @@ use std::time::{Duration, Instant};
 use devbox::hypervisor::RunningVm;
 use devbox::hypervisor::kvm::{KvmMachine, MachineConfig, Payload, launch};
 
-/// Why KVM cannot be used here, if it cannot.
-fn no_kvm(test: &str) -> bool {
-    let why = match std::fs::OpenOptions::new()
+use crate::support::trials::{Missing, Trial, check, nothing};
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        check(
+            "tiny_guest_prints_and_resets_through_i8042",
+            kvm,
+            tiny_guest_prints_and_resets_through_i8042,
+        ),
+        check(
+            "tiny_guest_powers_off_through_acpi_sleep_register",
+            kvm,
+            tiny_guest_powers_off_through_acpi_sleep_register,
+        ),
+        check(
+            "kill_stops_a_spinning_guest_and_its_idle_vcpus",
+            kvm,
+            kill_stops_a_spinning_guest_and_its_idle_vcpus,
+        ),
+        check(
+            "bad_boot_inputs_fail_before_any_vcpu_runs",
+            nothing,
+            bad_boot_inputs_fail_before_any_vcpu_runs,
+        ),
+    ]
+}
+
+/// A /dev/kvm this process can open.
+fn kvm() -> Result<(), Missing> {
+    match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
     {
-        Ok(_) => return false,
-        Err(e) => format!("{test}: /dev/kvm cannot be opened ({e})"),
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{why} (CI=true, so this is a failure)");
+        Ok(_) => Ok(()),
+        Err(e) => Err(Missing::Prerequisite(format!(
+            "/dev/kvm cannot be opened ({e})"
+        ))),
     }
-    let _ = writeln!(std::io::stderr(), "skipped {why}");
-    true
 }
 
 #[derive(Clone, Default)]
@@ -67,7 +92,7 @@ fn machine(code: Vec<u8>, cpus: u8, console: &Console) -> KvmMachine {
         memory_bytes: 128 << 20,
         payload: Payload::Raw { code },
         disks: vec![],
-        net: None,
+        nets: Vec::new(),
         rng: false,
         serial_out: Box::new(console.clone()),
     })
@@ -85,11 +110,7 @@ fn rss_bytes() -> u64 {
     kib * 1024
 }
 
-#[test]
 fn tiny_guest_prints_and_resets_through_i8042() {
-    if no_kvm("tiny_guest_prints_and_resets_through_i8042") {
-        return;
-    }
     let console = Console::default();
     let mut code = print("devbox-kvm-ok\n");
     code.extend_from_slice(&I8042_RESET);
@@ -116,11 +137,7 @@ fn tiny_guest_prints_and_resets_through_i8042() {
     );
 }
 
-#[test]
 fn tiny_guest_powers_off_through_acpi_sleep_register() {
-    if no_kvm("tiny_guest_powers_off_through_acpi_sleep_register") {
-        return;
-    }
     let console = Console::default();
     let mut code = print("bye\n");
     code.extend_from_slice(&ACPI_S5);
@@ -135,11 +152,7 @@ fn tiny_guest_powers_off_through_acpi_sleep_register() {
     assert_eq!(m.try_wait().unwrap(), Some(exit));
 }
 
-#[test]
 fn kill_stops_a_spinning_guest_and_its_idle_vcpus() {
-    if no_kvm("kill_stops_a_spinning_guest_and_its_idle_vcpus") {
-        return;
-    }
     let console = Console::default();
     let mut code = print("spin\n");
     code.extend_from_slice(&SPIN);
@@ -161,7 +174,6 @@ fn kill_stops_a_spinning_guest_and_its_idle_vcpus() {
     assert_eq!(exit.description, "the machine was killed");
 }
 
-#[test]
 fn bad_boot_inputs_fail_before_any_vcpu_runs() {
     let dir = tempfile::tempdir().unwrap();
     let not_kernel = dir.path().join("vmlinuz");
@@ -177,7 +189,7 @@ fn bad_boot_inputs_fail_before_any_vcpu_runs() {
             cmdline: None,
         },
         disks: vec![],
-        net: None,
+        nets: Vec::new(),
         rng: false,
         serial_out: Box::new(std::io::sink()),
     };

@@ -4,11 +4,11 @@
 //! ends, and the host's interfaces and routes are never touched.
 //!
 //! Needs root (CAP_SYS_ADMIN for the namespace, CAP_NET_ADMIN for the TAP). Without it the
-//! tests print why and pass, except under `CI=true`, where they fail.
+//! tests are reported as not run, except under `CI=true`, where they fail.
 #![cfg(target_os = "linux")]
 
-mod support;
-use support::in_new_netns;
+use crate::support::in_new_netns;
+use crate::support::trials::{Trial, check, root};
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
@@ -19,6 +19,26 @@ use devbox::net::{
     HostOnlyNet, NetError, Tap, allocate_host_only, check_conflicts, have_net_admin, host_routes,
 };
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        check(
+            "tap_is_configured_routed_and_removed_on_close",
+            root,
+            tap_is_configured_routed_and_removed_on_close,
+        ),
+        check(
+            "inheritable_fd_keeps_the_tap_alive_until_closed",
+            root,
+            inheritable_fd_keeps_the_tap_alive_until_closed,
+        ),
+        check(
+            "configure_sets_any_prefix_and_rejects_nonsense",
+            root,
+            configure_sets_any_prefix_and_rejects_nonsense,
+        ),
+    ]
+}
 
 /// `ip -j addr show dev NAME` in the caller's namespace, parsed; `None` if there is no
 /// such interface.
@@ -44,9 +64,8 @@ fn wait_gone(name: &str) {
     }
 }
 
-#[test]
 fn tap_is_configured_routed_and_removed_on_close() {
-    in_new_netns("tap_is_configured_routed_and_removed_on_close", || {
+    in_new_netns(|| {
         assert!(have_net_admin());
         // A fresh namespace has no routes (its loopback is down).
         let before = host_routes().unwrap();
@@ -102,9 +121,8 @@ fn tap_is_configured_routed_and_removed_on_close() {
     });
 }
 
-#[test]
 fn inheritable_fd_keeps_the_tap_alive_until_closed() {
-    in_new_netns("inheritable_fd_keeps_the_tap_alive_until_closed", || {
+    in_new_netns(|| {
         let net = HostOnlyNet::from_index(3).unwrap();
         let tap = Tap::create(&net.tap_name(), false).unwrap();
         let cloexec = fcntl(tap.as_fd(), FcntlArg::F_GETFD).unwrap();
@@ -120,9 +138,8 @@ fn inheritable_fd_keeps_the_tap_alive_until_closed() {
     });
 }
 
-#[test]
 fn configure_sets_any_prefix_and_rejects_nonsense() {
-    in_new_netns("configure_sets_any_prefix_and_rejects_nonsense", || {
+    in_new_netns(|| {
         let tap = Tap::create("dbx9", false).unwrap();
         assert!(tap.configure(Ipv4Addr::new(10, 99, 0, 1), 33).is_err());
         tap.configure(Ipv4Addr::new(10, 99, 0, 1), 30).unwrap();

@@ -2,12 +2,12 @@
 //! of its own (`unshare(CLONE_NEWNET)` on a dedicated thread, as in `net_tap.rs`), so the
 //! host's interfaces and routes are never touched. Files go to a temporary root.
 //!
-//! Needs root. Without it the tests print why and pass, except under `CI=true`, where they
-//! fail.
+//! Needs root. Without it the tests are reported as not run, except under `CI=true`, where
+//! they fail.
 #![cfg(target_os = "linux")]
 
-mod support;
-use support::in_new_netns;
+use crate::support::in_new_netns;
+use crate::support::trials::{Trial, check, root};
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -18,6 +18,36 @@ use devbox::net::{HostOnlyNet, HostRoute, Tap, host_routes};
 use devbox::routes::{
     DockerSubnets, PlannedRoute, RouteError, RoutePlan, removal_plan_for, route_plan_for,
 };
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        check(
+            "apply_adds_routes_once_and_removes_them",
+            root,
+            apply_adds_routes_once_and_removes_them,
+        ),
+        check(
+            "the_boot_job_spares_a_running_machines_routes",
+            root,
+            the_boot_job_spares_a_running_machines_routes,
+        ),
+        check(
+            "a_foreign_route_is_a_conflict_and_stays",
+            root,
+            a_foreign_route_is_a_conflict_and_stays,
+        ),
+        check(
+            "a_failed_add_leaves_no_route_behind",
+            root,
+            a_failed_add_leaves_no_route_behind,
+        ),
+        check(
+            "the_allowlist_refuses_before_any_change",
+            root,
+            the_allowlist_refuses_before_any_change,
+        ),
+    ]
+}
 
 /// The machine's TAP `dbx<index>`, up, with the host's address: what a running machine has.
 fn machine_tap(index: u8) -> (Tap, HostOnlyNet) {
@@ -60,9 +90,8 @@ fn plan(routes: RoutePlan) -> HostPlan {
     }
 }
 
-#[test]
 fn apply_adds_routes_once_and_removes_them() {
-    in_new_netns("apply_adds_routes_once_and_removes_them", || {
+    in_new_netns(|| {
         let (_tap, net) = machine_tap(0);
         let root = tempfile::tempdir().unwrap();
         let target = ApplyTarget::under(root.path());
@@ -142,9 +171,8 @@ fn apply_adds_routes_once_and_removes_them() {
     });
 }
 
-#[test]
 fn a_foreign_route_is_a_conflict_and_stays() {
-    in_new_netns("a_foreign_route_is_a_conflict_and_stays", || {
+    in_new_netns(|| {
         let (_tap, net) = machine_tap(0);
         // A "VPN" on another link already routes 172.18.0.0/16.
         let vpn = Tap::create("vpn1", false).unwrap();
@@ -183,9 +211,8 @@ fn a_foreign_route_is_a_conflict_and_stays() {
     });
 }
 
-#[test]
 fn a_failed_add_leaves_no_route_behind() {
-    in_new_netns("a_failed_add_leaves_no_route_behind", || {
+    in_new_netns(|| {
         let (_tap, net) = machine_tap(0);
         let mut routes = route_plan_for("dev", &subnets(), net.guest_ip, "dbx0", &[]).unwrap();
         // dbx1 is allowed (a devbox link) but does not exist here: its add fails last.
@@ -205,9 +232,8 @@ fn a_failed_add_leaves_no_route_behind() {
     });
 }
 
-#[test]
 fn the_allowlist_refuses_before_any_change() {
-    in_new_netns("the_allowlist_refuses_before_any_change", || {
+    in_new_netns(|| {
         let (_tap, net) = machine_tap(0);
         let other = Tap::create("eth9", false).unwrap();
         other.configure("10.9.0.1".parse().unwrap(), 24).unwrap();
@@ -259,12 +285,11 @@ fn the_allowlist_refuses_before_any_change() {
 /// Security review finding 8, end to end: the boot job (`devbox routes apply`) never takes
 /// away the routes of a machine whose supervisor runs, even when `routes.json` lost its
 /// entry; once that supervisor is gone, the same job clears them.
-#[test]
 fn the_boot_job_spares_a_running_machines_routes() {
-    in_new_netns("the_boot_job_spares_a_running_machines_routes", || {
-        let env = support::cli::Env::new();
+    in_new_netns(|| {
+        let env = crate::support::cli::Env::new();
         for name in ["a", "b"] {
-            support::cli::succeeds(&env.run(&[
+            crate::support::cli::succeeds(&env.run(&[
                 "create",
                 "--driver",
                 "fake",
@@ -301,7 +326,7 @@ fn the_boot_job_spares_a_running_machines_routes() {
         let lock = std::fs::File::create(env.machine_dir("b").join("supervisor.lock")).unwrap();
         let held =
             nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
-        support::cli::succeeds(&env.run(&["routes", "apply"]));
+        crate::support::cli::succeeds(&env.run(&["routes", "apply"]));
         for dest in ["172.18.0.0/16", "172.19.0.0/16"] {
             assert_eq!(
                 routes_to(dest).len(),
@@ -312,7 +337,7 @@ fn the_boot_job_spares_a_running_machines_routes() {
 
         // The supervisor is gone: its routes are leftovers now, and go.
         drop(held);
-        support::cli::succeeds(&env.run(&["routes", "apply"]));
+        crate::support::cli::succeeds(&env.run(&["routes", "apply"]));
         for dest in ["172.18.0.0/16", "172.19.0.0/16"] {
             assert!(routes_to(dest).is_empty(), "{dest} left behind");
         }

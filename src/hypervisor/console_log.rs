@@ -1,0 +1,188 @@
+//! The guest's console log (`serial.log`), capped in size.
+//!
+//! The guest decides how much it prints, and the guest is untrusted: a loop writing to
+//! `/dev/ttyS0` must not fill the host filesystem that holds `DEVBOX_HOME`. Every driver writes
+//! the console through [`ConsoleLog`]: when `serial.log` reaches [`MAX_BYTES`], it becomes
+//! `serial.log.1` (replacing the older one) and a new `serial.log` starts. A boot rotates the
+//! same way (`supervisor::bring_up`), so the previous boot's log is `serial.log.1` until the
+//! new one fills. The two files together never hold more than twice [`MAX_BYTES`].
+//!
+//! Drivers whose guest console is a byte stream they do not write themselves (QEMU's stdout)
+//! feed it through [`pump`], which also drains the stream when a write fails (a full disk), so
+//! the guest never blocks on its console.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// The most one console log file holds: several boots' worth of a normal console (a boot
+/// prints about 50 KiB), small next to a machine's disk.
+pub const MAX_BYTES: u64 = 4 << 20;
+
+/// An append-only console log that rotates itself at a size cap.
+#[derive(Debug)]
+pub struct ConsoleLog {
+    path: PathBuf,
+    file: File,
+    /// Bytes in the current file.
+    len: u64,
+    max: u64,
+}
+
+impl ConsoleLog {
+    /// Opens (creating) `path` for appending, capped at [`MAX_BYTES`].
+    pub fn open(path: &Path) -> io::Result<ConsoleLog> {
+        ConsoleLog::with_cap(path, MAX_BYTES)
+    }
+
+    /// Opens `path` with another cap (tests).
+    pub fn with_cap(path: &Path, max: u64) -> io::Result<ConsoleLog> {
+        let file = open_append(path)?;
+        let len = file.metadata().map_err(|e| with_path(e, path))?.len();
+        Ok(ConsoleLog {
+            path: path.to_owned(),
+            file,
+            len,
+            max,
+        })
+    }
+
+    /// Moves the full file to `<path>.1` and starts an empty one. A log someone deleted
+    /// meanwhile has nothing to keep: the new one starts all the same.
+    fn rotate(&mut self) -> io::Result<()> {
+        let old = rotated_path(&self.path);
+        match std::fs::rename(&self.path, &old) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(with_path(e, &self.path)),
+        }
+        self.file = open_append(&self.path)?;
+        self.len = 0;
+        Ok(())
+    }
+}
+
+impl Write for ConsoleLog {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.len >= self.max {
+            self.rotate()?;
+        }
+        let room = usize::try_from(self.max - self.len).unwrap_or(usize::MAX);
+        let n = self
+            .file
+            .write(&buf[..buf.len().min(room)])
+            .map_err(|e| with_path(e, &self.path))?;
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// `serial.log` → `serial.log.1`.
+pub fn rotated_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".1");
+    PathBuf::from(name)
+}
+
+/// Copies a console stream into `log` until the stream ends. A failed write (a full disk) is
+/// reported once through `on_error` and the stream is still drained, so the guest does not
+/// stall on a console nobody reads.
+pub fn pump(mut from: impl Read, mut log: ConsoleLog, on_error: impl Fn(&io::Error)) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut failed = false;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        if let Err(e) = log.write_all(&buf[..n])
+            && !failed
+        {
+            failed = true;
+            on_error(&e);
+        }
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| with_path(e, path))
+}
+
+fn with_path(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn size(p: &Path) -> u64 {
+        std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+    }
+
+    #[test]
+    fn a_guest_that_never_stops_printing_fills_at_most_two_files() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("serial.log");
+        let mut log = ConsoleLog::with_cap(&path, 1000).unwrap();
+        for i in 0..500 {
+            writeln!(log, "line {i:04} of a flood").unwrap();
+        }
+        assert!(size(&path) <= 1000 && size(&rotated_path(&path)) == 1000);
+        // The newest output is kept.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with("line 0499 of a flood\n"), "{text}");
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            2,
+            "only serial.log and serial.log.1"
+        );
+    }
+
+    #[test]
+    fn reopening_counts_what_the_file_already_holds() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("serial.log");
+        std::fs::write(&path, vec![b'x'; 900]).unwrap();
+        let mut log = ConsoleLog::with_cap(&path, 1000).unwrap();
+        log.write_all(&[b'y'; 300]).unwrap();
+        assert_eq!(size(&rotated_path(&path)), 1000);
+        assert_eq!(std::fs::read(&path).unwrap(), vec![b'y'; 200]);
+    }
+
+    #[test]
+    fn a_log_deleted_while_the_guest_runs_starts_again_at_the_cap() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("serial.log");
+        let mut log = ConsoleLog::with_cap(&path, 100).unwrap();
+        log.write_all(&[b'a'; 60]).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        log.write_all(&[b'b'; 60]).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), vec![b'b'; 20]);
+        assert!(!rotated_path(&path).exists());
+    }
+
+    #[test]
+    fn pump_copies_a_stream_to_the_end_under_the_cap() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("serial.log");
+        let log = ConsoleLog::with_cap(&path, 64 << 10).unwrap();
+        let flood = vec![b'z'; 1 << 20];
+        pump(&flood[..], log, |e| panic!("{e}"));
+        assert_eq!(size(&path), 64 << 10);
+        assert_eq!(size(&rotated_path(&path)), 64 << 10);
+    }
+}

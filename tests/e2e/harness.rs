@@ -1,0 +1,352 @@
+//! The network namespace every machine of the run lives in, and the host-side tools the checks
+//! use from inside it: the `devbox` runner, `curl`, `dig`, the namespace's routing table.
+//!
+//! Never touches the host's real interfaces or routes: every machine command runs under
+//! `ip netns exec`, so the TAP devices, their addresses and all guest traffic stay in the
+//! namespace. Inside it, a dnsmasq on loopback stands in for the host's resolvers as the
+//! machines' DNS upstream, and the host side resolves through the first machine's DNS server,
+//! as a host with `devbox dns install` would.
+//!
+//! Every command is bounded (`timeout`), so a hung guest or forwarder fails its check instead
+//! of the whole run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::support::guest::{bin, text};
+
+/// Port of the stand-in upstream resolver on the namespace's loopback.
+pub const UPSTREAM_PORT: &str = "5353";
+
+/// Machine boots in this run (`start` and `restart` that booted a guest).
+static BOOTS: AtomicU32 = AtomicU32::new(0);
+
+pub fn boots() -> u32 {
+    BOOTS.load(Ordering::Relaxed)
+}
+
+/// Counts a boot that did not go through [`Harness::ok`].
+pub fn count_boot() {
+    BOOTS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The bound on one `devbox` command (`start --timeout 600` included) or `docker` command.
+pub const COMMAND_BOUND: Duration = Duration::from_secs(900);
+
+pub struct Harness {
+    pub netns: String,
+    pub home: PathBuf,
+    pub cache: PathBuf,
+    upstream: Mutex<Option<Child>>,
+    tmp: tempfile::TempDir,
+}
+
+impl Harness {
+    pub fn new() -> Harness {
+        let tmp = tempfile::tempdir().unwrap();
+        let netns = format!("devbox-e2e-{}", std::process::id());
+        let st = Command::new("ip")
+            .args(["netns", "add", &netns])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip netns add {netns}");
+        let st = Command::new("ip")
+            .args(["-n", &netns, "link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        // Inside the namespace, the host side resolves through the machine's DNS server, as
+        // a host with `devbox dns install` would (`ip netns exec` bind-mounts this file).
+        let etc = PathBuf::from("/etc/netns").join(&netns);
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(etc.join("resolv.conf"), "nameserver 192.168.64.1\n").unwrap();
+        // The host's own resolver is never a test's target: a dnsmasq inside the namespace
+        // stands in for it as the machine's upstream.
+        let upstream = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &netns,
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--no-resolv",
+            ])
+            .args([
+                "--no-hosts",
+                "--port",
+                UPSTREAM_PORT,
+                "--listen-address",
+                "127.0.0.1",
+            ])
+            .args(["--bind-interfaces", "--address=/pkg.go.dev/10.1.2.3"])
+            // The real world's answer for a name nobody has: NXDOMAIN.
+            .arg("--local=/synbioz.dev/")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Harness {
+            netns,
+            home: tmp.path().join("home"),
+            cache: cache_dir(),
+            upstream: Mutex::new(Some(upstream)),
+            tmp,
+        }
+    }
+
+    /// A directory of this run, removed at the end.
+    pub fn tmp(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// `devbox ARGS` inside the namespace.
+    pub fn devbox(&self, args: &[&str]) -> Output {
+        self.devbox_cmd(args).output().unwrap()
+    }
+
+    /// The command for `devbox ARGS` inside the namespace, bounded by [`COMMAND_BOUND`].
+    pub fn devbox_cmd(&self, args: &[&str]) -> Command {
+        let mut c = bounded("ip");
+        c.args(["netns", "exec", &self.netns])
+            .arg(bin())
+            .args(args)
+            .env("DEVBOX_HOME", &self.home)
+            .env("DEVBOX_CACHE", &self.cache)
+            .env("NO_COLOR", "1")
+            .env("DEVBOX_DNS_UPSTREAMS", format!("127.0.0.1:{UPSTREAM_PORT}"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `devbox ARGS`, asserting success (with the machines' logs on failure); stdout.
+    #[track_caller]
+    pub fn ok(&self, args: &[&str]) -> String {
+        text(&self.ok_output(args).stdout)
+    }
+
+    /// `devbox ARGS`, asserting success (with the machines' logs on failure).
+    #[track_caller]
+    pub fn ok_output(&self, args: &[&str]) -> Output {
+        let t = Instant::now();
+        let o = self.devbox(args);
+        eprintln!(
+            "[e2e] devbox {} ({:.1} s)",
+            args.join(" "),
+            t.elapsed().as_secs_f64()
+        );
+        if matches!(args.first(), Some(&"start" | &"restart"))
+            && o.status.success()
+            && !text(&o.stderr).contains("already running")
+        {
+            count_boot();
+        }
+        if !o.status.success() {
+            self.dump();
+            panic!(
+                "devbox {} failed ({}):\n{}\n{}",
+                args.join(" "),
+                o.status,
+                text(&o.stdout),
+                text(&o.stderr)
+            );
+        }
+        o
+    }
+
+    /// The last lines of every machine's supervisor log and console.
+    pub fn dump(&self) {
+        let Ok(machines) = std::fs::read_dir(self.home.join("machines")) else {
+            return;
+        };
+        for dir in machines.flatten() {
+            for f in ["supervisor.log", "serial.log"] {
+                let p = dir.path().join(f);
+                let t = std::fs::read_to_string(&p).unwrap_or_default();
+                let lines: Vec<&str> = t.lines().collect();
+                eprintln!(
+                    "---- last lines of {} ----\n{}",
+                    p.display(),
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                );
+            }
+        }
+    }
+
+    /// The namespace's IPv4 routing table, as `ip route` prints it.
+    pub fn routes(&self) -> String {
+        let o = Command::new("ip")
+            .args(["-n", &self.netns, "route"])
+            .output()
+            .unwrap();
+        text(&o.stdout)
+    }
+
+    /// Whether a machine's TAP device (`dbxN`) exists in the namespace.
+    pub fn tap_exists(&self) -> bool {
+        let o = Command::new("ip")
+            .args(["-n", &self.netns, "-o", "link", "show"])
+            .output()
+            .unwrap();
+        text(&o.stdout).contains("dbx")
+    }
+
+    /// `curl URL` from the host side of the namespace, asserting success; the body.
+    #[track_caller]
+    pub fn curl(&self, url: &str) -> String {
+        let o = self.curl_output(url);
+        assert!(o.status.success(), "curl {url}: {}", text(&o.stderr));
+        text(&o.stdout)
+    }
+
+    /// `curl URL` from the host side of the namespace (20 s at most).
+    pub fn curl_output(&self, url: &str) -> Output {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                "curl",
+                "-sS",
+                "--max-time",
+                "20",
+                url,
+            ])
+            .output()
+            .unwrap()
+    }
+
+    /// `dig @server NAME TYPE` from the host side: (status, answers).
+    pub fn dig(&self, name: &str, rtype: &str) -> (String, Vec<String>) {
+        let o = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                "dig",
+                "@192.168.64.1",
+                "+tries=1",
+            ])
+            .args(["+time=2", name, rtype])
+            .output()
+            .unwrap();
+        let out = text(&o.stdout);
+        let status = out
+            .split("status: ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .unwrap_or("NO ANSWER")
+            .to_owned();
+        let short = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                "dig",
+                "@192.168.64.1",
+                "+short",
+                "+tries=1",
+            ])
+            .args(["+time=2", name, rtype])
+            .output()
+            .unwrap();
+        (
+            status,
+            text(&short.stdout).lines().map(str::to_owned).collect(),
+        )
+    }
+
+    /// Polls until `dig` gives `want` (answers, or an empty list for NXDOMAIN); returns the
+    /// time it took.
+    #[track_caller]
+    pub fn await_answer(&self, name: &str, want: &[String]) -> Duration {
+        let t = Instant::now();
+        loop {
+            let (status, answers) = self.dig(name, "A");
+            let done = if want.is_empty() {
+                status == "NXDOMAIN"
+            } else {
+                answers == want
+            };
+            if done {
+                return t.elapsed();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{name}: {status} {answers:?}, want {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Harness {
+    /// Forces every machine down, stops the upstream resolver, removes the namespace and the
+    /// run's files. Best effort, and safe to call twice.
+    pub fn teardown(&self) {
+        if let Ok(machines) = std::fs::read_dir(self.home.join("machines")) {
+            for dir in machines.flatten() {
+                let name = dir.file_name().to_string_lossy().into_owned();
+                if !name.starts_with('.') {
+                    let _ = self.devbox(&["stop", "--force", &name]);
+                }
+            }
+        }
+        if let Some(mut upstream) = self
+            .upstream
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = upstream.kill();
+            let _ = upstream.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+        let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&self.netns));
+        let _ = std::fs::remove_dir_all(self.tmp.path());
+    }
+}
+
+/// `PROGRAM` under coreutils' `timeout`, killed (with everything in its process group, which
+/// the machine's supervisor is not: it runs in a group of its own) after [`COMMAND_BOUND`].
+pub fn bounded(program: &str) -> Command {
+    let mut c = Command::new("timeout");
+    c.args([
+        "--kill-after=10",
+        &COMMAND_BOUND.as_secs().to_string(),
+        program,
+    ]);
+    c
+}
+
+/// The host's docker CLI against a machine, asserting success; trimmed stdout.
+#[track_caller]
+pub fn docker_ok(docker_host: &str, args: &[&str]) -> String {
+    let o = docker(docker_host, args);
+    assert!(o.status.success(), "docker {args:?}: {}", text(&o.stderr));
+    text(&o.stdout).trim().to_owned()
+}
+
+/// The host's docker CLI against a machine.
+pub fn docker(docker_host: &str, args: &[&str]) -> Output {
+    bounded("docker")
+        .args(["-H", docker_host])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Images are cached across runs, where `devbox` keeps them (the first build takes minutes);
+/// machines are not.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("DEVBOX_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/devbox")
+        })
+}
