@@ -232,18 +232,31 @@ pub fn applet_path(name: &str) -> String {
 
 /// The applet names compiled into a busybox binary. busybox keeps them as one sorted run of
 /// NUL-terminated strings, `[`, `[[`, `acpid`, …, ended by an empty string
-/// (`applet_names[]` in the generated `include/applet_tables.h`).
+/// (`applet_names[]` in the generated `include/applet_tables.h`). The byte before `[` is the
+/// end of whatever the linker put there (a NUL in Debian 12's binary, the last byte of
+/// `applet_install_loc[]` in Debian 13's), so every `[\0[[\0` is tried until one starts a
+/// run of short printable names in strictly ascending order.
 pub fn applet_names(binary: &[u8]) -> Option<Vec<String>> {
-    const START: &[u8] = b"\0[\0[[\0";
-    let start = binary.windows(START.len()).position(|w| w == START)? + 1;
-    let mut names = Vec::new();
-    for raw in binary[start..].split(|&b| b == 0) {
+    const START: &[u8] = b"[\0[[\0";
+    binary
+        .windows(START.len())
+        .enumerate()
+        .filter(|(_, w)| *w == START)
+        .find_map(|(start, _)| table_at(&binary[start..]))
+}
+
+/// The applet table starting at the first byte of `bytes`, if it is one.
+fn table_at(bytes: &[u8]) -> Option<Vec<String>> {
+    let mut names: Vec<String> = Vec::new();
+    for raw in bytes.split(|&b| b == 0) {
         if raw.is_empty() {
             break;
         }
         let name = std::str::from_utf8(raw).ok()?;
-        // Applet names are short printable words; anything else means a false start.
-        if name.len() > 32 || !name.bytes().all(|b| b.is_ascii_graphic()) {
+        // Applet names are short printable words in strcmp order; anything else means a
+        // false start.
+        let in_order = names.last().is_none_or(|last| last.as_str() < name);
+        if name.len() > 32 || !name.bytes().all(|b| b.is_ascii_graphic()) || !in_order {
             return None;
         }
         names.push(name.to_owned());
@@ -294,6 +307,11 @@ mod tests {
             ["[", "[[", "acpid", "modprobe", "sh", "zcat"]
         );
         assert_eq!(applet_names(b"no table here\0"), None);
+        // Debian 13's binary: the table follows another array's last byte, not a NUL, and a
+        // `[\0[[\0` that starts no table comes first.
+        let mut bin = b"x[\0[[\0zz\0aa\0\0".to_vec();
+        bin.extend_from_slice(b"\x88\xae [\0[[\0acpid\0ash\0\0");
+        assert_eq!(applet_names(&bin).unwrap(), ["[", "[[", "acpid", "ash"]);
         // A false start (binary garbage after `[[`) is not taken for the table.
         assert_eq!(applet_names(b"\0[\0[[\0\x01\x02\0\0"), None);
     }
