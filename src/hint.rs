@@ -6,7 +6,7 @@
 //! an error chain). A leaf: it imports nothing from the crate, so every layer can implement
 //! it without reaching up to the one that prints.
 
-/// The fix for an error, in words a user can act on ("run `sudo devbox routes install`").
+/// The fix for an error, in words a user can act on ("run `sudo devbox system install`").
 pub trait Hint: std::error::Error + 'static {
     /// `None` when nothing better than the message itself can be said.
     fn hint(&self) -> Option<String>;

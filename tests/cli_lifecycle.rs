@@ -248,6 +248,7 @@ fn two_starts_at_once_run_one_supervisor() {
         c.args(["start", "m"])
             .env("DEVBOX_HOME", &env.home)
             .env("DEVBOX_CACHE", &env.cache)
+            .env("DEVBOX_REGISTRY", &env.registry)
             .env("NO_COLOR", "1")
             .env("DEVBOX_FAKE_GUEST", "ready")
             .env("DEVBOX_FAKE_BOOT_MS", "1000")

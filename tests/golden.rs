@@ -46,6 +46,7 @@ fn spec() -> MachineSpec {
             allow_root: false,
         }],
         tld: "dev".into(),
+        engine: Default::default(),
         dns_domains: vec![],
         created: "2026-11-21T00:00:00Z".into(),
     }

@@ -193,13 +193,62 @@ fn launchd_plist_renders_and_parses_back() {
 
 #[test]
 fn systemd_units() {
-    let units =
-        host::render_systemd_units(Path::new(EXE), Path::new("/home/alice/.devbox")).unwrap();
+    // As `sudo devbox system install` from alice (uid 1000) writes them: the job runs as her.
+    let units = host::render_systemd_units(
+        Path::new(EXE),
+        Path::new("/home/alice/.devbox"),
+        Some((1000, 1000)),
+    )
+    .unwrap();
     let names: Vec<&str> = units.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["devbox-routes.service", "devbox-routes.path"]);
     for (name, text) in &units {
         golden("host", name, text);
         assert!(text.contains("WantedBy=multi-user.target"), "{name}");
+    }
+    assert!(units[0].1.contains("\nUser=1000\nGroup=1000\n"));
+    // As root (CI), no User= line.
+    let root =
+        host::render_systemd_units(Path::new(EXE), Path::new("/root/.devbox"), None).unwrap();
+    assert!(!root[0].1.contains("User="));
+}
+
+/// systemd's own parser on the units: `systemd-analyze verify` (no running systemd needed).
+/// Where it is not installed the test says so and checks nothing more.
+#[test]
+fn systemd_analyze_verifies_the_units() {
+    let Some(analyze) = support::guest::which("systemd-analyze") else {
+        if support::ci() {
+            panic!("systemd-analyze is not installed (package systemd), and CI=true");
+        }
+        eprintln!("not run: systemd-analyze is not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // The binary the units run must exist for verify: a stand-in at the same relative place.
+    let exe = dir.path().join("devbox");
+    std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let home = dir.path().join("home/.devbox");
+    std::fs::create_dir_all(&home).unwrap();
+    let units = host::render_systemd_units(&exe, &home, Some((0, 0))).unwrap();
+    let mut paths = Vec::new();
+    for (name, text) in &units {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        paths.push(p);
+    }
+    let o = std::process::Command::new(analyze)
+        .arg("verify")
+        .args(&paths)
+        .env("SYSTEMD_LOG_LEVEL", "warning")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "systemd-analyze verify: {err}");
+    // Warnings about the units themselves (not about the host's other units) fail it too.
+    for (name, _) in &units {
+        assert!(!err.contains(name.as_str()), "{name}: {err}");
     }
 }
 
@@ -232,4 +281,57 @@ fn macos_and_linux_command_lines() {
     .join("\n");
     lines.push('\n');
     golden("host", "commands.argv", &lines);
+}
+
+/// `sudo devbox system install --dry-run` from alice on a fresh host, and the uninstall of
+/// what it recorded, on both OSes.
+#[test]
+fn system_install_and_uninstall_plans() {
+    use devbox::host::install::{
+        InstallInputs, InstallRecord, JobUser, install_plan, uninstall_plan,
+    };
+    for (os, name) in [(HostOs::Linux, "linux"), (HostOs::Macos, "macos")] {
+        let home = match os {
+            HostOs::Linux => "/home/alice/.devbox",
+            HostOs::Macos => HOME,
+        };
+        let plan = install_plan(&InstallInputs {
+            os,
+            exe: "/home/alice/src/devbox/target/release/devbox".into(),
+            exe_sha256: "5d0f".into(),
+            installed_sha256: None,
+            installed_caps: false,
+            record: None,
+            existing: vec![],
+            user: JobUser {
+                uid: 1000,
+                gid: 1000,
+                devbox_home: home.into(),
+            },
+            force: false,
+        })
+        .unwrap();
+        plan.check_allowed().unwrap();
+        golden(
+            "host",
+            &format!("plan-system-install-{name}.txt"),
+            &plan.render(os),
+        );
+        let record: InstallRecord = serde_json::from_str(
+            &plan
+                .write_files
+                .iter()
+                .find(|f| f.path.ends_with("install.json"))
+                .unwrap()
+                .contents,
+        )
+        .unwrap();
+        let (un, _) = uninstall_plan(&record, Some("5d0f"), &[], false).unwrap();
+        un.check_allowed().unwrap();
+        golden(
+            "host",
+            &format!("plan-system-uninstall-{name}.txt"),
+            &un.render(os),
+        );
+    }
 }

@@ -28,7 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a machine (does not start it).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Start a machine and wait until Docker answers in it.
     Start(StartArgs),
     /// Stop a machine (guest poweroff, then kill after a timeout).
@@ -63,6 +63,10 @@ pub enum Command {
     /// How full a machine's data disk is, and growing it.
     #[command(subcommand)]
     Disk(DiskCommand),
+    /// One-time host set-up (with sudo): devbox installed with the privileges machines need,
+    /// the host-wide lease registry, the boot-time route job; and checks with exact fixes.
+    #[command(subcommand)]
+    System(SystemCommand),
     /// Print a shell completion script.
     Completion(CompletionArgs),
     /// Run a machine's supervisor in the foreground (spawned by `start`).
@@ -124,6 +128,34 @@ pub struct CreateArgs {
     /// Guest image version (default: the newest installed image).
     #[arg(long, value_name = "VERSION")]
     pub image: Option<String>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// docker-machine's engine flags: settings of the machine's Docker engine, applied at each
+/// start (`machine.yaml` keeps them under `engine:`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Docker engine")]
+pub struct EngineArgs {
+    /// A label of the engine, `docker info` shows it (repeatable): KEY=VALUE.
+    #[arg(long = "engine-label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// A daemon.json setting (repeatable; a list key collects one item per flag; an object
+    /// takes JSON): KEY=VALUE, e.g. log-level=debug.
+    #[arg(long = "engine-opt", value_name = "KEY=VALUE")]
+    pub opts: Vec<String>,
+    /// A registry reached over plain HTTP or with an untrusted certificate (repeatable).
+    #[arg(long = "engine-insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
+    /// A registry mirror (repeatable).
+    #[arg(long = "engine-registry-mirror", value_name = "URL")]
+    pub registry_mirrors: Vec<String>,
+    /// An environment variable of dockerd, e.g. HTTPS_PROXY (repeatable): NAME=VALUE.
+    #[arg(long = "engine-env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// The engine's storage driver (default: Docker's choice, overlay2).
+    #[arg(long = "engine-storage-driver", value_name = "NAME")]
+    pub storage_driver: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -259,13 +291,32 @@ pub struct ImagePullArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum RoutesCommand {
-    /// Make the host's routes match the running machines (idempotent; run at boot by the
-    /// installed job).
+    /// Make the host's routes match your running machines (idempotent; run at boot by the
+    /// job `sudo devbox system install` sets up).
     Apply(DryRunArg),
-    /// Install the boot-time job (systemd units on Linux, a LaunchDaemon on macOS).
-    Install(DryRunArg),
-    /// Remove the boot-time job.
-    Uninstall(DryRunArg),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SystemCommand {
+    /// Set this host up for every user (run once, with sudo): copy this binary to
+    /// /usr/local/bin/devbox with the capabilities CAP_NET_ADMIN and CAP_NET_BIND_SERVICE,
+    /// create the lease registry /var/lib/devbox, install the boot-time route job for you.
+    Install(SystemArgs),
+    /// Remove exactly what `system install` added.
+    Uninstall(SystemArgs),
+    /// What is installed, and what still needs a fix.
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct SystemArgs {
+    /// Print the plan without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Install: replace a /usr/local/bin/devbox that `system install` did not put there.
+    /// Uninstall: go ahead while machines still hold leases (the registry stays).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,17 +1,26 @@
-//! `devbox create NAME`: validate, allocate the host-only network, generate the machine's SSH
-//! keys and sparse disk, and write the spec, all in a staging directory renamed into place
-//! only when complete (a failed create leaves nothing behind).
+//! `devbox create NAME`: validate, allocate the host-only network and the Docker subnets
+//! host-wide (under the lease registry's lock, against every user's leases), take the
+//! network's lease, generate the machine's SSH keys and sparse disk, and write the spec, all
+//! in a staging directory renamed into place only when complete (a failed create leaves
+//! nothing behind, its lease included).
+
+use fs_err::os::unix::fs::OpenOptionsExt;
 
 use anyhow::{Context, Result};
 
 use crate::cli::{CreateArgs, DriverArg};
+use crate::machine::engine::{self, EngineFlags};
 use crate::machine::spec::{self, HostLimits, NetworkSpec};
 use crate::machine::{Driver, MachineSpec, Store};
+use crate::net::lease::{Lease, LeaseInfo, Registry, real_uid};
 use crate::routes::{self, Claim};
 use crate::{hypervisor, image, net, output, ssh};
 
 pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
     spec::validate_name(&a.name)?;
+    // First: before `system install` there is nothing to allocate from (root makes it).
+    let registry = Registry::system();
+    registry.ensure()?;
     let limits = HostLimits::of_this_host();
     spec::validate_cpus(a.cpus, &limits)?;
     spec::validate_memory(a.memory, &limits)?;
@@ -22,6 +31,14 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
         .map(spec::parse_docker_bip)
         .transpose()?;
     spec::validate_tld(&a.tld)?;
+    let engine = engine::from_flags(&EngineFlags {
+        labels: a.engine.labels.clone(),
+        opts: a.engine.opts.clone(),
+        insecure_registries: a.engine.insecure_registries.clone(),
+        registry_mirrors: a.engine.registry_mirrors.clone(),
+        env: a.engine.env.clone(),
+        storage_driver: a.engine.storage_driver.clone(),
+    })?;
 
     let (driver, why) = match a.driver {
         None => hypervisor::default_driver(),
@@ -76,26 +93,22 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
     dns_domains.sort();
 
     let image = image::find(&store.cache, a.image.as_deref())?;
+    engine::check_engine(&engine, image.manifest.docker_major())
+        .context("--engine-opt: the image's Docker engine does not know this key")?;
 
-    // One create at a time allocates networks, so two creates never get the same /24.
-    fs_err::create_dir_all(store.machines_dir())?;
-    let alloc_lock = fs_err::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(store.machines_dir().join(".create.lock"))?;
-    let _alloc = nix::fcntl::Flock::lock(
-        alloc_lock.into_parts().0,
-        nix::fcntl::FlockArg::LockExclusive,
-    )
-    .map_err(|(_, e)| std::io::Error::from(e))
-    .context("locking the machine store")?;
+    // One create at a time, host-wide, allocates networks: two users never get the same /24
+    // or Docker subnet.
+    store.create_private_dirs()?;
+    let _host = registry.lock()?;
 
     if store.machine(&a.name)?.spec_path().exists() {
         return Err(crate::machine::store::StoreError::Exists { name: a.name }.into());
     }
-    let mut taken = Vec::new();
-    let mut claims = Vec::new();
+    let machine_dir = fs_err::canonicalize(store.machines_dir())?.join(&a.name);
+    reclaim_stale_leases(&registry)?;
+    let leases = registry.list()?;
+    let mut taken: Vec<u8> = leases.iter().map(|l| l.index).collect();
+    let mut claims: Vec<Claim> = leases.iter().flat_map(lease_claims).collect();
     for other in store.names()? {
         if let Ok(s) = store.machine(&other).and_then(|d| d.load_spec()) {
             taken.push(s.network.index);
@@ -110,6 +123,26 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
     let host_routes = net::host_routes()?;
     let hostonly = net::allocate_host_only(&taken, &host_routes)?;
     let docker = routes::allocate_docker_subnets(&claims, &host_routes, bip)?;
+    let lease = registry.take(
+        hostonly.index,
+        &LeaseInfo {
+            uid: real_uid(),
+            user: std::env::var("USER").unwrap_or_default(),
+            machine: a.name.clone(),
+            dir: machine_dir,
+            docker: docker.routed().to_vec(),
+        },
+    )?;
+    anyhow::ensure!(
+        lease,
+        "host-only index {} was leased by another command meanwhile; try again",
+        hostonly.index
+    );
+    // Released again unless the machine is committed.
+    let mut held = HeldLease {
+        registry: &registry,
+        index: Some(hostonly.index),
+    };
 
     let staging = store.stage(&a.name)?;
     let dir = staging.dir();
@@ -118,7 +151,11 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
     let host = ssh::generate_ed25519(&format!("devbox-{}-host", a.name))?;
     ssh::write_keypair(&host, &dir.host_key_path(), &dir.host_pub_path())?;
 
-    let disk = fs_err::File::create(dir.disk_path())?;
+    let disk = fs_err::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.disk_path())?;
     disk.set_len(disk_bytes)
         .with_context(|| format!("sizing {}", dir.disk_path().display()))?;
 
@@ -139,11 +176,13 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
         docker,
         shares,
         tld: a.tld.clone(),
+        engine,
         dns_domains,
         created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     };
     dir.save_spec(&spec)?;
     staging.commit()?;
+    held.index = None;
 
     output::info(format!(
         "Created machine {} ({driver}: {why}; {} CPUs, {} MiB, {} disk, IP {}, image {})",
@@ -182,4 +221,51 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
     }
     output::info(format!("Start it with: devbox start {}", spec.name));
     Ok(0)
+}
+
+/// A lease taken by this create, released if the create fails.
+struct HeldLease<'r> {
+    registry: &'r Registry,
+    index: Option<u8>,
+}
+
+impl Drop for HeldLease<'_> {
+    fn drop(&mut self) {
+        if let Some(i) = self.index {
+            let _ = self.registry.release(i);
+        }
+    }
+}
+
+/// The caller's own leases whose machine directory is gone (a home removed without `devbox
+/// rm`) are released, so their indexes and subnets can be used again. Other users' leases are
+/// never touched (their homes may just be unmounted), and neither is a lease whose contents
+/// cannot be read.
+fn reclaim_stale_leases(registry: &Registry) -> Result<()> {
+    let uid = real_uid();
+    for l in registry.list()? {
+        let gone = l
+            .info
+            .as_ref()
+            .is_some_and(|i| i.dir.is_absolute() && !i.dir.join("machine.yaml").exists());
+        if l.owner == uid && gone {
+            registry.release(l.index)?;
+        }
+    }
+    Ok(())
+}
+
+/// The Docker subnets another lease claims, as claims to steer clear of.
+fn lease_claims(l: &Lease) -> Vec<Claim> {
+    let machine = match &l.info {
+        Some(i) => format!("{} (uid {}, dbx{})", i.machine, l.owner, l.index),
+        None => format!("dbx{} (uid {})", l.index, l.owner),
+    };
+    l.docker()
+        .iter()
+        .map(|subnet| Claim {
+            machine: machine.clone(),
+            subnet: *subnet,
+        })
+        .collect()
 }

@@ -1,15 +1,17 @@
-//! `devbox routes apply|install|uninstall [--dry-run]`: the host side of direct container IPs.
-//! Every change goes through the host plan applier (`host::apply`), which refuses anything
-//! outside devbox's own subnets, links and files.
+//! `devbox routes apply [--dry-run]`: the host side of direct container IPs, for the caller's
+//! machines (the boot-time job that `system install` sets up runs it). Every change goes
+//! through the host plan applier (`host::apply`), which refuses anything outside devbox's own
+//! subnets, links and files, and anything on a link whose lease is not the caller's.
 
 use std::collections::BTreeSet;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::cli::RoutesCommand;
-use crate::host::{self, HostOs, HostPlan};
+use crate::host::{self, HostPlan};
 use crate::machine::Store;
 use crate::machine::lock::supervisor_alive;
+use crate::net::lease::{Registry, real_uid};
 use crate::routes::RoutesFile;
 use crate::{net, output};
 
@@ -17,19 +19,14 @@ pub fn run(store: &Store, c: RoutesCommand) -> Result<i32> {
     let (plan, dry_run) = match c {
         RoutesCommand::Apply(a) => {
             let state = RoutesFile::new(&store.home).load()?;
-            let routes = state.host_plan(&net::host_routes()?, &live_links(store)?)?;
+            let mut routes = state.host_plan(&net::host_routes()?, &live_links(store)?)?;
+            // Stale routes on other users' links are theirs to clear: only the links whose
+            // lease is the caller's are considered (the applier would refuse the others).
+            let mine = own_links();
+            routes.remove.retain(|r| {
+                net::devbox_link(&r.interface).is_none() || mine.contains(&r.interface)
+            });
             (HostPlan::routes("routes apply", routes), a.dry_run)
-        }
-        RoutesCommand::Install(a) => {
-            let exe = std::env::current_exe().context("finding the devbox executable")?;
-            let mut plan = host::install_plan(HostOs::current(), &exe, &store.home)?;
-            plan.command = "routes install".into();
-            (plan, a.dry_run)
-        }
-        RoutesCommand::Uninstall(a) => {
-            let mut plan: HostPlan = host::uninstall_plan(HostOs::current());
-            plan.command = "routes uninstall".into();
-            (plan, a.dry_run)
         }
     };
     if plan.is_empty() {
@@ -45,6 +42,20 @@ pub fn run(store: &Store, c: RoutesCommand) -> Result<i32> {
         output::info(format!("{:?}: {}", step.outcome, step.action));
     }
     Ok(0)
+}
+
+/// The `dbxN` links whose lease the caller owns (none when there is no registry).
+fn own_links() -> BTreeSet<String> {
+    let uid = real_uid();
+    Registry::system()
+        .list()
+        .map(|ls| {
+            ls.iter()
+                .filter(|l| l.owner == uid)
+                .map(|l| net::tap_name(l.index))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The TAP links of the machines whose supervisor runs now (its lock is held): their routes

@@ -38,7 +38,7 @@ pub fn run(store: &Store, a: &StartArgs) -> Result<i32> {
         MachineState::Stopped | MachineState::Failed => {}
     }
 
-    client::preflight(store, &spec)?;
+    client::preflight(store, &dir, &spec)?;
     client::spawn(store, &dir, a.timeout)?;
     let mut progress = output::Progress::new(&format!("Starting {}", dir.name));
     let limit = Duration::from_secs(a.timeout + 10);

@@ -1,5 +1,6 @@
 //! `devbox status NAME`: the observed state (and why a machine stopped or failed), and a
-//! warning when the supervisor last found the guest filesystem nearly full.
+//! warning when the supervisor last found the guest filesystem nearly full, when the host's
+//! firewall may drop the machine's traffic, or when a published port is not forwarded.
 
 use anyhow::Result;
 use serde_json::json;
@@ -49,6 +50,20 @@ pub fn run(store: &Store, a: &StatusArgs) -> Result<i32> {
             .and_then(|d| disk::fullness_warning(&a.name, d))
         {
             output::warn(w);
+        }
+        if obs.state.is_live() {
+            for w in &f.warnings {
+                output::warn(w);
+            }
+            for p in f.ports.iter().filter(|p| p.problem.is_some()) {
+                output::warn(format!(
+                    "port {}/{} of container {}: {}",
+                    p.port,
+                    p.proto,
+                    p.container,
+                    p.problem.as_deref().unwrap_or_default()
+                ));
+            }
         }
     }
     if obs.state.is_live() {

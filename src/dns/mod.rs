@@ -106,9 +106,8 @@ impl DnsError {
                      another devbox machine?): pick another port in the machine's DNS settings"
                 )),
                 std::io::ErrorKind::PermissionDenied => Some(format!(
-                    "ports below 1024 need root or CAP_NET_BIND_SERVICE: use a port above 1024 \
-                     (the host resolver files carry the port), or run `sudo setcap \
-                     cap_net_bind_service=+ep $(command -v devbox)` (port {})",
+                    "port {} needs CAP_NET_BIND_SERVICE: set devbox up once with `sudo devbox \
+                     system install`, then run /usr/local/bin/devbox as yourself",
                     addr.port()
                 )),
                 std::io::ErrorKind::AddrNotAvailable => Some(format!(

@@ -10,35 +10,45 @@ use super::argv::{
     join_argv, resolved_argvs, resolved_revert, step_lines, unit_load_argvs, unit_reload_argv,
     unit_unload_argvs,
 };
+use super::leases;
 use super::plan::{HostOs, HostPlan, Step};
+use super::privileged::output_with_net_admin;
 use super::sys;
 use crate::atomic_file::write_atomic;
+use crate::net::lease::Registry;
 use crate::net::{HostRoute, first_overlap};
 use crate::routes::{PlannedRoute, RouteError};
 
 /// Where the applier acts. Routes always change in the caller's network namespace (tests
 /// run it inside one of their own); files land under `root`, and service managers and
-/// systemd-resolved are only called when `manage_services` is set.
+/// systemd-resolved are only called when `manage_services` is set. What a plan does on a
+/// `dbxN` link is checked against the lease `registry`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyTarget {
     pub root: PathBuf,
     pub manage_services: bool,
+    pub registry: Registry,
 }
 
 impl ApplyTarget {
-    /// The real host: files under `/`, units through systemctl or launchctl.
+    /// The real host: files under `/`, units through systemctl or launchctl, this host's
+    /// lease registry.
     pub fn system() -> ApplyTarget {
         ApplyTarget {
             root: PathBuf::from("/"),
             manage_services: true,
+            registry: Registry::system(),
         }
     }
 
-    /// A scratch tree (tests): `/etc/resolver/x` is written to `<root>/etc/resolver/x`, and
-    /// service managers and systemd-resolved are left alone.
+    /// A scratch tree (tests): `/etc/resolver/x` is written to `<root>/etc/resolver/x`, the
+    /// registry is `<root>/var/lib/devbox`, and service managers and systemd-resolved are left
+    /// alone.
     pub fn under(root: impl Into<PathBuf>) -> ApplyTarget {
+        let root = root.into();
         ApplyTarget {
-            root: root.into(),
+            registry: Registry::at(root.join("var/lib/devbox")),
+            root,
             manage_services: false,
         }
     }
@@ -73,6 +83,9 @@ pub struct AppliedStep {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppliedReport {
     pub steps: Vec<AppliedStep>,
+    /// What in the host's own firewall may still drop a machine's outbound traffic (found
+    /// while adding its NAT), with the fix for each.
+    pub warnings: Vec<crate::nat::Blocker>,
 }
 
 impl AppliedReport {
@@ -103,9 +116,11 @@ pub fn apply(plan: &HostPlan, dry_run: bool) -> Result<AppliedReport, HostError>
 }
 
 /// Carries out `plan` on `target`. Before changing anything it checks the allowlist, the
-/// privileges, and every route to add against the current routing table (a route that
-/// overlaps one devbox does not own is a [`RouteError::Conflict`]). A route add that fails
-/// takes back the routes this call added. With `dry_run` it only checks the allowlist.
+/// privileges, the leases of the `dbxN` links it touches (`leases.rs`), and every route to
+/// add against the current routing table (a route that overlaps one devbox does not own is a
+/// [`RouteError::Conflict`], and so is one that would swallow a default route's gateway). A
+/// route add that fails takes back the routes this call added. With `dry_run` it only checks
+/// the allowlist.
 pub fn apply_to(
     plan: &HostPlan,
     dry_run: bool,
@@ -123,9 +138,13 @@ pub fn apply_to(
                 outcome: Outcome::Planned,
             })
             .collect();
-        return Ok(AppliedReport { steps });
+        return Ok(AppliedReport {
+            steps,
+            warnings: Vec::new(),
+        });
     }
     check_privileges(plan, target)?;
+    leases::check_plan_in(plan, &target.registry)?;
 
     let touches_routes = !plan.routes.add.is_empty() || !plan.routes.remove.is_empty();
     let table = if touches_routes {
@@ -139,12 +158,15 @@ pub fn apply_to(
         if let Some(t) = first_overlap(&r.dest, &table, |t| r.matches(t) || leaving(t)) {
             return Err(RouteError::conflict(r.dest, t).into());
         }
+        if let Some(t) = covered_default_route(r, &table) {
+            return Err(RouteError::conflict(r.dest, t).into());
+        }
     }
 
     let mut report = AppliedReport::default();
     let mut added: Vec<&PlannedRoute> = Vec::new();
     for step in &steps {
-        let outcome = match run_step(step, os, target, &present) {
+        let outcome = match run_step(step, os, target, &present, &mut report.warnings) {
             Ok(o) => o,
             Err(e) => {
                 // Take back this call's routes so a failed apply leaves none half-made.
@@ -165,8 +187,25 @@ pub fn apply_to(
     Ok(report)
 }
 
+/// The default route whose gateway `r` would capture: routing that address into a machine
+/// would take the host's way out with it.
+fn covered_default_route<'t>(r: &PlannedRoute, table: &'t [HostRoute]) -> Option<&'t HostRoute> {
+    table.iter().find(|t| {
+        t.dest.prefix_len() == 0
+            && matches!(t.gateway, Some(std::net::IpAddr::V4(gw)) if r.dest.trunc().contains(&gw))
+    })
+}
+
 fn check_privileges(plan: &HostPlan, target: &ApplyTarget) -> Result<(), HostError> {
     let routes = !plan.routes.add.is_empty() || !plan.routes.remove.is_empty();
+    let nat = !plan.nat_add.is_empty() || !plan.nat_remove.is_empty();
+    if nat && !sys::can_change_routes() {
+        return Err(HostError::NoPrivilege {
+            what: "changing the host's NAT and forwarding".into(),
+            privilege: sys::ROUTE_PRIVILEGE,
+            command: plan.command.clone(),
+        });
+    }
     if (routes || !plan.hostfilters.is_empty()) && !sys::can_change_routes() {
         return Err(HostError::NoPrivilege {
             what: "changing the host's routes".into(),
@@ -179,6 +218,10 @@ fn check_privileges(plan: &HostPlan, target: &ApplyTarget) -> Result<(), HostErr
         .iter()
         .map(|f| f.path.as_path())
         .chain(plan.remove_files.iter().map(PathBuf::as_path))
+        .chain(plan.install_binary.iter().map(|b| b.path.as_path()))
+        .chain(plan.remove_binary.iter().map(PathBuf::as_path))
+        .chain(plan.create_dirs.iter().map(|d| d.path.as_path()))
+        .chain(plan.remove_dirs.iter().map(PathBuf::as_path))
         .chain(plan.load_units.iter().map(|u| u.path.as_path()))
         .chain(plan.unload_units.iter().map(|u| u.path.as_path()))
         .next();
@@ -200,6 +243,7 @@ fn run_step(
     os: HostOs,
     target: &ApplyTarget,
     present: &dyn Fn(&PlannedRoute) -> bool,
+    warnings: &mut Vec<crate::nat::Blocker>,
 ) -> Result<Outcome, HostError> {
     let not_managed = || Outcome::Skipped("service managers are not used for a test root".into());
     match step {
@@ -208,6 +252,18 @@ fn run_step(
         Step::RemoveRoute(r) if !present(r) => Ok(Outcome::AlreadyDone),
         Step::RemoveRoute(r) => sys::delete_route(r).map(|()| Outcome::Done),
         Step::HostFilter(h) => sys::hostfilter(h).map(|()| Outcome::Done),
+        // Every user's machines share devbox's table, DOCKER-USER and `ip_forward`: each
+        // change reads and writes them under the registry's host-wide lock.
+        Step::AddNat(link) => {
+            let _host = target.registry.lock()?;
+            let (outcome, found) = sys::add_nat(link)?;
+            warnings.extend(found);
+            Ok(outcome)
+        }
+        Step::RemoveNat(link) => {
+            let _host = target.registry.lock()?;
+            sys::remove_nat(link)
+        }
         Step::SetResolved(_) | Step::RevertResolved(_) if !target.manage_services => Ok(
             Outcome::Skipped("systemd-resolved is not used for a test root".into()),
         ),
@@ -238,6 +294,12 @@ fn run_step(
             write_atomic(&path, f.contents.as_bytes(), f.mode).map_err(|e| io("write", e))?;
             Ok(Outcome::Done)
         }
+        Step::CreateDir(d) => super::install::create_dir(&target.host_path(&d.path), d.mode),
+        Step::RemoveDir(p) => super::install::remove_dir(&target.host_path(p)),
+        Step::InstallBinary(b) => {
+            super::install::install_binary(&b.source, &target.host_path(&b.path), b.caps)
+        }
+        Step::RemoveBinary(p) => super::install::remove_file(&target.host_path(p)),
         Step::RemoveFile(p) => {
             let path = target.host_path(p);
             match std::fs::remove_file(&path) {
@@ -249,6 +311,15 @@ fn run_step(
                     source,
                 }),
             }
+        }
+        Step::ReloadUnits | Step::LoadUnit(_) | Step::UnloadUnit(_)
+            if target.manage_services && !service_manager_runs(os) =>
+        {
+            Ok(Outcome::Skipped(
+                "systemd is not running on this host: the unit files are in place, \
+                 enable them where systemd runs"
+                    .into(),
+            ))
         }
         Step::ReloadUnits if !target.manage_services => Ok(not_managed()),
         Step::ReloadUnits => match unit_reload_argv(os) {
@@ -280,6 +351,15 @@ fn run_step(
     }
 }
 
+/// Whether the service manager the units are for runs (a container or WSL may have no
+/// systemd: the files are still written).
+fn service_manager_runs(os: HostOs) -> bool {
+    match os {
+        HostOs::Linux => Path::new("/run/systemd/system").is_dir(),
+        HostOs::Macos => true,
+    }
+}
+
 /// systemd-resolved is a Linux service; a macOS host names its resolvers in files.
 fn resolved_supported(os: HostOs, link: &str) -> Result<(), HostError> {
     match os {
@@ -303,17 +383,19 @@ pub(super) fn run(argv: &[String]) -> Result<(), HostError> {
     output(argv).map(drop)
 }
 
-/// Runs `argv` with no input and returns its stdout.
+/// Runs `argv` with no input and returns its stdout. The child gets CAP_NET_ADMIN when this
+/// process holds it (`resolvectl` is authorised by it), through the door.
 pub(super) fn output(argv: &[String]) -> Result<String, HostError> {
     let (program, args) = argv.split_first().expect("an argv has a program");
-    let out = Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .stdin(Stdio::null())
-        .output()
-        .map_err(|source| HostError::Spawn {
-            argv: join_argv(argv),
-            source,
-        })?;
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = output_with_net_admin(&mut cmd).map_err(|source| HostError::Spawn {
+        argv: join_argv(argv),
+        source,
+    })?;
     if !out.status.success() {
         return Err(HostError::Command {
             argv: join_argv(argv),

@@ -127,6 +127,23 @@ pub(super) fn unit_reload_argv(os: HostOs) -> Option<Vec<String>> {
     }
 }
 
+/// A machine's NAT in the dry-run text: the one `nft` transaction the applier computes from
+/// what devbox's table holds at that moment, and what it does.
+fn nat_line(link: &str, verb: &str, os: HostOs) -> String {
+    let subnet = crate::nat::NatLink::of(link).map_or_else(String::new, |n| n.subnet.to_string());
+    match (os, verb) {
+        (HostOs::Macos, _) => format!("# outbound NAT of {link}: vmnet's own on macOS"),
+        (HostOs::Linux, "add") => format!(
+            "nft -j -f -  # table inet devbox: forward and masquerade {subnet} from {link} out of \
+             the other interfaces (and DOCKER-USER, ip_forward as needed)"
+        ),
+        (HostOs::Linux, _) => format!(
+            "nft -j -f -  # table inet devbox: remove {link}'s rules (the last machine's stop \
+             removes the table and puts ip_forward back)"
+        ),
+    }
+}
+
 /// An argv as one shell-readable line (for messages and the dry-run text).
 pub(super) fn join_argv(argv: &[String]) -> String {
     argv.iter()
@@ -205,7 +222,31 @@ pub(super) fn step_lines(step: &Step<'_>, os: HostOs) -> Vec<String> {
             HostOs::Macos => vec![format!("# systemd-resolved on {link}: not on macOS")],
         },
         Step::HostFilter(h) => vec![join_argv(&hostfilter_argv(h))],
+        Step::AddNat(link) => vec![nat_line(link, "add", os)],
+        Step::RemoveNat(link) => vec![nat_line(link, "remove", os)],
         Step::RemoveFile(p) => vec![format!("rm -f {}", p.display())],
+        Step::RemoveBinary(p) => vec![format!("rm -f {}", p.display())],
+        Step::RemoveDir(p) => vec![format!("rmdir {}  # only when empty", p.display())],
+        Step::CreateDir(d) => vec![format!(
+            "install -d -o root -g root -m {:04o} {}",
+            d.mode,
+            d.path.display()
+        )],
+        Step::InstallBinary(b) => {
+            let mut lines = vec![format!(
+                "install -o root -g root -m 0755 {} {}",
+                b.source.display(),
+                b.path.display()
+            )];
+            if b.caps {
+                lines.push(format!(
+                    "setcap {} {}",
+                    super::privileged::INSTALLED_CAPS,
+                    b.path.display()
+                ));
+            }
+            lines
+        }
         Step::WriteFile(f) => vec![format!(
             "write {} (mode {:04o}, {} bytes)",
             f.path.display(),

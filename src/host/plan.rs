@@ -19,6 +19,20 @@ const ALLOWED_FILES: [(&str, &str); 3] = [
     ("/Library/LaunchDaemons", "dev.devbox."),
 ];
 
+/// `system install`'s own files, allowed by exact path only: the registry's lock and the
+/// record of what the install added.
+pub const REGISTRY_FILES: [&str; 2] = ["/var/lib/devbox/host.lock", "/var/lib/devbox/install.json"];
+
+/// The directories `system install` creates, with their modes (exact paths only): the lease
+/// registry and its sticky, world-writable leases directory.
+pub const REGISTRY_DIRS: [(&str, u32); 2] = [
+    ("/var/lib/devbox", 0o755),
+    ("/var/lib/devbox/leases", 0o1777),
+];
+
+/// Where `system install` puts the binary, the only path it may.
+pub const INSTALLED_BINARY: &str = "/usr/local/bin/devbox";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HostOs {
@@ -78,10 +92,28 @@ pub struct ResolvedLink {
     pub domains: Vec<String>,
 }
 
+/// `system install`: a copy of the running binary at [`INSTALLED_BINARY`] (root, 0755), with
+/// the two file capabilities `cap_net_admin,cap_net_bind_service+ep` (Linux).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BinaryInstall {
+    pub source: PathBuf,
+    pub path: PathBuf,
+    /// Whether to set the file capabilities (Linux).
+    pub caps: bool,
+}
+
+/// A directory of the lease registry, created root-owned with `mode` (one of
+/// [`REGISTRY_DIRS`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DirSpec {
+    pub path: PathBuf,
+    pub mode: u32,
+}
+
 /// Everything one privileged run changes on the host. The applier runs the steps in the
-/// order [`HostPlan::steps`] lists them: stop units, remove routes, revert resolved links,
-/// remove files, write files, add routes, set resolved links, host filters, reload and
-/// start units.
+/// order [`HostPlan::steps`] lists them: stop units, remove routes, remove NAT, revert
+/// resolved links, remove files, write files, add routes, add NAT, set resolved links, host
+/// filters, reload and start units.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostPlan {
     /// The devbox verb that computed the plan (`routes apply`), named in privilege errors.
@@ -103,6 +135,25 @@ pub struct HostPlan {
     /// systemd-resolved links whose devbox settings to drop (`resolvectl revert`; Linux).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resolved_revert: Vec<String>,
+    /// Machine links (`dbxN`) whose host-only /24 to forward and masquerade out of the host's
+    /// other interfaces (Linux: devbox's nftables table, `crate::nat`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nat_add: Vec<String>,
+    /// Machine links whose NAT to take away.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nat_remove: Vec<String>,
+    /// The installed binary to put in place (`system install`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_binary: Option<BinaryInstall>,
+    /// The installed binary to remove (`system uninstall`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_binary: Option<PathBuf>,
+    /// Registry directories to create.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub create_dirs: Vec<DirSpec>,
+    /// Registry directories to remove, each only when empty (deepest first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_dirs: Vec<PathBuf>,
 }
 
 /// One step of a plan, in execution order.
@@ -110,10 +161,16 @@ pub struct HostPlan {
 pub(super) enum Step<'p> {
     UnloadUnit(&'p ServiceUnit),
     RemoveRoute(&'p PlannedRoute),
+    RemoveNat(&'p str),
     RevertResolved(&'p str),
     RemoveFile(&'p Path),
+    RemoveBinary(&'p Path),
+    RemoveDir(&'p Path),
+    CreateDir(&'p DirSpec),
+    InstallBinary(&'p BinaryInstall),
     WriteFile(&'p FileSpec),
     AddRoute(&'p PlannedRoute),
+    AddNat(&'p str),
     SetResolved(&'p ResolvedLink),
     HostFilter(&'p HostFilter),
     ReloadUnits,
@@ -147,15 +204,30 @@ impl HostPlan {
         self.resolved.sort();
         self.resolved_revert.sort();
         self.resolved_revert.dedup();
+        self.nat_add.sort();
+        self.nat_add.dedup();
+        self.nat_remove.sort();
+        self.nat_remove.dedup();
+        // Parents first to create, children first to remove.
+        self.create_dirs.sort();
+        self.remove_dirs.sort();
+        self.remove_dirs.dedup();
+        self.remove_dirs.reverse();
     }
 
     pub(super) fn steps(&self) -> Vec<Step<'_>> {
         let mut steps: Vec<Step> = self.unload_units.iter().map(Step::UnloadUnit).collect();
         steps.extend(self.routes.remove.iter().map(Step::RemoveRoute));
+        steps.extend(self.nat_remove.iter().map(|l| Step::RemoveNat(l)));
         steps.extend(self.resolved_revert.iter().map(|l| Step::RevertResolved(l)));
         steps.extend(self.remove_files.iter().map(|p| Step::RemoveFile(p)));
+        steps.extend(self.remove_binary.iter().map(|p| Step::RemoveBinary(p)));
+        steps.extend(self.remove_dirs.iter().map(|p| Step::RemoveDir(p)));
+        steps.extend(self.create_dirs.iter().map(Step::CreateDir));
+        steps.extend(self.install_binary.iter().map(Step::InstallBinary));
         steps.extend(self.write_files.iter().map(Step::WriteFile));
         steps.extend(self.routes.add.iter().map(Step::AddRoute));
+        steps.extend(self.nat_add.iter().map(|l| Step::AddNat(l)));
         steps.extend(self.resolved.iter().map(Step::SetResolved));
         steps.extend(self.hostfilters.iter().map(Step::HostFilter));
         let units_changed = !self.load_units.is_empty() || !self.unload_units.is_empty();
@@ -168,6 +240,7 @@ impl HostPlan {
 
     /// The allowlist: routes only to private Docker subnets via a machine's guest IP on its
     /// own `dbxN` TAP, or via a private address on a vmnet bridge (`bridgeN`, vz machines);
+    /// NAT only for `dbxN` links (each for the /24 its index gives, nothing else);
     /// files only directly inside `/etc/resolver/`, as `/etc/systemd/system/devbox-*` or
     /// `/Library/LaunchDaemons/dev.devbox.*`; units only those files; resolved settings only
     /// on `dbxN` links, for domains under the machine's TLD. The first item outside it fails
@@ -204,6 +277,54 @@ impl HostPlan {
         }
         for link in &self.resolved_revert {
             check_resolved(link, &[], "")?;
+        }
+        for link in self.nat_add.iter().chain(&self.nat_remove) {
+            if crate::nat::NatLink::of(link).is_none() {
+                return Err(refused(
+                    format!("change the outbound NAT of {link}"),
+                    "only devbox's own links (dbxN), for the host-only /24 their index gives"
+                        .into(),
+                ));
+            }
+        }
+        for b in self
+            .install_binary
+            .iter()
+            .map(|b| &b.path)
+            .chain(&self.remove_binary)
+        {
+            if b != Path::new(INSTALLED_BINARY) {
+                return Err(refused(
+                    format!("install or remove {}", b.display()),
+                    format!("devbox only installs itself as {INSTALLED_BINARY}"),
+                ));
+            }
+        }
+        if let Some(b) = &self.install_binary
+            && !b.source.is_absolute()
+        {
+            return Err(refused(
+                format!("install {}", b.source.display()),
+                "the source must be an absolute path".into(),
+            ));
+        }
+        for d in &self.create_dirs {
+            if !REGISTRY_DIRS.contains(&(d.path.to_str().unwrap_or(""), d.mode)) {
+                return Err(refused(
+                    format!("create {} (mode {:o})", d.path.display(), d.mode),
+                    "devbox only creates /var/lib/devbox (0755) and /var/lib/devbox/leases \
+                     (1777)"
+                        .into(),
+                ));
+            }
+        }
+        for d in &self.remove_dirs {
+            if !REGISTRY_DIRS.iter().any(|(p, _)| d == Path::new(p)) {
+                return Err(refused(
+                    format!("remove {}", d.display()),
+                    "devbox only removes its own registry directories".into(),
+                ));
+            }
         }
         for h in &self.hostfilters {
             let ok_bridge = h
@@ -308,14 +429,15 @@ fn check_file(path: &Path) -> Result<(), HostError> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
         return Err(refused(item(), "no file name".into()));
     };
-    let allowed = ALLOWED_FILES.iter().any(|(d, prefix)| {
-        dir == Path::new(d) && name.starts_with(prefix) && name.len() > prefix.len()
-    });
+    let allowed = REGISTRY_FILES.iter().any(|f| path == Path::new(f))
+        || ALLOWED_FILES.iter().any(|(d, prefix)| {
+            dir == Path::new(d) && name.starts_with(prefix) && name.len() > prefix.len()
+        });
     if !allowed || name.starts_with('.') {
         return Err(refused(
             item(),
-            "devbox only writes /etc/resolver/*, /etc/systemd/system/devbox-* and \
-             /Library/LaunchDaemons/dev.devbox.*"
+            "devbox only writes /etc/resolver/*, /etc/systemd/system/devbox-*, \
+             /Library/LaunchDaemons/dev.devbox.* and its registry's host.lock and install.json"
                 .into(),
         ));
     }
@@ -395,6 +517,8 @@ mod tests {
     fn files_outside_devbox_are_refused() {
         let ok = [
             "/etc/resolver/dev.dev",
+            "/var/lib/devbox/host.lock",
+            "/var/lib/devbox/install.json",
             "/etc/systemd/system/devbox-routes.service",
             "/Library/LaunchDaemons/dev.devbox.routes.plist",
         ];
@@ -410,6 +534,8 @@ mod tests {
             "/etc/systemd/system/sshd.service",
             "/etc/systemd/system/devbox-",
             "/Library/LaunchDaemons/com.evil.plist",
+            "/var/lib/devbox/leases/0",
+            "/var/lib/devbox/other",
             "etc/resolver/dev",
             "/etc/./resolver/dev",
         ] {
@@ -447,6 +573,77 @@ mod tests {
         plan.check_allowed().unwrap();
         plan.hostfilters[0].member = "vmenet0; reboot".into();
         assert!(plan.check_allowed().is_err());
+    }
+
+    #[test]
+    fn nat_only_for_a_machine_main_link_never_its_share_link() {
+        let nat = |add: &str, remove: &str| HostPlan {
+            nat_add: vec![add.into()],
+            nat_remove: vec![remove.into()],
+            ..HostPlan::default()
+        };
+        nat("dbx0", "dbx63").check_allowed().unwrap();
+        let share = crate::net::HostOnlyNet::from_index(0)
+            .unwrap()
+            .share_link()
+            .tap;
+        for bad in [
+            share.as_str(),
+            "eth0",
+            "dbx64",
+            "dbx*",
+            "dbx+",
+            "bridge100",
+            "",
+        ] {
+            assert!(nat(bad, "dbx1").check_allowed().is_err(), "{bad} added");
+            assert!(nat("dbx1", bad).check_allowed().is_err(), "{bad} removed");
+        }
+    }
+
+    #[test]
+    fn install_steps_only_for_devbox_own_paths() {
+        let plan = HostPlan {
+            install_binary: Some(BinaryInstall {
+                source: "/tmp/devbox".into(),
+                path: INSTALLED_BINARY.into(),
+                caps: true,
+            }),
+            create_dirs: REGISTRY_DIRS
+                .iter()
+                .map(|(p, m)| DirSpec {
+                    path: p.into(),
+                    mode: *m,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        plan.check_allowed().unwrap();
+        let mut bad = plan.clone();
+        bad.install_binary.as_mut().unwrap().path = "/usr/bin/passwd".into();
+        assert!(bad.check_allowed().is_err());
+        let mut bad = plan.clone();
+        bad.install_binary.as_mut().unwrap().source = "devbox".into();
+        assert!(bad.check_allowed().is_err());
+        let mut bad = plan.clone();
+        bad.create_dirs[1].mode = 0o777;
+        assert!(
+            bad.check_allowed().is_err(),
+            "the leases directory is sticky"
+        );
+        let mut bad = plan.clone();
+        bad.create_dirs.push(DirSpec {
+            path: "/etc/sudoers.d".into(),
+            mode: 0o755,
+        });
+        assert!(bad.check_allowed().is_err());
+        let mut bad = HostPlan::default();
+        bad.remove_dirs.push("/var/lib".into());
+        assert!(bad.check_allowed().is_err());
+        bad.remove_dirs = vec!["/var/lib/devbox".into(), "/var/lib/devbox/leases".into()];
+        bad.check_allowed().unwrap();
+        bad.normalize();
+        assert_eq!(bad.remove_dirs[0], Path::new("/var/lib/devbox/leases"));
     }
 
     #[test]

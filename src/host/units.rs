@@ -1,7 +1,11 @@
 //! The service jobs that keep routes in place: at boot, and whenever devbox rewrites the
 //! routes state file (a machine started, stopped or changed subnets), the service manager
-//! runs `devbox routes apply` as root. That is also how an unprivileged supervisor gets its
-//! routes: it writes `$DEVBOX_HOME/routes.json`, and the root job applies it through the
+//! runs `devbox routes apply`. `sudo devbox system install` sets them up for the user who ran
+//! it. On Linux the job runs as that user (`User=`/`Group=`): the installed binary's
+//! capabilities are all it needs, and what it may touch is bounded by the allowlist and the
+//! user's own leases, so no root process ever reads a user's state file. On macOS, which has
+//! no capabilities, the LaunchDaemon runs as root and is how a vz machine gets its routes: the
+//! supervisor writes `$DEVBOX_HOME/routes.json`, and the job applies it through the
 //! allowlist, which bounds what a tampered state file could ask for.
 //!
 //! - macOS: `/Library/LaunchDaemons/dev.devbox.routes.plist` (`RunAtLoad`, `WatchPaths` on
@@ -36,15 +40,21 @@ pub fn render_launchd_plist(devbox_exe: &Path, home: &Path) -> Result<String, Ho
 
 /// The systemd units, as (file name, text): a oneshot service and the path unit that starts
 /// it when the routes state file changes. Both are enabled, so the service also runs at boot.
+/// `run_as` (uid, gid) runs the service as that user instead of root.
 pub fn render_systemd_units(
     devbox_exe: &Path,
     home: &Path,
+    run_as: Option<(u32, u32)>,
 ) -> Result<Vec<(String, String)>, HostError> {
     let exe = systemd_quote(checked(devbox_exe)?);
     let env = systemd_quote(&format!("DEVBOX_HOME={}", checked(home)?));
     let state = routes_state_path(home);
     let state = checked(&state)?.replace('%', "%%");
-    let header = "# Managed by devbox (`devbox routes install`); do not edit.\n";
+    let header = "# Managed by devbox (`devbox system install`); do not edit.\n";
+    let user = match run_as {
+        Some((uid, gid)) => format!("User={uid}\nGroup={gid}\n"),
+        None => String::new(),
+    };
     let service = format!(
         "{header}[Unit]
 Description=devbox: host routes to the machines' Docker subnets
@@ -52,7 +62,7 @@ After=network.target
 
 [Service]
 Type=oneshot
-Environment={env}
+{user}Environment={env}
 ExecStart={exe} routes apply
 
 [Install]
@@ -77,13 +87,24 @@ WantedBy=multi-user.target
     ])
 }
 
-/// The plan `devbox routes install` applies: write the job files (0644) and load them.
+/// The job files (0644) and their loading, with the service run as root.
 pub fn install_plan(os: HostOs, devbox_exe: &Path, home: &Path) -> Result<HostPlan, HostError> {
+    install_plan_as(os, devbox_exe, home, None)
+}
+
+/// The job files (0644) and their loading; on Linux the service runs as `run_as` (uid, gid)
+/// when given.
+pub fn install_plan_as(
+    os: HostOs,
+    devbox_exe: &Path,
+    home: &Path,
+    run_as: Option<(u32, u32)>,
+) -> Result<HostPlan, HostError> {
     let mut plan = HostPlan {
-        command: "routes install".into(),
+        command: "system install".into(),
         ..HostPlan::default()
     };
-    for (name, path, contents) in job_files(os, devbox_exe, home)? {
+    for (name, path, contents) in job_files(os, devbox_exe, home, run_as)? {
         plan.write_files.push(FileSpec {
             path: path.clone(),
             mode: 0o644,
@@ -95,11 +116,11 @@ pub fn install_plan(os: HostOs, devbox_exe: &Path, home: &Path) -> Result<HostPl
     Ok(plan)
 }
 
-/// The plan `devbox routes uninstall` applies: unload the jobs and remove their files. The
-/// routes themselves stay until their machines stop (they go with the TAP device).
+/// Unloading the jobs and removing their files. The routes themselves stay until their
+/// machines stop (they go with the TAP device).
 pub fn uninstall_plan(os: HostOs) -> HostPlan {
     let mut plan = HostPlan {
-        command: "routes uninstall".into(),
+        command: "system uninstall".into(),
         ..HostPlan::default()
     };
     for (name, path) in job_names(os) {
@@ -124,6 +145,7 @@ fn job_files(
     os: HostOs,
     devbox_exe: &Path,
     home: &Path,
+    run_as: Option<(u32, u32)>,
 ) -> Result<Vec<(String, PathBuf, String)>, HostError> {
     Ok(match os {
         HostOs::Macos => vec![(
@@ -131,7 +153,7 @@ fn job_files(
             LAUNCHD_PLIST_PATH.into(),
             render_launchd_plist(devbox_exe, home)?,
         )],
-        HostOs::Linux => render_systemd_units(devbox_exe, home)?
+        HostOs::Linux => render_systemd_units(devbox_exe, home, run_as)?
             .into_iter()
             .map(|(name, text)| {
                 let path = Path::new(SYSTEMD_DIR).join(&name);
@@ -183,10 +205,11 @@ mod tests {
     #[test]
     fn paths_are_checked_and_escaped() {
         assert!(render_launchd_plist(Path::new("devbox"), Path::new("/h")).is_err());
-        assert!(render_systemd_units(Path::new("/bin/devbox"), Path::new("/h\n")).is_err());
+        assert!(render_systemd_units(Path::new("/bin/devbox"), Path::new("/h\n"), None).is_err());
         let plist = render_launchd_plist(Path::new("/opt/a&b/devbox"), Path::new("/h")).unwrap();
         assert!(plist.contains("<string>/opt/a&amp;b/devbox</string>"));
-        let units = render_systemd_units(Path::new("/opt/50% $x/devbox"), Path::new("/h")).unwrap();
+        let units =
+            render_systemd_units(Path::new("/opt/50% $x/devbox"), Path::new("/h"), None).unwrap();
         assert!(
             units[0]
                 .1

@@ -7,13 +7,16 @@
 //! same way (`supervisor::bring_up`), so the previous boot's log is `serial.log.1` until the
 //! new one fills. The two files together never hold more than twice [`MAX_BYTES`].
 //!
-//! Drivers whose guest console is a byte stream they do not write themselves (QEMU's stdout)
-//! feed it through [`pump`], which also drains the stream when a write fails (a full disk), so
-//! the guest never blocks on its console.
+//! Drivers whose guest console is a byte stream they do not write themselves feed it through
+//! [`pump`], which also drains the stream when a write fails (a full disk), so the guest never
+//! blocks on its console: QEMU's stdout through [`spawn_pump`], and for a hypervisor that
+//! writes the console to a file descriptor of ours (Virtualization.framework's file-handle
+//! attachment; its own file attachment has no cap), the write end of a [`pipe`].
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, PipeWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 /// The most one console log file holds: several boots' worth of a normal console (a boot
 /// prints about 50 KiB), small next to a machine's disk.
@@ -113,6 +116,40 @@ pub fn pump(mut from: impl Read, mut log: ConsoleLog, on_error: impl Fn(&io::Err
     }
 }
 
+/// Runs [`pump`] on a thread of its own (`devbox-console`), which ends with the stream.
+pub fn spawn_pump(
+    from: impl Read + Send + 'static,
+    log: ConsoleLog,
+    on_error: impl Fn(&io::Error) + Send + 'static,
+) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("devbox-console".into())
+        .spawn(move || pump(from, log, on_error))
+}
+
+/// The `on_error` of a driver's pump: a line in the supervisor's log, as the console stops
+/// being kept.
+pub fn report_to_supervisor(path: PathBuf) -> impl Fn(&io::Error) + Send + 'static {
+    move |e| {
+        crate::supervisor::log(format!(
+            "the guest console is dropped from now on: writing {}: {e}",
+            path.display()
+        ))
+    }
+}
+
+/// A pipe whose read end is pumped into `log` ([`spawn_pump`]); the write end is the guest's
+/// console, for a hypervisor that writes it to a descriptor. The thread ends once every copy
+/// of the write end is closed (the hypervisor released it).
+pub fn pipe(
+    log: ConsoleLog,
+    on_error: impl Fn(&io::Error) + Send + 'static,
+) -> io::Result<(PipeWriter, JoinHandle<()>)> {
+    let (reader, writer) = io::pipe()?;
+    let thread = spawn_pump(reader, log, on_error)?;
+    Ok((writer, thread))
+}
+
 fn open_append(path: &Path) -> io::Result<File> {
     std::fs::OpenOptions::new()
         .create(true)
@@ -184,5 +221,45 @@ mod tests {
         pump(&flood[..], log, |e| panic!("{e}"));
         assert_eq!(size(&path), 64 << 10);
         assert_eq!(size(&rotated_path(&path)), 64 << 10);
+    }
+
+    #[test]
+    fn a_pipe_caps_what_its_writer_floods_and_ends_when_the_writer_closes() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("serial.log");
+        let log = ConsoleLog::with_cap(&path, 4096).unwrap();
+        let (mut guest, thread) = pipe(log, |e| panic!("{e}")).unwrap();
+        for i in 0..2000 {
+            writeln!(guest, "console line {i:05}").unwrap();
+        }
+        drop(guest);
+        thread.join().unwrap();
+        // 2000 lines of 19 bytes: nine full files went by, the current one holds the rest.
+        let total = 2000 * "console line 00000\n".len() as u64;
+        assert_eq!(size(&path), total % 4096);
+        assert_eq!(size(&rotated_path(&path)), 4096);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with("console line 01999\n"), "{text}");
+    }
+
+    #[test]
+    fn a_pipe_is_drained_when_the_log_cannot_be_written() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("serial.log");
+        let log = ConsoleLog::with_cap(&path, 1024).unwrap();
+        // The log's directory is replaced by a file: rotation cannot create the new log.
+        let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = errors.clone();
+        let (mut guest, thread) =
+            pipe(log, move |e| seen.lock().unwrap().push(e.to_string())).unwrap();
+        guest.write_all(&[b'a'; 1024]).unwrap();
+        std::fs::remove_dir_all(d.path()).unwrap();
+        std::fs::write(d.path(), b"not a directory").unwrap();
+        // Far more than a pipe buffer: the writer would block if nobody drained the pipe.
+        guest.write_all(&vec![b'b'; 1 << 20]).unwrap();
+        drop(guest);
+        thread.join().unwrap();
+        std::fs::remove_file(d.path()).unwrap();
+        assert_eq!(errors.lock().unwrap().len(), 1, "reported once");
     }
 }

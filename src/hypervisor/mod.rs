@@ -11,8 +11,8 @@
 //!   it reports itself ready, so the tier-2 tests run the supervisor's whole lifecycle.
 //! - `probe`: decides whether this host's KVM can run a stock guest kernel.
 //! - `guest_report`: the line a guest sends over vsock to report its address.
-//! - `console_log`: the guest's console log, size-capped and rotated; the kvm, qemu and fake
-//!   drivers write the console through it.
+//! - `console_log`: the guest's console log, size-capped and rotated; every driver (kvm, qemu,
+//!   vz, fake) writes the console through it.
 //!
 //! Which drivers exist on which host, and the default one, is in `sys/`. How drivers differ
 //! for everything around them (TAP or not, how the guest is addressed and reached, shares) is

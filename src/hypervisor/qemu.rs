@@ -243,17 +243,8 @@ impl Hypervisor for Qemu {
         })?;
         // The guest's console: copied until QEMU exits and its end of the pipe closes.
         let stdout = child.stdout.take().expect("piped");
-        let log_path = cfg.serial_log.clone();
-        std::thread::Builder::new()
-            .name("devbox-console".into())
-            .spawn(move || {
-                console_log::pump(stdout, console, |e| {
-                    crate::supervisor::log(format!(
-                        "the guest console is dropped from now on: writing {}: {e}",
-                        log_path.display()
-                    ))
-                })
-            })?;
+        let on_error = console_log::report_to_supervisor(cfg.serial_log.clone());
+        console_log::spawn_pump(stdout, console, on_error)?;
         // QEMU reports bad arguments on stderr and exits at once; keep its last words.
         let stderr = child.stderr.take().expect("piped");
         let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));

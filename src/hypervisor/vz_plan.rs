@@ -47,7 +47,7 @@ pub struct VzPlan {
     pub disks: Vec<VzDisk>,
     /// The NIC's MAC, attached to VZ's NAT.
     pub mac: String,
-    /// The virtio console's output, appended to.
+    /// The virtio console's output, through the size-capped `console_log` (rotated at 4 MiB).
     pub console_log: PathBuf,
     /// The vsock port the guest reports its address and readiness to.
     pub report_port: u32,
@@ -199,8 +199,6 @@ pub enum VzError {
     },
     #[error("disk image {path}: {reason}")]
     DiskImage { path: PathBuf, reason: String },
-    #[error("console log {path}: {reason}")]
-    ConsoleLog { path: PathBuf, reason: String },
     #[error("{path} cannot be given to Virtualization.framework as a file URL")]
     BadPath { path: PathBuf },
     #[error("invalid MAC address {mac:?} (want aa:bb:cc:dd:ee:ff, unicast)")]

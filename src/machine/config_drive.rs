@@ -42,11 +42,17 @@ pub struct NfsMount {
     pub options: String,
 }
 
-/// Docker's `daemon.json` for the machine.
+/// Docker's `daemon.json` for the machine: the user's settings (`spec.engine.daemon`, whose
+/// keys never collide with devbox's own: the spec's validation refuses those), then devbox's.
 pub fn daemon_json(spec: &MachineSpec, docker_major: u32, dns: &[std::net::IpAddr]) -> String {
     let mut v = spec.docker.daemon_json_fragment(docker_major);
+    for (key, value) in &spec.engine.daemon {
+        v[key.as_str()] = value.clone();
+    }
     // The guest has no systemd: dockerd's own log file is the one place to look.
-    v["log-level"] = json!("info");
+    if !spec.engine.daemon.contains_key("log-level") {
+        v["log-level"] = json!("info");
+    }
     if !dns.is_empty() {
         // Containers resolve through devbox's DNS server on the host side.
         v["dns"] = json!(dns.iter().map(|a| a.to_string()).collect::<Vec<_>>());
@@ -149,6 +155,11 @@ pub fn files(spec: &MachineSpec, inputs: &DriveInputs) -> Vec<DriveFile> {
             mode: 0o644,
             contents: nfs_mounts_file(inputs.mounts).into_bytes(),
         },
+        DriveFile {
+            name: "dockerd.env",
+            mode: 0o644,
+            contents: super::engine::env_file(&spec.engine).into_bytes(),
+        },
     ]
 }
 
@@ -191,6 +202,25 @@ mod tests {
         assert!(env.contains("DEVBOX_GUEST_IP='192.168.64.2/24'\n"), "{env}");
         assert!(env.contains("DEVBOX_HOST_IP='192.168.64.1'\n"), "{env}");
         assert!(!env.contains("DEVBOX_NET"), "{env}");
+    }
+
+    #[test]
+    fn engine_settings_join_devbox_keys_in_daemon_json() {
+        let mut s = spec(Driver::Qemu);
+        s.engine
+            .daemon
+            .insert("labels".into(), json!(["provider=devbox"]));
+        s.engine.daemon.insert("log-level".into(), json!("debug"));
+        let v: serde_json::Value = serde_json::from_str(&daemon_json(&s, 26, &[])).unwrap();
+        assert_eq!(v["labels"], json!(["provider=devbox"]));
+        assert_eq!(
+            v["log-level"], "debug",
+            "the user's level wins over devbox's default"
+        );
+        assert_eq!(v["bip"], "172.18.0.1/16");
+        let plain: serde_json::Value =
+            serde_json::from_str(&daemon_json(&spec(Driver::Qemu), 26, &[])).unwrap();
+        assert_eq!(plain["log-level"], "info");
     }
 
     #[test]

@@ -107,6 +107,7 @@ pub(crate) mod tests {
             },
             shares: vec![],
             tld: "dev".into(),
+            engine: Default::default(),
             dns_domains: vec![],
             created: "2026-11-21T00:00:00Z".into(),
         }
@@ -128,6 +129,8 @@ pub(crate) mod tests {
                 disk: None,
                 guest_ip: reported.map(|s| s.parse().unwrap()),
                 hint: None,
+                warnings: Vec::new(),
+                ports: Vec::new(),
             }),
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod config_drive;
 pub mod driver;
+pub mod engine;
 pub mod guest_net;
 pub mod lock;
 pub mod share;

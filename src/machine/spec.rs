@@ -8,6 +8,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 pub use super::driver::Driver;
+use super::engine::{EngineError, EngineSpec};
 pub use super::share::{
     DefaultShares, DirId, ShareError, ShareSpec, StateDirs, check_shares, default_shares,
     parse_share, share_link_mac,
@@ -77,6 +78,8 @@ pub enum SpecError {
     Docker(RouteError),
     #[error("Docker's pool size /{size} does not fit the pool {pool}: between /{} and /30", pool.prefix_len())]
     PoolSize { size: u8, pool: Ipv4Net },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
 }
 
 /// A value of `machine.yaml` that failed validation: which field, and why.
@@ -103,6 +106,7 @@ impl Hint for SpecError {
             SpecError::Share(e) => e.hint(),
             SpecError::DockerSubnet { .. } => Some("example: --docker-subnet 172.24.0.1/16".into()),
             SpecError::DnsDomain { source, .. } => source.hint(),
+            SpecError::Engine(e) => e.hint(),
             _ => None,
         }
     }
@@ -141,6 +145,10 @@ pub struct MachineSpec {
     /// Top-level domain of the machine's names (`<machine>.<tld>`).
     #[serde(default = "default_tld")]
     pub tld: String,
+    /// Docker engine settings: `daemon.json` keys and dockerd's environment
+    /// (`create --engine-*`; `super::engine`).
+    #[serde(default, skip_serializing_if = "EngineSpec::is_empty")]
+    pub engine: EngineSpec,
     /// Domains outside `<name>.<tld>` in which the machine's containers may claim names, and
     /// which are then routed to its DNS server (`devbox dns allow`, `create --dns-domain`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -190,6 +198,10 @@ impl MachineSpec {
             check_shares(&self.shares, None).map_err(SpecError::from),
         )?;
         field("tld", validate_tld(&self.tld))?;
+        super::engine::validate(&self.engine).map_err(|(name, e)| InvalidField {
+            field: name,
+            source: SpecError::Engine(e),
+        })?;
         for (i, d) in self.dns_domains.iter().enumerate() {
             field(
                 format!("dns_domains[{i}]"),

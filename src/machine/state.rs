@@ -69,6 +69,30 @@ pub struct StateFile {
     /// detached and its errors reach the user only through this file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// What keeps the running machine from working fully, each with its fix (a host firewall
+    /// that may drop its outbound traffic); `status` and `inspect` show them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// The ports containers publish in the machine and what the host's localhost does with
+    /// each (forwarded, or why not).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortState>,
+}
+
+/// A port a container publishes in the machine, as the host's localhost sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortState {
+    /// `tcp` or `udp`.
+    pub proto: String,
+    /// The port on the host's `127.0.0.1` and `::1` (the one Docker published).
+    pub port: u16,
+    /// Where connections go: the guest's address and the port, or the container's.
+    pub target: String,
+    pub container: String,
+    /// Why the host does not answer on it (the port is taken, a privileged port, the guest
+    /// cannot be reached); `None` while it forwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 impl StateFile {
@@ -87,6 +111,8 @@ impl StateFile {
             disk: None,
             guest_ip: None,
             hint: None,
+            warnings: Vec::new(),
+            ports: Vec::new(),
         }
     }
 }
@@ -143,7 +169,7 @@ pub fn read_state_file(dir: &MachineDir) -> Result<Option<StateFile>, StoreError
 
 pub fn write_state_file(dir: &MachineDir, st: &StateFile) -> Result<(), StoreError> {
     let text = serde_json::to_vec_pretty(st).map_err(std::io::Error::other)?;
-    write_atomic(&dir.state_path(), &text, 0o644)?;
+    write_atomic(&dir.state_path(), &text, 0o600)?;
     Ok(())
 }
 

@@ -103,15 +103,17 @@ impl Store {
         })
     }
 
-    /// An existing machine's directory, or `NotFound`.
+    /// An existing machine's directory, or `NotFound`; a directory the caller may not enter
+    /// (another user's) is that I/O error, naming the path, not "no such machine".
     pub fn existing(&self, name: &str) -> Result<MachineDir, StoreError> {
         let dir = self.machine(name)?;
-        if !dir.spec_path().is_file() {
-            return Err(StoreError::NotFound {
+        match fs::metadata(dir.spec_path()) {
+            Ok(m) if m.is_file() => Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(e.into()),
+            _ => Err(StoreError::NotFound {
                 name: name.to_owned(),
-            });
+            }),
         }
-        Ok(dir)
     }
 
     /// Names of all machines, sorted.
@@ -135,11 +137,33 @@ impl Store {
         Ok(out)
     }
 
-    /// A fresh staging directory for `create`; [`Staging::commit`] renames it into place.
+    /// Creates `$DEVBOX_HOME` and its `machines/` when missing, each mode 0700: another local
+    /// user must not see a machine's disk, keys or sockets. Existing ones keep their mode (the
+    /// user may have chosen it), but every machine directory is 0700 ([`MachineDir::make_private`]).
+    pub fn create_private_dirs(&self) -> Result<(), StoreError> {
+        use std::os::unix::fs::DirBuilderExt;
+        for dir in [&self.home, &self.machines_dir()] {
+            match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("creating {}: {e}", dir.display()),
+                    )
+                    .into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A fresh staging directory for `create` (mode 0700); [`Staging::commit`] renames it
+    /// into place.
     pub fn stage(&self, name: &str) -> Result<Staging, StoreError> {
         let target = self.machine(name)?.path;
         let machines = self.machines_dir();
-        fs::create_dir_all(&machines)?;
+        self.create_private_dirs()?;
         if target.exists() {
             return Err(StoreError::Exists {
                 name: name.to_owned(),
@@ -147,6 +171,8 @@ impl Store {
         }
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".creating-{name}-"))
+            // The machine's directory is the user's alone, whatever the umask.
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir_in(&machines)
             .map_err(|e| {
                 std::io::Error::new(
@@ -293,6 +319,27 @@ impl MachineDir {
         ]
     }
 
+    /// Makes the machine directory 0700 and its disk and keys 0600 (machines created by
+    /// earlier versions had a 0755 directory and a 0644 disk).
+    pub fn make_private(&self) -> Result<(), StoreError> {
+        use std::os::unix::fs::PermissionsExt;
+        let set = |p: PathBuf, mode: u32| -> Result<(), StoreError> {
+            match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(std::io::Error::new(
+                    e.kind(),
+                    format!("setting the mode of {}: {e}", p.display()),
+                )
+                .into()),
+            }
+        };
+        set(self.path.clone(), 0o700)?;
+        set(self.disk_path(), 0o600)?;
+        set(self.client_key_path(), 0o600)?;
+        set(self.host_key_path(), 0o600)
+    }
+
     /// Removes [`MachineDir::runtime_files`] (absent ones are fine).
     pub fn remove_runtime_files(&self) {
         for path in self.runtime_files() {
@@ -347,7 +394,7 @@ impl MachineDir {
 
     pub fn save_spec(&self, spec: &MachineSpec) -> Result<(), StoreError> {
         let text = serde_norway::to_string(spec).map_err(std::io::Error::other)?;
-        write_atomic(&self.spec_path(), text.as_bytes(), 0o644)?;
+        write_atomic(&self.spec_path(), text.as_bytes(), 0o600)?;
         Ok(())
     }
 }
@@ -424,7 +471,7 @@ mod tests {
     #[test]
     fn staging_is_removed_unless_committed() {
         let d = tempfile::tempdir().unwrap();
-        let store = Store::new(Some(d.path().to_owned()), None);
+        let store = Store::new(Some(d.path().join("home")), None);
         {
             let st = store.stage("a").unwrap();
             std::fs::write(st.path().join("x"), "y").unwrap();
@@ -432,8 +479,17 @@ mod tests {
         assert_eq!(std::fs::read_dir(store.machines_dir()).unwrap().count(), 0);
         let st = store.stage("a").unwrap();
         std::fs::write(st.path().join("machine.yaml"), "y").unwrap();
-        st.commit().unwrap();
+        let dir = st.commit().unwrap();
         assert_eq!(store.names().unwrap(), vec!["a".to_string()]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode(&dir.path),
+            0o700,
+            "a machine directory is the user's alone"
+        );
+        assert_eq!(mode(&store.machines_dir()), 0o700);
+        assert_eq!(mode(&store.home), 0o700);
         assert!(matches!(store.stage("a"), Err(StoreError::Exists { .. })));
     }
 

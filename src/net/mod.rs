@@ -16,6 +16,7 @@
 //! CIDRs are [`ipnet::Ipv4Net`] (re-exported here) with [`overlaps`]; `crate::routes` uses
 //! the same type.
 
+pub mod lease;
 pub mod netstat;
 mod sys;
 pub mod vmnet;
@@ -78,8 +79,8 @@ impl Hint for NetError {
     fn hint(&self) -> Option<String> {
         match self {
             NetError::NoPrivilege { .. } => Some(
-                "run the command as root (`sudo devbox …`), or grant the capability to the \
-                 binary once: `sudo setcap cap_net_admin+ep \"$(command -v devbox)\"`"
+                "set devbox up once with `sudo devbox system install`, then run \
+                 /usr/local/bin/devbox as yourself"
                     .into(),
             ),
             NetError::Conflict { interface, .. } => Some(format!(
@@ -381,7 +382,6 @@ mod tests {
         }
         .hint()
         .unwrap();
-        assert!(hint.contains("sudo devbox"));
-        assert!(hint.contains("sudo setcap cap_net_admin+ep \"$(command -v devbox)\""));
+        assert!(hint.contains("sudo devbox system install"), "{hint}");
     }
 }

@@ -130,8 +130,11 @@ impl NfsError {
                  --allow-root-share if the guest may act as root on it"
                     .to_string(),
             ),
+            // `sudo devbox` acts as the invoking user (crate::host::privileged), so root is
+            // not a way out for a user: only the owner's own devbox can serve the directory.
             NfsError::ExportOwner { owner, .. } => Some(format!(
-                "run devbox as uid {owner} or as root, or share a directory you own"
+                "share a directory you own, or let uid {owner} run the machine: devbox's file \
+                 server runs as you and never as another user"
             )),
             NfsError::Hidden { .. } => None,
             NfsError::Bind { addr, source } => match source.kind() {

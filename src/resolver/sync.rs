@@ -62,7 +62,7 @@ impl ResolverSync {
         self.written = true;
         let mut log = Vec::new();
         let text = serde_json::to_vec_pretty(&self.state).expect("plain data");
-        if let Err(e) = write_atomic(&self.dir.dns_state_path(), &text, 0o644) {
+        if let Err(e) = write_atomic(&self.dir.dns_state_path(), &text, 0o600) {
             log.push(format!("writing dns.json: {e}"));
         }
         if let Some(link) = &self.resolved_link

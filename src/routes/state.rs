@@ -99,11 +99,12 @@ impl RoutesState {
         })
     }
 
-    /// Writes the state file atomically (0644: the root job reads it).
+    /// Writes the state file atomically, the user's alone (0600): the boot job runs as the
+    /// user (systemd `User=`) or as root (the macOS LaunchDaemon), who read it either way.
     pub fn save(&self, path: &Path) -> Result<(), RoutesStateError> {
         let mut text = serde_json::to_string_pretty(self).expect("plain data serialises");
         text.push('\n');
-        write_atomic(path, text.as_bytes(), 0o644).map_err(|source| RoutesStateError::Io {
+        write_atomic(path, text.as_bytes(), 0o600).map_err(|source| RoutesStateError::Io {
             what: "write",
             path: path.to_owned(),
             source,

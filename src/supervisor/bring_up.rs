@@ -4,7 +4,7 @@
 //!
 //! 1. the image and the driver (its preflight and [`Capabilities`]);
 //! 2. the host side of the network, from the capabilities (`host_net`): for a TAP link the
-//!    conflict check, the TAP and the routes to the Docker subnets;
+//!    conflict check, the TAP, the routes to the Docker subnets and the outbound NAT;
 //! 3. the I/O runtime, the NFS server for the shares, the DNS server (now for a static
 //!    address; after the guest's report for a DHCP one);
 //! 4. the config drive, then the boot;
@@ -24,6 +24,7 @@ use nix::sys::signal::SigSet;
 
 use super::event_loop::{self, Guest, Running};
 use super::host_net::{self, HostNet};
+use super::nat::Nat;
 use super::parts::Parts;
 use super::report::Awaited;
 use super::routes::{Routes, add_routes, forget_routes};
@@ -165,6 +166,7 @@ impl<'a> Supervisor<'a> {
         Ok(BroughtUp::Running(Running {
             vm,
             target,
+            guest_ip,
             records,
             io: io.handle().clone(),
         }))
@@ -246,24 +248,22 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// For a TAP link: checks that the host-only /24 is still free, creates and configures
-    /// the TAP, and routes the Docker subnets over it.
+    /// For a TAP link: the TAP, through the privileged door (only for an index leased to the
+    /// caller, with the index's address, and only while its /24 is still free on the host),
+    /// then the routes to the Docker subnets over it, and its traffic forwarded out (`nat`).
     fn tap(&mut self, net: &HostNet) -> Result<Option<net::Tap>> {
         let Some(setup) = &net.tap else {
             return Ok(None);
         };
-        // The host-only /24 must still be free: a VPN may have claimed it since `create`.
-        net::check_conflicts(&net.hostonly, &net::host_routes()?)?;
-
         self.state.step("creating the network device");
-        let tap = net::Tap::create(&setup.name, true)?;
-        tap.configure(setup.host_ip, setup.prefix)?;
+        let (tap, hostonly) = crate::host::open_tap(net.hostonly.index, true)?;
         log(format!(
             "{} up with {}/{}",
             tap.name(),
-            setup.host_ip,
-            setup.prefix
+            hostonly.host_ip,
+            hostonly.subnet.prefix_len()
         ));
+        debug_assert_eq!(setup.name, tap.name());
 
         self.state.step("routing the Docker subnets");
         add_routes(
@@ -273,6 +273,10 @@ impl<'a> Supervisor<'a> {
             tap.name(),
             Vec::new(),
         )?;
+
+        self.state.step("forwarding the machine's traffic out");
+        let nat = Nat::add(&self.spec.name, tap.name(), &self.state)?;
+        self.parts.add(nat);
         Ok(Some(tap))
     }
 
@@ -331,7 +335,7 @@ impl<'a> Supervisor<'a> {
         // The alias policy (other machines, allowed domains, claims) is read from the state
         // directory at every zone build; only the guest, its containers and the host query.
         let subnets: Vec<ipnet::IpNet> = self.spec.docker.routed().map(Into::into).to_vec();
-        let server = io.block_on(dns::DnsServer::start(dns::DnsConfig {
+        let config = dns::DnsConfig {
             machine: self.spec.name.clone(),
             tld: self.spec.tld.clone(),
             guest_ip: guest_ip.into(),
@@ -342,7 +346,16 @@ impl<'a> Supervisor<'a> {
                 self.store.clone(),
                 &self.spec.name,
             )),
-        }))?;
+        };
+        // Port 53 on the TAP's own address (from the leased index, opened by `tap` already):
+        // CAP_NET_BIND_SERVICE for the binds only. `start` binds on this thread (block_on runs
+        // the future here, and the runtime's workers, started earlier, do not get it).
+        let start = || io.block_on(dns::DnsServer::start(config));
+        let server = if net.dns_bind.port() < 1024 {
+            crate::host::privileged::with_bind_service(start)
+        } else {
+            start()
+        }?;
         log(format!(
             "DNS on {} for {}.{} (upstreams: {})",
             server.local_addr(),
@@ -366,6 +379,8 @@ impl<'a> Supervisor<'a> {
         let client_pub = fs_err::read_to_string(self.dir.client_pub_path())?;
         let host_key = fs_err::read_to_string(self.dir.host_key_path())?;
         let host_pub = fs_err::read_to_string(self.dir.host_pub_path())?;
+        crate::machine::engine::check_engine(&self.spec.engine, image.manifest.docker_major())
+            .context("the machine's engine settings (machine.yaml `engine:`)")?;
         config_drive::write(
             &self.dir.config_drive_path(),
             self.spec,

@@ -18,12 +18,14 @@ use anyhow::{Context, Result};
 
 pub use super::control::{Reply, Request};
 use crate::hint::Hint;
+use crate::host::privileged;
 use crate::machine::guest_net::guest_address;
 use crate::machine::lock::supervisor_alive;
 use crate::machine::state::{StateFile, observe, read_state_file};
 use crate::machine::{Link, MachineDir, MachineSpec, MachineState, Observed, Store};
+use crate::net::lease::{LeaseError, LeaseInfo, Registry, real_uid};
 use crate::resolver::DnsState;
-use crate::{hypervisor, image, net, ssh};
+use crate::{hypervisor, image, ssh};
 
 /// Longer than the supervisor's own graceful-stop limit, so it normally finishes first.
 const STOP_LIMIT: Duration = Duration::from_secs(90);
@@ -45,6 +47,17 @@ pub enum ClientError {
     },
     #[error("machine {name:?} did not stop within {seconds} s; its supervisor was killed")]
     StopTimeout { name: String, seconds: u64 },
+    #[error(
+        "machine {name:?} needs CAP_NET_ADMIN and CAP_NET_BIND_SERVICE for its network device \
+         and DNS server, and its supervisor would not have them: {why}"
+    )]
+    NoNetPrivileges {
+        name: String,
+        why: String,
+        exe: std::path::PathBuf,
+    },
+    #[error("machine {name:?} needs {TUN}, which you cannot open")]
+    NoTun { name: String },
 }
 
 impl Hint for ClientError {
@@ -61,6 +74,30 @@ impl Hint for ClientError {
                 "the whole console log: devbox logs {name}; `devbox inspect {name}` names the supervisor's log"
             )),
             ClientError::StopTimeout { .. } => None,
+            ClientError::NoNetPrivileges { exe, .. } => {
+                let installed = std::path::Path::new(crate::host::INSTALLED_BINARY);
+                if exe != installed && privileged::has_installed_caps(installed).unwrap_or(false) {
+                    Some(format!(
+                        "use the installed devbox, {}, which has them (this is {})",
+                        installed.display(),
+                        exe.display()
+                    ))
+                } else {
+                    Some(
+                        "set devbox up once with `sudo devbox system install`, then run \
+                         /usr/local/bin/devbox as yourself"
+                            .into(),
+                    )
+                }
+            }
+            ClientError::NoTun { .. } => match crate::host::install::tun_check(
+                std::fs::metadata(TUN)
+                    .ok()
+                    .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions())),
+            ) {
+                crate::host::install::Check::Fix { fix, .. } => Some(fix),
+                _ => None,
+            },
         }
     }
 }
@@ -76,18 +113,64 @@ pub fn cleanup_stale(dir: &MachineDir) {
 }
 
 /// Everything that can be checked before spawning a supervisor, so the error comes straight
-/// back to the user with nothing created: the image, the driver, and the privilege its link
-/// needs.
-pub fn preflight(store: &Store, spec: &MachineSpec) -> Result<()> {
+/// back to the user with nothing created: the image, the driver, the registry and the
+/// machine's lease, and for a TAP link the privileges the supervisor will hold and access to
+/// `/dev/net/tun`. Also makes the machine's files private (machines of earlier versions).
+pub fn preflight(store: &Store, dir: &MachineDir, spec: &MachineSpec) -> Result<()> {
     image::find(&store.cache, Some(&spec.image))?;
     let hv = hypervisor::for_driver(spec.driver)?;
     hv.preflight()?;
-    if hv.capabilities().link == Link::Tap && !net::have_net_admin() {
-        return Err(net::NetError::NoPrivilege {
-            what: format!("creating the network device for machine {}", spec.name),
+    dir.make_private()?;
+    let registry = Registry::system();
+    registry.ensure()?;
+    claim_lease(&registry, dir, spec)?;
+    if hv.capabilities().link == Link::Tap {
+        let exe = std::env::current_exe().context("finding the devbox executable")?;
+        if let Err(why) = privileged::supervisor_will_have_net_privileges(&exe) {
+            return Err(ClientError::NoNetPrivileges {
+                name: spec.name.clone(),
+                why,
+                exe,
+            }
+            .into());
         }
-        .into());
+        let tun = std::path::Path::new(TUN);
+        if nix::unistd::access(
+            tun,
+            nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK,
+        )
+        .is_err()
+        {
+            return Err(ClientError::NoTun {
+                name: spec.name.clone(),
+            }
+            .into());
+        }
     }
+    Ok(())
+}
+
+const TUN: &str = "/dev/net/tun";
+
+/// The machine's lease: it must be the caller's. A machine created before the registry
+/// existed has none; it takes its index's lease now if nobody holds it.
+fn claim_lease(registry: &Registry, dir: &MachineDir, spec: &MachineSpec) -> Result<()> {
+    let index = spec.network.index;
+    match registry.owned(index) {
+        Ok(_) => return Ok(()),
+        Err(LeaseError::NotYours { .. }) if registry.list()?.iter().all(|l| l.index != index) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let info = LeaseInfo {
+        uid: real_uid(),
+        user: std::env::var("USER").unwrap_or_default(),
+        machine: spec.name.clone(),
+        dir: fs_err::canonicalize(&dir.path)?,
+        docker: spec.docker.routed().to_vec(),
+    };
+    let _host = registry.lock()?;
+    registry.take(index, &info)?;
+    registry.owned(index)?;
     Ok(())
 }
 

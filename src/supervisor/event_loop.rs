@@ -1,6 +1,7 @@
 //! The event loop: owns the running machine and reacts to the [`Event`]s of the watchers and
 //! the control socket until the guest ends. It starts the parts that need a ready guest (the
-//! docker socket forwarder, the container watcher, the disk watcher), turns stop requests
+//! docker socket forwarder, the container watcher, the published-port forwarder
+//! (`crate::ports`), the disk watcher), turns stop requests
 //! and signals into a graceful stop (the guest powers off, killed after [`GRACEFUL_STOP`]),
 //! and tells a machine that ended before it was ready (a failure) from one that was stopped.
 
@@ -15,7 +16,7 @@ use super::watchers::DiskWatch;
 use super::{Event, log, now};
 use crate::hypervisor::RunningVm;
 use crate::machine::state::Phase;
-use crate::{dns, ssh};
+use crate::{dns, ports, ssh};
 
 /// How long a guest gets to power off before it is killed.
 const GRACEFUL_STOP: Duration = Duration::from_secs(60);
@@ -54,6 +55,8 @@ pub struct Running {
     /// Where the guest answers SSH; `None` when the supervisor does not reach the guest
     /// ([`crate::machine::GuestAccess::DriverReport`]).
     pub target: Option<ssh::Target>,
+    /// The guest's address, where published ports are forwarded.
+    pub guest_ip: std::net::Ipv4Addr,
     /// The DNS server's records, for the container watcher.
     pub records: dns::RecordsHandle,
     pub io: tokio::runtime::Handle,
@@ -120,7 +123,7 @@ pub fn run(sv: &mut Supervisor, mut m: Running) -> Result<String> {
 }
 
 /// The guest is ready: starts what needs it (over SSH: the docker socket, the container
-/// watcher, the disk watcher) and says the machine runs.
+/// watcher, the published ports, the disk watcher) and says the machine runs.
 fn ready(sv: &mut Supervisor, m: &mut Running, docker_version: &str) -> Result<()> {
     if let Some(target) = &m.target {
         match ssh::forward_unix_socket(target, &sv.dir.docker_socket_path(), "/var/run/docker.sock")
@@ -137,6 +140,14 @@ fn ready(sv: &mut Supervisor, m: &mut Running, docker_version: &str) -> Result<(
         ));
         sv.parts
             .add(Task("container watcher", watch.abort_handle()));
+        let state = sv.state.clone();
+        let forwarder = m.io.spawn(ports::run(
+            sv.dir.docker_socket_path(),
+            m.guest_ip,
+            Box::new(move |ports| state.update(|s| s.ports = ports)),
+        ));
+        sv.parts
+            .add(Task("published-port forwarder", forwarder.abort_handle()));
     }
     log(format!("ready: Docker {docker_version} answers"));
     sv.state.update(|s| {

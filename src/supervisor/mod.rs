@@ -7,8 +7,10 @@
 //! ([`parts`]):
 //! - the routes to the machine's Docker subnets (`crate::routes`, applied through the host
 //!   applier and recorded in `$DEVBOX_HOME/routes.json` for the boot-time job);
-//! - for a driver whose link is a TAP (qemu, kvm), the TAP device: its descriptor is shared
-//!   only with the guest, so the interface disappears when both are gone, even after SIGKILL
+//! - for a driver whose link is a TAP (qemu, kvm), the TAP device and the machine's outbound
+//!   NAT (`nat.rs`, `crate::nat`): the TAP's descriptor is shared only with the guest, so the
+//!   interface disappears when both are gone, even after SIGKILL (the NAT rules stay until
+//!   the machine's next start replaces them, or its stop)
 //!   (`host_net` decides what each kind of link needs; a vz machine's NIC is on
 //!   Virtualization.framework's NAT and its guest reports the address DHCP gave it, `report`);
 //! - the I/O runtime, and on it the NFS server exporting the machine's shares (bound to the
@@ -37,6 +39,7 @@ pub mod client;
 pub mod control;
 mod event_loop;
 mod host_net;
+mod nat;
 mod parts;
 mod report;
 mod routes;
@@ -96,7 +99,7 @@ pub fn run(
     write_atomic(
         &dir.pid_path(),
         format!("{}\n", std::process::id()).as_bytes(),
-        0o644,
+        0o600,
     )?;
     let state = StateWriter::new(&dir, StateFile::starting(std::process::id(), now()));
 

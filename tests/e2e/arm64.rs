@@ -243,6 +243,7 @@ fn write_config_drive(path: &Path, img: &Image) {
         },
         shares: Vec::new(),
         tld: "dev".into(),
+        engine: Default::default(),
         dns_domains: vec![],
         created: "2026-11-22T00:00:00Z".into(),
     };

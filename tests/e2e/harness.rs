@@ -5,7 +5,8 @@
 //! `ip netns exec`, so the TAP devices, their addresses and all guest traffic stay in the
 //! namespace. Inside it, a dnsmasq on loopback stands in for the host's resolvers as the
 //! machines' DNS upstream, and the host side resolves through the first machine's DNS server,
-//! as a host with `devbox dns install` would.
+//! as a host with `devbox dns install` would. When a check first needs it, the namespace gets
+//! an uplink to a second namespace, "the internet" ([`Internet`]), on documentation addresses.
 //!
 //! Every command is bounded (`timeout`), so a hung guest or forwarder fails its check instead
 //! of the whole run.
@@ -41,7 +42,155 @@ pub struct Harness {
     pub home: PathBuf,
     pub cache: PathBuf,
     upstream: Mutex<Option<Child>>,
+    internet: Mutex<Option<Internet>>,
     tmp: tempfile::TempDir,
+}
+
+/// The internet's address (TEST-NET-3), on the other end of the namespace's uplink `up0`.
+pub const INTERNET_IP: &str = "203.0.113.2";
+/// The internet's name, which the stand-in upstream resolver knows.
+pub const INTERNET_NAME: &str = "internet.example";
+/// The page the internet's HTTP server (port 80) serves.
+pub const INTERNET_PAGE: &str = "hello from the internet\n";
+/// Port of the internet's Docker registry (registry v2, Debian's `docker-registry`).
+pub const REGISTRY_PORT: u16 = 5000;
+
+/// A namespace standing for the internet, behind the run's namespace (the host): its uplink
+/// `up0` (203.0.113.1) is the host's default route, and the internet has no route back to
+/// the host's private networks, so only NAT gets replies. It serves HTTP and a registry.
+pub struct Internet {
+    netns: String,
+    servers: Vec<Child>,
+}
+
+impl Internet {
+    fn new(host_netns: &str, dir: &Path) -> Internet {
+        let netns = format!("{host_netns}-inet");
+        let run = |args: &[&str]| {
+            let o = Command::new("ip").args(args).output().unwrap();
+            assert!(
+                o.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                text(&o.stderr)
+            );
+        };
+        run(&["netns", "add", &netns]);
+        // From here on, Drop removes the namespace and the servers, whatever fails.
+        let mut inet = Internet {
+            netns,
+            servers: Vec::new(),
+        };
+        let n = inet.netns.clone();
+        run(&["-n", &n, "link", "set", "lo", "up"]);
+        run(&[
+            "-n", host_netns, "link", "add", "up0", "type", "veth", "peer", "name", "eth0",
+            "netns", &n,
+        ]);
+        run(&[
+            "-n",
+            host_netns,
+            "addr",
+            "add",
+            "203.0.113.1/24",
+            "dev",
+            "up0",
+        ]);
+        run(&["-n", host_netns, "link", "set", "up0", "up"]);
+        run(&[
+            "-n",
+            &n,
+            "addr",
+            "add",
+            &format!("{INTERNET_IP}/24"),
+            "dev",
+            "eth0",
+        ]);
+        run(&["-n", &n, "link", "set", "eth0", "up"]);
+        run(&[
+            "-n",
+            host_netns,
+            "route",
+            "add",
+            "default",
+            "via",
+            INTERNET_IP,
+        ]);
+
+        let www = dir.join("internet-www");
+        std::fs::create_dir_all(&www).unwrap();
+        std::fs::write(www.join("index.html"), INTERNET_PAGE).unwrap();
+        let registry = dir.join("internet-registry");
+        std::fs::create_dir_all(&registry).unwrap();
+        let config = dir.join("internet-registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: {INTERNET_IP}:{REGISTRY_PORT}\n",
+                registry.display()
+            ),
+        )
+        .unwrap();
+        let spawn = |args: &[&str]| {
+            Command::new("ip")
+                .args(["netns", "exec", &n])
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let www = www.to_str().unwrap();
+        inet.servers.push(spawn(&[
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            &format!("{INTERNET_IP}:80"),
+            "-h",
+            www,
+        ]));
+        inet.servers.push(spawn(&[
+            "docker-registry",
+            "serve",
+            config.to_str().unwrap(),
+        ]));
+        // Both answer from the internet's own side before any check relies on them.
+        let t = Instant::now();
+        for url in [
+            format!("http://{INTERNET_IP}/"),
+            format!("http://{INTERNET_IP}:{REGISTRY_PORT}/v2/"),
+        ] {
+            while !Command::new("ip")
+                .args(["netns", "exec", &n, "curl", "-sf", "--max-time", "2", &url])
+                .stdout(Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+            {
+                assert!(
+                    t.elapsed() < Duration::from_secs(20),
+                    "the internet's server at {url} did not start"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        inet
+    }
+}
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
 }
 
 impl Harness {
@@ -55,6 +204,20 @@ impl Harness {
         assert!(st.success(), "ip netns add {netns}");
         let st = Command::new("ip")
             .args(["-n", &netns, "link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        // A new namespace may inherit the host's IPv4 forwarding; this one starts as a host
+        // that does not forward, whose setting devbox must put back.
+        let st = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &netns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=0",
+            ])
             .status()
             .unwrap();
         assert!(st.success());
@@ -84,6 +247,7 @@ impl Harness {
             .args(["--bind-interfaces", "--address=/pkg.go.dev/10.1.2.3"])
             // The real world's answer for a name nobody has: NXDOMAIN.
             .arg("--local=/synbioz.dev/")
+            .arg(format!("--address=/{INTERNET_NAME}/{INTERNET_IP}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -93,8 +257,65 @@ impl Harness {
             home: tmp.path().join("home"),
             cache: cache_dir(),
             upstream: Mutex::new(Some(upstream)),
+            internet: Mutex::new(None),
             tmp,
         }
+    }
+
+    /// Makes sure the internet namespace is up behind this one (see [`Internet`]).
+    pub fn internet(&self) {
+        let mut internet = self.internet.lock().unwrap_or_else(|e| e.into_inner());
+        if internet.is_none() {
+            *internet = Some(Internet::new(&self.netns, self.tmp.path()));
+        }
+    }
+
+    /// `PROGRAM ARGS` inside the namespace (the host's side), whatever its outcome.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Output {
+        bounded("ip")
+            .args(["netns", "exec", &self.netns, program])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// `PROGRAM ARGS` inside the namespace, asserting success; stdout.
+    #[track_caller]
+    pub fn exec_ok(&self, program: &str, args: &[&str]) -> String {
+        let o = self.exec(program, args);
+        assert!(
+            o.status.success(),
+            "{program} {}: {}",
+            args.join(" "),
+            text(&o.stderr)
+        );
+        text(&o.stdout)
+    }
+
+    /// devbox's nftables rules for the link `dbxN` in the namespace; `None` when devbox's
+    /// table (`inet devbox`) is absent.
+    pub fn nat_rules(&self, link: &str) -> Option<usize> {
+        let o = self.exec("nft", &["-j", "list", "table", "inet", "devbox"]);
+        if !o.status.success() {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        Some(
+            v["nftables"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|o| o["rule"]["comment"] == link)
+                .count(),
+        )
+    }
+
+    /// The namespace's `net.ipv4.ip_forward`.
+    pub fn ip_forward(&self) -> String {
+        self.exec_ok("cat", &["/proc/sys/net/ipv4/ip_forward"])
+            .trim()
+            .to_owned()
     }
 
     /// A directory of this run, removed at the end.
@@ -115,6 +336,8 @@ impl Harness {
             .args(args)
             .env("DEVBOX_HOME", &self.home)
             .env("DEVBOX_CACHE", &self.cache)
+            // The run's own lease registry (root may move it), never the host's.
+            .env("DEVBOX_REGISTRY", self.tmp.path().join("registry"))
             .env("NO_COLOR", "1")
             .env("DEVBOX_DNS_UPSTREAMS", format!("127.0.0.1:{UPSTREAM_PORT}"))
             .stdin(Stdio::null());
@@ -303,6 +526,12 @@ impl Harness {
             let _ = upstream.kill();
             let _ = upstream.wait();
         }
+        drop(
+            self.internet
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
             .status();

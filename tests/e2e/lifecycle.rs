@@ -28,6 +28,11 @@ pub fn restart_keeps_data_and_shares(m: &Machine) {
 
     m.ok(&["restart", MACHINE, "--timeout", "600"]);
     assert_eq!(m.ssh("cat /var/lib/docker/devbox-marker").trim(), "kept");
+    assert_eq!(
+        m.h.nat_rules("dbx0"),
+        Some(3),
+        "after the crash and a new start, one set of NAT rules"
+    );
     assert!(!m.ssh("docker images -q bb:e2e").trim().is_empty());
     assert_eq!(
         m.ssh("cat /mnt/rw/hello.txt"),
@@ -197,7 +202,8 @@ pub fn second_machine_gets_the_next_subnets(m: &Machine) {
     m.ok(&["rm", SECOND]);
 }
 
-/// Stop and remove: nothing left behind (routes, guest, TAP, sockets, the machine's files).
+/// Stop and remove: nothing left behind (routes, NAT rules, guest, TAP, sockets, the machine's
+/// files).
 pub fn stop_and_rm_leave_nothing(m: &Machine) {
     m.ok(&["stop", MACHINE]);
     assert_eq!(m.status(), "Stopped");
@@ -208,6 +214,11 @@ pub fn stop_and_rm_leave_nothing(m: &Machine) {
     );
     assert!(m.guest_processes().is_empty());
     assert!(!m.h.tap_exists());
+    assert_eq!(
+        m.h.nat_rules("dbx0"),
+        None,
+        "the last stop removes devbox's nftables table"
+    );
     for f in ["docker.sock", "control.sock", "supervisor.pid", "qmp.sock"] {
         assert!(!m.dir().join(f).exists(), "{f} left after stop");
     }
@@ -215,4 +226,10 @@ pub fn stop_and_rm_leave_nothing(m: &Machine) {
     assert!(stop_again.status.success());
     m.ok(&["rm", MACHINE]);
     assert!(!m.dir().exists());
+    // Every machine of the run is gone, and with them their leases on the host-only networks.
+    let leases: Vec<_> = std::fs::read_dir(m.h.tmp().join("registry/leases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(leases.is_empty(), "rm leaves leases behind: {leases:?}");
 }

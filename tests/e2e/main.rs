@@ -5,8 +5,9 @@
 //! machine (`e2e`, with two shared folders, a 2 GiB disk) is booted once and handed to every
 //! check that does not disturb it; the checks that do (restart, SIGKILL of the supervisor,
 //! a full disk, a resize, stop and rm) run after them, in list order, on the same machine;
-//! the next check gets it running again. The whole run boots 4 times (the shared machine
-//! thrice, a second machine once), and the arm64 image once more under qemu-system-aarch64.
+//! the next check gets it running again. The whole run boots 6 times (the shared machine
+//! four times, a second machine once, an ordinary user's machine once: `users.rs`), and the arm64
+//! image once more under qemu-system-aarch64.
 //! Checks run one at a time, in the order of [`CHECKS`] grouped by kind; the run prints each
 //! check's duration at the end, and the number of boots.
 //!
@@ -48,9 +49,28 @@ mod harness;
 mod lifecycle;
 mod machine;
 mod network;
+mod outside;
 // Its raw-client check is Linux-only (src/nfs): elsewhere its helpers go unused.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 mod shares;
+// Linux only (file capabilities, user namespaces of the test, /dev/net/tun): elsewhere the
+// trial is reported as unsupported.
+#[cfg(target_os = "linux")]
+mod users;
+#[cfg(not(target_os = "linux"))]
+mod users {
+    use crate::support::trials::Missing;
+
+    pub fn prerequisites() -> Result<(), Missing> {
+        Err(Missing::Unsupported(
+            "system install and file capabilities are Linux's (macOS: see the README)".into(),
+        ))
+    }
+
+    pub fn ordinary_users_after_one_system_install() {
+        unreachable!("prerequisites() refuses this host");
+    }
+}
 
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -73,6 +93,11 @@ const CHECKS: &[Check] = &[
         "arm64_image_boots_under_qemu_virt",
         arm64::prerequisites,
         arm64::arm64_image_boots_under_qemu_virt,
+    ),
+    own(
+        "ordinary_users_after_one_system_install",
+        users::prerequisites,
+        users::ordinary_users_after_one_system_install,
     ),
     shared(
         "start_boots_and_a_second_start_is_not_an_error",
@@ -113,8 +138,21 @@ const CHECKS: &[Check] = &[
         "vz_guest_lease_script_and_vsock_report",
         network::check_guest_report,
     ),
+    shared("engine_flags_reach_docker", outside::check_engine_settings),
+    shared(
+        "outbound_nat_reaches_the_internet",
+        outside::check_outbound_nat,
+    ),
+    shared(
+        "published_ports_answer_on_localhost",
+        outside::check_published_ports,
+    ),
     shared("discard_reaches_the_host_file", disk::check_discard),
     exclusive("full_disk_keeps_the_machine_usable", disk::check_full_disk),
+    exclusive(
+        "stop_removes_nat_and_a_docker_host_works",
+        outside::check_nat_on_a_docker_host,
+    ),
     exclusive(
         "restart_keeps_data_and_shares",
         lifecycle::restart_keeps_data_and_shares,

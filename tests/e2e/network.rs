@@ -115,6 +115,8 @@ pub fn check_containers_only_from_the_host(m: &Machine) {
             &format!("net.ipv4.ip_forward={on}"),
         ])
     };
+    // Put back afterwards as it was: while the machine runs, devbox's NAT has it on.
+    let before = h.ip_forward();
     forwarding("1");
     // The host side still reaches the container; the neighbour, forwarded by it, does not.
     assert_eq!(h.curl(&format!("http://{ip}/")), "hello from web\n");
@@ -123,7 +125,7 @@ pub fn check_containers_only_from_the_host(m: &Machine) {
         .arg(format!("http://{ip}/"))
         .output()
         .unwrap();
-    forwarding("0");
+    forwarding(&before);
     assert!(
         !o.status.success(),
         "a neighbour of the host reached a container: {}",

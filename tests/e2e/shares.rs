@@ -26,11 +26,16 @@ static SHARES: OnceLock<Shares> = OnceLock::new();
 
 /// Creates the shared machine: 2 vCPUs, 2 GiB of memory, a 2 GiB disk (small enough to fill
 /// in `disk::check_full_disk`; `lifecycle` grows it to 4 GiB), one read-write and one
-/// read-only share.
+/// read-only share, a Docker label and the internet's registry as an insecure one.
 pub fn create(m: &Machine) {
     let shares = SHARES.get_or_init(|| Shares::prepare(m.h.tmp()));
     let rw = format!("{}:/mnt/rw", shares.rw.display());
     let ro = format!("{}:/mnt/ro:ro", shares.ro.display());
+    let registry = format!(
+        "{}:{}",
+        crate::harness::INTERNET_NAME,
+        crate::harness::REGISTRY_PORT
+    );
     m.ok(&[
         "create",
         MACHINE,
@@ -47,6 +52,12 @@ pub fn create(m: &Machine) {
         // Lets containers take aliases under synbioz.dev (the network checks); go.dev stays refused.
         "--dns-domain",
         "synbioz.dev",
+        // docker-machine's engine flags (`outside::check_engine_settings`); the registry is
+        // the internet namespace's (`outside::check_outbound_nat`).
+        "--engine-label",
+        "provider=devbox",
+        "--engine-insecure-registry",
+        &registry,
     ]);
 }
 

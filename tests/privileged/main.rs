@@ -16,10 +16,13 @@ mod support;
 mod kvm_support;
 
 mod cli_root;
+#[cfg(target_os = "linux")]
+mod cli_system;
 mod dns_netns;
 mod kvm_boot_conformance;
 mod kvm_net;
 mod kvm_smoke;
+mod nat_netns;
 mod net_tap;
 mod routes_netns;
 
@@ -29,8 +32,10 @@ fn main() -> std::process::ExitCode {
     let mut trials = cli_root::trials();
     #[cfg(target_os = "linux")]
     {
+        trials.extend(cli_system::trials());
         trials.extend(net_tap::trials());
         trials.extend(routes_netns::trials());
+        trials.extend(nat_netns::trials());
         trials.extend(dns_netns::trials());
         trials.extend(kvm_net::trials());
         trials.extend(kvm_smoke::trials());

@@ -37,7 +37,67 @@ pub fn trials() -> Vec<Trial> {
             root,
             configure_sets_any_prefix_and_rejects_nonsense,
         ),
+        check(
+            "the_door_opens_a_share_link_only_for_the_callers_lease",
+            root,
+            the_door_opens_a_share_link_only_for_the_callers_lease,
+        ),
     ]
+}
+
+/// The share link (`dbxNs`) goes through the privileged door like `dbxN`: made, with the
+/// top /30 of the index's /24, for an index leased to the caller; refused, with no link
+/// made, for an index leased to another uid or to nobody.
+fn the_door_opens_a_share_link_only_for_the_callers_lease() {
+    use devbox::host::{HostError, open_share_tap};
+    use devbox::net::lease::{LeaseError, LeaseInfo, Registry};
+    use std::os::unix::fs::PermissionsExt;
+
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let registry = Registry::at(root.path().join("devbox"));
+    registry.create().unwrap();
+    let info = |machine: &str| LeaseInfo {
+        uid: 0,
+        user: "root".into(),
+        machine: machine.into(),
+        dir: "/nonexistent".into(),
+        docker: Vec::new(),
+    };
+    assert!(registry.take(3, &info("mine")).unwrap());
+    assert!(registry.take(4, &info("theirs")).unwrap());
+    // Lease 4 is another user's: the owner of the file is who holds it.
+    let theirs = registry.leases_dir().join("4");
+    std::os::unix::fs::chown(&theirs, Some(12345), Some(12345)).unwrap();
+
+    in_new_netns(|| {
+        let (tap, link) = open_share_tap(&registry, 3, false).unwrap();
+        assert_eq!((tap.name(), link.tap.as_str()), ("dbx3s", "dbx3s"));
+        let info = ip_addr_show("dbx3s").expect("dbx3s exists");
+        let addrs = info["addr_info"].as_array().unwrap();
+        assert!(
+            addrs
+                .iter()
+                .any(|a| a["local"] == "192.168.67.253" && a["prefixlen"] == 30),
+            "{info}"
+        );
+        for (index, why) in [(4, "belongs to uid 12345"), (5, "nobody holds its lease")] {
+            let err = open_share_tap(&registry, index, false).unwrap_err();
+            assert!(
+                matches!(err, HostError::Lease(LeaseError::NotYours { .. })),
+                "{err:?}"
+            );
+            assert!(
+                err.to_string().contains(why) || format!("{err:?}").contains(why),
+                "{err:?}"
+            );
+            assert!(
+                ip_addr_show(&format!("dbx{index}s")).is_none(),
+                "no link made for index {index}"
+            );
+        }
+        drop(tap);
+    });
 }
 
 /// `ip -j addr show dev NAME` in the caller's namespace, parsed; `None` if there is no

@@ -14,6 +14,7 @@ use std::process::Command;
 
 use devbox::hint::Hint;
 use devbox::host::{ApplyTarget, FileSpec, HostError, HostPlan, Outcome, apply_to};
+use devbox::net::lease::{LeaseInfo, Registry};
 use devbox::net::{HostOnlyNet, HostRoute, Tap, host_routes};
 use devbox::routes::{
     DockerSubnets, PlannedRoute, RouteError, RoutePlan, removal_plan_for, route_plan_for,
@@ -45,6 +46,11 @@ pub fn trials() -> Vec<Trial> {
             "the_allowlist_refuses_before_any_change",
             root,
             the_allowlist_refuses_before_any_change,
+        ),
+        check(
+            "a_crafted_routes_json_is_refused_by_routes_apply",
+            root,
+            a_crafted_routes_json_is_refused_by_routes_apply,
         ),
     ]
 }
@@ -82,6 +88,21 @@ fn routes_to(dest: &str) -> Vec<HostRoute> {
         .collect()
 }
 
+/// Leases host-only `index` with the Docker subnets `docker` to this (root) process in
+/// `target`'s registry, as `create` does: the applier acts only on a caller's own leases.
+fn lease(target: &ApplyTarget, index: u8, docker: &[&str]) {
+    std::fs::create_dir_all(target.registry.dir().parent().unwrap()).unwrap();
+    target.registry.create().unwrap();
+    let info = LeaseInfo {
+        uid: 0,
+        user: "root".into(),
+        machine: format!("m{index}"),
+        dir: "/nonexistent".into(),
+        docker: docker.iter().map(|d| d.parse().unwrap()).collect(),
+    };
+    assert!(target.registry.take(index, &info).unwrap());
+}
+
 fn plan(routes: RoutePlan) -> HostPlan {
     HostPlan {
         command: "routes apply".into(),
@@ -95,6 +116,7 @@ fn apply_adds_routes_once_and_removes_them() {
         let (_tap, net) = machine_tap(0);
         let root = tempfile::tempdir().unwrap();
         let target = ApplyTarget::under(root.path());
+        lease(&target, 0, &["172.18.0.0/16", "172.19.0.0/16"]);
 
         let routes = route_plan_for(
             "dev",
@@ -195,7 +217,9 @@ fn a_foreign_route_is_a_conflict_and_stays() {
         // …and so does the applier, given a plan computed before the VPN came up.
         let stale = route_plan_for("dev", &subnets(), net.guest_ip, "dbx0", &[]).unwrap();
         let root = tempfile::tempdir().unwrap();
-        let err = apply_to(&plan(stale), false, &ApplyTarget::under(root.path())).unwrap_err();
+        let target = ApplyTarget::under(root.path());
+        lease(&target, 0, &["172.18.0.0/16", "172.19.0.0/16"]);
+        let err = apply_to(&plan(stale), false, &target).unwrap_err();
         assert_eq!(
             err.to_string(),
             "Docker subnet 172.18.0.0/16 overlaps the host route 172.18.0.0/16 on vpn1; \
@@ -224,7 +248,10 @@ fn a_failed_add_leaves_no_route_behind() {
         });
         routes.normalize();
         let root = tempfile::tempdir().unwrap();
-        let err = apply_to(&plan(routes), false, &ApplyTarget::under(root.path())).unwrap_err();
+        let target = ApplyTarget::under(root.path());
+        lease(&target, 0, &["172.18.0.0/16", "172.19.0.0/16"]);
+        lease(&target, 1, &["172.30.0.0/16"]);
+        let err = apply_to(&plan(routes), false, &target).unwrap_err();
         assert!(matches!(err, HostError::Net(_)), "{err:?}");
         for dest in ["172.18.0.0/16", "172.19.0.0/16", "172.30.0.0/16"] {
             assert!(routes_to(dest).is_empty(), "{dest} left behind");
@@ -306,19 +333,17 @@ fn the_boot_job_spares_a_running_machines_routes() {
         // Machine b (index 1) runs: its TAP and its Docker routes are up, but routes.json
         // does not name it (the lost update).
         let (_tap, net) = machine_tap(1);
-        let b = serde_norway::from_str::<serde_norway::Value>(
-            &std::fs::read_to_string(env.machine_dir("b").join("machine.yaml")).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(b["network"]["index"].as_u64(), Some(1));
-        let docker = route_plan_for("b", &subnets(), net.guest_ip, "dbx1", &[]).unwrap();
-        apply_to(
-            &plan(docker),
-            false,
-            &ApplyTarget::under(env.home.as_path()),
-        )
-        .unwrap();
-        assert_eq!(routes_to("172.18.0.0/16").len(), 1);
+        let store = devbox::machine::Store::new(Some(env.home.clone()), None);
+        let b = store.machine("b").unwrap().load_spec().unwrap();
+        assert_eq!(b.network.index, 1);
+        let dests = b.docker.routed().map(|d| d.to_string());
+        let docker = route_plan_for("b", &b.docker, net.guest_ip, "dbx1", &[]).unwrap();
+        let target = ApplyTarget {
+            registry: Registry::at(&env.registry),
+            ..ApplyTarget::under(env.home.as_path())
+        };
+        apply_to(&plan(docker), false, &target).unwrap();
+        assert_eq!(routes_to(&dests[0]).len(), 1);
         std::fs::create_dir_all(&env.home).unwrap();
         std::fs::write(env.home.join("routes.json"), "{\"machines\": {}}\n").unwrap();
 
@@ -327,7 +352,7 @@ fn the_boot_job_spares_a_running_machines_routes() {
         let held =
             nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
         crate::support::cli::succeeds(&env.run(&["routes", "apply"]));
-        for dest in ["172.18.0.0/16", "172.19.0.0/16"] {
+        for dest in &dests {
             assert_eq!(
                 routes_to(dest).len(),
                 1,
@@ -338,8 +363,73 @@ fn the_boot_job_spares_a_running_machines_routes() {
         // The supervisor is gone: its routes are leftovers now, and go.
         drop(held);
         crate::support::cli::succeeds(&env.run(&["routes", "apply"]));
-        for dest in ["172.18.0.0/16", "172.19.0.0/16"] {
+        for dest in &dests {
             assert!(routes_to(dest).is_empty(), "{dest} left behind");
         }
+    });
+}
+
+/// Issue 15's bad input, through the real binary: `routes apply` (the boot job, holding
+/// CAP_NET_ADMIN) reads the user's `routes.json` and must refuse what it names beyond the
+/// user's lease: a Docker pool covering the host's default route, a subnet of the right size
+/// that is not the lease's, and a link that is not devbox's. Nothing is routed.
+fn a_crafted_routes_json_is_refused_by_routes_apply() {
+    in_new_netns(|| {
+        let env = crate::support::cli::Env::new();
+        crate::support::cli::succeeds(&env.run(&[
+            "create",
+            "--driver",
+            "fake",
+            "--no-share",
+            "--cpus",
+            "1",
+            "--memory",
+            "512",
+            "--disk-size",
+            "2G",
+            "a",
+        ]));
+        let (_tap, net) = machine_tap(0);
+        // The namespace's "internet": a default route via a gateway on another link.
+        let eth9 = Tap::create("eth9", false).unwrap();
+        eth9.configure("10.9.0.1".parse().unwrap(), 24).unwrap();
+        ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.9.0.254",
+            "dev",
+            "eth9",
+        ]);
+        let before = host_routes().unwrap();
+        let crafted = |interface: &str, guest: &str, bridge: &str, pool: &str| {
+            format!(
+                "{{\"machines\": {{\"a\": {{\"guest_ip\": \"{guest}\", \"interface\": \
+                 \"{interface}\", \"docker\": {{\"bridge\": \"{bridge}\", \"pool\": \
+                 \"{pool}\", \"pool_size\": 24}}}}}}}}"
+            )
+        };
+        let guest = net.guest_ip.to_string();
+        for (json, why) in [
+            (
+                crafted("dbx0", &guest, "172.18.0.1/16", "0.0.0.0/1"),
+                "0.0.0.0/1",
+            ),
+            (
+                crafted("dbx0", &guest, "172.18.0.1/16", "172.31.0.0/16"),
+                "172.31.0.0/16",
+            ),
+            (
+                crafted("eth9", "10.9.0.2", "172.18.0.1/16", "172.19.0.0/16"),
+                "eth9",
+            ),
+        ] {
+            std::fs::write(env.home.join("routes.json"), &json).unwrap();
+            let o = env.run(&["routes", "apply"]);
+            crate::support::cli::fails_with(&o, why);
+            assert_eq!(host_routes().unwrap(), before, "nothing routed for {json}");
+        }
+        drop(eth9);
     });
 }

@@ -10,6 +10,9 @@ pub struct Env {
     _tmp: tempfile::TempDir,
     pub home: PathBuf,
     pub cache: PathBuf,
+    /// The host-wide lease registry, private to this test (`DEVBOX_REGISTRY`, which devbox
+    /// honours for root only; the tests run as root).
+    pub registry: PathBuf,
 }
 
 impl Env {
@@ -37,6 +40,7 @@ impl Env {
         });
         std::fs::write(img.join("manifest.json"), manifest.to_string()).unwrap();
         Env {
+            registry: tmp.path().join("registry"),
             _tmp: tmp,
             home,
             cache,
@@ -47,6 +51,7 @@ impl Env {
         let mut c = Command::cargo_bin("devbox").unwrap();
         c.env("DEVBOX_HOME", &self.home)
             .env("DEVBOX_CACHE", &self.cache)
+            .env("DEVBOX_REGISTRY", &self.registry)
             .env("NO_COLOR", "1");
         c
     }

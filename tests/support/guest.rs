@@ -17,6 +17,10 @@ pub fn missing_prerequisite() -> Option<String> {
         ("dig", "bind9-dnsutils"),
         ("dnsmasq", "dnsmasq-base"),
         ("pgrep", "procps"),
+        ("sysctl", "procps"),
+        ("nft", "nftables"),
+        ("iptables", "iptables"),
+        ("docker-registry", "docker-registry"),
         // the raw NFS client of tests/e2e/shares.rs, built statically (libc6-dev's libc.a)
         ("cc", "gcc"),
     ] {

@@ -1,18 +1,20 @@
 //! A [`VzPlan`] as Virtualization.framework objects: one VZ call per plan field.
 
+use std::io::PipeWriter;
+use std::os::fd::IntoRawFd;
 use std::path::Path;
 
 use objc2::AllocAnyThread;
 use objc2::rc::Retained;
-use objc2_foundation::{NSArray, NSString, NSURL};
+use objc2_foundation::{NSArray, NSFileHandle, NSString, NSURL};
 use objc2_virtualization::{
     VZDiskImageCachingMode, VZDiskImageStorageDeviceAttachment, VZDiskImageSynchronizationMode,
-    VZEntropyDeviceConfiguration, VZFileSerialPortAttachment, VZLinuxBootLoader, VZMACAddress,
-    VZNATNetworkDeviceAttachment, VZNetworkDeviceConfiguration, VZSerialPortConfiguration,
-    VZSocketDeviceConfiguration, VZStorageDeviceConfiguration, VZVirtioBlockDeviceConfiguration,
-    VZVirtioConsoleDeviceSerialPortConfiguration, VZVirtioEntropyDeviceConfiguration,
-    VZVirtioNetworkDeviceConfiguration, VZVirtioSocketDeviceConfiguration,
-    VZVirtualMachineConfiguration,
+    VZEntropyDeviceConfiguration, VZFileHandleSerialPortAttachment, VZLinuxBootLoader,
+    VZMACAddress, VZNATNetworkDeviceAttachment, VZNetworkDeviceConfiguration,
+    VZSerialPortConfiguration, VZSocketDeviceConfiguration, VZStorageDeviceConfiguration,
+    VZVirtioBlockDeviceConfiguration, VZVirtioConsoleDeviceSerialPortConfiguration,
+    VZVirtioEntropyDeviceConfiguration, VZVirtioNetworkDeviceConfiguration,
+    VZVirtioSocketDeviceConfiguration, VZVirtualMachineConfiguration,
 };
 
 use super::nserror;
@@ -20,7 +22,11 @@ use crate::hypervisor::vz_plan::{VzError, VzPlan};
 
 /// Builds the machine's configuration. Validation is the caller's (it needs the binary path
 /// for the entitlement hint).
-pub(super) fn build(plan: &VzPlan) -> Result<Retained<VZVirtualMachineConfiguration>, VzError> {
+/// `console` is the write end of the pipe the guest's console goes to.
+pub(super) fn build(
+    plan: &VzPlan,
+    console: PipeWriter,
+) -> Result<Retained<VZVirtualMachineConfiguration>, VzError> {
     let config = {
         // SAFETY: `new` has no preconditions; the object is used on this thread only until it
         // is handed to the machine's queue.
@@ -87,19 +93,24 @@ pub(super) fn build(plan: &VzPlan) -> Result<Retained<VZVirtualMachineConfigurat
         Retained::into_super(nic)
     };
 
-    let console_url = file_url(&plan.console_log)?;
-    // SAFETY: a freshly allocated attachment initialised once with a file URL.
+    // VZ writes the guest's console to this descriptor; the file handle owns it from here
+    // and closes it when VZ releases the attachment, which ends the pump reading the pipe.
+    let console_fd = console.into_raw_fd();
+    let console_handle = NSFileHandle::initWithFileDescriptor_closeOnDealloc(
+        NSFileHandle::alloc(),
+        console_fd,
+        true,
+    );
+    // SAFETY: a freshly allocated attachment initialised once; the writing handle holds a
+    // valid, open descriptor (the write end of a pipe) and there is no reading handle (the
+    // guest gets no console input).
     let console_file = unsafe {
-        VZFileSerialPortAttachment::initWithURL_append_error(
-            VZFileSerialPortAttachment::alloc(),
-            &console_url,
-            true,
+        VZFileHandleSerialPortAttachment::initWithFileHandleForReading_fileHandleForWriting(
+            VZFileHandleSerialPortAttachment::alloc(),
+            None,
+            Some(&console_handle),
         )
-    }
-    .map_err(|e| VzError::ConsoleLog {
-        path: plan.console_log.clone(),
-        reason: nserror::parts(&e).description,
-    })?;
+    };
     // SAFETY: a `new` port given a valid attachment.
     let console: Retained<VZSerialPortConfiguration> = unsafe {
         let port = VZVirtioConsoleDeviceSerialPortConfiguration::new();

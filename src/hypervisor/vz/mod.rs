@@ -5,7 +5,8 @@
 //!
 //! Threads: each machine has a private serial dispatch queue that owns the
 //! `VZVirtualMachine`; every call on it and every delegate callback runs there. Each guest
-//! report connection is read on a short-lived thread of its own.
+//! report connection is read on a short-lived thread of its own. The console is a pipe read
+//! by a `devbox-console` thread into the size-capped `serial.log` (`console_log`).
 //!
 //! Network: the NIC is attached to VZ's NAT (`VZNATNetworkDeviceAttachment`, vmnet shared
 //! mode, host side `bridge100`). The supervisor gives it no [`BootConfig::tap`] (macOS has no
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 use objc2_virtualization::VZVirtualMachine;
 
+use super::console_log::{self, ConsoleLog};
 use super::vz_plan::{self, KERNEL_HEAD_LEN, VzError};
 use super::{Accel, BootConfig, Hypervisor, HypervisorError, RunningVm};
 use crate::machine::Driver;
@@ -75,13 +77,14 @@ impl Hypervisor for Vz {
         self.preflight()?;
         let head = kernel_head(&cfg.kernel)?;
         let plan = vz_plan::plan(&cfg, std::env::consts::ARCH, &head)?;
-        // VZ appends to the console file; make sure it exists with the usual mode.
-        fs_err::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&plan.console_log)?;
+        // The guest's console goes to a pipe whose other end is copied into the capped log
+        // (`console_log`): VZ's own file attachment appends without bound. The pump ends when
+        // VZ releases the write end, with the machine.
+        let log = ConsoleLog::open(&plan.console_log)?;
+        let on_error = console_log::report_to_supervisor(plan.console_log.clone());
+        let (console, _pump) = console_log::pipe(log, on_error)?;
         let binary = current_binary();
-        let config = config::build(&plan)?;
+        let config = config::build(&plan, console)?;
         // SAFETY: validation only reads the configuration, which is fully set up.
         unsafe { config.validateWithError() }.map_err(|e| {
             vz_plan::classify(

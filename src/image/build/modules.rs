@@ -259,8 +259,8 @@ impl ModuleTree {
     /// also written there uncompressed, at its [`Module::path`].
     pub fn closure(&self, wanted: &[String], dest: Option<&Path>) -> Result<ModuleSet, BuildError> {
         let mut set = ModuleSet::default();
-        let mut todo: Vec<String> = wanted.to_vec();
-        while let Some(name) = todo.pop() {
+        let mut pending: Vec<String> = wanted.to_vec();
+        while let Some(name) = pending.pop() {
             if set.modules.contains_key(&name) {
                 continue;
             }
@@ -296,7 +296,7 @@ impl ModuleTree {
             }
             for dep in &module.depends {
                 if !set.modules.contains_key(dep) {
-                    todo.push(dep.clone());
+                    pending.push(dep.clone());
                 }
             }
             set.modules.insert(name, module);

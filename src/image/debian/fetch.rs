@@ -194,13 +194,13 @@ impl Fetcher {
     /// Brings every item whose `dest` does not exist yet into place, [`PARALLEL`] at a time.
     /// Partial files live in `partial_dir`.
     pub fn download(&self, items: &[Download], partial_dir: &Path) -> Result<(), FetchError> {
-        let todo: Vec<&Download> = items.iter().filter(|d| !d.dest.is_file()).collect();
-        if todo.is_empty() {
+        let missing: Vec<&Download> = items.iter().filter(|d| !d.dest.is_file()).collect();
+        if missing.is_empty() {
             return Ok(());
         }
         fs_err::create_dir_all(partial_dir)?;
         // What is left to receive: partial files of earlier runs are resumed.
-        let total: u64 = todo
+        let total: u64 = missing
             .iter()
             .map(|d| {
                 let part = partial_dir.join(format!("{}.part", d.sha256));
@@ -215,14 +215,14 @@ impl Fetcher {
                 )
                 .expect("static template"),
             );
-            b.set_message(format!("{} files", todo.len()));
+            b.set_message(format!("{} files", missing.len()));
             b
         } else {
             ProgressBar::hidden()
         };
         let result = self.rt.block_on(async {
             let mut jobs =
-                futures::stream::iter(todo.iter().map(|d| self.fetch(d, partial_dir, &bar)))
+                futures::stream::iter(missing.iter().map(|d| self.fetch(d, partial_dir, &bar)))
                     .buffer_unordered(PARALLEL);
             while let Some(r) = jobs.next().await {
                 r?;

@@ -7,8 +7,8 @@ use crate::hypervisor::GuestNic;
 use crate::machine::MachineSpec;
 use crate::machine::config_drive::NfsMount;
 use crate::machine::spec::{ShareError, SpecError, StateDirs, check_shares, share_link_mac};
+use crate::nfs;
 use crate::supervisor::log;
-use crate::{net, nfs};
 
 /// A running share server.
 pub type NfsServer = nfs::NfsServer;
@@ -57,9 +57,12 @@ pub fn start_nfs(
             allow_root: share.allow_root,
         });
     }
-    let link = net::HostOnlyNet::from_index(spec.network.index)?.share_link();
-    let tap = net::Tap::create(&link.tap, true)?;
-    tap.configure(link.host_ip, link.prefix)?;
+    // Through the privileged door: only the share link of an index leased to the caller.
+    let (tap, link) = crate::host::open_share_tap(
+        &crate::net::lease::Registry::system(),
+        spec.network.index,
+        true,
+    )?;
     let server = io.block_on(nfs::NfsServer::start(nfs::NfsConfig {
         bind: link.host_ip.into(),
         bind_device: Some(link.tap.clone()),

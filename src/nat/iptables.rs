@@ -1,0 +1,134 @@
+//! A host that runs Docker sets iptables' `FORWARD` policy to `DROP`, and a drop in
+//! iptables' table cannot be overridden from devbox's own nftables table. Docker's documented
+//! place for the rules of others is the `DOCKER-USER` chain, which `FORWARD` jumps to first
+//! (<https://docs.docker.com/engine/network/packet-filtering-firewalls/#add-iptables-policies-before-dockers-rules>):
+//! devbox inserts two accept rules there per machine, the same two its own table has, tagged
+//! `devbox:dbxN`, and deletes exactly the rules with that tag. Pure: argv lists only.
+
+/// Docker's chain for rules of others.
+pub const DOCKER_USER: &str = "DOCKER-USER";
+
+/// `-w`: wait for the xtables lock instead of failing while Docker changes its rules.
+const WAIT: [&str; 2] = ["-w", "5"];
+
+fn tag(link: &str) -> String {
+    format!("devbox:{link}")
+}
+
+fn argv(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|s| s.to_string()).collect()
+}
+
+/// `iptables -I DOCKER-USER …` for machine `link` with host-only `subnet`: out from the
+/// machine's subnet to anything but another machine, and replies back in.
+pub fn docker_user_insert_argvs(link: &str, subnet: &str) -> Vec<Vec<String>> {
+    let tag = tag(link);
+    let head = |v: &mut Vec<String>| {
+        v.extend(argv(&["iptables"]));
+        v.extend(argv(&WAIT));
+        v.extend(argv(&["-I", DOCKER_USER]));
+    };
+    let mut out = Vec::new();
+    head(&mut out);
+    out.extend(argv(&[
+        "-i",
+        link,
+        "-s",
+        subnet,
+        "!",
+        "-o",
+        "dbx+",
+        "-m",
+        "comment",
+        "--comment",
+        &tag,
+        "-j",
+        "ACCEPT",
+    ]));
+    let mut back = Vec::new();
+    head(&mut back);
+    back.extend(argv(&[
+        "-o",
+        link,
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "RELATED,ESTABLISHED",
+        "-m",
+        "comment",
+        "--comment",
+        &tag,
+        "-j",
+        "ACCEPT",
+    ]));
+    vec![out, back]
+}
+
+/// The `iptables -D DOCKER-USER …` commands that delete every rule tagged for `link`, from
+/// the chain as `iptables -S DOCKER-USER` prints it. Only lines carrying the exact tag as a
+/// whole word are taken (iptables-nft prints it in double quotes, iptables-legacy bare);
+/// devbox's tags hold no spaces, so such a line splits into the arguments iptables printed.
+pub fn docker_user_delete_argvs(listing: &str, link: &str) -> Vec<Vec<String>> {
+    let tag = tag(link);
+    let quoted = format!("\"{tag}\"");
+    listing
+        .lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line
+                .split_whitespace()
+                .map(|w| if w == quoted { tag.as_str() } else { w })
+                .collect();
+            let tagged = words.windows(2).any(|w| w[0] == "--comment" && w[1] == tag);
+            match words.as_slice() {
+                ["-A", chain, rest @ ..] if *chain == DOCKER_USER && tagged => {
+                    let mut v = argv(&["iptables"]);
+                    v.extend(argv(&WAIT));
+                    v.extend(argv(&["-D", DOCKER_USER]));
+                    v.extend(rest.iter().map(|s| s.to_string()));
+                    Some(v)
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inserts_are_tagged_and_deletes_take_only_the_tagged() {
+        let ins = docker_user_insert_argvs("dbx0", "192.168.64.0/24");
+        assert_eq!(
+            ins[0].join(" "),
+            "iptables -w 5 -I DOCKER-USER -i dbx0 -s 192.168.64.0/24 ! -o dbx+ -m comment \
+             --comment devbox:dbx0 -j ACCEPT"
+        );
+        assert!(
+            ins[1]
+                .join(" ")
+                .contains("-o dbx0 -m conntrack --ctstate RELATED,ESTABLISHED")
+        );
+
+        // As `iptables -S DOCKER-USER` prints it: iptables-nft 1.8.9 quotes the comment,
+        // iptables-legacy does not.
+        let listing = "-N DOCKER-USER\n\
+            -A DOCKER-USER -o dbx0 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment \"devbox:dbx0\" -j ACCEPT\n\
+            -A DOCKER-USER -s 192.168.64.0/24 -i dbx0 ! -o dbx+ -m comment --comment devbox:dbx0 -j ACCEPT\n\
+            -A DOCKER-USER -i dbx1 -m comment --comment devbox:dbx1 -j ACCEPT\n\
+            -A DOCKER-USER -i dbx0 -m comment --comment devbox:dbx0x -j ACCEPT\n\
+            -A DOCKER-USER -i eth0 -m comment --comment \"devbox:dbx0 by hand\" -j DROP\n\
+            -A DOCKER-USER -j RETURN\n";
+        let del = docker_user_delete_argvs(listing, "dbx0");
+        assert_eq!(del.len(), 2, "{del:?}");
+        assert_eq!(
+            del[1].join(" "),
+            "iptables -w 5 -D DOCKER-USER -s 192.168.64.0/24 -i dbx0 ! -o dbx+ -m comment \
+             --comment devbox:dbx0 -j ACCEPT"
+        );
+        assert!(!del[0].iter().any(|a| a.contains('"')), "{del:?}");
+        assert!(!del[0].iter().any(|a| a.contains('"')), "{del:?}");
+        assert!(docker_user_delete_argvs(listing, "dbx2").is_empty());
+    }
+}
