@@ -20,6 +20,8 @@
 //! - `shared("name", area::check_x)` with `fn check_x(m: &Machine)`: gets the shared
 //!   machine, running. It must leave it running and must not rely on another check: start
 //!   containers under names of its own, `m.busybox_image()` gives the `bb:e2e` image.
+//!   `shared_needing("name", requires, area::check_x)` when it needs more of the host than
+//!   the run does (`requires` checks the run's prerequisites too).
 //! - `exclusive("name", area::check_x)`, same signature: may restart, stop, crash or fill
 //!   the shared machine (the next check gets it running again); runs after every shared
 //!   check.
@@ -44,6 +46,7 @@ mod support;
 
 mod arm64;
 mod basics;
+mod compose;
 mod disk;
 mod harness;
 mod lifecycle;
@@ -147,6 +150,11 @@ const CHECKS: &[Check] = &[
         "published_ports_answer_on_localhost",
         outside::check_published_ports,
     ),
+    shared_needing(
+        "compose_project_through_the_forwarded_socket",
+        compose::prerequisites,
+        compose::check_compose,
+    ),
     shared("discard_reaches_the_host_file", disk::check_discard),
     exclusive("full_disk_keeps_the_machine_usable", disk::check_full_disk),
     exclusive(
@@ -180,7 +188,7 @@ pub struct Check {
 enum On {
     Netns(fn(&Harness)),
     Own(fn() -> Result<(), Missing>, fn()),
-    Shared(fn(&Machine)),
+    Shared(fn() -> Result<(), Missing>, fn(&Machine)),
     Exclusive(fn(&Machine)),
 }
 
@@ -190,16 +198,24 @@ impl On {
         match self {
             On::Netns(_) => 0,
             On::Own(..) => 1,
-            On::Shared(_) => 2,
+            On::Shared(..) => 2,
             On::Exclusive(_) => 3,
         }
     }
 }
 
 const fn shared(name: &'static str, f: fn(&Machine)) -> Check {
+    shared_needing(name, e2e_prerequisites, f)
+}
+/// A shared check with prerequisites beyond the run's (which `requires` checks too).
+const fn shared_needing(
+    name: &'static str,
+    requires: fn() -> Result<(), Missing>,
+    f: fn(&Machine),
+) -> Check {
     Check {
         name,
-        on: On::Shared(f),
+        on: On::Shared(requires, f),
     }
 }
 const fn exclusive(name: &'static str, f: fn(&Machine)) -> Check {
@@ -247,7 +263,11 @@ fn trial(c: &'static Check) -> Trial {
             image();
             dumping(h, || f(h))
         }),
-        On::Shared(f) | On::Exclusive(f) => trials::check(c.name, e2e_prerequisites, move || {
+        On::Shared(requires, f) => trials::check(c.name, requires, move || {
+            let m = shared_machine();
+            dumping(m.h, || f(&m))
+        }),
+        On::Exclusive(f) => trials::check(c.name, e2e_prerequisites, move || {
             let m = shared_machine();
             dumping(m.h, || f(&m))
         }),
