@@ -39,7 +39,7 @@ fn rust_resolver_chooses_what_apt_chooses() {
 /// Prints the differences for one suite, arch and kernel flavour; returns how many.
 fn compare(suite: Suite, arch: Arch, kernel: Kernel) -> usize {
     let tmp = tempfile::tempdir().unwrap();
-    let wanted = package_list(arch, kernel);
+    let wanted = package_list(suite, arch, kernel);
     let debian_arch = arch.debian();
 
     // apt first, then devbox: then compare the InRelease files each one read.

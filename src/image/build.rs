@@ -199,6 +199,17 @@ const PACKAGES: &[&str] = &[
     busybox::PACKAGE,
 ];
 
+/// Top-level packages of one suite only. Debian 13 split the docker client out of docker.io
+/// (which only recommends it) into docker-cli; the guest's init waits for the engine with
+/// `docker version`, and `devbox ssh` users run `docker` in the guest. Debian 12's docker.io
+/// holds the client itself.
+fn suite_packages(suite: Suite) -> &'static [&'static str] {
+    match suite {
+        Suite::Bookworm => &[],
+        Suite::Trixie => &["docker-cli"],
+    }
+}
+
 /// zstd level of the initramfs (figures for the ~273 MB cpio, 2 threads on the build host):
 /// 3: 87.1 MB in 0.8 s; 9: 79.2 MB in 3.2 s; 12: 78.4 MB in 7 s; 15: 78.3 MB in 28 s;
 /// 19: 70.6 MB in 90 s. Boot-time decompression barely depends on the level, so 12 it is:
@@ -294,7 +305,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
         },
     )?;
     let metapackage = arch.kernel_metapackage(opts.kernel);
-    let closure = archive.resolve(&package_list(arch, opts.kernel))?;
+    let closure = archive.resolve(&package_list(opts.suite, arch, opts.kernel))?;
     let kernel = kernel_package(&closure, metapackage)?;
     let busybox_pkg = find_package(&closure, busybox::PACKAGE)?;
     let version = image_version(arch, opts.suite, &closure);
@@ -396,11 +407,12 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
     Ok(Image::open(&dir)?)
 }
 
-/// The packages whose closure makes the image of `arch` with `kernel`, in the order they are
-/// resolved (the order `apt-get install` was given them).
-pub fn package_list(arch: Arch, kernel: Kernel) -> Vec<&'static str> {
+/// The packages whose closure makes the image of `suite` for `arch` with `kernel`, in the
+/// order they are resolved (the order `apt-get install` was given them).
+pub fn package_list(suite: Suite, arch: Arch, kernel: Kernel) -> Vec<&'static str> {
     let mut wanted = vec![arch.kernel_metapackage(kernel)];
     wanted.extend_from_slice(PACKAGES);
+    wanted.extend_from_slice(suite_packages(suite));
     wanted
 }
 
@@ -544,13 +556,24 @@ mod tests {
 
     #[test]
     fn busybox_comes_from_its_package_for_every_arch() {
-        for arch in [Arch::X86_64, Arch::Arm64] {
-            for kernel in [Kernel::Cloud, Kernel::Generic] {
-                let list = package_list(arch, kernel);
-                assert!(list.contains(&"busybox-static"), "{arch} {kernel:?}");
-                assert_eq!(list[0], arch.kernel_metapackage(kernel));
+        for suite in [Suite::Bookworm, Suite::Trixie] {
+            for arch in [Arch::X86_64, Arch::Arm64] {
+                for kernel in [Kernel::Cloud, Kernel::Generic] {
+                    let list = package_list(suite, arch, kernel);
+                    assert!(list.contains(&"busybox-static"), "{arch} {kernel:?}");
+                    assert_eq!(list[0], arch.kernel_metapackage(kernel));
+                }
             }
         }
+    }
+
+    #[test]
+    fn the_docker_client_is_in_every_suite_s_image() {
+        // Debian 13's docker.io only recommends docker-cli; Debian 12's holds the client.
+        assert!(package_list(Suite::Trixie, Arch::X86_64, Kernel::Cloud).contains(&"docker-cli"));
+        assert!(
+            !package_list(Suite::Bookworm, Arch::X86_64, Kernel::Cloud).contains(&"docker-cli")
+        );
     }
 
     #[test]
