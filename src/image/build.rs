@@ -220,7 +220,9 @@ const ZSTD_LEVEL: i32 = 12;
 /// 2: the packages are read and unpacked by devbox itself (`super::debian`), not apt and dpkg.
 /// 3: busybox from its package for every arch, the module index written by devbox
 /// (`modules`), modules stored uncompressed, os-release per release.
-const RECIPE_REVISION: &str = "devbox-image-recipe-3";
+/// 4: every top-level package of the suite's list is unpacked (Debian 13's docker-cli was
+/// resolved but left out).
+const RECIPE_REVISION: &str = "devbox-image-recipe-4";
 
 /// Guest files embedded in the binary: (path in the guest, mode, contents).
 const GUEST_FILES: &[(&str, u32, &[u8])] = &[
@@ -305,7 +307,8 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
         },
     )?;
     let metapackage = arch.kernel_metapackage(opts.kernel);
-    let closure = archive.resolve(&package_list(opts.suite, arch, opts.kernel))?;
+    let top = package_list(opts.suite, arch, opts.kernel);
+    let closure = archive.resolve(&top)?;
     let kernel = kernel_package(&closure, metapackage)?;
     let busybox_pkg = find_package(&closure, busybox::PACKAGE)?;
     let version = image_version(arch, opts.suite, &closure);
@@ -328,7 +331,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
         .tempdir_in(&images)?;
     // Dropping `partial` (on any error below) removes everything assembled so far.
     let work = partial.path();
-    let extracted = rootfs::select(&closure, &kernel.name);
+    let extracted = rootfs::select(&closure, &kernel.name, &top);
     let wanted: Vec<&Package> = extracted
         .iter()
         .copied()

@@ -14,7 +14,7 @@ use super::modules::{self, ModuleTree};
 use super::{Arch, BuildError, Package, busybox};
 use crate::image::debian::{DebianError, Suite, deb};
 
-/// Packages of the closure unpacked besides the top-level ones (`super::PACKAGES`) and the
+/// Packages of the closure unpacked besides the top-level ones (`super::package_list`) and the
 /// `lib*` ones: zlib1g is a library whose name does not say so.
 const EXTRA_EXTRACT: &[&str] = &["zlib1g"];
 
@@ -137,13 +137,14 @@ pub fn packaged_busybox(debs: &Debs, pkg: &Package, dir: &Path) -> Result<PathBu
     })
 }
 
-/// Packages of the closure that are unpacked into the root (the kernel is handled apart).
-pub fn select<'a>(closure: &'a [Package], kernel: &str) -> Vec<&'a Package> {
+/// Packages of the closure that are unpacked into the root (the kernel is handled apart):
+/// the top-level ones `wanted` (the image's package list), their libraries, [`EXTRA_EXTRACT`].
+pub fn select<'a>(closure: &'a [Package], kernel: &str, wanted: &[&str]) -> Vec<&'a Package> {
     closure
         .iter()
         .filter(|p| p.name != kernel && p.name != busybox::PACKAGE)
         .filter(|p| {
-            super::PACKAGES.contains(&p.name.as_str())
+            wanted.contains(&p.name.as_str())
                 || EXTRA_EXTRACT.contains(&p.name.as_str())
                 || (p.name.starts_with("lib")
                     && !p.name.ends_with("-perl")
@@ -393,6 +394,7 @@ mod tests {
             "libpam0g",
             "libpam-modules",
             "docker.io",
+            "docker-cli",
             "dpkg",
             "busybox-static",
             "linux-image-6.1.0-56-cloud-amd64",
@@ -400,11 +402,12 @@ mod tests {
         .into_iter()
         .map(pkg)
         .collect();
-        let names: Vec<&str> = select(&closure, "linux-image-6.1.0-56-cloud-amd64")
+        let wanted = ["docker.io", "docker-cli", "busybox-static"];
+        let names: Vec<&str> = select(&closure, "linux-image-6.1.0-56-cloud-amd64", &wanted)
             .iter()
             .map(|p| p.name.as_str())
             .collect();
-        assert_eq!(names, ["libc6", "libpam0g", "docker.io"]);
+        assert_eq!(names, ["libc6", "libpam0g", "docker.io", "docker-cli"]);
     }
 
     #[test]
