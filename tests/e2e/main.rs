@@ -343,15 +343,24 @@ fn image() -> &'static Image {
             let version = text(&o.stdout).trim().to_owned();
             let images: serde_json::Value =
                 serde_json::from_slice(&h.devbox(&["image", "ls", "--json"]).stdout).unwrap();
-            let kernel_version = images
+            let manifest = &images
                 .as_array()
                 .unwrap()
                 .iter()
                 .find(|i| i["manifest"]["version"] == version.as_str())
-                .map(|i| i["manifest"]["kernel_version"].as_str().unwrap().to_owned())
-                .expect("built image is listed");
-            eprintln!("[e2e] image {version} (kernel {kernel_version})");
-            Image { kernel_version }
+                .expect("built image is listed")["manifest"];
+            let kernel_version = manifest["kernel_version"].as_str().unwrap().to_owned();
+            let docker_package = manifest["packages"]["docker.io"]
+                .as_str()
+                .expect("the manifest lists docker.io")
+                .to_owned();
+            eprintln!(
+                "[e2e] image {version} (kernel {kernel_version}, docker.io {docker_package})"
+            );
+            Image {
+                kernel_version,
+                docker_package,
+            }
         })
     });
     match built {
