@@ -97,8 +97,22 @@ pub fn check_compose(m: &Machine) {
 fn check_project(m: &Machine, file: &Path) {
     let h = m.h;
     let want = format!("{PAGE}\n");
-    // The client reaches the web service by its service name (Docker's DNS on the project's
-    // network); httpd may still be starting, hence the bounded retries.
+    let web = format!("{PROJECT}-web-1");
+    let ip = m.docker_ok(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &web,
+    ]);
+    assert!(!ip.is_empty(), "{web} has no address");
+
+    // The client reaches the web service by its service name, which Docker's DNS on the
+    // project's network answers. The test image's busybox is static glibc, whose wget cannot
+    // resolve names itself (no NSS modules: it crashes), so busybox's own nslookup resolves
+    // `web` and wget fetches the address it found. httpd may still be starting, hence the
+    // bounded retries.
+    let fetch = "a=$(nslookup web) || exit 1; ip=${a##*Address: }; ip=${ip%%[!0-9.]*}; \
+                 echo \"$ip\"; exec wget -q -T 5 -O - \"http://$ip/\"";
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let o = m.docker(&[
@@ -108,35 +122,24 @@ fn check_project(m: &Machine, file: &Path) {
             "exec",
             "-T",
             "client",
-            "/bin/wget",
-            "-q",
-            "-T",
-            "5",
-            "-O",
-            "-",
-            "http://web/",
+            "/bin/sh",
+            "-c",
+            fetch,
         ]);
-        if o.status.success() && text(&o.stdout) == want {
+        let out = text(&o.stdout);
+        if o.status.success() && out == format!("{ip}\n{want}") {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the client did not get the web page from http://web/ within 60 s: {} {}",
-            text(&o.stdout),
+            "the client did not get web's page by the name `web` within 60 s (want {ip}, \
+             then the page): {out:?} {}",
             text(&o.stderr)
         );
         sleep(Duration::from_millis(500));
     }
 
     // From the host: by IP, through the route to the project network's subnet.
-    let web = format!("{PROJECT}-web-1");
-    let ip = m.docker_ok(&[
-        "inspect",
-        "-f",
-        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-        &web,
-    ]);
-    assert!(!ip.is_empty(), "{web} has no address");
     let subnet = m.docker_ok(&[
         "network",
         "inspect",
