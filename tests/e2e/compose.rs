@@ -107,12 +107,12 @@ fn check_project(m: &Machine, file: &Path) {
     assert!(!ip.is_empty(), "{web} has no address");
 
     // The client reaches the web service by its service name, which Docker's DNS on the
-    // project's network answers. The test image's busybox is static glibc, whose wget cannot
-    // resolve names itself (no NSS modules: it crashes), so busybox's own nslookup resolves
-    // `web` and wget fetches the address it found. httpd may still be starting, hence the
-    // bounded retries.
+    // project's network answers. The test image's busybox (Debian 12's busybox-static, static
+    // glibc) crashes in wget on a name (no NSS modules) and on `-T`, so busybox's own
+    // nslookup resolves `web` and a plain wget fetches the address it found (bounded by the
+    // docker command's bound). httpd may still be starting, hence the retries.
     let fetch = "a=$(nslookup web) || exit 1; ip=${a##*Address: }; ip=${ip%%[!0-9.]*}; \
-                 echo \"$ip\"; exec wget -q -T 5 -O - \"http://$ip/\"";
+                 echo \"$ip\"; exec wget -q -O - \"http://$ip/\"";
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let o = m.docker(&[
