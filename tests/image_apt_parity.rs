@@ -1,8 +1,9 @@
 //! The Rust image builder's package choice against apt's, on the real Debian archive: for
-//! both arches, the closure `devbox image build` resolves must be the one `apt-get install
+//! both suites (Debian 13 trixie, the default, and Debian 12 bookworm), both arches and both
+//! kernel flavours, the closure `devbox image build` resolves must be the one `apt-get install
 //! --no-install-recommends` chooses on an empty system from the same `InRelease` files (the
-//! apt-based builder's method, with the same sources: bookworm, bookworm-updates and
-//! bookworm-security, `main`).
+//! apt-based builder's method, with the same sources: the suite, its `-updates` and its
+//! `-security`, `main`). The host's apt (Debian 12's 2.6 here) resolves trixie's index too.
 //!
 //! Run on purpose, not in CI (it needs `apt-get` and the real archive):
 //! `cargo test --test image_apt_parity -- --ignored --nocapture`. It prints both closures'
@@ -25,31 +26,33 @@ use devbox::image::debian::{
 #[ignore = "needs apt-get and the Debian archive; run once by hand (see the header)"]
 fn rust_resolver_chooses_what_apt_chooses() {
     let mut differences = 0;
-    for arch in [Arch::X86_64, Arch::Arm64] {
-        for kernel in [Kernel::Cloud, Kernel::Generic] {
-            differences += compare(arch, kernel);
+    for suite in [Suite::Trixie, Suite::Bookworm] {
+        for arch in [Arch::X86_64, Arch::Arm64] {
+            for kernel in [Kernel::Cloud, Kernel::Generic] {
+                differences += compare(suite, arch, kernel);
+            }
         }
     }
     assert_eq!(differences, 0, "the closures differ (see above)");
 }
 
-/// Prints the differences for one arch and kernel flavour; returns how many.
-fn compare(arch: Arch, kernel: Kernel) -> usize {
+/// Prints the differences for one suite, arch and kernel flavour; returns how many.
+fn compare(suite: Suite, arch: Arch, kernel: Kernel) -> usize {
     let tmp = tempfile::tempdir().unwrap();
-    let wanted = package_list(arch, kernel);
+    let wanted = package_list(suite, arch, kernel);
     let debian_arch = arch.debian();
 
     // apt first, then devbox: then compare the InRelease files each one read.
     let apt = tmp.path().join("apt");
-    let apt_closure = apt_resolve(&apt, debian_arch, &wanted);
+    let apt_closure = apt_resolve(&apt, suite, debian_arch, &wanted);
 
     let lists = tmp.path().join("lists");
     let (mirror, security) = (
         mirror_url(DEFAULT_MIRROR).unwrap(),
         mirror_url(DEFAULT_SECURITY_MIRROR).unwrap(),
     );
-    let sources = Suite::Bookworm.sources(&mirror, &security);
-    let keyring = Keyring::pinned(Suite::Bookworm.keys()).unwrap();
+    let sources = suite.sources(&mirror, &security);
+    let keyring = Keyring::pinned(suite.keys()).unwrap();
     let fetcher = Fetcher::new(Retry::default(), false).unwrap();
     let archive = Archive::open(
         &fetcher,
@@ -70,12 +73,13 @@ fn compare(arch: Arch, kernel: Kernel) -> usize {
         .map(|p| (p.name, p.version))
         .collect();
 
-    for suite in [
-        "debian_dists_bookworm",
-        "debian_dists_bookworm-updates",
-        "debian-security_dists_bookworm-security",
+    let name = suite.name();
+    for dist in [
+        format!("debian_dists_{name}"),
+        format!("debian_dists_{name}-updates"),
+        format!("debian-security_dists_{name}-security"),
     ] {
-        let name = format!("deb.debian.org_{suite}_InRelease");
+        let name = format!("deb.debian.org_{dist}_InRelease");
         let a = fs_err::read(apt.join("lists").join(&name)).unwrap();
         let b = fs_err::read(lists.join(&name)).unwrap();
         assert!(
@@ -84,28 +88,29 @@ fn compare(arch: Arch, kernel: Kernel) -> usize {
         );
     }
 
+    let suite = suite.name();
     let mut diff = 0;
     for (name, v) in &apt_closure {
         match ours.get(name) {
             Some(w) if w == v => {}
             Some(w) => {
-                println!("{debian_arch} {kernel:?}: {name}: apt {v}, devbox {w}");
+                println!("{suite} {debian_arch} {kernel:?}: {name}: apt {v}, devbox {w}");
                 diff += 1;
             }
             None => {
-                println!("{debian_arch} {kernel:?}: {name} {v}: apt only");
+                println!("{suite} {debian_arch} {kernel:?}: {name} {v}: apt only");
                 diff += 1;
             }
         }
     }
     for (name, v) in &ours {
         if !apt_closure.contains_key(name) {
-            println!("{debian_arch} {kernel:?}: {name} {v}: devbox only");
+            println!("{suite} {debian_arch} {kernel:?}: {name} {v}: devbox only");
             diff += 1;
         }
     }
     println!(
-        "{debian_arch} {kernel:?}: apt chose {} packages, devbox {}; {diff} differences",
+        "{suite} {debian_arch} {kernel:?}: apt chose {} packages, devbox {}; {diff} differences",
         apt_closure.len(),
         ours.len()
     );
@@ -113,7 +118,8 @@ fn compare(arch: Arch, kernel: Kernel) -> usize {
 }
 
 /// `apt-get -s install` against a private, empty state with the build's sources.
-fn apt_resolve(root: &Path, arch: &str, wanted: &[&str]) -> BTreeMap<String, String> {
+fn apt_resolve(root: &Path, suite: Suite, arch: &str, wanted: &[&str]) -> BTreeMap<String, String> {
+    let suite = suite.name();
     for d in ["lists/partial", "archives/partial", "cache"] {
         fs_err::create_dir_all(root.join(d)).unwrap();
     }
@@ -121,9 +127,9 @@ fn apt_resolve(root: &Path, arch: &str, wanted: &[&str]) -> BTreeMap<String, Str
     fs_err::write(
         root.join("sources.list"),
         format!(
-            "deb {DEFAULT_MIRROR} bookworm main\n\
-             deb {DEFAULT_MIRROR} bookworm-updates main\n\
-             deb {DEFAULT_SECURITY_MIRROR} bookworm-security main\n"
+            "deb {DEFAULT_MIRROR} {suite} main\n\
+             deb {DEFAULT_MIRROR} {suite}-updates main\n\
+             deb {DEFAULT_SECURITY_MIRROR} {suite}-security main\n"
         ),
     )
     .unwrap();

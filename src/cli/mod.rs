@@ -391,6 +391,10 @@ pub struct ImageBuildArgs {
     /// (Debian's full kernel, with drivers and filesystems the cloud one lacks, such as 9p).
     #[arg(long, value_enum, default_value = "cloud")]
     pub kernel: crate::image::build::Kernel,
+    /// Debian release the guest is made of: `trixie` (Debian 13: Docker 26.1, kernel 6.12;
+    /// the default) or `bookworm` (Debian 12: Docker 20.10, kernel 6.1).
+    #[arg(long, value_enum, default_value = "trixie")]
+    pub suite: crate::image::debian::Suite,
     /// Guest architecture (default: the host's). arm64 images are for Apple silicon hosts
     /// and can be built on any host.
     #[arg(long, value_name = "ARCH")]

@@ -23,7 +23,7 @@ pub fn run(store: &Store, c: ImageCommand) -> Result<i32> {
                 force: a.force,
                 arch,
                 kernel: a.kernel,
-                suite: image::debian::Suite::default(),
+                suite: a.suite,
                 mirror: image::debian::mirror_url(&a.mirror).map_err(build::BuildError::from)?,
                 security_mirror: image::debian::mirror_url(&a.security_mirror)
                     .map_err(build::BuildError::from)?,

@@ -8,22 +8,24 @@
 //! 2. derive the image version from the arch, that closure, the embedded guest files and the
 //!    recipe constants, and return the cached image when it already exists and verifies;
 //! 3. download the `.deb`s (in parallel, resumable, verified, cached by sha256 under
-//!    `<cache>/debs/`), unpack them into a merged-usr staging tree, add busybox, kernel
-//!    modules and the guest files (see [`rootfs`]);
+//!    `<cache>/debs/`), unpack them into a merged-usr staging tree, add busybox (see
+//!    [`busybox`]), kernel modules with their index (see [`modules`]) and the guest files
+//!    (see [`rootfs`]);
 //! 4. write the kernel in the form the arch's boot loaders take (see [`kernel`]), pack the
 //!    tree as a zstd-compressed newc cpio (see [`pack`]) and move the finished image
 //!    directory into place.
 //!
-//! No apt or dpkg: the only host tool used is the host's static busybox (the x86_64 guest's
-//! busybox, and for every arch the `depmod` that indexes the guest's modules).
+//! No apt, dpkg, busybox or depmod on the host: nothing but devbox runs, so an image is built
+//! the same way on any Linux and on macOS, for either arch.
 
+pub mod busybox;
 mod kernel;
+pub mod modules;
 mod pack;
 mod rootfs;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::ExitStatus;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use reqwest::Url;
@@ -80,15 +82,6 @@ impl Arch {
             (Arch::Arm64, Kernel::Generic) => "linux-image-arm64",
         }
     }
-    /// Where the guest's busybox comes from. x86_64 images take the host's (an x86_64 host
-    /// builds them); others take it from the arch's `busybox-static` package, since the
-    /// host's busybox is of the host's arch.
-    fn busybox(self) -> BusyboxSource {
-        match self {
-            Arch::X86_64 => BusyboxSource::Host,
-            Arch::Arm64 => BusyboxSource::Package(BUSYBOX_PACKAGE),
-        }
-    }
 }
 
 /// Debian kernel flavour. `cloud` is built for VMs (virtio, no hardware drivers): a smaller
@@ -105,16 +98,6 @@ impl std::fmt::Display for Arch {
         f.write_str(self.name())
     }
 }
-
-/// See [`Arch::busybox`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BusyboxSource {
-    Host,
-    Package(&'static str),
-}
-
-/// Debian's statically linked busybox, the same package the host's `/bin/busybox` comes from.
-const BUSYBOX_PACKAGE: &str = "busybox-static";
 
 /// What `build` needs.
 #[derive(Debug, Clone)]
@@ -137,26 +120,14 @@ pub struct BuildOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("`{tool}` is not installed")]
-    ToolMissing { tool: String, package: &'static str },
-    #[error("cannot run `{command}`")]
-    Spawn {
-        command: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("`{command}` failed ({status}): {stderr}")]
-    Command {
-        command: String,
-        status: ExitStatus,
-        stderr: String,
-    },
     #[error("{metapackage} brings in no concrete kernel package")]
     NoKernel { metapackage: String },
     #[error("the package closure has no {package}")]
     NotResolved { package: String },
     #[error("the kernel package {package} has no module {module}, loadable or built in")]
     ModuleMissing { package: String, module: String },
+    #[error("cannot index the kernel module {path}: {problem}")]
+    ModuleIndex { path: PathBuf, problem: String },
     #[error("the kernel {path} cannot boot: it is {problem}")]
     Kernel {
         path: PathBuf,
@@ -189,17 +160,13 @@ pub enum BuildError {
 impl BuildError {
     pub fn hint(&self) -> Option<String> {
         match self {
-            BuildError::ToolMissing { package, .. } => Some(format!(
-                "install the host's static busybox (Debian and Ubuntu: `{package}`; Fedora: \
-                 `busybox`), or download a built image with `devbox image pull URL`"
-            )),
             BuildError::NoKernel { .. } | BuildError::NotResolved { .. } => {
                 Some("the mirror must carry Debian's `main` component for this architecture".into())
             }
             BuildError::Kernel { problem, .. } => Some(kernel::hint(problem)),
-            BuildError::Gunzip { .. } => Some(
-                "the kernel package's vmlinuz is damaged; `devbox image build --force` builds \
-                 again from fresh package lists"
+            BuildError::Gunzip { .. } | BuildError::ModuleIndex { .. } => Some(
+                "the kernel package is damaged; `devbox image build --force` builds again from \
+                 fresh package lists"
                     .into(),
             ),
             BuildError::UnsupportedHostArch { .. } => {
@@ -228,7 +195,20 @@ const PACKAGES: &[&str] = &[
     // It costs ~0.4 MB here: its libraries (libssl3, libwrap0) are sshd's too. A program of
     // our own would need a second build for the guest's architecture.
     "socat",
+    // The guest's init, shell and small tools, for either arch (see `busybox`).
+    busybox::PACKAGE,
 ];
+
+/// Top-level packages of one suite only. Debian 13 split the docker client out of docker.io
+/// (which only recommends it) into docker-cli; the guest's init waits for the engine with
+/// `docker version`, and `devbox ssh` users run `docker` in the guest. Debian 12's docker.io
+/// holds the client itself.
+fn suite_packages(suite: Suite) -> &'static [&'static str] {
+    match suite {
+        Suite::Bookworm => &[],
+        Suite::Trixie => &["docker-cli"],
+    }
+}
 
 /// zstd level of the initramfs (figures for the ~273 MB cpio, 2 threads on the build host):
 /// 3: 87.1 MB in 0.8 s; 9: 79.2 MB in 3.2 s; 12: 78.4 MB in 7 s; 15: 78.3 MB in 28 s;
@@ -238,7 +218,11 @@ const ZSTD_LEVEL: i32 = 12;
 
 /// Bumped whenever the build logic changes the image in a way the inputs do not show.
 /// 2: the packages are read and unpacked by devbox itself (`super::debian`), not apt and dpkg.
-const RECIPE_REVISION: &str = "devbox-image-recipe-2";
+/// 3: busybox from its package for every arch, the module index written by devbox
+/// (`modules`), modules stored uncompressed, os-release per release.
+/// 4: every top-level package of the suite's list is unpacked (Debian 13's docker-cli was
+/// resolved but left out).
+const RECIPE_REVISION: &str = "devbox-image-recipe-4";
 
 /// Guest files embedded in the binary: (path in the guest, mode, contents).
 const GUEST_FILES: &[(&str, u32, &[u8])] = &[
@@ -293,11 +277,6 @@ const GUEST_FILES: &[(&str, u32, &[u8])] = &[
         include_bytes!("../../assets/guest/rootfs/etc/nsswitch.conf"),
     ),
     (
-        "usr/lib/os-release",
-        0o644,
-        include_bytes!("../../assets/guest/rootfs/usr/lib/os-release"),
-    ),
-    (
         "etc/acpi/PWRF/00000080",
         0o755,
         include_bytes!("../../assets/guest/rootfs/etc/acpi/PWRF/00000080"),
@@ -328,25 +307,11 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
         },
     )?;
     let metapackage = arch.kernel_metapackage(opts.kernel);
-    let closure = archive.resolve(&package_list(arch, opts.kernel))?;
+    let top = package_list(opts.suite, arch, opts.kernel);
+    let closure = archive.resolve(&top)?;
     let kernel = kernel_package(&closure, metapackage)?;
-    // The host's busybox runs `depmod` and names the applet directories for every arch.
-    let host_busybox = rootfs::host_busybox()?;
-    let (busybox_pkg, busybox_id) = match arch.busybox() {
-        BusyboxSource::Host => (None, sha256_file(&host_busybox)?),
-        BusyboxSource::Package(name) => {
-            let pkg = find_package(&closure, name)?;
-            // The host's busybox still shapes the image: applet directories, modules.dep.
-            let id = format!(
-                "{}={} host={}",
-                pkg.name,
-                pkg.version,
-                sha256_file(&host_busybox)?
-            );
-            (Some(pkg), id)
-        }
-    };
-    let version = image_version(arch, opts.suite, &closure, &busybox_id);
+    let busybox_pkg = find_package(&closure, busybox::PACKAGE)?;
+    let version = image_version(arch, opts.suite, &closure);
 
     let images = images_dir(&opts.cache);
     let dir = images.join(&version);
@@ -366,12 +331,11 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
         .tempdir_in(&images)?;
     // Dropping `partial` (on any error below) removes everything assembled so far.
     let work = partial.path();
-    let extracted = rootfs::select(&closure, &kernel.name);
+    let extracted = rootfs::select(&closure, &kernel.name, &top);
     let wanted: Vec<&Package> = extracted
         .iter()
         .copied()
-        .chain([&kernel])
-        .chain(busybox_pkg.as_ref())
+        .chain([&kernel, &busybox_pkg])
         .collect();
     let debs_dir = opts.cache.join("debs");
     progress(&format!(
@@ -385,27 +349,22 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
         dir: &debs_dir,
         by_name: wanted.iter().map(|p| (p.name.as_str(), *p)).collect(),
     };
-    let busybox = match &busybox_pkg {
-        None => host_busybox.clone(),
-        Some(p) => {
-            debs.by_name.remove(p.name.as_str());
-            rootfs::packaged_busybox(&debs, p, &work.join("busybox"))?
-        }
-    };
+    debs.by_name.remove(busybox_pkg.name.as_str());
+    let busybox = rootfs::packaged_busybox(&debs, &busybox_pkg, &work.join("busybox"))?;
 
     progress("assembling the guest root");
     let stage = work.join("root");
     let kernel_version = rootfs::assemble(
         &stage,
         &work.join("kernel"),
-        &debs,
-        &kernel.name,
-        &rootfs::Busybox {
-            image: &busybox,
-            host: &host_busybox,
+        &rootfs::Recipe {
+            debs: &debs,
+            kernel_pkg: &kernel.name,
+            busybox: &busybox,
+            arch,
+            suite: opts.suite,
+            guest_files: GUEST_FILES,
         },
-        arch,
-        GUEST_FILES,
     )?;
 
     let out = work.join("image");
@@ -451,14 +410,12 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
     Ok(Image::open(&dir)?)
 }
 
-/// The packages whose closure makes the image of `arch` with `kernel`, in the order they are
-/// resolved (the order `apt-get install` was given them).
-pub fn package_list(arch: Arch, kernel: Kernel) -> Vec<&'static str> {
+/// The packages whose closure makes the image of `suite` for `arch` with `kernel`, in the
+/// order they are resolved (the order `apt-get install` was given them).
+pub fn package_list(suite: Suite, arch: Arch, kernel: Kernel) -> Vec<&'static str> {
     let mut wanted = vec![arch.kernel_metapackage(kernel)];
     wanted.extend_from_slice(PACKAGES);
-    if let BusyboxSource::Package(name) = arch.busybox() {
-        wanted.push(name);
-    }
+    wanted.extend_from_slice(suite_packages(suite));
     wanted
 }
 
@@ -491,9 +448,8 @@ fn find_package(closure: &[Package], name: &str) -> Result<Package, BuildError> 
 }
 
 /// Content version: first 16 hex digits of sha256 over the recipe revision and constants, the
-/// suite, the arch, the resolved packages (name=version, sorted), the busybox (the host binary's sha256, or
-/// its package) and every embedded guest file.
-fn image_version(arch: Arch, suite: Suite, closure: &[Package], busybox: &str) -> String {
+/// suite, the arch, the resolved packages (name=version, sorted) and every embedded guest file.
+fn image_version(arch: Arch, suite: Suite, closure: &[Package]) -> String {
     let mut h = Sha256::new();
     let mut line = |s: &str| {
         h.update(s.as_bytes());
@@ -506,7 +462,7 @@ fn image_version(arch: Arch, suite: Suite, closure: &[Package], busybox: &str) -
     for p in PACKAGES {
         line(p);
     }
-    for c in rootfs::recipe(arch) {
+    for c in rootfs::recipe(arch, suite) {
         line(c);
     }
     let mut pkgs: Vec<String> = closure
@@ -517,7 +473,6 @@ fn image_version(arch: Arch, suite: Suite, closure: &[Package], busybox: &str) -
     for p in &pkgs {
         line(p);
     }
-    line(&format!("busybox={busybox}"));
     for (path, mode, data) in GUEST_FILES {
         line(&format!(
             "{path} {mode:o} {}",
@@ -552,50 +507,6 @@ fn rfc3339_now() -> String {
     )
 }
 
-/// Runs a command to completion, capturing its output; a missing program becomes
-/// [`BuildError::ToolMissing`] naming the Debian package that provides it.
-fn run(cmd: &mut std::process::Command) -> Result<std::process::Output, BuildError> {
-    let command = describe(cmd);
-    let out = cmd
-        .output()
-        .map_err(|e| spawn_error(cmd, command.clone(), e))?;
-    if !out.status.success() {
-        return Err(command_failed(command, out.status, &out.stderr));
-    }
-    Ok(out)
-}
-
-fn describe(cmd: &std::process::Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for a in cmd.get_args() {
-        s.push(' ');
-        s.push_str(&a.to_string_lossy());
-    }
-    s
-}
-
-fn spawn_error(cmd: &std::process::Command, command: String, e: std::io::Error) -> BuildError {
-    if e.kind() == std::io::ErrorKind::NotFound {
-        let tool = cmd.get_program().to_string_lossy().into_owned();
-        // busybox is the only program the build runs.
-        let package = "busybox-static";
-        return BuildError::ToolMissing { tool, package };
-    }
-    BuildError::Spawn { command, source: e }
-}
-
-fn command_failed(command: String, status: ExitStatus, stderr: &[u8]) -> BuildError {
-    let text = String::from_utf8_lossy(stderr);
-    // The end of stderr carries the actual error; apt in particular is verbose before it.
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = lines[lines.len().saturating_sub(5)..].join("\n");
-    BuildError::Command {
-        command,
-        status,
-        stderr: tail,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -617,21 +528,19 @@ mod tests {
         let a = [pkg("libc6", "2.36-9"), pkg("runc", "1.1.5")];
         let b = [pkg("runc", "1.1.5"), pkg("libc6", "2.36-9")];
         let c = [pkg("libc6", "2.36-10"), pkg("runc", "1.1.5")];
-        let v = image_version(Arch::X86_64, Suite::Bookworm, &a, "00");
+        let v = image_version(Arch::X86_64, Suite::Bookworm, &a);
         assert_eq!(v.len(), 16);
         assert!(v.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_eq!(v, image_version(Arch::X86_64, Suite::Bookworm, &b, "00"));
-        assert_ne!(v, image_version(Arch::X86_64, Suite::Bookworm, &c, "00"));
-        assert_ne!(v, image_version(Arch::X86_64, Suite::Bookworm, &a, "01"));
+        assert_eq!(v, image_version(Arch::X86_64, Suite::Bookworm, &b));
+        assert_ne!(v, image_version(Arch::X86_64, Suite::Bookworm, &c));
     }
 
     #[test]
-    fn version_differs_per_arch() {
+    fn version_differs_per_arch_and_release() {
         let a = [pkg("libc6", "2.36-9")];
-        assert_ne!(
-            image_version(Arch::X86_64, Suite::Bookworm, &a, "00"),
-            image_version(Arch::Arm64, Suite::Bookworm, &a, "00")
-        );
+        let v = image_version(Arch::X86_64, Suite::Bookworm, &a);
+        assert_ne!(v, image_version(Arch::Arm64, Suite::Bookworm, &a));
+        assert_ne!(v, image_version(Arch::X86_64, Suite::Trixie, &a));
     }
 
     #[test]
@@ -649,11 +558,24 @@ mod tests {
     }
 
     #[test]
-    fn busybox_comes_from_the_host_or_the_arch_package() {
-        assert_eq!(Arch::X86_64.busybox(), BusyboxSource::Host);
-        assert_eq!(
-            Arch::Arm64.busybox(),
-            BusyboxSource::Package("busybox-static")
+    fn busybox_comes_from_its_package_for_every_arch() {
+        for suite in [Suite::Bookworm, Suite::Trixie] {
+            for arch in [Arch::X86_64, Arch::Arm64] {
+                for kernel in [Kernel::Cloud, Kernel::Generic] {
+                    let list = package_list(suite, arch, kernel);
+                    assert!(list.contains(&"busybox-static"), "{arch} {kernel:?}");
+                    assert_eq!(list[0], arch.kernel_metapackage(kernel));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_docker_client_is_in_every_suite_s_image() {
+        // Debian 13's docker.io only recommends docker-cli; Debian 12's holds the client.
+        assert!(package_list(Suite::Trixie, Arch::X86_64, Kernel::Cloud).contains(&"docker-cli"));
+        assert!(
+            !package_list(Suite::Bookworm, Arch::X86_64, Kernel::Cloud).contains(&"docker-cli")
         );
     }
 
@@ -702,19 +624,5 @@ mod tests {
         let t = rfc3339_now();
         assert_eq!(t.len(), 20, "{t}");
         assert!(t.starts_with("20") && t.ends_with('Z'));
-    }
-
-    #[test]
-    fn missing_busybox_names_its_packages_and_a_way_around() {
-        let cmd = std::process::Command::new("/bin/busybox");
-        let e = spawn_error(
-            &cmd,
-            "/bin/busybox".into(),
-            std::io::Error::from(std::io::ErrorKind::NotFound),
-        );
-        let hint = e.hint().unwrap();
-        assert!(hint.contains("`busybox-static`"), "{hint}");
-        assert!(hint.contains("devbox image pull"), "{hint}");
-        assert!(!hint.contains("apt-get"), "{hint}");
     }
 }

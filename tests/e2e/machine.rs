@@ -16,6 +16,8 @@ pub const MIB: u64 = 1 << 20;
 /// The image every machine of the run boots.
 pub struct Image {
     pub kernel_version: String,
+    /// The `docker.io` package's version (`26.1.5+dfsg1-9+deb13u1+b1`), from the manifest.
+    pub docker_package: String,
 }
 
 pub struct Machine {

@@ -20,6 +20,8 @@
 //! - `shared("name", area::check_x)` with `fn check_x(m: &Machine)`: gets the shared
 //!   machine, running. It must leave it running and must not rely on another check: start
 //!   containers under names of its own, `m.busybox_image()` gives the `bb:e2e` image.
+//!   `shared_needing("name", requires, area::check_x)` when it needs more of the host than
+//!   the run does (`requires` checks the run's prerequisites too).
 //! - `exclusive("name", area::check_x)`, same signature: may restart, stop, crash or fill
 //!   the shared machine (the next check gets it running again); runs after every shared
 //!   check.
@@ -45,6 +47,7 @@ mod support;
 mod arm64;
 mod basics;
 mod cli;
+mod compose;
 mod disk;
 mod harness;
 mod lifecycle;
@@ -148,6 +151,11 @@ const CHECKS: &[Check] = &[
         "published_ports_answer_on_localhost",
         outside::check_published_ports,
     ),
+    shared_needing(
+        "compose_project_through_the_forwarded_socket",
+        compose::prerequisites,
+        compose::check_compose,
+    ),
     shared("discard_reaches_the_host_file", disk::check_discard),
     shared(
         "everyday_use_makes_plain_docker_reach_the_machine",
@@ -194,7 +202,7 @@ pub struct Check {
 enum On {
     Netns(fn(&Harness)),
     Own(fn() -> Result<(), Missing>, fn()),
-    Shared(fn(&Machine)),
+    Shared(fn() -> Result<(), Missing>, fn(&Machine)),
     Exclusive(fn(&Machine)),
 }
 
@@ -204,16 +212,24 @@ impl On {
         match self {
             On::Netns(_) => 0,
             On::Own(..) => 1,
-            On::Shared(_) => 2,
+            On::Shared(..) => 2,
             On::Exclusive(_) => 3,
         }
     }
 }
 
 const fn shared(name: &'static str, f: fn(&Machine)) -> Check {
+    shared_needing(name, e2e_prerequisites, f)
+}
+/// A shared check with prerequisites beyond the run's (which `requires` checks too).
+const fn shared_needing(
+    name: &'static str,
+    requires: fn() -> Result<(), Missing>,
+    f: fn(&Machine),
+) -> Check {
     Check {
         name,
-        on: On::Shared(f),
+        on: On::Shared(requires, f),
     }
 }
 const fn exclusive(name: &'static str, f: fn(&Machine)) -> Check {
@@ -261,7 +277,11 @@ fn trial(c: &'static Check) -> Trial {
             image();
             dumping(h, || f(h))
         }),
-        On::Shared(f) | On::Exclusive(f) => trials::check(c.name, e2e_prerequisites, move || {
+        On::Shared(requires, f) => trials::check(c.name, requires, move || {
+            let m = shared_machine();
+            dumping(m.h, || f(&m))
+        }),
+        On::Exclusive(f) => trials::check(c.name, e2e_prerequisites, move || {
             let m = shared_machine();
             dumping(m.h, || f(&m))
         }),
@@ -337,15 +357,24 @@ fn image() -> &'static Image {
             let version = text(&o.stdout).trim().to_owned();
             let images: serde_json::Value =
                 serde_json::from_slice(&h.devbox(&["image", "ls", "--json"]).stdout).unwrap();
-            let kernel_version = images
+            let manifest = &images
                 .as_array()
                 .unwrap()
                 .iter()
                 .find(|i| i["manifest"]["version"] == version.as_str())
-                .map(|i| i["manifest"]["kernel_version"].as_str().unwrap().to_owned())
-                .expect("built image is listed");
-            eprintln!("[e2e] image {version} (kernel {kernel_version})");
-            Image { kernel_version }
+                .expect("built image is listed")["manifest"];
+            let kernel_version = manifest["kernel_version"].as_str().unwrap().to_owned();
+            let docker_package = manifest["packages"]["docker.io"]
+                .as_str()
+                .expect("the manifest lists docker.io")
+                .to_owned();
+            eprintln!(
+                "[e2e] image {version} (kernel {kernel_version}, docker.io {docker_package})"
+            );
+            Image {
+                kernel_version,
+                docker_package,
+            }
         })
     });
     match built {

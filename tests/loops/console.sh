@@ -78,7 +78,7 @@ x86_64() {
     # with busybox init's "Please press Enter to activate this console." (the ttyS0 shell's
     # prompt, which ends without a newline): a marker counts as present at the end of a line.
     for _ in $(seq 1 100); do has "devbox-guest: ready" && break; sleep 0.2; done
-    waited=$(dbx ssh loop -- "grep -c '^console:' /var/log/devbox-boot.log || true" 2>/dev/null | tr -d '\r')
+    waited=$(dbx ssh loop -- "grep -c '^console: waited' /var/log/devbox-boot.log || true" 2>/dev/null | tr -d '\r')
     has "devbox-guest: init" || lost+=("devbox-guest: init")
     has "devbox-guest: ready" || lost+=("devbox-guest: ready")
     dbx stop loop >/dev/null 2>&1 || status=FAIL

@@ -53,6 +53,25 @@ pub const BOOKWORM: &[PinnedKey] = &[
     },
 ];
 
+/// The keys for Debian 13 "trixie" (see `keys/README.md`).
+pub const TRIXIE: &[PinnedKey] = &[
+    PinnedKey {
+        file: "debian-archive-trixie-automatic.asc",
+        fingerprint: "04B5 4C3C DCA7 9751 B16B  C6B5 2256 29DF 75B1 88BD",
+        armored: include_str!("keys/debian-archive-trixie-automatic.asc"),
+    },
+    PinnedKey {
+        file: "debian-archive-trixie-security-automatic.asc",
+        fingerprint: "5E04 A1E3 223A 19A2 0706  E20F 9904 613D 4CCE 68C6",
+        armored: include_str!("keys/debian-archive-trixie-security-automatic.asc"),
+    },
+    PinnedKey {
+        file: "debian-archive-trixie-stable.asc",
+        fingerprint: "4158 7F7D B8C7 74BC CF13  1416 762F 67A0 B2C3 9DE4",
+        armored: include_str!("keys/debian-archive-trixie-stable.asc"),
+    },
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("the archive key {file} cannot be read: {what}")]
@@ -309,6 +328,32 @@ mod tests {
                     / 31_556_952;
             assert_eq!(year, 2031, "{}", s.fingerprint);
         }
+    }
+
+    #[test]
+    fn trixie_keys_match_their_pins_and_sign() {
+        let ring = Keyring::pinned(TRIXIE).unwrap();
+        let signers: Vec<(&str, u64)> = ring
+            .signers
+            .iter()
+            .map(|s| {
+                let end = s.expires.expect("Debian's keys expire");
+                let secs = end.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+                (s.fingerprint.as_str(), 1970 + secs.as_secs() / 31_556_952)
+            })
+            .collect();
+        // As `gpg --show-keys --with-subkey-fingerprints` lists them: two RSA primaries with
+        // their signing subkeys (until 2035), and the ed25519 release key (until 2033).
+        assert_eq!(
+            signers,
+            [
+                ("04b54c3cdca79751b16bc6b5225629df75b188bd", 2035),
+                ("b8e5f13176d2a7a75220028078dba3bc47ef2265", 2035),
+                ("5e04a1e3223a19a20706e20f9904613d4cce68c6", 2035),
+                ("89c87acea5dd6b8e6a7068808e9f831205b4ba95", 2035),
+                ("41587f7db8c774bccf131416762f67a0b2c39de4", 2033),
+            ]
+        );
     }
 
     #[test]

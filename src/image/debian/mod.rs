@@ -52,17 +52,28 @@ const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 const MAX_INRELEASE: u64 = 16 << 20;
 
 /// The Debian release a guest is built from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Suite {
-    /// Debian 12, the guest's release.
-    #[default]
+    /// Debian 12: Docker 20.10, containerd 1.6, kernel 6.1.
     Bookworm,
+    /// Debian 13: Docker 26.1, containerd 1.7, kernel 6.12.
+    #[default]
+    Trixie,
 }
 
 impl Suite {
     pub fn name(self) -> &'static str {
         match self {
             Suite::Bookworm => "bookworm",
+            Suite::Trixie => "trixie",
+        }
+    }
+
+    /// Debian's version number of the release (`VERSION_ID` in its os-release).
+    pub fn version(self) -> &'static str {
+        match self {
+            Suite::Bookworm => "12",
+            Suite::Trixie => "13",
         }
     }
 
@@ -70,6 +81,7 @@ impl Suite {
     pub fn keys(self) -> &'static [PinnedKey] {
         match self {
             Suite::Bookworm => keys::BOOKWORM,
+            Suite::Trixie => keys::TRIXIE,
         }
     }
 
@@ -604,6 +616,20 @@ mod tests {
             suites,
             ["bookworm", "bookworm-updates", "bookworm-security"]
         );
+        let trixie: Vec<String> = Suite::Trixie
+            .sources(&m, &s)
+            .into_iter()
+            .map(|s| format!("{}{}", s.mirror, s.suite))
+            .collect();
+        assert_eq!(
+            trixie,
+            [
+                "https://deb.debian.org/debian/trixie",
+                "https://deb.debian.org/debian/trixie-updates",
+                "https://deb.debian.org/debian-security/trixie-security"
+            ]
+        );
+        assert_eq!(Suite::default(), Suite::Trixie);
         assert_eq!(
             sources[2].mirror.as_str(),
             "https://deb.debian.org/debian-security/"
