@@ -722,7 +722,8 @@ fn the_cli_names_a_bad_or_unreachable_mirror_with_a_hint() {
     let err = run(&format!("http://127.0.0.1:{port}/debian"));
     assert!(
         err.contains(&format!(
-            "cannot download dists/bookworm/InRelease from mirror http://127.0.0.1:{port}/debian/ (4 attempts)"
+            "cannot download dists/{}/InRelease from mirror http://127.0.0.1:{port}/debian/ (4 attempts)",
+            devbox::image::debian::Suite::default().name()
         )),
         "{err}"
     );
