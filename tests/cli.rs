@@ -8,17 +8,7 @@ use support::cli::{Env, fails_with, stderr, stdout, succeeds};
 
 /// `create` needs to read the host's routes; keep it to a small machine.
 fn create(env: &Env, name: &str) -> Output {
-    env.run(&[
-        "create",
-        "--cpus",
-        "1",
-        "--memory",
-        "512",
-        "--disk-size",
-        "2G",
-        "--",
-        name,
-    ])
+    env.create_small(&[], name)
 }
 
 #[test]

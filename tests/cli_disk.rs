@@ -10,18 +10,7 @@ use support::cli::{Env, fails_with, stderr, stdout, succeeds};
 impl Env {
     /// A stopped 2G machine.
     fn create(&self, name: &str) {
-        succeeds(&self.run(&[
-            "create",
-            "--cpus",
-            "1",
-            "--memory",
-            "512",
-            "--disk-size",
-            "2G",
-            "--no-share",
-            "--",
-            name,
-        ]));
+        succeeds(&self.create_small(&["--no-share"], name));
     }
 
     fn disk_bytes_in_spec(&self, name: &str) -> u64 {

@@ -9,18 +9,7 @@ mod support;
 use support::cli::{Env, fails_with, stderr, stdout, succeeds};
 
 fn create(env: &Env, name: &str, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "create",
-        "--cpus",
-        "1",
-        "--memory",
-        "512",
-        "--disk-size",
-        "2G",
-    ];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--", name]);
-    env.run(&args)
+    env.create_small(extra, name)
 }
 
 fn spec(env: &Env, name: &str) -> String {

@@ -11,21 +11,9 @@ mod support;
 use support::cli::{Env, fails_with, stderr, stdout, succeeds};
 
 fn create(env: &Env, name: &str, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "create",
-        "--driver",
-        "fake",
-        "--no-share",
-        "--cpus",
-        "1",
-        "--memory",
-        "512",
-        "--disk-size",
-        "2G",
-    ];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--", name]);
-    env.run(&args)
+    let mut flags = vec!["--driver", "fake", "--no-share"];
+    flags.extend_from_slice(extra);
+    env.create_small(&flags, name)
 }
 
 fn usage_error(o: &Output) {

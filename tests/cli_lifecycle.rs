@@ -13,20 +13,7 @@ mod support;
 use support::cli::{Env, fails_with, stderr, stdout, succeeds};
 
 fn create(env: &Env, name: &str) {
-    succeeds(&env.run(&[
-        "create",
-        "--driver",
-        "fake",
-        "--no-share",
-        "--cpus",
-        "1",
-        "--memory",
-        "512",
-        "--disk-size",
-        "2G",
-        "--",
-        name,
-    ]));
+    succeeds(&env.create_fake(name));
 }
 
 /// `devbox ARGS` with the fake guest behaving as `guest` says (see src/hypervisor/fake.rs).

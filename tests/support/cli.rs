@@ -51,7 +51,12 @@ impl Env {
     }
 
     pub fn cmd(&self) -> Command {
-        let mut c = Command::cargo_bin("devbox").unwrap();
+        Command::from_std(self.std_cmd())
+    }
+
+    /// [`Env::cmd`] as a `std::process::Command` (whose stdin can be any file).
+    pub fn std_cmd(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("devbox"));
         c.env("DEVBOX_HOME", &self.home)
             .env("DEVBOX_CACHE", &self.cache)
             .env("DEVBOX_REGISTRY", &self.registry)
@@ -61,19 +66,30 @@ impl Env {
         c
     }
 
-    /// [`Env::cmd`] as a `std::process::Command` (whose stdin can be any file).
-    pub fn std_cmd(&self) -> std::process::Command {
-        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("devbox"));
-        c.env("DEVBOX_HOME", &self.home)
-            .env("DEVBOX_CACHE", &self.cache)
-            .env("DEVBOX_REGISTRY", &self.registry)
-            .env("DOCKER_CONFIG", &self.docker_config)
-            .env("NO_COLOR", "1");
-        c
-    }
-
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().unwrap()
+    }
+
+    /// `devbox create` of a small machine (1 vCPU, 512 MiB, a 2 GiB disk) with `flags`, then
+    /// `--` and the name (so a name that looks like a flag is tested as a name).
+    pub fn create_small(&self, flags: &[&str], name: &str) -> Output {
+        let mut args = vec![
+            "create",
+            "--cpus",
+            "1",
+            "--memory",
+            "512",
+            "--disk-size",
+            "2G",
+        ];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--", name]);
+        self.run(&args)
+    }
+
+    /// [`Env::create_small`] on the fake driver, without a share: no guest, no root.
+    pub fn create_fake(&self, name: &str) -> Output {
+        self.create_small(&["--driver", "fake", "--no-share"], name)
     }
 
     pub fn machine_dir(&self, name: &str) -> PathBuf {
