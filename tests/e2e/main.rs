@@ -52,6 +52,7 @@ mod disk;
 mod harness;
 mod lifecycle;
 mod machine;
+mod memory;
 mod network;
 mod outside;
 // Its raw-client check is Linux-only (src/nfs): elsewhere its helpers go unused.
@@ -157,6 +158,10 @@ const CHECKS: &[Check] = &[
         compose::check_compose,
     ),
     shared("discard_reaches_the_host_file", disk::check_discard),
+    shared(
+        "freed_guest_memory_returns_to_the_host",
+        memory::check_freed_memory_returns_to_the_host,
+    ),
     shared(
         "everyday_use_makes_plain_docker_reach_the_machine",
         cli::check_use_makes_plain_docker_reach_the_machine,
