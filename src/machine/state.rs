@@ -132,6 +132,30 @@ pub enum MachineState {
 }
 
 impl MachineState {
+    /// Every state, in the order `docs/json.md` lists them.
+    pub const ALL: [MachineState; 6] = [
+        MachineState::Stopped,
+        MachineState::Starting,
+        MachineState::Running,
+        MachineState::Stopping,
+        MachineState::Crashed,
+        MachineState::Failed,
+    ];
+
+    /// The state's name in JSON documents and `--filter state=` (lowercase, as serialized).
+    pub fn name(self) -> &'static str {
+        match self {
+            MachineState::Stopped => "stopped",
+            MachineState::Starting => "starting",
+            MachineState::Running => "running",
+            MachineState::Stopping => "stopping",
+            MachineState::Crashed => "crashed",
+            MachineState::Failed => "failed",
+        }
+    }
+
+    /// The state's name for people: tables, `status`, `--format '{{.State}}'` (capitalised,
+    /// as docker-machine prints it).
     pub fn as_str(self) -> &'static str {
         match self {
             MachineState::Stopped => "Stopped",

@@ -357,7 +357,7 @@ fn image() -> &'static Image {
             let version = text(&o.stdout).trim().to_owned();
             let images: serde_json::Value =
                 serde_json::from_slice(&h.devbox(&["image", "ls", "--json"]).stdout).unwrap();
-            let manifest = &images
+            let manifest = &images["images"]
                 .as_array()
                 .unwrap()
                 .iter()
