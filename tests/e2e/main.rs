@@ -170,6 +170,10 @@ const CHECKS: &[Check] = &[
         cli::check_openssh_with_ssh_config,
     ),
     shared("everyday_cp_both_ways", cli::check_cp_both_ways),
+    shared(
+        "everyday_logs_of_every_source",
+        cli::check_logs_of_every_source,
+    ),
     exclusive("full_disk_keeps_the_machine_usable", disk::check_full_disk),
     exclusive(
         "stop_removes_nat_and_a_docker_host_works",
