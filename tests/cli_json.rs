@@ -521,4 +521,21 @@ fn logs_follow_prints_what_is_appended() {
         child.kill().unwrap();
         child.wait().unwrap();
     }
+    // A machine that never started: --follow waits for its first log.
+    create(&env, "fresh");
+    let mut child = env
+        .std_cmd()
+        .args(["logs", "fresh", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "--follow gave up");
+    std::fs::write(env.machine_dir("fresh").join("serial.log"), "first boot\n").unwrap();
+    let mut got = String::new();
+    read_until(&mut out, &mut got, "first boot\n");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

@@ -80,12 +80,19 @@ fn file(
     a: &LogsArgs,
     sink: &mut Sink<impl Write>,
 ) -> Result<i32> {
-    if !path.exists() && !a.follow {
+    if !path.exists() {
         output::info(format!(
-            "Machine {} has no {what} log yet (it has never started).",
-            a.name
+            "Machine {} has no {what} log yet (it has never started){}",
+            a.name,
+            if a.follow {
+                "; waiting for it (Ctrl-C stops)."
+            } else {
+                "."
+            }
         ));
-        return Ok(0);
+        if !a.follow {
+            return Ok(0);
+        }
     }
     let mut f = None;
     let mut pos = 0u64;
@@ -163,9 +170,12 @@ fn docker(dir: &MachineDir, a: &LogsArgs, sink: &mut Sink<impl Write>) -> Result
     let target = client::ssh_target(dir, &spec)?;
     let conn = ssh::Connection::connect(&target, Duration::from_secs(10))?;
     let command = docker_command(a.tail, a.follow);
-    let mut stderr = std::io::stderr().lock();
-    let status = conn.exec(&command, None, sink, &mut stderr)?;
+    // The guest's `tail` writes its complaints there: guest bytes too.
+    let stderr = std::io::stderr();
+    let mut errors = Sink::new(stderr.lock(), stderr.is_terminal());
+    let status = conn.exec(&command, None, sink, &mut errors)?;
     sink.finish()?;
+    errors.finish()?;
     Ok(status)
 }
 

@@ -215,6 +215,14 @@ pub fn run(store: &Store, a: &MachineLsArgs) -> Result<i32> {
         .as_deref()
         .map(|t| Template::parse(t, FIELDS))
         .transpose()?;
+    if a.quiet && filters.is_empty() {
+        // Names only: nothing else of a machine is read (its state file may not be ours).
+        let names = store.names()?;
+        if !names.is_empty() {
+            output::data(names.join("\n"));
+        }
+        return Ok(0);
+    }
     let rows: Vec<Row> = rows(store, a.quiet)?
         .into_iter()
         .filter(|r| kept(&filters, r))

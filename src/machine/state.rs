@@ -219,3 +219,18 @@ pub fn observe(dir: &MachineDir) -> Result<Observed, StoreError> {
     };
     Ok(Observed { state, file })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One spelling per state in JSON (`docs/json.md`): `name()` is what serde writes, and
+    /// people's spelling differs only in case.
+    #[test]
+    fn a_states_names_agree() {
+        for s in MachineState::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.name());
+            assert_eq!(s.as_str().to_lowercase(), s.name());
+        }
+    }
+}
