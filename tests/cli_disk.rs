@@ -138,12 +138,12 @@ fn status_and_ls_warn_from_80_percent() {
     };
     env.write_state("m", "stopped", Some(sample(79)));
     let st = env.run(&["status", "m"]);
-    succeeds(&st);
+    assert_eq!(st.status.code(), Some(3), "stopped: {}", stderr(&st));
     assert!(!stderr(&st).contains("warning"), "{}", stderr(&st));
 
     env.write_state("m", "stopped", Some(sample(91)));
     let st = env.run(&["status", "m"]);
-    succeeds(&st);
+    assert_eq!(st.status.code(), Some(3), "stopped: {}", stderr(&st));
     assert_eq!(stdout(&st).trim(), "Stopped");
     assert!(
         stderr(&st)
@@ -155,7 +155,7 @@ fn status_and_ls_warn_from_80_percent() {
     succeeds(&ls);
     assert!(stderr(&ls).contains("91% full"), "{}", stderr(&ls));
     let j: serde_json::Value = serde_json::from_slice(&env.run(&["ls", "--json"]).stdout).unwrap();
-    assert_eq!(j[0]["disk_used_pct"], 91);
+    assert_eq!(j["machines"][0]["disk_used_pct"], 91);
     // The recorded figure comes back in `disk usage` of the stopped machine.
     let u = stdout(&env.run(&["disk", "usage", "m"]));
     assert!(u.contains("91% full") && u.contains("last measured"), "{u}");

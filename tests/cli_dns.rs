@@ -19,7 +19,9 @@ fn spec(env: &Env, name: &str) -> String {
 fn allowed(env: &Env) -> Vec<(String, String)> {
     let o = env.run(&["dns", "allowed", "--json"]);
     succeeds(&o);
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout(&o)).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(doc["schema"], 1);
+    let rows = doc["domains"].as_array().unwrap();
     rows.iter()
         .map(|r| {
             (

@@ -97,6 +97,41 @@ impl Env {
     }
 }
 
+/// Runs devbox with `args` and its stdout on a pseudo-terminal in raw mode (no `\n` to
+/// `\r\n`), as a command printing to the user's terminal; returns its exit code and what
+/// reached the terminal.
+pub fn run_on_terminal(env: &Env, args: &[&str]) -> (Option<i32>, Vec<u8>) {
+    use nix::sys::termios;
+    use std::io::Read;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut raw = termios::tcgetattr(&pty.slave).unwrap();
+    termios::cfmakeraw(&mut raw);
+    termios::tcsetattr(&pty.slave, termios::SetArg::TCSANOW, &raw).unwrap();
+    let status = env
+        .std_cmd()
+        .args(args)
+        .stdout(std::fs::File::from(pty.slave))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    // The child is gone and the slave closed: what it wrote waits in the terminal's buffer.
+    let mut master = std::fs::File::from(pty.master);
+    nix::fcntl::fcntl(
+        &master,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    (status.code(), out)
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
