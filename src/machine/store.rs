@@ -359,7 +359,15 @@ impl MachineDir {
             }
             Err(e) => return Err(e.into()),
         };
-        let spec: MachineSpec = serde_norway::from_str(&text).map_err(|e| {
+        self.parse_spec(&text)
+    }
+
+    /// Parses and validates `text` as this machine's `machine.yaml` (what [`Self::load_spec`]
+    /// does with the file; `devbox edit` checks an edited copy with it before saving). Errors
+    /// name the spec's path, and the line and column in `text`.
+    pub fn parse_spec(&self, text: &str) -> Result<MachineSpec, StoreError> {
+        let path = self.spec_path();
+        let spec: MachineSpec = serde_norway::from_str(text).map_err(|e| {
             let (line, column) = e
                 .location()
                 .map(|l| (l.line(), l.column()))
@@ -385,7 +393,7 @@ impl MachineDir {
         spec.validate(&super::spec::HostLimits::of_this_host())
             .map_err(|InvalidField { field, source }| StoreError::Invalid {
                 path,
-                line: yaml_line(&text, &field),
+                line: yaml_line(text, &field),
                 field,
                 source,
             })?;

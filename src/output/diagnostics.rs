@@ -70,6 +70,10 @@ dispatch!(
     crate::commands::BulkError,
     crate::commands::rm::RmError,
     crate::commands::ssh_config::SshConfigError,
+    crate::commands::edit::EditorError,
+    crate::machine::edit::EditError,
+    crate::commands::upgrade::UpgradeError,
+    crate::commands::image_rm::ImageRmError,
 );
 
 /// Error types of modules that other work is changing right now keep their inherent
