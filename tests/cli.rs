@@ -38,6 +38,8 @@ fn help_lists_the_verbs() {
         "ssh",
         "logs",
         "env",
+        "edit",
+        "upgrade",
         "image",
         "completion",
     ] {

@@ -72,7 +72,7 @@ pub fn run(store: &Store, a: &EditArgs) -> Result<i32> {
     let live = observe(&dir)?.state.is_live();
     let (old, new) = if flags.is_empty() {
         match in_editor(store, &dir)? {
-            Edited::Changed { old, new } => (old, new),
+            Edited::Changed { old, new } => (old.map(|o| *o), *new),
             Edited::Unchanged => return nothing_changed(&a.name),
             Edited::GaveUp => {
                 output::info(format!(
@@ -197,8 +197,8 @@ fn editor() -> String {
 enum Edited {
     /// The spec before (`None`: it did not parse) and after.
     Changed {
-        old: Option<MachineSpec>,
-        new: MachineSpec,
+        old: Option<Box<MachineSpec>>,
+        new: Box<MachineSpec>,
     },
     Unchanged,
     /// The edit was refused, and the user chose not to edit again.
@@ -245,7 +245,10 @@ fn in_editor(store: &Store, dir: &MachineDir) -> Result<Edited> {
                     }
                     .into());
                 }
-                return Ok(Edited::Changed { old, new });
+                return Ok(Edited::Changed {
+                    old: old.map(Box::new),
+                    new: Box::new(new),
+                });
             }
             Err(e) => {
                 let e = anyhow::Error::new(EditorError::Refused {

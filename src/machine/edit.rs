@@ -448,7 +448,8 @@ mod tests {
     #[test]
     fn fields_with_their_own_verb_or_a_lease_are_fixed() {
         let old = spec();
-        let cases: Vec<(&str, Box<dyn Fn(&mut MachineSpec)>)> = vec![
+        type Change = Box<dyn Fn(&mut MachineSpec)>;
+        let cases: Vec<(&str, Change)> = vec![
             ("image", Box::new(|s| s.image = "fedcba9876543210".into())),
             ("disk_bytes", Box::new(|s| s.disk_bytes *= 2)),
             ("network", Box::new(|s| s.network.index = 3)),
