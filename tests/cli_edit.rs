@@ -485,6 +485,18 @@ fn editor_saves_a_valid_edit_and_refuses_a_bad_one_leaving_the_file() {
     fails_with(&edit_with(&env, "dev", &fail), "exit status: 3");
     assert_eq!(spec_text(&env, "dev"), before);
 
+    // No editor named and no terminal for vi: refused at once.
+    let o = env
+        .cmd()
+        .args(["edit", "dev"])
+        .env_remove("VISUAL")
+        .env_remove("EDITOR")
+        .output()
+        .unwrap();
+    fails_with(&o, "no editor to open machine.yaml in");
+    assert!(stderr(&o).contains("--cpus 4"), "{}", stderr(&o));
+    assert_eq!(spec_text(&env, "dev"), before);
+
     // No change at all.
     let o = edit_with(&env, "dev", Path::new("true"));
     succeeds(&o);
@@ -587,9 +599,12 @@ fn editor_mends_a_broken_spec() {
     let good = spec_text(&env, "dev");
     // Broken by hand (as issue #18 found it): every read refuses it.
     std::fs::write(&path, good.replace("cpus: 1", "cpus: 4096")).unwrap();
-    fails_with(
-        &env.run(&["edit", "dev", "--cpus", "1"]),
-        "cpus is not valid",
+    let o = env.run(&["edit", "dev", "--cpus", "1"]);
+    fails_with(&o, "cpus is not valid");
+    assert!(
+        stderr(&o).contains("hint: fix it with `devbox edit dev` (which checks it before saving)"),
+        "{}",
+        stderr(&o)
     );
     let tmp = tempfile::tempdir().unwrap();
     let fix = script(tmp.path(), "fix", "sed -i 's/^cpus: .*/cpus: 1/' \"$1\"");

@@ -35,6 +35,10 @@ pub enum EditorError {
         editor: String,
         status: std::process::ExitStatus,
     },
+    #[error(
+        "no flag given and no editor to open machine.yaml in: VISUAL and EDITOR are unset, and stdin is not a terminal for vi"
+    )]
+    NoEditor,
     #[error("machine {name}'s machine.yaml was changed by someone else while it was being edited")]
     ChangedMeanwhile { name: String },
 }
@@ -56,6 +60,9 @@ impl Hint for EditorError {
             }
             EditorError::ChangedMeanwhile { name } => {
                 Some(format!("run `devbox edit {name}` again"))
+            }
+            EditorError::NoEditor => {
+                Some("give the change as flags (`devbox edit NAME --cpus 4`), or set EDITOR".into())
             }
             EditorError::Failed { .. } => {
                 Some("set VISUAL or EDITOR to an editor that exits 0 when it saves".into())
@@ -182,15 +189,20 @@ fn check(store: &Store, old: &MachineSpec, new: &MachineSpec) -> Result<()> {
     Ok(())
 }
 
-/// The editor: `$VISUAL`, else `$EDITOR`, else `vi`, run by `sh -c` as git runs it, so that
+/// The editor: `$VISUAL`, else `$EDITOR`, else `vi` (only on a terminal: `vi` without one
+/// would wait for keys no one types), run by `sh -c` as git runs it, so that
 /// `EDITOR="code --wait"` works.
-fn editor() -> String {
-    ["VISUAL", "EDITOR"]
+fn editor() -> Result<String> {
+    let chosen = ["VISUAL", "EDITOR"]
         .iter()
         .filter_map(std::env::var_os)
         .map(|v| v.to_string_lossy().into_owned())
-        .find(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| "vi".to_owned())
+        .find(|v| !v.trim().is_empty());
+    match chosen {
+        Some(e) => Ok(e),
+        None if std::io::stdin().is_terminal() => Ok("vi".to_owned()),
+        None => Err(EditorError::NoEditor.into()),
+    }
 }
 
 /// How an edit in the editor ended.
@@ -293,7 +305,7 @@ fn checked(
 }
 
 fn run_editor(name: &str, file: &Path) -> Result<()> {
-    let editor = editor();
+    let editor = editor()?;
     let status = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!("{editor} \"$1\""))

@@ -51,10 +51,17 @@ impl Hint for StoreError {
             StoreError::Exists { name } => Some(format!(
                 "pick another name, or remove the old one with `devbox rm {name}`"
             )),
-            StoreError::Corrupt { path, .. } | StoreError::Invalid { path, .. } => Some(format!(
-                "fix {} by hand, or remove the machine with `devbox rm --force`",
-                path.display()
-            )),
+            StoreError::Corrupt { path, .. } | StoreError::Invalid { path, .. } => {
+                // The machine's name is its directory's.
+                let name = path
+                    .parent()
+                    .and_then(Path::file_name)
+                    .map_or("NAME".into(), |n| n.to_string_lossy());
+                Some(format!(
+                    "fix it with `devbox edit {name}` (which checks it before saving), or remove \
+                     the machine with `devbox rm --force {name}`"
+                ))
+            }
             StoreError::Io(_) => None,
         }
     }
