@@ -4,21 +4,11 @@
 use std::process::Output;
 
 mod support;
-use support::cli::{Env, fails_with, stderr, stdout, succeeds};
+use support::cli::{Env, fails_with, run_on_terminal, stderr, stdout, succeeds};
 
 /// `create` needs to read the host's routes; keep it to a small machine.
 fn create(env: &Env, name: &str) -> Output {
-    env.run(&[
-        "create",
-        "--cpus",
-        "1",
-        "--memory",
-        "512",
-        "--disk-size",
-        "2G",
-        "--",
-        name,
-    ])
+    env.create_small(&[], name)
 }
 
 #[test]
@@ -85,9 +75,10 @@ fn create_ls_inspect_ip_rm() {
     assert!(out.contains("192.168.") && out.contains("2G"), "{out}");
 
     let js: serde_json::Value = serde_json::from_slice(&env.run(&["ls", "--json"]).stdout).unwrap();
-    assert_eq!(js[0]["name"], "dev");
-    assert_eq!(js[0]["state"], "Stopped");
-    assert_eq!(js[0]["cpus"], 1);
+    assert_eq!(js["schema"], 1);
+    assert_eq!(js["machines"][0]["name"], "dev");
+    assert_eq!(js["machines"][0]["state"], "stopped");
+    assert_eq!(js["machines"][0]["cpus"], 1);
 
     let ins: serde_json::Value =
         serde_json::from_slice(&env.run(&["inspect", "dev"]).stdout).unwrap();
@@ -99,8 +90,9 @@ fn create_ls_inspect_ip_rm() {
     succeeds(&ip);
     assert!(stdout(&ip).trim().parse::<std::net::Ipv4Addr>().is_ok());
 
+    // `status` exits 3 for a stopped machine (docs/json.md), and says so.
     let st = env.run(&["status", "dev"]);
-    succeeds(&st);
+    assert_eq!(st.status.code(), Some(3), "{}", stderr(&st));
     assert_eq!(stdout(&st).trim(), "Stopped");
 
     // Stopping a stopped machine is not an error.
@@ -427,7 +419,7 @@ fn crashed_supervisor_is_reported_as_crashed() {
     std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
     std::fs::write(dir.join("supervisor.lock"), "").unwrap();
     let st = env.run(&["status", "m"]);
-    succeeds(&st);
+    assert_eq!(st.status.code(), Some(4), "{}", stderr(&st));
     assert_eq!(stdout(&st).trim(), "Crashed");
     let ls = stdout(&env.run(&["ls"]));
     assert!(ls.contains("Crashed") && !ls.contains("Running"), "{ls}");
@@ -485,20 +477,19 @@ fn logs_of_a_never_started_machine() {
     assert!(stderr(&o).contains("never started"));
 }
 
-/// The guest writes its console: `logs` shows its escape sequences (OSC 52 clipboard write,
-/// title, clear screen, 8-bit CSI) as text instead of passing them to the terminal.
+/// The guest writes its console: on a terminal, `logs` shows its escape sequences (OSC 52
+/// clipboard write, title, clear screen, 8-bit CSI) as text instead of passing them to the
+/// terminal; into a pipe the bytes go as written.
 #[test]
 fn logs_neutralise_the_guest_escape_sequences() {
     let env = Env::new();
     succeeds(&create(&env, "m"));
-    std::fs::write(
-        env.machine_dir("m").join("serial.log"),
-        "boot ok\r\n\x1b]52;c;cm0gLXJmIH4=\x07\x1b]0;sudo password\x07\x1b[2J\u{9b}8m\tend\r\n",
-    )
-    .unwrap();
-    let o = env.run(&["logs", "m"]);
-    succeeds(&o);
-    let out = stdout(&o);
+    let hostile =
+        "boot ok\r\n\x1b]52;c;cm0gLXJmIH4=\x07\x1b]0;sudo password\x07\x1b[2J\u{9b}8m\tend\r\n";
+    std::fs::write(env.machine_dir("m").join("serial.log"), hostile).unwrap();
+    let (code, out) = run_on_terminal(&env, &["logs", "m"]);
+    assert_eq!(code, Some(0));
+    let out = String::from_utf8(out).unwrap();
     assert_eq!(
         out,
         "boot ok\n\\u{1b}]52;c;cm0gLXJmIH4=\\u{7}\\u{1b}]0;sudo password\\u{7}\\u{1b}[2J\\u{9b}8m\tend\n"
@@ -508,4 +499,7 @@ fn logs_neutralise_the_guest_escape_sequences() {
             .any(|c| c.is_control() && c != '\n' && c != '\t'),
         "{out:?}"
     );
+    let o = env.run(&["logs", "m"]);
+    succeeds(&o);
+    assert_eq!(o.stdout, hostile.as_bytes());
 }

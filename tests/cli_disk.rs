@@ -10,18 +10,7 @@ use support::cli::{Env, fails_with, stderr, stdout, succeeds};
 impl Env {
     /// A stopped 2G machine.
     fn create(&self, name: &str) {
-        succeeds(&self.run(&[
-            "create",
-            "--cpus",
-            "1",
-            "--memory",
-            "512",
-            "--disk-size",
-            "2G",
-            "--no-share",
-            "--",
-            name,
-        ]));
+        succeeds(&self.create_small(&["--no-share"], name));
     }
 
     fn disk_bytes_in_spec(&self, name: &str) -> u64 {
@@ -149,12 +138,12 @@ fn status_and_ls_warn_from_80_percent() {
     };
     env.write_state("m", "stopped", Some(sample(79)));
     let st = env.run(&["status", "m"]);
-    succeeds(&st);
+    assert_eq!(st.status.code(), Some(3), "stopped: {}", stderr(&st));
     assert!(!stderr(&st).contains("warning"), "{}", stderr(&st));
 
     env.write_state("m", "stopped", Some(sample(91)));
     let st = env.run(&["status", "m"]);
-    succeeds(&st);
+    assert_eq!(st.status.code(), Some(3), "stopped: {}", stderr(&st));
     assert_eq!(stdout(&st).trim(), "Stopped");
     assert!(
         stderr(&st)
@@ -166,7 +155,7 @@ fn status_and_ls_warn_from_80_percent() {
     succeeds(&ls);
     assert!(stderr(&ls).contains("91% full"), "{}", stderr(&ls));
     let j: serde_json::Value = serde_json::from_slice(&env.run(&["ls", "--json"]).stdout).unwrap();
-    assert_eq!(j[0]["disk_used_pct"], 91);
+    assert_eq!(j["machines"][0]["disk_used_pct"], 91);
     // The recorded figure comes back in `disk usage` of the stopped machine.
     let u = stdout(&env.run(&["disk", "usage", "m"]));
     assert!(u.contains("91% full") && u.contains("last measured"), "{u}");

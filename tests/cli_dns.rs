@@ -9,18 +9,7 @@ mod support;
 use support::cli::{Env, fails_with, stderr, stdout, succeeds};
 
 fn create(env: &Env, name: &str, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "create",
-        "--cpus",
-        "1",
-        "--memory",
-        "512",
-        "--disk-size",
-        "2G",
-    ];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--", name]);
-    env.run(&args)
+    env.create_small(extra, name)
 }
 
 fn spec(env: &Env, name: &str) -> String {
@@ -30,7 +19,9 @@ fn spec(env: &Env, name: &str) -> String {
 fn allowed(env: &Env) -> Vec<(String, String)> {
     let o = env.run(&["dns", "allowed", "--json"]);
     succeeds(&o);
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout(&o)).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(doc["schema"], 1);
+    let rows = doc["domains"].as_array().unwrap();
     rows.iter()
         .map(|r| {
             (

@@ -14,40 +14,16 @@ use support::cli::{Env, fails_with, stderr, stdout, succeeds};
 /// The image `Env::new` installs (Docker 20: its manifest lists no packages).
 const FIRST: &str = "0123456789abcdef";
 
+/// A small machine of the fake driver without a share, with `extra` flags.
 fn create(env: &Env, name: &str, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "create",
-        "--driver",
-        "fake",
-        "--no-share",
-        "--cpus",
-        "1",
-        "--memory",
-        "512",
-        "--disk-size",
-        "2G",
-    ];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--", name]);
-    env.run(&args)
+    let mut flags = vec!["--driver", "fake", "--no-share"];
+    flags.extend_from_slice(extra);
+    env.create_small(&flags, name)
 }
 
 /// A machine of the qemu driver (shares work with it; it is never started here).
 fn create_qemu(env: &Env, name: &str) {
-    succeeds(&env.run(&[
-        "create",
-        "--driver",
-        "qemu",
-        "--no-share",
-        "--cpus",
-        "1",
-        "--memory",
-        "512",
-        "--disk-size",
-        "2G",
-        "--",
-        name,
-    ]));
+    succeeds(&env.create_small(&["--driver", "qemu", "--no-share"], name));
 }
 
 fn spec_path(env: &Env, name: &str) -> PathBuf {

@@ -11,21 +11,9 @@ mod support;
 use support::cli::{Env, fails_with, stderr, stdout, succeeds};
 
 fn create(env: &Env, name: &str, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "create",
-        "--driver",
-        "fake",
-        "--no-share",
-        "--cpus",
-        "1",
-        "--memory",
-        "512",
-        "--disk-size",
-        "2G",
-    ];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--", name]);
-    env.run(&args)
+    let mut flags = vec!["--driver", "fake", "--no-share"];
+    flags.extend_from_slice(extra);
+    env.create_small(&flags, name)
 }
 
 fn usage_error(o: &Output) {
@@ -139,7 +127,7 @@ fn start_brings_the_context_back_in_step() {
     // env on a running machine: the same socket, in the shell asked for, or as JSON.
     let js: serde_json::Value =
         serde_json::from_slice(&env.run(&["env", "m", "--json"]).stdout).unwrap();
-    let host = js["DOCKER_HOST"].as_str().unwrap().to_owned();
+    let host = js["variables"]["DOCKER_HOST"].as_str().unwrap().to_owned();
     assert!(host.ends_with("/machines/m/docker.sock"), "{host}");
     let fish = stdout(&env.run(&["env", "m", "--shell", "fish"]));
     assert!(fish.starts_with("set -gx DOCKER_HOST '"), "{fish}");
@@ -231,7 +219,10 @@ fn env_unset_needs_no_machine_and_its_hint_works() {
     );
     let js: serde_json::Value =
         serde_json::from_slice(&env.run(&["env", "--unset", "--json"]).stdout).unwrap();
-    assert_eq!(js, serde_json::json!({"DOCKER_HOST": null}));
+    assert_eq!(
+        js,
+        serde_json::json!({"schema": 1, "variables": {"DOCKER_HOST": null}})
+    );
 }
 
 #[test]

@@ -13,20 +13,7 @@ mod support;
 use support::cli::{Env, fails_with, stderr, stdout, succeeds};
 
 fn create(env: &Env, name: &str) {
-    succeeds(&env.run(&[
-        "create",
-        "--driver",
-        "fake",
-        "--no-share",
-        "--cpus",
-        "1",
-        "--memory",
-        "512",
-        "--disk-size",
-        "2G",
-        "--",
-        name,
-    ]));
+    succeeds(&env.create_fake(name));
 }
 
 /// `devbox ARGS` with the fake guest behaving as `guest` says (see src/hypervisor/fake.rs).
@@ -196,6 +183,33 @@ fn a_guest_that_never_gets_ready_is_ended_at_the_deadline() {
     );
     assert_eq!(status(&env, "m"), "Failed");
     assert_eq!(runtime_files(&env, "m"), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn a_guest_that_says_it_cannot_get_ready_fails_start_at_once_with_its_reason() {
+    let env = Env::new();
+    create(&env, "m");
+    let started = std::time::Instant::now();
+    // A deadline far beyond the test's patience: only the guest's marker can end it early.
+    let o = run_with(&env, "fatal", &["start", "m", "--timeout", "600"]);
+    fails_with(
+        &o,
+        "the guest stopped booting: dockerd exited (see /var/log/docker.log)",
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(120),
+        "start ended at the marker, not at its 600 s deadline ({:?})",
+        started.elapsed()
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("devbox-guest: error: cannot mount the data disk"),
+        "the console's end is shown: {err}"
+    );
+    assert_eq!(status(&env, "m"), "Failed");
+    assert_eq!(runtime_files(&env, "m"), Vec::<PathBuf>::new());
+    succeeds(&run_with(&env, "ready", &["start", "m"]));
+    succeeds(&env.run(&["stop", "m"]));
 }
 
 #[test]

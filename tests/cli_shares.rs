@@ -15,20 +15,9 @@ use support::cli::{Env, fails_with, stderr, stdout, succeeds};
 const USER: u32 = 1000;
 
 fn create(env: &Env, name: &str, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "create",
-        "--cpus",
-        "1",
-        "--memory",
-        "512",
-        "--disk-size",
-        "2G",
-        "--driver",
-        "qemu",
-    ];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--", name]);
-    env.run(&args)
+    let mut flags = vec!["--driver", "qemu"];
+    flags.extend_from_slice(extra);
+    env.create_small(&flags, name)
 }
 
 /// A directory owned by an ordinary user, under the environment's temporary directory.

@@ -259,6 +259,16 @@ pub struct MachineLsArgs {
     /// Print the machines' names only, one a line.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Keep only the machines that match KEY=VALUE: state=running, driver=qemu, name=GLOB
+    /// (repeatable: every key must match; a key given twice matches either value).
+    #[arg(long = "filter", value_name = "KEY=VALUE")]
+    pub filters: Vec<String>,
+    /// Print each machine through a template of fields, as docker-machine: '{{.Name}}
+    /// {{.State}} {{.IP}}'; a `table` prefix adds a header and aligns the tab-separated
+    /// columns. Fields: Name, State, Driver, DriverName, IP, CPUs, Memory, Disk, DiskUsed,
+    /// DockerHost, URL, Error.
+    #[arg(long, conflicts_with_all = ["json", "quiet"], value_name = "TEMPLATE")]
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -339,9 +349,27 @@ pub struct LogsArgs {
     /// Machine name.
     #[arg(add = machine_names())]
     pub name: String,
-    /// Keep printing as the console writes.
+    /// Keep printing as the log grows (Ctrl-C stops).
     #[arg(long, short)]
     pub follow: bool,
+    /// Print only the last N lines (then follow from there with --follow).
+    #[arg(long, short = 'n', value_name = "N")]
+    pub tail: Option<u64>,
+    /// Which log: the guest's serial console, the machine's supervisor, or the guest's
+    /// Docker engine (dockerd; the machine must be running).
+    #[arg(long, value_enum, default_value = "console")]
+    pub source: LogSource,
+}
+
+/// The logs `devbox logs` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogSource {
+    /// The guest's serial console (`serial.log`): boot messages, kernel, init.
+    Console,
+    /// devbox's supervisor of the machine (`supervisor.log`): start, network, DNS, ports.
+    Supervisor,
+    /// The Docker engine in the guest (`/var/log/docker.log`, read over SSH).
+    Docker,
 }
 
 #[derive(Debug, Args)]
@@ -624,6 +652,23 @@ pub struct DryRunArg {
 pub struct CompletionArgs {
     /// Shell to print the completion script for.
     pub shell: clap_complete::Shell,
+}
+
+/// `--json`: which commands print a JSON document (`docs/json.md`), and so also print their
+/// error as one on stdout.
+impl Command {
+    pub fn json(&self) -> bool {
+        match self {
+            Command::Ls(a) => a.json,
+            Command::Status(a) => a.json,
+            Command::Inspect(_) => true,
+            Command::Env(a) => a.json,
+            Command::Image(ImageCommand::Ls(a)) => a.json,
+            Command::Dns(DnsCommand::Allowed(a)) => a.json,
+            Command::Disk(DiskCommand::Usage(a)) => a.json,
+            _ => false,
+        }
+    }
 }
 
 #[cfg(test)]

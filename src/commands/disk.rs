@@ -66,7 +66,7 @@ fn usage(store: &Store, a: &StatusArgs) -> Result<i32> {
         reclaim,
     };
     if a.json {
-        output::json(&u);
+        output::json::print(&u);
     } else {
         output::data(render(&u));
     }

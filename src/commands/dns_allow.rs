@@ -113,7 +113,18 @@ struct Row {
 pub fn allowed(store: &Store, a: &LsArgs) -> Result<i32> {
     let mut rows = Vec::new();
     for name in store.names()? {
-        for domain in store.machine(&name)?.load_spec()?.dns_domains {
+        // One machine's broken machine.yaml does not hide the others' domains.
+        let spec = match store.machine(&name)?.load_spec() {
+            Ok(s) => s,
+            Err(e) => {
+                output::warn(format!(
+                    "machine {name} is left out: {}",
+                    output::json::chain_text(&e)
+                ));
+                continue;
+            }
+        };
+        for domain in spec.dns_domains {
             rows.push(Row {
                 domain,
                 machine: name.clone(),
@@ -122,7 +133,7 @@ pub fn allowed(store: &Store, a: &LsArgs) -> Result<i32> {
     }
     rows.sort_by(|a, b| (&a.domain, &a.machine).cmp(&(&b.domain, &b.machine)));
     if a.json {
-        output::json(&rows);
+        output::json::print(&serde_json::json!({ "domains": rows }));
         return Ok(0);
     }
     let table: Vec<Vec<String>> = rows

@@ -29,7 +29,7 @@ pub fn run(store: &Store, a: &EnvArgs) -> Result<i32> {
         )
     };
     if a.json {
-        output::json(&serde_json::json!({ "DOCKER_HOST": value }));
+        output::json::print(&serde_json::json!({ "variables": { "DOCKER_HOST": value } }));
         return Ok(0);
     }
     let shell = a

@@ -57,7 +57,7 @@ pub fn run(store: &Store, c: ImageCommand) -> Result<i32> {
                     .iter()
                     .map(|i| serde_json::json!({"dir": i.dir, "manifest": i.manifest}))
                     .collect();
-                output::json(&v);
+                output::json::print(&serde_json::json!({ "images": v }));
                 return Ok(0);
             }
             let rows: Vec<Vec<String>> = images

@@ -1,4 +1,6 @@
-//! `devbox inspect NAME`: everything known about a machine, as JSON.
+//! `devbox inspect NAME`: everything known about a machine, as a JSON document
+//! (`docs/json.md`). A machine whose `machine.yaml` does not load is an error (the JSON error
+//! document, kind `invalid_spec`, with the cause); `ls` and `status` still show it.
 
 use anyhow::Result;
 use serde_json::json;
@@ -35,7 +37,7 @@ pub fn run(store: &Store, name: &str) -> Result<i32> {
                 "pool": v6.pool.to_string(),
             })
         });
-    output::json(&json!({
+    output::json::print(&json!({
         "name": spec.name,
         "state": obs.state,
         "ip": ip,

@@ -16,8 +16,8 @@ mod image;
 pub(crate) mod image_rm;
 mod inspect;
 mod ip;
-mod logs;
-mod ls;
+pub(crate) mod logs;
+pub(crate) mod ls;
 pub(crate) mod rm;
 mod routes;
 mod ssh;
@@ -54,18 +54,29 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
             return e.exit_code();
         }
     }
+    // Asked for JSON: a refused command line is a JSON error document on stdout too.
+    let json_asked = args.iter().any(|a| a == "--json");
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
+            if json_asked && e.use_stderr() {
+                output::json::usage_error(&e);
+            }
             let _ = e.print();
             return e.exit_code();
         }
     };
+    let json = cli.command.json();
+    let fail = |e: &anyhow::Error| {
+        if json {
+            output::json::error(e);
+        }
+        output::error(e, output::diagnostics::hint(e));
+        EXIT_ERROR
+    };
     let (class, verb) = class_of(&cli.command, HostOs::current());
     if let Err(e) = privileged::enter(class, verb) {
-        let e = anyhow::Error::new(e);
-        output::error(&e, output::diagnostics::hint(&e));
-        return EXIT_ERROR;
+        return fail(&anyhow::Error::new(e));
     }
     // Everything devbox creates is the user's alone (machine directories, disks, keys, logs,
     // sockets, QEMU's files), unless a mode is set explicitly. Images are not secret, and a
@@ -78,10 +89,7 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     let store = Store::new(cli.home.clone(), cli.cache.clone());
     match dispatch(&store, cli.command) {
         Ok(code) => code,
-        Err(e) => {
-            output::error(&e, output::diagnostics::hint(&e));
-            EXIT_ERROR
-        }
+        Err(e) => fail(&e),
     }
 }
 

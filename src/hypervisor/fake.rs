@@ -14,7 +14,9 @@
 //! environment):
 //! - unset or `ready`: ready after `DEVBOX_FAKE_BOOT_MS` (default 300) milliseconds;
 //! - `crash`: the guest ends during boot, before it is ready;
-//! - `hang`: it never becomes ready (the supervisor's deadline ends it).
+//! - `hang`: it never becomes ready (the supervisor's deadline ends it);
+//! - `fatal`: it prints the guest init's `devbox-guest: fatal:` marker (a step without which
+//!   it can never be ready failed) and then hangs, as a real guest whose dockerd died does.
 //!
 //! The power button powers it off after a moment; `kill` ends it at once.
 
@@ -40,6 +42,7 @@ enum Behaviour {
     Ready,
     Crash,
     Hang,
+    Fatal,
 }
 
 impl Behaviour {
@@ -48,9 +51,10 @@ impl Behaviour {
             Err(_) | Ok("") | Ok("ready") => Ok(Behaviour::Ready),
             Ok("crash") => Ok(Behaviour::Crash),
             Ok("hang") => Ok(Behaviour::Hang),
+            Ok("fatal") => Ok(Behaviour::Fatal),
             Ok(other) => Err(HypervisorError::Unavailable {
                 driver: Driver::Fake,
-                reason: format!("{BEHAVIOUR_ENV}={other:?}: expected ready, crash or hang"),
+                reason: format!("{BEHAVIOUR_ENV}={other:?}: expected ready, crash, hang or fatal"),
             }),
         }
     }
@@ -168,6 +172,10 @@ impl Shared {
                 let _ = ready.send(Ok(DOCKER_VERSION.into()));
             }
             Behaviour::Hang => line("fake guest: hanging before it is ready"),
+            Behaviour::Fatal => {
+                line("devbox-guest: error: cannot mount the data disk /dev/vdb");
+                line("devbox-guest: fatal: dockerd exited (see /var/log/docker.log)");
+            }
         }
         while !self.wait(Duration::from_secs(3600), |s| s.killed || s.power_button) {}
         if self.state.lock().expect("fake guest state").killed {

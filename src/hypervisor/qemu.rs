@@ -173,6 +173,11 @@ pub fn args(
         ]);
     }
     push(&["-device", "virtio-rng-device"]);
+    // Free page reporting: the guest's kernel (CONFIG_PAGE_REPORTING, virtio_balloon loaded by
+    // devbox-boot) reports ranges it has freed (2 MiB blocks, about 2 s after they are
+    // freed), and QEMU discards them, so memory the guest no longer uses returns to the host
+    // on its own. The balloon is never inflated: nothing is taken from the guest.
+    push(&["-device", "virtio-balloon-device,free-page-reporting=on"]);
     // Spelled out (`-chardev socket,path=` + `-mon`) rather than `-qmp unix:PATH`: there the
     // path is an implied first value, which QEMU reads as `key=value` when it holds a `=`.
     push(&[

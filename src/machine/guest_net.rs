@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 
 use super::driver::{Addressing, Driver};
 use super::spec::MachineSpec;
-use super::state::{MachineState, Observed, StateFile};
+use super::state::{Observed, StateFile};
 use crate::hint::Hint;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,7 +54,7 @@ pub fn guest_address(spec: &MachineSpec, observed: &Observed) -> Result<Ipv4Addr
         Addressing::Dhcp if !observed.state.is_live() => Err(AddressError::NotRunning {
             name: spec.name.clone(),
             driver: spec.driver,
-            state: state_word(observed.state),
+            state: observed.state.name(),
         }),
         Addressing::Dhcp => observed
             .file
@@ -66,22 +66,11 @@ pub fn guest_address(spec: &MachineSpec, observed: &Observed) -> Result<Ipv4Addr
     }
 }
 
-fn state_word(s: MachineState) -> &'static str {
-    match s {
-        MachineState::Stopped => "stopped",
-        MachineState::Starting => "starting",
-        MachineState::Running => "running",
-        MachineState::Stopping => "stopping",
-        MachineState::Crashed => "crashed",
-        MachineState::Failed => "failed",
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use crate::machine::spec::NetworkSpec;
-    use crate::machine::state::Phase;
+    use crate::machine::state::{MachineState, Phase};
     use crate::routes::DockerSubnets;
 
     /// A machine like the golden tests' (tests/golden/machine.yaml), on `driver`.

@@ -132,6 +132,30 @@ pub enum MachineState {
 }
 
 impl MachineState {
+    /// Every state, in the order `docs/json.md` lists them.
+    pub const ALL: [MachineState; 6] = [
+        MachineState::Stopped,
+        MachineState::Starting,
+        MachineState::Running,
+        MachineState::Stopping,
+        MachineState::Crashed,
+        MachineState::Failed,
+    ];
+
+    /// The state's name in JSON documents and `--filter state=` (lowercase, as serialized).
+    pub fn name(self) -> &'static str {
+        match self {
+            MachineState::Stopped => "stopped",
+            MachineState::Starting => "starting",
+            MachineState::Running => "running",
+            MachineState::Stopping => "stopping",
+            MachineState::Crashed => "crashed",
+            MachineState::Failed => "failed",
+        }
+    }
+
+    /// The state's name for people: tables, `status`, `--format '{{.State}}'` (capitalised,
+    /// as docker-machine prints it).
     pub fn as_str(self) -> &'static str {
         match self {
             MachineState::Stopped => "Stopped",
@@ -194,4 +218,19 @@ pub fn observe(dir: &MachineDir) -> Result<Observed, StoreError> {
         (None, false) => MachineState::Stopped,
     };
     Ok(Observed { state, file })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One spelling per state in JSON (`docs/json.md`): `name()` is what serde writes, and
+    /// people's spelling differs only in case.
+    #[test]
+    fn a_states_names_agree() {
+        for s in MachineState::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.name());
+            assert_eq!(s.as_str().to_lowercase(), s.name());
+        }
+    }
 }

@@ -14,6 +14,42 @@ pub fn hint(e: &anyhow::Error) -> Option<String> {
     e.chain().find_map(hint_of)
 }
 
+/// What kind of failure `e` is, for the `kind` field of a JSON error document
+/// (`docs/json.md` lists them): the first cause along the chain that has a kind.
+pub fn kind(e: &anyhow::Error) -> &'static str {
+    use crate::machine::store::StoreError;
+    use crate::supervisor::client::ClientError;
+    for cause in e.chain() {
+        if let Some(s) = cause.downcast_ref::<StoreError>() {
+            match s {
+                StoreError::NotFound { .. } => return "unknown_machine",
+                StoreError::Name(_) => return "invalid_name",
+                StoreError::Corrupt { .. } | StoreError::Invalid { .. } => return "invalid_spec",
+                StoreError::Exists { .. } => return "exists",
+                StoreError::Io(_) => {}
+            }
+        }
+        if let Some(c) = cause.downcast_ref::<ClientError>() {
+            match c {
+                ClientError::NotRunning { .. } => return "not_running",
+                ClientError::Running { .. } => return "running",
+                _ => {}
+            }
+        }
+        if cause.is::<crate::commands::ls::FilterError>()
+            || cause.is::<super::template::TemplateError>()
+        {
+            return "invalid_argument";
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::PermissionDenied
+        {
+            return "permission_denied";
+        }
+    }
+    "error"
+}
+
 /// Lists the error types whose hints [`hint`] finds: `hint_of` tries each, in order.
 macro_rules! dispatch {
     ($($(#[$attr:meta])* $t:ty),* $(,)?) => {
@@ -70,6 +106,8 @@ dispatch!(
     crate::commands::BulkError,
     crate::commands::rm::RmError,
     crate::commands::ssh_config::SshConfigError,
+    crate::commands::ls::FilterError,
+    crate::output::template::TemplateError,
     crate::commands::edit::EditorError,
     crate::machine::edit::EditError,
     crate::commands::upgrade::UpgradeError,

@@ -1,10 +1,13 @@
 //! The one owner of terminal output: data on stdout (tables, JSON, `devbox ip`), messages,
 //! progress and errors on stderr. Colour only on a terminal and never with `NO_COLOR`;
 //! spinners only on a terminal. Which hint goes with an error is `diagnostics`' business;
-//! making guest-written text safe to print is `guest_text`'s.
+//! making guest-written text safe to print is `guest_text`'s; the JSON documents and their
+//! schema are `json`'s, `--format` templates `template`'s.
 
 pub mod diagnostics;
 pub mod guest_text;
+pub mod json;
+pub mod template;
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -49,11 +52,6 @@ pub fn data(text: impl AsRef<str>) {
     if !text.as_ref().ends_with('\n') {
         let _ = out.write_all(b"\n");
     }
-}
-
-/// Pretty JSON on stdout.
-pub fn json<T: serde::Serialize>(value: &T) {
-    data(serde_json::to_string_pretty(value).expect("serializable output"));
 }
 
 /// An aligned table on stdout, header first (like `docker-machine ls`).

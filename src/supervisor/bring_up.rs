@@ -220,8 +220,9 @@ impl<'a> Supervisor<'a> {
         Ok(awaited)
     }
 
-    /// Starts the readiness watcher the driver's capabilities call for; returns the SSH
-    /// target when the guest is reached over SSH.
+    /// Starts the readiness watcher the driver's capabilities call for, and the console
+    /// watcher that ends the wait early when the guest says it cannot get ready; returns the
+    /// SSH target when the guest is reached over SSH.
     fn watch_readiness(
         &self,
         caps: Capabilities,
@@ -229,6 +230,12 @@ impl<'a> Supervisor<'a> {
         guest_ip: Ipv4Addr,
     ) -> Result<Option<ssh::Target>> {
         let (state, tx) = (self.state.clone(), self.tx.clone());
+        watchers::spawn_console_fatal(
+            self.dir.serial_log_path(),
+            self.deadline,
+            state.clone(),
+            tx.clone(),
+        );
         match caps.guest {
             GuestAccess::Ssh => {
                 let target = client::ssh_target_at(self.dir, guest_ip)?;

@@ -125,6 +125,96 @@ pub fn spawn_ready_from_driver(
         .expect("spawning the readiness thread");
 }
 
+/// The guest init's marker for a boot step without which the machine can never be ready
+/// (sshd, containerd or dockerd failed, no docker client): assets/guest/README.md.
+pub const FATAL_MARKER: &str = "devbox-guest: fatal: ";
+
+/// Longest fatal reason kept from the console: the guest is untrusted, and a reason is one
+/// line for the user, not a place for the guest to pour text into.
+const FATAL_REASON_MAX: usize = 300;
+
+/// Follows this boot's console log (`path`, rotated at boot by `bring_up`) while the machine
+/// starts, and reports at once when the guest says it cannot become ready, so `start` fails
+/// with the guest's reason instead of waiting out the whole readiness deadline. Ends when the
+/// machine leaves [`Phase::Starting`] or at `deadline` (the readiness watcher reports that).
+pub fn spawn_console_fatal(
+    path: std::path::PathBuf,
+    deadline: Instant,
+    state: StateWriter,
+    tx: Sender<Event>,
+) {
+    std::thread::Builder::new()
+        .name("console-fatal".into())
+        .spawn(move || {
+            let mut scan = FatalScan::default();
+            while Instant::now() < deadline && state.phase() == Phase::Starting {
+                if let Some(reason) = scan.poll(&path) {
+                    log(format!("the guest cannot become ready: {reason}"));
+                    let _ = tx.send(Event::NotReady {
+                        reason: format!("the guest stopped booting: {reason}"),
+                    });
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+        .expect("spawning the console watcher");
+}
+
+/// Reads a growing console log from where it left off, line by line, for [`FATAL_MARKER`].
+#[derive(Debug, Default)]
+struct FatalScan {
+    offset: u64,
+    /// The end of the last read when it stopped inside a line.
+    partial: Vec<u8>,
+}
+
+impl FatalScan {
+    /// The reason of the first fatal line written since the last call, escaped for a terminal.
+    fn poll(&mut self, path: &std::path::Path) -> Option<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = std::fs::File::open(path).ok()?;
+        let len = file.metadata().ok()?.len();
+        if len < self.offset {
+            // Rotated at its size cap: the new file starts from the beginning.
+            self.offset = 0;
+            self.partial.clear();
+        }
+        file.seek(SeekFrom::Start(self.offset)).ok()?;
+        // Bounded per poll, like the log itself (4 MiB cap): a chatty guest is read in steps.
+        let mut chunk = Vec::new();
+        let n = file.take(1 << 20).read_to_end(&mut chunk).ok()?;
+        self.offset += n as u64;
+        self.partial.extend_from_slice(&chunk);
+        let mut found = None;
+        let mut rest = self.partial.as_slice();
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            let line = &rest[..end];
+            rest = &rest[end + 1..];
+            if found.is_none() {
+                found = fatal_reason(line);
+            }
+        }
+        // A partial line longer than any marker line is not kept whole: its start is enough.
+        let keep = rest.len().min(FATAL_MARKER.len() + FATAL_REASON_MAX);
+        self.partial = rest[..keep].to_vec();
+        found
+    }
+}
+
+/// The reason in a console line holding [`FATAL_MARKER`] (anywhere: the kernel may print on the
+/// same line first), escaped and cut to [`FATAL_REASON_MAX`] bytes.
+fn fatal_reason(line: &[u8]) -> Option<String> {
+    let marker = FATAL_MARKER.as_bytes();
+    let at = line.windows(marker.len()).position(|w| w == marker)?;
+    let mut reason = &line[at + marker.len()..];
+    if reason.last() == Some(&b'\r') {
+        reason = &reason[..reason.len() - 1];
+    }
+    let reason = &reason[..reason.len().min(FATAL_REASON_MAX)];
+    Some(crate::output::guest_text::escape(reason))
+}
+
 /// A background thread that runs until told to stop, then is joined.
 struct Stoppable {
     stop: Arc<(Mutex<bool>, Condvar)>,
@@ -268,5 +358,46 @@ mod tests {
         t.stop();
         assert!(ran.load(Ordering::SeqCst), "joined after the body ended");
         assert!(started.elapsed() < Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_fatal_console_line_is_found_once_whole_across_reads_and_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.log");
+        let append = |b: &[u8]| {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap();
+            f.write_all(b).unwrap();
+        };
+        let mut scan = FatalScan::default();
+        assert_eq!(scan.poll(&path), None, "no log yet");
+        append(b"devbox-guest: init\r\ndevbox-guest: error: cannot mount the share\r\n");
+        assert_eq!(scan.poll(&path), None, "an error is not fatal");
+        // Split in the middle of the marker: nothing until the line is whole.
+        append(b"[   3.1] random: crng init done devbox-guest: fa");
+        assert_eq!(scan.poll(&path), None);
+        append(b"tal: dockerd exited \x1b]0;owned\x07(see log)\r\n");
+        assert_eq!(
+            scan.poll(&path).as_deref(),
+            Some("dockerd exited \\u{1b}]0;owned\\u{7}(see log)"),
+            "found after the kernel's text on the same line, escape sequences shown, not obeyed"
+        );
+        assert_eq!(scan.poll(&path), None, "reported once");
+        // Rotation: a new, shorter file is read from its start.
+        std::fs::remove_file(&path).unwrap();
+        append(b"devbox-guest: fatal: sshd did not start\n");
+        assert_eq!(scan.poll(&path).as_deref(), Some("sshd did not start"));
+    }
+
+    #[test]
+    fn a_fatal_reason_is_cut_to_one_short_line() {
+        let mut line = FATAL_MARKER.as_bytes().to_vec();
+        line.extend(std::iter::repeat_n(b'x', 10_000));
+        assert_eq!(fatal_reason(&line).unwrap().len(), FATAL_REASON_MAX);
+        assert_eq!(fatal_reason(b"devbox-guest: error: no lease"), None);
     }
 }

@@ -35,7 +35,7 @@ nsx "$DEVBOX" create bench --no-share --cpus 2 --memory 2048 --disk-size 4G >/de
 M=$DEVBOX_HOME/machines/bench
 echo "warm-up boot (formats the data disk; not measured)" >&2
 nsx "$DEVBOX" start bench >/dev/null 2>&1
-accel=$(nsx "$DEVBOX" status bench --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["detail"]["accel"])')
+accel=$(nsx "$DEVBOX" status bench --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["runtime"]["accel"])')
 
 # ---- 2. SSH latency (on the warm-up boot) ----
 ip=$(nsx "$DEVBOX" ip bench)

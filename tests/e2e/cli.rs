@@ -1,6 +1,7 @@
 //! The everyday CLI against a running machine (issue #18): `devbox use` then a plain `docker`
 //! with no DOCKER_HOST; `ssh -t` on a pseudo-terminal the test holds; OpenSSH's own `ssh` and
-//! `scp` with `devbox ssh-config`; `devbox cp` both ways with a 50 MB file.
+//! `scp` with `devbox ssh-config`; `devbox cp` both ways with a 50 MB file; `devbox logs` of
+//! each source, the guest dockerd's followed over SSH.
 
 use std::io::Write;
 use std::path::Path;
@@ -203,4 +204,70 @@ pub fn check_cp_both_ways(m: &Machine) {
         &format!("{MACHINE}:/nonexistent/dir/f"),
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+}
+
+/// `devbox logs` of each source on the running machine: the guest dockerd's log read over
+/// SSH (with `--tail`, and `--follow` seeing a line written after it started), and the
+/// supervisor's and the console's files.
+pub fn check_logs_of_every_source(m: &Machine) {
+    let docker = m.ok(&["logs", MACHINE, "--source", "docker", "--tail", "5"]);
+    assert!((1..=5).contains(&docker.lines().count()), "{docker}");
+    // dockerd's own lines (logrus: `time="…" level=info msg="…"`).
+    assert!(docker.contains("level="), "{docker}");
+    let supervisor = m.ok(&["logs", MACHINE, "--source", "supervisor", "--tail", "3"]);
+    assert!(
+        (1..=3).contains(&supervisor.lines().count()),
+        "{supervisor}"
+    );
+    let console = m.ok(&["logs", MACHINE, "-n", "2"]);
+    assert!(console.lines().count() <= 2, "{console}");
+
+    /// The follower, ended (SIGTERM to `timeout`, which passes it on) also on a failure.
+    struct Follower(std::process::Child);
+    impl Drop for Follower {
+        fn drop(&mut self) {
+            let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = self.0.wait();
+        }
+    }
+    let mut follower = Follower(
+        m.h.devbox_cmd(&[
+            "logs", MACHINE, "--source", "docker", "--follow", "--tail", "0",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let out = follower.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    // Written until seen: the follower's `tail -f` may not have opened the log yet.
+    let marker = format!("devbox-e2e-follow-{}", std::process::id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    'seen: loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "logs --follow never showed {marker}"
+        );
+        m.ssh(&format!("echo {marker} >> /var/log/docker.log"));
+        loop {
+            match rx.recv_timeout(std::time::Duration::from_secs(2)) {
+                Ok(line) if line.contains(&marker) => break 'seen,
+                Ok(_) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("logs --follow ended before showing {marker}")
+                }
+            }
+        }
+    }
+    drop(follower);
 }

@@ -107,7 +107,7 @@ impl Machine {
                 let env: serde_json::Value =
                     serde_json::from_str(&self.ok(&["env", &self.name, "--json"]))
                         .expect("env --json prints JSON");
-                env["DOCKER_HOST"]
+                env["variables"]["DOCKER_HOST"]
                     .as_str()
                     .expect("env prints DOCKER_HOST")
                     .to_owned()

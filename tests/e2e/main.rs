@@ -52,6 +52,7 @@ mod disk;
 mod harness;
 mod lifecycle;
 mod machine;
+mod memory;
 mod network;
 mod outside;
 // Its raw-client check is Linux-only (src/nfs): elsewhere its helpers go unused.
@@ -158,6 +159,10 @@ const CHECKS: &[Check] = &[
     ),
     shared("discard_reaches_the_host_file", disk::check_discard),
     shared(
+        "freed_guest_memory_returns_to_the_host",
+        memory::check_freed_memory_returns_to_the_host,
+    ),
+    shared(
         "everyday_use_makes_plain_docker_reach_the_machine",
         cli::check_use_makes_plain_docker_reach_the_machine,
     ),
@@ -170,6 +175,10 @@ const CHECKS: &[Check] = &[
         cli::check_openssh_with_ssh_config,
     ),
     shared("everyday_cp_both_ways", cli::check_cp_both_ways),
+    shared(
+        "everyday_logs_of_every_source",
+        cli::check_logs_of_every_source,
+    ),
     exclusive("full_disk_keeps_the_machine_usable", disk::check_full_disk),
     exclusive(
         "stop_removes_nat_and_a_docker_host_works",
@@ -357,7 +366,7 @@ fn image() -> &'static Image {
             let version = text(&o.stdout).trim().to_owned();
             let images: serde_json::Value =
                 serde_json::from_slice(&h.devbox(&["image", "ls", "--json"]).stdout).unwrap();
-            let manifest = &images
+            let manifest = &images["images"]
                 .as_array()
                 .unwrap()
                 .iter()

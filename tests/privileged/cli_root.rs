@@ -20,17 +20,7 @@ fn root_and_setpriv() -> Result<(), Missing> {
 
 fn start_without_net_admin_names_the_privilege() {
     let env = Env::new();
-    succeeds(&env.run(&[
-        "create",
-        "--cpus",
-        "1",
-        "--memory",
-        "512",
-        "--disk-size",
-        "2G",
-        "--",
-        "m",
-    ]));
+    succeeds(&env.create_small(&[], "m"));
     let bin = assert_cmd::cargo::cargo_bin("devbox");
     let o = std::process::Command::new("setpriv")
         .args(["--bounding-set=-net_admin", "--inh-caps=-net_admin", "--"])

@@ -128,21 +128,7 @@ fn sudo_variables_that_disagree_are_refused_with_the_way_out() {
 
 fn root_creates_the_registry_on_demand_and_create_takes_a_lease() {
     let env = Env::new();
-    let create = |name: &str| {
-        env.run(&[
-            "create",
-            "--driver",
-            "fake",
-            "--no-share",
-            "--cpus",
-            "1",
-            "--memory",
-            "512",
-            "--disk-size",
-            "2G",
-            name,
-        ])
-    };
+    let create = |name: &str| env.create_fake(name);
     succeeds(&create("a"));
     succeeds(&create("b"));
     let leases = env.registry.join("leases");

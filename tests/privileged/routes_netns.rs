@@ -316,19 +316,7 @@ fn the_boot_job_spares_a_running_machines_routes() {
     in_new_netns(|| {
         let env = crate::support::cli::Env::new();
         for name in ["a", "b"] {
-            crate::support::cli::succeeds(&env.run(&[
-                "create",
-                "--driver",
-                "fake",
-                "--no-share",
-                "--cpus",
-                "1",
-                "--memory",
-                "512",
-                "--disk-size",
-                "2G",
-                name,
-            ]));
+            crate::support::cli::succeeds(&env.create_fake(name));
         }
         // Machine b (index 1) runs: its TAP and its Docker routes are up, but routes.json
         // does not name it (the lost update).

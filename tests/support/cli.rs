@@ -51,7 +51,12 @@ impl Env {
     }
 
     pub fn cmd(&self) -> Command {
-        let mut c = Command::cargo_bin("devbox").unwrap();
+        Command::from_std(self.std_cmd())
+    }
+
+    /// [`Env::cmd`] as a `std::process::Command` (whose stdin can be any file).
+    pub fn std_cmd(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("devbox"));
         c.env("DEVBOX_HOME", &self.home)
             .env("DEVBOX_CACHE", &self.cache)
             .env("DEVBOX_REGISTRY", &self.registry)
@@ -61,24 +66,70 @@ impl Env {
         c
     }
 
-    /// [`Env::cmd`] as a `std::process::Command` (whose stdin can be any file).
-    pub fn std_cmd(&self) -> std::process::Command {
-        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("devbox"));
-        c.env("DEVBOX_HOME", &self.home)
-            .env("DEVBOX_CACHE", &self.cache)
-            .env("DEVBOX_REGISTRY", &self.registry)
-            .env("DOCKER_CONFIG", &self.docker_config)
-            .env("NO_COLOR", "1");
-        c
-    }
-
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().unwrap()
+    }
+
+    /// `devbox create` of a small machine (1 vCPU, 512 MiB, a 2 GiB disk) with `flags`, then
+    /// `--` and the name (so a name that looks like a flag is tested as a name).
+    pub fn create_small(&self, flags: &[&str], name: &str) -> Output {
+        let mut args = vec![
+            "create",
+            "--cpus",
+            "1",
+            "--memory",
+            "512",
+            "--disk-size",
+            "2G",
+        ];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--", name]);
+        self.run(&args)
+    }
+
+    /// [`Env::create_small`] on the fake driver, without a share: no guest, no root.
+    pub fn create_fake(&self, name: &str) -> Output {
+        self.create_small(&["--driver", "fake", "--no-share"], name)
     }
 
     pub fn machine_dir(&self, name: &str) -> PathBuf {
         self.home.join("machines").join(name)
     }
+}
+
+/// Runs devbox with `args` and its stdout on a pseudo-terminal in raw mode (no `\n` to
+/// `\r\n`), as a command printing to the user's terminal; returns its exit code and what
+/// reached the terminal.
+pub fn run_on_terminal(env: &Env, args: &[&str]) -> (Option<i32>, Vec<u8>) {
+    use nix::sys::termios;
+    use std::io::Read;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut raw = termios::tcgetattr(&pty.slave).unwrap();
+    termios::cfmakeraw(&mut raw);
+    termios::tcsetattr(&pty.slave, termios::SetArg::TCSANOW, &raw).unwrap();
+    let status = env
+        .std_cmd()
+        .args(args)
+        .stdout(std::fs::File::from(pty.slave))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    // The child is gone and the slave closed: what it wrote waits in the terminal's buffer.
+    let mut master = std::fs::File::from(pty.master);
+    nix::fcntl::fcntl(
+        &master,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    (status.code(), out)
 }
 
 pub fn stderr(o: &Output) -> String {

@@ -108,6 +108,7 @@ pub const REQUIRED_MODULES: &[&str] = &[
     "virtio_net",
     "virtio_rng",
     "virtio_console",
+    "virtio_balloon",
     "vmw_vsock_virtio_transport",
     "sunrpc",
     "lockd",

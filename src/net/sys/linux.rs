@@ -243,16 +243,7 @@ pub fn have_net_admin() -> bool {
 /// The IPv4 routes of the main routing table (what `ip -4 route show table main` lists).
 pub fn host_routes() -> Result<Vec<HostRoute>, NetError> {
     netlink("read the host routing table", |handle| async move {
-        let mut names = HashMap::new();
-        let mut links = handle.link().get().execute();
-        while let Some(link) = links.try_next().await? {
-            if let Some(name) = link.attributes.iter().find_map(|a| match a {
-                LinkAttribute::IfName(n) => Some(n.clone()),
-                _ => None,
-            }) {
-                names.insert(link.header.index, name);
-            }
-        }
+        let names = link_names(&handle).await?;
         let mut out = Vec::new();
         let mut routes = handle
             .route()
@@ -265,19 +256,25 @@ pub fn host_routes() -> Result<Vec<HostRoute>, NetError> {
     })
 }
 
+/// Every link's name by its index, to name the interface of each route.
+async fn link_names(handle: &rtnetlink::Handle) -> Result<HashMap<u32, String>, rtnetlink::Error> {
+    let mut names = HashMap::new();
+    let mut links = handle.link().get().execute();
+    while let Some(link) = links.try_next().await? {
+        if let Some(name) = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        }) {
+            names.insert(link.header.index, name);
+        }
+    }
+    Ok(names)
+}
+
 /// The IPv6 routes of the main routing table, as (destination, interface name).
 pub fn host_routes_v6() -> Result<Vec<(Ipv6Net, String)>, NetError> {
     netlink("read the host's IPv6 routing table", |handle| async move {
-        let mut names = HashMap::new();
-        let mut links = handle.link().get().execute();
-        while let Some(link) = links.try_next().await? {
-            if let Some(name) = link.attributes.iter().find_map(|a| match a {
-                LinkAttribute::IfName(n) => Some(n.clone()),
-                _ => None,
-            }) {
-                names.insert(link.header.index, name);
-            }
-        }
+        let names = link_names(&handle).await?;
         let mut out = Vec::new();
         let mut routes = handle
             .route()
