@@ -28,6 +28,8 @@ fn help_lists_the_verbs() {
         "ssh",
         "logs",
         "env",
+        "edit",
+        "upgrade",
         "image",
         "completion",
     ] {
@@ -207,6 +209,9 @@ fn unknown_machine_is_an_error_for_every_verb() {
         vec!["ssh", "nope"],
         vec!["logs", "nope"],
         vec!["env", "nope"],
+        vec!["edit", "nope"],
+        vec!["edit", "nope", "--cpus", "1"],
+        vec!["upgrade", "nope"],
     ] {
         let o = env.run(&verb);
         fails_with(&o, "no machine named \"nope\"");
@@ -245,6 +250,9 @@ fn a_name_outside_the_store_is_refused_by_every_verb_and_nothing_is_touched() {
             vec!["start", name],
             vec!["stop", name],
             vec!["env", name],
+            vec!["edit", name],
+            vec!["edit", name, "--memory", "1G"],
+            vec!["upgrade", name],
         ] {
             let o = env.run(&verb);
             fails_with(&o, &format!("invalid machine name {name:?}"));

@@ -60,7 +60,13 @@ pub enum Command {
     /// Make a machine's Docker context (`devbox-NAME`) the docker CLI's current one, in every
     /// shell; `--none` goes back to the CLI's default.
     Use(UseArgs),
-    /// Build, download or list guest images.
+    /// Change a stopped or running machine's CPUs, memory, shares or engine settings (flags,
+    /// or $EDITOR on its machine.yaml without them); they apply at its next start.
+    Edit(EditArgs),
+    /// Move a stopped machine to the newest guest image of its architecture (or --image),
+    /// keeping its data disk (Docker's images, containers and volumes) and its settings.
+    Upgrade(UpgradeArgs),
+    /// Build, download, list or remove guest images.
     #[command(subcommand)]
     Image(ImageCommand),
     /// Host routes to the machines' Docker subnets, and the boot-time job that restores them.
@@ -408,6 +414,11 @@ pub enum ImageCommand {
     Pull(ImagePullArgs),
     /// List installed images.
     Ls(LsArgs),
+    /// Remove an installed image no machine uses.
+    Rm(ImageRmArgs),
+    /// Remove the installed images no machine uses, but the newest of each architecture (asks
+    /// first on a terminal).
+    Prune(ImagePruneArgs),
 }
 
 #[derive(Debug, Args)]
@@ -453,6 +464,97 @@ pub struct ImagePullArgs {
     /// Expected sha256 of manifest.json.
     #[arg(long, value_name = "HEX")]
     pub sha256: Option<String>,
+}
+
+// `edit`, `upgrade`, `image rm`, `image prune` (issue #18 items 3 and 4).
+
+/// Completion of image versions: the images of the cache (`DEVBOX_CACHE` or the default), read
+/// when the shell asks, like [`machine_names`].
+fn image_versions() -> clap_complete::ArgValueCandidates {
+    clap_complete::ArgValueCandidates::new(|| {
+        let cache = std::env::var_os("DEVBOX_CACHE").map(PathBuf::from);
+        let store = crate::machine::Store::new(None, cache);
+        crate::image::list(&store.cache)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| {
+                clap_complete::CompletionCandidate::new(i.manifest.version).help(Some(
+                    format!("{} {}", i.manifest.arch, i.manifest.created).into(),
+                ))
+            })
+            .collect()
+    })
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  devbox edit dev --cpus 4 --memory 8G
+  devbox edit dev --share ~/src:/src --unshare /home/me
+  devbox edit dev --engine-registry-mirror https://mirror.example.com
+  devbox edit dev                      # $VISUAL or $EDITOR (else vi) on machine.yaml")]
+pub struct EditArgs {
+    /// Machine name.
+    #[arg(add = machine_names())]
+    pub name: String,
+    /// Virtual CPUs.
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Memory: a size with a unit (4G, 4096M) or a bare number of MiB.
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Add a share: HOST_PATH[:GUEST_PATH][:ro] (repeatable).
+    #[arg(long = "share", value_name = "SHARE")]
+    pub shares: Vec<String>,
+    /// Allow an added --share whose directory is owned by root (the file server then acts as
+    /// root on it).
+    #[arg(long, requires = "shares")]
+    pub allow_root_share: bool,
+    /// Remove the share of this host directory, or mounted at this guest path (repeatable).
+    #[arg(long = "unshare", value_name = "PATH")]
+    pub unshares: Vec<String>,
+    /// Add to the engine's settings (a list key gains the items, other keys are replaced).
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Remove an engine setting: a daemon.json key or a dockerd environment variable
+    /// (repeatable).
+    #[arg(
+        long = "engine-unset",
+        value_name = "KEY",
+        help_heading = "Docker engine"
+    )]
+    pub engine_unset: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// Machine name.
+    #[arg(add = machine_names())]
+    pub name: String,
+    /// The image to move to (default: the newest installed one of the machine's
+    /// architecture); an older one is accepted too.
+    #[arg(long, value_name = "VERSION", add = image_versions())]
+    pub image: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageRmArgs {
+    /// Image versions (`devbox image ls`).
+    #[arg(required = true, value_name = "VERSION", add = image_versions())]
+    pub versions: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagePruneArgs {
+    /// Print what would be removed and the space it would free, removing nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Remove the newest image of each architecture too when no machine uses it (kept
+    /// otherwise: `create` takes it).
+    #[arg(long)]
+    pub all: bool,
+    /// Do not ask for confirmation (needed when stdin is not a terminal).
+    #[arg(long, short)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Subcommand)]

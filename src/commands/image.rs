@@ -1,4 +1,4 @@
-//! `devbox image build|pull|ls`.
+//! `devbox image build|pull|ls` (`rm` and `prune`: `image_rm`).
 
 use anyhow::Result;
 
@@ -79,6 +79,8 @@ pub fn run(store: &Store, c: ImageCommand) -> Result<i32> {
                 .collect();
             output::table(&["VERSION", "ARCH", "KERNEL", "CREATED", "SIZE"], &rows);
         }
+        ImageCommand::Rm(a) => return super::image_rm::rm(store, &a),
+        ImageCommand::Prune(a) => return super::image_rm::prune(store, &a),
     }
     Ok(0)
 }

@@ -10,8 +10,10 @@ mod create;
 mod disk;
 mod dns;
 mod dns_allow;
+pub(crate) mod edit;
 mod env;
 mod image;
+pub(crate) mod image_rm;
 mod inspect;
 mod ip;
 pub(crate) mod logs;
@@ -24,6 +26,7 @@ mod start;
 mod status;
 mod stop;
 mod system;
+pub(crate) mod upgrade;
 mod use_context;
 
 use anyhow::Result;
@@ -136,6 +139,8 @@ fn dispatch(store: &Store, command: Command) -> Result<i32> {
         Command::Use(a) => use_context::run(store, &a),
         Command::Logs(a) => logs::run(store, &a),
         Command::Env(a) => env::run(store, &a),
+        Command::Edit(a) => edit::run(store, &a),
+        Command::Upgrade(a) => upgrade::run(store, &a),
         Command::Image(c) => image::run(store, c),
         Command::Routes(c) => routes::run(store, c),
         Command::Dns(c) => dns::run(store, c),

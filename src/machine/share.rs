@@ -215,8 +215,10 @@ pub fn parse_share(
     })
 }
 
-/// A share of `host` (resolved to its canonical path) at `guest` (default: the same path).
-fn share_at(
+/// A share of `host` (resolved to its canonical path) at `guest` (default: the same path),
+/// with the directory's identity as it is now (`create --share`, and `devbox edit` for a
+/// share added or changed in `machine.yaml`).
+pub fn share_at(
     host: &Path,
     guest: Option<&str>,
     read_only: bool,

@@ -11,7 +11,7 @@ pub use super::driver::Driver;
 use super::engine::{EngineError, EngineSpec};
 pub use super::share::{
     DefaultShares, DirId, ShareError, ShareSpec, StateDirs, check_shares, default_shares,
-    parse_share, share_link_mac,
+    parse_share, share_at, share_link_mac,
 };
 use crate::hint::Hint;
 use crate::net::HostOnlyNet;

@@ -51,10 +51,17 @@ impl Hint for StoreError {
             StoreError::Exists { name } => Some(format!(
                 "pick another name, or remove the old one with `devbox rm {name}`"
             )),
-            StoreError::Corrupt { path, .. } | StoreError::Invalid { path, .. } => Some(format!(
-                "fix {} by hand, or remove the machine with `devbox rm --force`",
-                path.display()
-            )),
+            StoreError::Corrupt { path, .. } | StoreError::Invalid { path, .. } => {
+                // The machine's name is its directory's.
+                let name = path
+                    .parent()
+                    .and_then(Path::file_name)
+                    .map_or("NAME".into(), |n| n.to_string_lossy());
+                Some(format!(
+                    "fix it with `devbox edit {name}` (which checks it before saving), or remove \
+                     the machine with `devbox rm --force {name}`"
+                ))
+            }
             StoreError::Io(_) => None,
         }
     }
@@ -359,7 +366,15 @@ impl MachineDir {
             }
             Err(e) => return Err(e.into()),
         };
-        let spec: MachineSpec = serde_norway::from_str(&text).map_err(|e| {
+        self.parse_spec(&text)
+    }
+
+    /// Parses and validates `text` as this machine's `machine.yaml` (what [`Self::load_spec`]
+    /// does with the file; `devbox edit` checks an edited copy with it before saving). Errors
+    /// name the spec's path, and the line and column in `text`.
+    pub fn parse_spec(&self, text: &str) -> Result<MachineSpec, StoreError> {
+        let path = self.spec_path();
+        let spec: MachineSpec = serde_norway::from_str(text).map_err(|e| {
             let (line, column) = e
                 .location()
                 .map(|l| (l.line(), l.column()))
@@ -385,7 +400,7 @@ impl MachineDir {
         spec.validate(&super::spec::HostLimits::of_this_host())
             .map_err(|InvalidField { field, source }| StoreError::Invalid {
                 path,
-                line: yaml_line(&text, &field),
+                line: yaml_line(text, &field),
                 field,
                 source,
             })?;

@@ -108,6 +108,10 @@ dispatch!(
     crate::commands::ssh_config::SshConfigError,
     crate::commands::ls::FilterError,
     crate::output::template::TemplateError,
+    crate::commands::edit::EditorError,
+    crate::machine::edit::EditError,
+    crate::commands::upgrade::UpgradeError,
+    crate::commands::image_rm::ImageRmError,
 );
 
 /// Error types of modules that other work is changing right now keep their inherent

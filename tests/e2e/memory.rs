@@ -25,7 +25,10 @@ fn resident(pid: u32) -> u64 {
 pub fn check_freed_memory_returns_to_the_host(m: &Machine) {
     let inspect: serde_json::Value =
         serde_json::from_str(&m.ok(&["inspect", &m.name])).expect("inspect prints JSON");
-    let driver = inspect["driver"]["name"].as_str().unwrap_or_default().to_owned();
+    let driver = inspect["driver"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert_eq!(
         driver, "qemu",
         "free page reporting is wired in the qemu driver only (the kvm driver has no balloon \
