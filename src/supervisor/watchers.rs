@@ -202,17 +202,26 @@ impl FatalScan {
     }
 }
 
-/// The reason in a console line holding [`FATAL_MARKER`] (anywhere: the kernel may print on the
-/// same line first), escaped and cut to [`FATAL_REASON_MAX`] bytes.
+/// The reason in a console line holding [`FATAL_MARKER`] or a kernel panic (anywhere: the
+/// kernel may print on the same line first), escaped and cut to [`FATAL_REASON_MAX`] bytes.
 fn fatal_reason(line: &[u8]) -> Option<String> {
-    let marker = FATAL_MARKER.as_bytes();
+    // The guest kernel's own last words: with `panic=-1` it should reset at once, but a reset
+    // under emulation has been seen to hang instead, leaving start to wait out its deadline.
+    const PANIC: &str = "Kernel panic - not syncing: ";
+    let (marker, prefix) = [(FATAL_MARKER, ""), (PANIC, "the guest's kernel panicked: ")]
+        .into_iter()
+        .find(|(m, _)| line.windows(m.len()).any(|w| w == m.as_bytes()))?;
+    let marker = marker.as_bytes();
     let at = line.windows(marker.len()).position(|w| w == marker)?;
     let mut reason = &line[at + marker.len()..];
     if reason.last() == Some(&b'\r') {
         reason = &reason[..reason.len() - 1];
     }
     let reason = &reason[..reason.len().min(FATAL_REASON_MAX)];
-    Some(crate::output::guest_text::escape(reason))
+    Some(format!(
+        "{prefix}{}",
+        crate::output::guest_text::escape(reason)
+    ))
 }
 
 /// A background thread that runs until told to stop, then is joined.
@@ -399,5 +408,10 @@ mod tests {
         line.extend(std::iter::repeat_n(b'x', 10_000));
         assert_eq!(fatal_reason(&line).unwrap().len(), FATAL_REASON_MAX);
         assert_eq!(fatal_reason(b"devbox-guest: error: no lease"), None);
+        assert_eq!(
+            fatal_reason(b"[   17.22] Kernel panic - not syncing: Fatal exception in interrupt\r")
+                .as_deref(),
+            Some("the guest's kernel panicked: Fatal exception in interrupt")
+        );
     }
 }
