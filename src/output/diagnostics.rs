@@ -70,6 +70,7 @@ dispatch!(
     crate::commands::BulkError,
     crate::commands::rm::RmError,
     crate::commands::ssh_config::SshConfigError,
+    crate::tls::ca::CaError,
 );
 
 /// Error types of modules that other work is changing right now keep their inherent
