@@ -346,6 +346,27 @@ impl Zone {
         self.routes.iter().cloned().collect()
     }
 
+    /// The first IPv4 address served for `name` (text, any case, trailing dot or not).
+    pub fn ipv4_of(&self, name: &str) -> Option<std::net::Ipv4Addr> {
+        let name = LowerName::from(fqdn(name.trim_end_matches('.'))?);
+        self.nodes.get(&name)?.a.iter().find_map(|r| match &r.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+    }
+
+    /// Every IPv4 address the zone serves a name for (the guest's and the containers').
+    pub fn ipv4_addresses(&self) -> std::collections::BTreeSet<std::net::Ipv4Addr> {
+        self.nodes
+            .values()
+            .flat_map(|n| n.a.iter())
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Every name served outside `<machine>.<tld>` and the reverse tree: the aliases.
     pub fn alias_names(&self) -> Vec<String> {
         let mut out: Vec<String> = self

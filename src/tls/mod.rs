@@ -10,6 +10,7 @@
 //! DNS zone).
 
 pub mod ca;
+pub mod guest_rules;
 pub mod proxy;
 pub mod resolver;
 
