@@ -40,8 +40,9 @@ pub const GUEST_CA_PATH: &str = "/etc/devbox/ca.pem";
 /// The guest's system bundle (Debian's), which dockerd and the guest's tools read.
 const GUEST_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-/// Containers' names and aliases → their IP, port 80; the machine's own name is not
-/// terminated here (the guest's address is not redirected).
+/// Containers' names and aliases → their IP, port 80 or their `devbox.http.port` label. Not
+/// terminated here: the machine's own name (the guest's address is not redirected) and a
+/// container that exposes 443 itself (its port 443 is left alone, so TLS reaches it as is).
 struct ZoneBackends {
     records: RecordsHandle,
     guest_ip: Ipv4Addr,
@@ -49,8 +50,10 @@ struct ZoneBackends {
 
 impl Backends for ZoneBackends {
     fn backend(&self, name: &str) -> Option<SocketAddr> {
-        let ip = self.records.zone().ipv4_of(name)?;
-        (ip != self.guest_ip).then_some(SocketAddr::new(ip.into(), 80))
+        let zone = self.records.zone();
+        let ip = zone.ipv4_of(name)?;
+        let web = zone.web_of(ip.into());
+        (ip != self.guest_ip && !web.own_tls).then_some(SocketAddr::new(ip.into(), web.http))
     }
 }
 
@@ -152,8 +155,13 @@ impl Keeper {
                     Err(e) => report(&mut last_problem, e.to_string()),
                 }
             }
-            let mut targets: BTreeSet<Ipv4Addr> = me.records.zone().ipv4_addresses();
-            targets.remove(&me.guest_ip);
+            let zone = me.records.zone();
+            let targets: BTreeSet<Ipv4Addr> = zone
+                .ipv4_addresses()
+                .into_iter()
+                .filter(|ip| *ip != me.guest_ip && !zone.web_of((*ip).into()).own_tls)
+                .collect();
+            drop(zone);
             if applied.as_ref() != Some(&targets) {
                 let k = me.clone();
                 let t: Vec<Ipv4Addr> = targets.iter().copied().collect();

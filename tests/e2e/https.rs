@@ -121,6 +121,56 @@ pub fn check_https_for_container_names(m: &Machine) {
     ]);
     assert_eq!(out.trim(), PAGE);
 
+    // `devbox.http.port` picks the port TLS goes to; a container that exposes 443 keeps it
+    // (plain HTTP on 443 here: had the guest redirected it, the terminator would refuse).
+    m.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "alt",
+        "-l",
+        "devbox.http.port=8080",
+        "bb:e2e",
+        "/bin/sh",
+        "-c",
+        "echo alt port > /www/index.html && exec /bin/httpd -f -p 8080 -h /www",
+    ]);
+    m.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "own",
+        "--expose",
+        "443",
+        "bb:e2e",
+        "/bin/sh",
+        "-c",
+        "echo own 443 > /www/index.html && exec /bin/httpd -f -p 443 -h /www",
+    ]);
+    let alt = format!("https://alt.{}.dev/", crate::MACHINE);
+    let own = format!("http://own.{}.dev:443/", crate::MACHINE);
+    let start = Instant::now();
+    let (alt_out, own_out) = loop {
+        let a = curl_verified(m, &alt, &[]);
+        let o = h.curl_output(&own);
+        let done = a.status.success() && o.status.success();
+        if done || start.elapsed() > Duration::from_secs(30) {
+            break (a, o);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(
+        String::from_utf8_lossy(&alt_out.stdout),
+        "alt port\n",
+        "{alt_out:?}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&own_out.stdout),
+        "own 443\n",
+        "{own_out:?}"
+    );
+    m.docker_ok(&["rm", "-f", "alt", "own"]);
+
     // A real browser: Chromium, with the root in a throwaway NSS database, no interstitial.
     let home = tempfile::tempdir().unwrap();
     let nssdb = home.path().join(".pki/nssdb");
