@@ -24,6 +24,7 @@ mod start;
 mod status;
 mod stop;
 mod system;
+pub mod trust;
 mod use_context;
 
 use anyhow::Result;
@@ -132,6 +133,7 @@ fn dispatch(store: &Store, command: Command) -> Result<i32> {
         Command::Routes(c) => routes::run(store, c),
         Command::Dns(c) => dns::run(store, c),
         Command::Disk(c) => disk::run(store, c),
+        Command::Trust(c) => trust::run(store, c),
         Command::System(c) => system::run(store, c),
         Command::Completion(a) => completion::run(&a),
         Command::Supervise(a) => {

@@ -71,6 +71,7 @@ dispatch!(
     crate::commands::rm::RmError,
     crate::commands::ssh_config::SshConfigError,
     crate::tls::ca::CaError,
+    crate::commands::trust::TrustError,
 );
 
 /// Error types of modules that other work is changing right now keep their inherent

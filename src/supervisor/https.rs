@@ -27,7 +27,7 @@ use crate::dns::RecordsHandle;
 use crate::machine::spec::MachineSpec;
 use crate::machine::store::Store;
 use crate::ssh;
-use crate::tls::ca::{Ca, CaPaths};
+use crate::tls::ca::Ca;
 use crate::tls::resolver::{Backends, SniResolver};
 use crate::tls::{guest_rules, proxy};
 
@@ -85,15 +85,7 @@ pub struct HttpsSetup<'a> {
 
 /// Loads (or, on first use, creates) the CA, binds the listener and starts the tasks.
 pub fn start(s: HttpsSetup<'_>) -> Result<Https> {
-    let tlds: Vec<String> = s
-        .store
-        .names()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|n| s.store.machine(n).and_then(|d| d.load_spec()).ok())
-        .map(|spec| spec.tld)
-        .collect();
-    let ca = Ca::load_or_create(&CaPaths::new(&s.store.home), &tlds)?;
+    let ca = crate::tls::load_or_create_ca(s.store)?;
     let issuer = ca.machine_issuer(&s.spec.name, &s.spec.tld, &s.spec.dns_domains)?;
     let host_ip = s.spec.network.host_ip;
     let port = LISTEN_BASE + u16::from(s.spec.network.index);
