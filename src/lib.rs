@@ -24,6 +24,7 @@ pub mod resolver;
 pub mod routes;
 pub mod ssh;
 pub mod supervisor;
+pub mod tls;
 
 /// Parses `args`, runs the verb, prints any error with its causes and hint, and returns the
 /// process exit code.

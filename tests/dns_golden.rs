@@ -37,12 +37,14 @@ fn zone() -> Zone {
                 "api.synbioz.dev".into(),
                 "x.work.dev".into(),
             ],
+            web: Default::default(),
         },
         Container {
             id: "2".into(),
             name: "/db".into(),
             ips: vec!["172.18.0.4".parse().unwrap()],
             aliases: vec!["db.example.dev".into()],
+            web: Default::default(),
         },
     ];
     Zone::build(&cfg, &policy, &containers).0

@@ -73,6 +73,7 @@ fn web(ip: &str, aliases: &[&str]) -> Container {
         name: "/web".into(),
         ips: vec![ip.parse().unwrap()],
         aliases: aliases.iter().map(|a| a.to_string()).collect(),
+        web: Default::default(),
     }
 }
 

@@ -20,6 +20,7 @@ fn bench_containers(n: usize) -> Vec<Container> {
                 name: format!("c{i}"),
                 ips: vec![IpAddr::V4(v4), IpAddr::V6(v6)],
                 aliases: vec![],
+                web: Default::default(),
             }
         })
         .collect()

@@ -41,12 +41,14 @@ fn containers() -> Vec<Container> {
             name: "/web".into(),
             ips: vec!["172.18.0.3".parse().unwrap(), "fd00::3".parse().unwrap()],
             aliases: vec!["www.synbioz.dev".into(), "evil.com".into()],
+            web: Default::default(),
         },
         Container {
             id: "2".into(),
             name: "/db".into(),
             ips: vec!["172.18.0.4".parse().unwrap()],
             aliases: vec![],
+            web: Default::default(),
         },
     ]
 }
@@ -244,6 +246,7 @@ async fn large_udp_answers_are_truncated() {
             .map(|i| IpAddr::from([172, 18, 1, i as u8 + 2]))
             .collect(),
         aliases: vec![],
+        web: Default::default(),
     };
     server.records().set_containers(&[many]);
     let q = query_bytes("many.dev.dev.", RecordType::A, false);

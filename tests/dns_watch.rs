@@ -7,7 +7,7 @@ use std::path::Path;
 
 use bollard::models::{ContainerInspectResponse, EventMessage};
 use devbox::dns::policy::Policy;
-use devbox::dns::zone::{Container, Lookup, Zone, ZoneConfig};
+use devbox::dns::zone::{Container, Lookup, WebPorts, Zone, ZoneConfig};
 use devbox::dns::{container_from_inspect, event_container_id};
 use hickory_proto::rr::{LowerName, Name, RecordType};
 
@@ -42,6 +42,35 @@ fn running_container_on_two_networks() {
                 "evil.com".into(),
                 "admin.synbioz.dev".into()
             ],
+            web: Default::default(),
+        }
+    );
+}
+
+/// `devbox.http.port` picks the port TLS is terminated to; a container exposing 443 keeps its
+/// own TLS; a label that is not a port is ignored (80).
+#[test]
+fn https_ports_come_from_the_label_and_the_exposed_ports() {
+    let mut json: serde_json::Value = serde_json::from_str(&fixture("inspect-web.json")).unwrap();
+    let web = |json: &serde_json::Value| {
+        let i: ContainerInspectResponse = serde_json::from_value(json.clone()).unwrap();
+        container_from_inspect(&i).unwrap().web
+    };
+    json["Config"]["Labels"]["devbox.http.port"] = "8080".into();
+    assert_eq!(
+        web(&json),
+        WebPorts {
+            http: 8080,
+            own_tls: false
+        }
+    );
+    json["Config"]["Labels"]["devbox.http.port"] = "eighty".into();
+    json["Config"]["ExposedPorts"] = serde_json::json!({"443/tcp": {}, "80/tcp": {}});
+    assert_eq!(
+        web(&json),
+        WebPorts {
+            http: 80,
+            own_tls: true
         }
     );
 }

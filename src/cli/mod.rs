@@ -78,6 +78,10 @@ pub enum Command {
     /// How full a machine's data disk is, and growing it.
     #[command(subcommand)]
     Disk(DiskCommand),
+    /// The devbox certificate authority (HTTPS for every name) in your browsers' trust
+    /// stores: Chromium's and Firefox's NSS databases on Linux, your login keychain on macOS.
+    #[command(subcommand)]
+    Trust(TrustCommand),
     /// One-time host set-up (with sudo): devbox installed with the privileges machines need,
     /// the host-wide lease registry, the boot-time route job; and checks with exact fixes.
     #[command(subcommand)]
@@ -555,6 +559,23 @@ pub struct ImagePruneArgs {
     /// Do not ask for confirmation (needed when stdin is not a terminal).
     #[arg(long, short)]
     pub yes: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// Trust the devbox CA (created on first use under DEVBOX_HOME/tls) in your stores.
+    Install(TrustArgs),
+    /// Remove exactly the devbox CA from your stores.
+    Uninstall(TrustArgs),
+    /// Which of your stores trust the devbox CA.
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct TrustArgs {
+    /// Print the commands without running them.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]

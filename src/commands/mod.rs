@@ -26,6 +26,7 @@ mod start;
 mod status;
 mod stop;
 mod system;
+pub mod trust;
 pub(crate) mod upgrade;
 mod use_context;
 
@@ -145,6 +146,7 @@ fn dispatch(store: &Store, command: Command) -> Result<i32> {
         Command::Routes(c) => routes::run(store, c),
         Command::Dns(c) => dns::run(store, c),
         Command::Disk(c) => disk::run(store, c),
+        Command::Trust(c) => trust::run(store, c),
         Command::System(c) => system::run(store, c),
         Command::Completion(a) => completion::run(&a),
         Command::Supervise(a) => {

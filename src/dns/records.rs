@@ -194,6 +194,7 @@ mod tests {
             name: format!("/c{id}"),
             ips: vec!["172.18.0.3".parse().unwrap()],
             aliases: aliases.iter().map(|a| a.to_string()).collect(),
+            web: Default::default(),
         }
     }
 

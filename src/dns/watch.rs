@@ -19,7 +19,7 @@ use bollard::models::{ContainerInspectResponse, EventMessage, EventMessageTypeEn
 use bollard::query_parameters::{EventsOptions, InspectContainerOptions, ListContainersOptions};
 use futures::StreamExt;
 
-use super::zone::{Container, aliases_from};
+use super::zone::{Container, HTTP_PORT_LABEL, WebPorts, aliases_from};
 use super::{DnsError, RecordsHandle, log_warning};
 
 /// Container event actions after which the container is re-inspected.
@@ -86,12 +86,22 @@ pub fn container_from_inspect(inspect: &ContainerInspectResponse) -> Option<Cont
         .map(|l| l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect())
         .unwrap_or_default();
     labels.sort();
+    let http = labels
+        .iter()
+        .find(|(k, _)| *k == HTTP_PORT_LABEL)
+        .and_then(|(_, v)| v.trim().parse::<u16>().ok())
+        .filter(|p| *p != 0)
+        .unwrap_or(80);
+    let own_tls = config
+        .and_then(|c| c.exposed_ports.as_ref())
+        .is_some_and(|ports| ports.iter().any(|p| p == "443/tcp" || p == "443"));
     let aliases = aliases_from(env.into_iter().flatten().map(String::as_str), labels);
     Some(Container {
         id,
         name,
         ips,
         aliases,
+        web: WebPorts { http, own_tls },
     })
 }
 

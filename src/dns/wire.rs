@@ -273,6 +273,7 @@ mod tests {
             name: "/web".into(),
             ips: vec!["172.18.0.3".parse().unwrap(), "fd00::3".parse().unwrap()],
             aliases: vec![],
+            web: Default::default(),
         };
         Zone::build(&cfg, &Policy::default(), &[web]).0
     }

@@ -48,6 +48,29 @@ pub struct Container {
     pub ips: Vec<IpAddr>,
     /// Names it asked for (see [`aliases_from`]), as given.
     pub aliases: Vec<String>,
+    /// Where HTTPS for its names goes (`crate::tls`).
+    pub web: WebPorts,
+}
+
+/// The label that names a container's plain-HTTP port for HTTPS termination (default 80).
+pub const HTTP_PORT_LABEL: &str = "devbox.http.port";
+
+/// How HTTPS reaches a container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WebPorts {
+    /// The plain-HTTP port TLS is terminated to: 80, or the `devbox.http.port` label.
+    pub http: u16,
+    /// It exposes 443 itself: its port 443 is left alone (passed through untouched).
+    pub own_tls: bool,
+}
+
+impl Default for WebPorts {
+    fn default() -> Self {
+        WebPorts {
+            http: 80,
+            own_tls: false,
+        }
+    }
 }
 
 /// Why a name a container asked for is not served.
@@ -170,6 +193,8 @@ pub struct Zone {
     routes: BTreeSet<String>,
     /// The same names with their answers pre-encoded, for the UDP fast path.
     wire: WireIndex,
+    /// How HTTPS reaches each container address.
+    web: HashMap<IpAddr, WebPorts>,
 }
 
 impl Zone {
@@ -288,12 +313,17 @@ impl Zone {
             let name = Name::from(name.clone());
             wire.insert(&name, &node.a, &node.aaaa, &node.ptr, node.soa.as_ref());
         }
+        let web = sorted
+            .iter()
+            .flat_map(|c| c.ips.iter().map(|ip| (*ip, c.web)))
+            .collect();
         let zone = Zone {
             apex: LowerName::new(&apex),
             apex_soa,
             nodes,
             routes,
             wire,
+            web,
         };
         (zone, refusals)
     }
@@ -344,6 +374,32 @@ impl Zone {
     /// the machine claims host-wide.
     pub fn routed_domains(&self) -> Vec<String> {
         self.routes.iter().cloned().collect()
+    }
+
+    /// The first IPv4 address served for `name` (text, any case, trailing dot or not).
+    pub fn ipv4_of(&self, name: &str) -> Option<std::net::Ipv4Addr> {
+        let name = LowerName::from(fqdn(name.trim_end_matches('.'))?);
+        self.nodes.get(&name)?.a.iter().find_map(|r| match &r.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+    }
+
+    /// How HTTPS reaches the container at `ip` (the default for an address of no container).
+    pub fn web_of(&self, ip: IpAddr) -> WebPorts {
+        self.web.get(&ip).copied().unwrap_or_default()
+    }
+
+    /// Every IPv4 address the zone serves a name for (the guest's and the containers').
+    pub fn ipv4_addresses(&self) -> std::collections::BTreeSet<std::net::Ipv4Addr> {
+        self.nodes
+            .values()
+            .flat_map(|n| n.a.iter())
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Every name served outside `<machine>.<tld>` and the reverse tree: the aliases.
@@ -481,6 +537,7 @@ mod tests {
             name: format!("/{name}"),
             ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
             aliases: aliases.iter().map(|a| a.to_string()).collect(),
+            web: Default::default(),
         }
     }
 

@@ -112,6 +112,8 @@ dispatch!(
     crate::machine::edit::EditError,
     crate::commands::upgrade::UpgradeError,
     crate::commands::image_rm::ImageRmError,
+    crate::tls::ca::CaError,
+    crate::commands::trust::TrustError,
 );
 
 /// Error types of modules that other work is changing right now keep their inherent

@@ -148,6 +148,24 @@ fn ready(sv: &mut Supervisor, m: &mut Running, docker_version: &str) -> Result<(
         ));
         sv.parts
             .add(Task("published-port forwarder", forwarder.abort_handle()));
+        // HTTPS is a convenience on top of a running machine: a CA problem is logged with
+        // its fix and the machine runs without it.
+        match super::https::start(super::https::HttpsSetup {
+            store: sv.store,
+            spec: sv.spec,
+            records: m.records.clone(),
+            guest_ip: m.guest_ip,
+            target: target.clone(),
+            io: &m.io,
+        }) {
+            Ok(https) => sv.parts.add(https),
+            Err(e) => log(format!(
+                "HTTPS is off for this machine: {e:#}{}",
+                crate::output::diagnostics::hint(&e)
+                    .map(|h| format!(" (hint: {h})"))
+                    .unwrap_or_default()
+            )),
+        }
     }
     log(format!("ready: Docker {docker_version} answers"));
     sv.state.update(|s| {

@@ -39,6 +39,7 @@ pub mod client;
 pub mod control;
 mod event_loop;
 mod host_net;
+mod https;
 mod nat;
 mod parts;
 mod report;

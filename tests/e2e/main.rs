@@ -50,6 +50,7 @@ mod cli;
 mod compose;
 mod disk;
 mod harness;
+mod https;
 mod lifecycle;
 mod machine;
 mod memory;
@@ -139,6 +140,10 @@ const CHECKS: &[Check] = &[
         network::check_containers_only_from_the_host,
     ),
     shared("names_follow_containers", network::check_names),
+    shared(
+        "https_for_container_names",
+        https::check_https_for_container_names,
+    ),
     shared(
         "vz_guest_lease_script_and_vsock_report",
         network::check_guest_report,
