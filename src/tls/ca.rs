@@ -252,8 +252,9 @@ impl Ca {
         })
     }
 
-    /// Writes the certificate (0644) and the key (0600) atomically, key first: a crash
-    /// between the two leaves a key without a certificate, which [`Ca::load`] reports.
+    /// Writes the certificate and the key atomically, both 0600 like everything in
+    /// DEVBOX_HOME, key first: a crash between the two leaves a key without a certificate,
+    /// which [`Ca::load`] reports.
     fn save(&self, paths: &CaPaths) -> Result<(), CaError> {
         let write_err = |path: &Path| {
             let path = path.to_path_buf();
@@ -267,7 +268,7 @@ impl Ca {
         }
         crate::atomic_file::write_atomic(&paths.key, self.key.serialize_pem().as_bytes(), 0o600)
             .map_err(write_err(&paths.key))?;
-        crate::atomic_file::write_atomic(&paths.cert, self.cert_pem.as_bytes(), 0o644)
+        crate::atomic_file::write_atomic(&paths.cert, self.cert_pem.as_bytes(), 0o600)
             .map_err(write_err(&paths.cert))?;
         Ok(())
     }

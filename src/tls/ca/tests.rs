@@ -18,7 +18,7 @@ fn first_use_creates_a_private_key_and_a_constrained_root_that_loads_back() {
     let (_dir, paths) = tmp_paths();
     let ca = Ca::load_or_create(&paths, &["box".into()]).unwrap();
     assert_eq!(mode(&paths.key), 0o600);
-    assert_eq!(mode(&paths.cert), 0o644);
+    assert_eq!(mode(&paths.cert), 0o600);
     assert_eq!(mode(&paths.dir), 0o700);
     assert_eq!(
         ca.tlds(),
