@@ -114,6 +114,7 @@ fn fixture() -> Fixture {
             (INITRD.to_owned(), sha256(&initrd)),
         ]
         .into(),
+        file_events: false,
     };
     let manifest = serde_json::to_vec_pretty(&manifest).unwrap();
     Fixture {

@@ -21,6 +21,7 @@
 pub mod busybox;
 mod kernel;
 pub mod modules;
+pub mod notify_module;
 mod pack;
 mod rootfs;
 
@@ -149,6 +150,8 @@ pub enum BuildError {
     UnsupportedFile { path: PathBuf },
     #[error("{path} is larger than 4 GiB, which the cpio newc format cannot hold")]
     TooLarge { path: PathBuf },
+    #[error("cannot compile the guest's file-event module: {problem}{}", if output.is_empty() { String::new() } else { format!("\n{output}") })]
+    Module { problem: String, output: String },
     #[error(transparent)]
     Debian(#[from] DebianError),
     #[error(transparent)]
@@ -172,6 +175,14 @@ impl BuildError {
             BuildError::UnsupportedHostArch { .. } => {
                 Some("choose one with `--arch x86_64` or `--arch arm64`".into())
             }
+            BuildError::Module { .. } => Some(
+                "the module is compiled in a user namespace (`unshare --user --map-root-user \
+                 --mount`, util-linux): allow unprivileged user namespaces (Debian: sysctl \
+                 kernel.unprivileged_userns_clone=1; Ubuntu 24.04: sysctl \
+                 kernel.apparmor_restrict_unprivileged_userns=0), or build as root with \
+                 `sudo devbox image build`"
+                    .into(),
+            ),
             BuildError::Debian(e) => e.hint(),
             BuildError::Image(e) => e.hint(),
             _ => None,
@@ -195,6 +206,8 @@ const PACKAGES: &[&str] = &[
     // It costs ~0.4 MB here: its libraries (libssl3, libwrap0) are sshd's too. A program of
     // our own would need a second build for the guest's architecture.
     "socat",
+    // inotifywait/inotifywatch for users and for the file-event tests (busybox has none).
+    "inotify-tools",
     // The guest's init, shell and small tools, for either arch (see `busybox`).
     busybox::PACKAGE,
 ];
@@ -222,7 +235,8 @@ const ZSTD_LEVEL: i32 = 12;
 /// (`modules`), modules stored uncompressed, os-release per release.
 /// 4: every top-level package of the suite's list is unpacked (Debian 13's docker-cli was
 /// resolved but left out).
-const RECIPE_REVISION: &str = "devbox-image-recipe-4";
+/// 5: the `devbox_notify` module compiled for the image's kernel (see [`notify_module`]).
+const RECIPE_REVISION: &str = "devbox-image-recipe-5";
 
 /// Guest files embedded in the binary: (path in the guest, mode, contents).
 const GUEST_FILES: &[(&str, u32, &[u8])] = &[
@@ -311,7 +325,8 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
     let closure = archive.resolve(&top)?;
     let kernel = kernel_package(&closure, metapackage)?;
     let busybox_pkg = find_package(&closure, busybox::PACKAGE)?;
-    let version = image_version(arch, opts.suite, &closure);
+    let file_events = notify_module::supported();
+    let version = image_version(arch, opts.suite, &closure, file_events);
 
     let images = images_dir(&opts.cache);
     let dir = images.join(&version);
@@ -367,6 +382,49 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
         },
     )?;
 
+    if file_events {
+        let host = Arch::host().ok_or(BuildError::UnsupportedHostArch {
+            arch: std::env::consts::ARCH,
+        })?;
+        let host_archive;
+        let host_archive = if host == arch {
+            &archive
+        } else {
+            host_archive = Archive::open(
+                &fetcher,
+                &ArchiveOptions {
+                    sources: &sources,
+                    keyring: &keyring,
+                    arch: host.debian(),
+                    lists: &opts.cache.join("lists"),
+                    refresh: opts.force,
+                    now: SystemTime::now(),
+                },
+            )?;
+            &host_archive
+        };
+        let ko = notify_module::build(
+            &notify_module::Inputs {
+                target: arch,
+                target_archive: &archive,
+                kernel_pkg: &kernel.name,
+                host_archive,
+                host,
+                fetcher: &fetcher,
+                debs_dir: &debs_dir,
+                work,
+            },
+            progress,
+        )?;
+        let dest = stage.join(notify_module::GUEST_PATH);
+        fs_err::create_dir_all(dest.parent().expect("a path below usr/lib"))?;
+        fs_err::copy(&ko, &dest)?;
+        // The toolchain's root is large; the initramfs is packed from `stage` only.
+        fs_err::remove_dir_all(work.join("module-root"))?;
+    } else {
+        progress("this host cannot compile the guest's file-event module: the image has none");
+    }
+
     let out = work.join("image");
     fs_err::create_dir(&out)?;
     kernel::install(
@@ -393,6 +451,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
             .map(|p| (p.name.clone(), p.version.clone()))
             .collect(),
         files,
+        file_events,
     };
     let json = serde_json::to_string_pretty(&manifest).map_err(std::io::Error::other)?;
     fs_err::write(out.join(MANIFEST), json + "\n")?;
@@ -449,7 +508,7 @@ fn find_package(closure: &[Package], name: &str) -> Result<Package, BuildError> 
 
 /// Content version: first 16 hex digits of sha256 over the recipe revision and constants, the
 /// suite, the arch, the resolved packages (name=version, sorted) and every embedded guest file.
-fn image_version(arch: Arch, suite: Suite, closure: &[Package]) -> String {
+fn image_version(arch: Arch, suite: Suite, closure: &[Package], file_events: bool) -> String {
     let mut h = Sha256::new();
     let mut line = |s: &str| {
         h.update(s.as_bytes());
@@ -478,6 +537,16 @@ fn image_version(arch: Arch, suite: Suite, closure: &[Package]) -> String {
             "{path} {mode:o} {}",
             hex::encode(Sha256::digest(data))
         ));
+    }
+    if file_events {
+        for (name, data) in notify_module::SOURCE {
+            line(&format!(
+                "module {name} {}",
+                hex::encode(Sha256::digest(data))
+            ));
+        }
+    } else {
+        line("module none");
     }
     hex::encode(h.finalize())[..16].to_owned()
 }
@@ -528,19 +597,21 @@ mod tests {
         let a = [pkg("libc6", "2.36-9"), pkg("runc", "1.1.5")];
         let b = [pkg("runc", "1.1.5"), pkg("libc6", "2.36-9")];
         let c = [pkg("libc6", "2.36-10"), pkg("runc", "1.1.5")];
-        let v = image_version(Arch::X86_64, Suite::Bookworm, &a);
+        let v = image_version(Arch::X86_64, Suite::Bookworm, &a, true);
         assert_eq!(v.len(), 16);
         assert!(v.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_eq!(v, image_version(Arch::X86_64, Suite::Bookworm, &b));
-        assert_ne!(v, image_version(Arch::X86_64, Suite::Bookworm, &c));
+        assert_eq!(v, image_version(Arch::X86_64, Suite::Bookworm, &b, true));
+        assert_ne!(v, image_version(Arch::X86_64, Suite::Bookworm, &c, true));
     }
 
     #[test]
     fn version_differs_per_arch_and_release() {
         let a = [pkg("libc6", "2.36-9")];
-        let v = image_version(Arch::X86_64, Suite::Bookworm, &a);
-        assert_ne!(v, image_version(Arch::Arm64, Suite::Bookworm, &a));
-        assert_ne!(v, image_version(Arch::X86_64, Suite::Trixie, &a));
+        let v = image_version(Arch::X86_64, Suite::Bookworm, &a, true);
+        assert_ne!(v, image_version(Arch::Arm64, Suite::Bookworm, &a, true));
+        assert_ne!(v, image_version(Arch::X86_64, Suite::Trixie, &a, true));
+        // An image without the file-event module is another image.
+        assert_ne!(v, image_version(Arch::X86_64, Suite::Bookworm, &a, false));
     }
 
     #[test]

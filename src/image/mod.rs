@@ -79,6 +79,10 @@ pub struct Manifest {
     pub packages: BTreeMap<String, String>,
     /// sha256 (hex) of each payload file, by file name (`vmlinuz`, `initrd.img`).
     pub files: BTreeMap<String, String>,
+    /// Whether the guest has the `devbox_notify` module that raises host file changes as
+    /// inotify events on shares (images built before it, or off Linux, do not).
+    #[serde(default)]
+    pub file_events: bool,
 }
 
 impl Manifest {
@@ -246,6 +250,7 @@ mod tests {
             created: created.into(),
             packages: BTreeMap::new(),
             files,
+            file_events: false,
         };
         fs_err::write(dir.join(MANIFEST), serde_json::to_string(&m).unwrap()).unwrap();
     }
