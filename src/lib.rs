@@ -14,9 +14,6 @@ pub mod image;
 pub mod machine;
 pub mod nat;
 pub mod net;
-// Linux-only for now: READDIR cookies are the host's `d_off` and WRITE's DATA_SYNC is
-// fdatasync(2), neither of which macOS has (rustix exposes neither for Apple targets).
-#[cfg(target_os = "linux")]
 pub mod nfs;
 pub mod output;
 pub mod ports;

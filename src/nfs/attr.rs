@@ -54,6 +54,8 @@ impl ExportFs {
         Attr {
             kind: super::fs::kind_of(st),
             mode: super::fs::mode_of(st) & 0o7777,
+            // u64 on Linux, u16 on macOS.
+            #[allow(clippy::unnecessary_fallible_conversions)]
             nlink: u32::try_from(st.st_nlink).unwrap_or(u32::MAX),
             uid: map(st.st_uid, self.owner.uid),
             gid: map(st.st_gid, self.owner.gid),

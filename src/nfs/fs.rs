@@ -18,20 +18,15 @@ use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-use rustix::fs::{AtFlags, Dir, Mode, OFlags, Stat};
+use rustix::fs::{AtFlags, Mode, OFlags, Stat};
 
 use super::handle::{HANDLE_LEN, Handle, Key, Kind, NfsResult, Status, export_id};
 use super::identity::Owner;
 use super::index::{Finder, Miss, ScanTarget};
+use super::sys::{Cursor, FsPath};
 
 /// Longest name accepted in a directory operation (`NAME_MAX`).
 pub(crate) const NAME_MAX: usize = 255;
-
-/// How directories are opened to walk through them or to act in them with `*at` calls.
-pub(crate) const DIR_PATH: OFlags = OFlags::PATH
-    .union(OFlags::DIRECTORY)
-    .union(OFlags::NOFOLLOW)
-    .union(OFlags::CLOEXEC);
 
 // `stat` field types differ between platforms (and libc/linux_raw backends); these casts
 // are no-ops on some of them.
@@ -87,7 +82,9 @@ impl Loc {
     }
 
     /// The object itself as an `O_PATH` descriptor (a symlink is the link, a device is not
-    /// opened): for changing its attributes, whatever its permissions.
+    /// opened): for changing its attributes, whatever its permissions (Linux only; the
+    /// portable path changes attributes by name, see `sys.rs`).
+    #[cfg(target_os = "linux")]
     pub(crate) fn open_path(&self) -> NfsResult<OwnedFd> {
         self.open(OFlags::PATH)
     }
@@ -100,13 +97,13 @@ impl Loc {
         self.open(OFlags::RDONLY | OFlags::DIRECTORY)
     }
 
-    /// A directory, opened to look names up or change entries in it (search permission
-    /// is enough).
-    pub(crate) fn open_dir_path(&self) -> NfsResult<OwnedFd> {
+    /// A directory, opened to look names up or change entries in it (on the native path
+    /// search permission is enough).
+    pub(crate) fn open_dir_path(&self, path: FsPath) -> NfsResult<OwnedFd> {
         if self.kind() != Kind::Dir {
             return Err(Status::NotDir);
         }
-        self.open(OFlags::PATH | OFlags::DIRECTORY)
+        self.open(path.dir_flags())
     }
 }
 
@@ -128,6 +125,8 @@ pub(crate) struct ExportFs {
     pub read_only: bool,
     pub owner: Owner,
     pub fsid: u64,
+    /// How host objects are reached (see `sys.rs`).
+    pub path: FsPath,
     /// Objects never shown to the guest (devbox's state and cache directories, wherever
     /// they appear in the export): LOOKUP says NOENT, listings skip them, handles are STALE.
     hidden: HashSet<Key>,
@@ -146,6 +145,7 @@ impl ExportFs {
         root: OwnedFd,
         hidden: HashSet<Key>,
         pinned: HashSet<Key>,
+        path: FsPath,
     ) -> std::io::Result<ExportFs> {
         let root_key = key_of(&rustix::fs::fstat(&root)?);
         let id = export_id(name);
@@ -155,11 +155,13 @@ impl ExportFs {
             read_only,
             owner,
             fsid: u64::from_be_bytes([id[0], id[1], id[2], id[3], 0, 0, 0, 1]),
+            path,
             finder: Arc::new(Finder::new(ScanTarget {
                 root,
                 root_key,
                 owner,
                 hidden: hidden.clone(),
+                path,
             })),
             hidden,
             pinned,
@@ -282,7 +284,7 @@ impl ExportFs {
         let mut dir = self.root().try_clone().map_err(|_| Status::ServerFault)?;
         for comp in parents {
             let comp = CString::new(&comp[..]).map_err(|_| Status::Stale)?;
-            dir = rustix::fs::openat(&dir, comp.as_c_str(), DIR_PATH, Mode::empty())?;
+            dir = rustix::fs::openat(&dir, comp.as_c_str(), self.path.dir_flags(), Mode::empty())?;
         }
         let name = CString::new(&last[..]).map_err(|_| Status::Stale)?;
         let st = rustix::fs::statat(&dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
@@ -311,7 +313,7 @@ impl ExportFs {
             Status::Acces => Status::NoEnt,
             other => other,
         })?;
-        let fd = dir.open_dir_path()?;
+        let fd = dir.open_dir_path(self.path)?;
         let st = rustix::fs::statat(&fd, cname.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
         if !self.visible(key_of(&st)) {
             return Err(Status::NoEnt);
@@ -350,16 +352,10 @@ pub(crate) fn is_dot(name: &CStr) -> bool {
     matches!(name.to_bytes(), b"." | b"..")
 }
 
-/// Opens `dir` for listing entries starting after `cookie` (0: from the start). Cookies are
-/// the directory's own seek offsets (`d_off`), which on ext4/xfs/tmpfs/btrfs stay valid while
-/// other entries are added or removed, unlike an index into a sorted listing.
-pub(crate) fn read_dir_from(dir: &impl AsFd, cookie: u64) -> NfsResult<Dir> {
-    let mut entries = Dir::read_from(dir)?;
-    if cookie != 0 {
-        let offset = i64::try_from(cookie).map_err(|_| Status::BadCookie)?;
-        entries.seek(offset).map_err(|_| Status::BadCookie)?;
-    }
-    Ok(entries)
+/// Opens `dir` for listing entries starting after `cookie` (0: from the start); see
+/// [`Cursor`] for what a cookie is on each path.
+pub(crate) fn read_dir_from(dir: &impl AsFd, cookie: u64, path: FsPath) -> NfsResult<Cursor> {
+    Cursor::open(dir, cookie, path)
 }
 
 #[cfg(test)]
@@ -391,7 +387,7 @@ mod tests {
             read_only: false,
             allow_root: true,
         };
-        super::super::open::open_export(&e, &[]).unwrap()
+        super::super::open::open_export(&e, &[], FsPath::default()).unwrap()
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! root and the user allowed that share (`--allow-root-share`), there is nothing to switch:
 //! [`Owner::mode`] is [`Mode::Same`] and no capability is needed.
 
+#[cfg(target_os = "linux")]
 use std::cell::OnceCell;
 
 use nix::unistd::{Gid, Uid};
@@ -48,7 +49,9 @@ impl Owner {
     pub(crate) fn new(uid: u32, gid: u32, euid: u32) -> Result<Owner, CannotSwitch> {
         let mode = if euid == uid {
             Mode::Same
-        } else if euid == 0 {
+        } else if euid == 0 && cfg!(target_os = "linux") {
+            // Per-thread filesystem identities are Linux's (`setfsuid`); on macOS devbox
+            // serves shares as the user it runs as, who owns them.
             Mode::Switch
         } else {
             return Err(CannotSwitch { server_uid: euid });
@@ -62,6 +65,7 @@ impl Owner {
     }
 }
 
+#[cfg(target_os = "linux")]
 thread_local! {
     /// This thread's supplementary groups when it is not acting as an owner (the process's).
     static OWN_GROUPS: OnceCell<Vec<rustix::thread::Gid>> = const { OnceCell::new() };
@@ -70,6 +74,7 @@ thread_local! {
 /// The calling thread acting as an export's owner, until dropped.
 #[must_use = "the identity is switched back when the guard is dropped"]
 pub(crate) struct AsOwner {
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     saved: Option<(Uid, Gid)>,
 }
 
@@ -79,6 +84,20 @@ impl AsOwner {
         if owner.mode == Mode::Same {
             return Ok(AsOwner { saved: None });
         }
+        Self::switch(owner)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn switch(owner: &Owner) -> std::io::Result<AsOwner> {
+        // Never constructed off Linux (see `Owner::new`).
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!("cannot act as {}:{} on this platform", owner.uid, owner.gid),
+        ))
+    }
+
+    #[cfg(target_os = "linux")]
+    fn switch(owner: &Owner) -> std::io::Result<AsOwner> {
         // Read once per thread: the process's groups do not change.
         OWN_GROUPS.with(|g| {
             if g.get().is_none() {
@@ -115,6 +134,10 @@ impl AsOwner {
 }
 
 impl Drop for AsOwner {
+    #[cfg(not(target_os = "linux"))]
+    fn drop(&mut self) {}
+
+    #[cfg(target_os = "linux")]
     fn drop(&mut self) {
         let Some((uid, gid)) = self.saved else {
             return;

@@ -174,6 +174,7 @@ pub(crate) struct ScanTarget {
     pub root_key: Key,
     pub owner: Owner,
     pub hidden: HashSet<Key>,
+    pub path: super::sys::FsPath,
 }
 
 /// An export's index with its scanner.
@@ -397,13 +398,8 @@ impl Finder {
         let mut dir = t.root.try_clone().ok()?;
         for comp in parents {
             let comp = CString::new(&comp[..]).ok()?;
-            dir = rustix::fs::openat(
-                &dir,
-                comp.as_c_str(),
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .ok()?;
+            dir = rustix::fs::openat(&dir, comp.as_c_str(), t.path.dir_flags(), Mode::empty())
+                .ok()?;
         }
         let last = CString::new(&last[..]).ok()?;
         let fd = rustix::fs::openat(

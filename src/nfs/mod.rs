@@ -50,6 +50,7 @@ mod ops;
 mod proto;
 mod rpc;
 mod server;
+mod sys;
 mod xdr;
 
 use std::collections::HashSet;
@@ -64,6 +65,7 @@ use tokio::task::JoinHandle;
 
 pub use error::NfsError;
 pub use server::IDLE_TIMEOUT;
+pub use sys::FsPath;
 
 /// One shared directory. Its owner (the owner of `host_path`) is the identity the server
 /// takes for every operation on it (`identity.rs`): files the guest creates belong to them,
@@ -106,6 +108,9 @@ pub struct NfsConfig {
     /// A connection with nothing in flight that sends nothing for this long is closed
     /// ([`IDLE_TIMEOUT`] in devbox).
     pub idle_timeout: Duration,
+    /// How host objects are reached: the platform's default; on Linux, tests also run the
+    /// portable path macOS hosts use (see `sys.rs`).
+    pub fs_path: FsPath,
 }
 
 /// How the guest mounts one export.
@@ -147,7 +152,7 @@ impl NfsServer {
                     name: e.name.clone(),
                 });
             }
-            exports.push(open::open_export(e, &cfg.hidden)?);
+            exports.push(open::open_export(e, &cfg.hidden, cfg.fs_path)?);
         }
         let want = SocketAddr::new(cfg.bind, cfg.port);
         let listener = listen(want, cfg.bind_device.as_deref())
@@ -223,6 +228,35 @@ impl Drop for NfsServer {
     }
 }
 
+/// `setsockopt(IP_BOUND_IF)`: the socket accepts only what arrives on `dev` (macOS has no
+/// `SO_BINDTODEVICE`; neither nix nor socket2 wraps this option for listening sockets).
+#[cfg(target_vendor = "apple")]
+fn bind_to_interface(sock: &TcpSocket, dev: &str, v6: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let index = nix::net::if_::if_nametoindex(dev).map_err(std::io::Error::from)?;
+    let (level, name) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_BOUND_IF)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_BOUND_IF)
+    };
+    let index = index as libc::c_int;
+    // SAFETY: a valid socket and a c_int option value of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&index as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 fn listen(addr: SocketAddr, device: Option<&str>) -> std::io::Result<TcpListener> {
     let sock = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
@@ -232,7 +266,16 @@ fn listen(addr: SocketAddr, device: Option<&str>) -> std::io::Result<TcpListener
     if let Some(dev) = device {
         // Since Linux 5.7 no capability is needed for this (on a socket not yet bound to a
         // device).
+        #[cfg(target_os = "linux")]
         sock.bind_device(Some(dev.as_bytes()))?;
+        // macOS: IP_BOUND_IF / IPV6_BOUND_IF, its equivalent (the vmnet bridge).
+        #[cfg(target_vendor = "apple")]
+        bind_to_interface(&sock, dev, addr.is_ipv6())?;
+        #[cfg(not(any(target_os = "linux", target_vendor = "apple")))]
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!("cannot bind the file server to {dev} on this platform"),
+        ));
     }
     sock.bind(addr)?;
     sock.listen(64)
@@ -347,6 +390,7 @@ mod tests {
             exports: vec![],
             hidden: vec![],
             idle_timeout: IDLE_TIMEOUT,
+            fs_path: FsPath::default(),
         };
         let err = NfsServer::start(cfg.clone()).await.err().unwrap();
         assert!(matches!(err, NfsError::WildcardBind { .. }));

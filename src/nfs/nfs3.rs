@@ -556,13 +556,13 @@ fn list(
     let fixed = 4 + 4 + FATTR_SIZE + 8 + 4 + 4;
     let budget = maxcount.checked_sub(fixed).ok_or(Status::TooSmall)?;
     let dirfd = dir.open_dir()?;
-    let mut entries = read_dir_from(&dirfd, cookie)?;
+    let mut entries = read_dir_from(&dirfd, cookie, e.path)?;
     let mut out = XdrWriter::with_capacity(budget.min(64 * 1024));
     let mut names_size = 0;
     let mut count = 0;
     let mut eof = true;
-    while let Some(entry) = entries.read() {
-        let entry = entry.map_err(Status::from)?;
+    while let Some(entry) = entries.next_entry() {
+        let (entry, entry_cookie) = entry?;
         let name = entry.file_name();
         if is_dot(name) {
             continue;
@@ -595,7 +595,7 @@ fn list(
         out.bool(true);
         out.u64(fileid);
         out.opaque(name);
-        out.u64(entry.offset() as u64);
+        out.u64(entry_cookie);
         if plus {
             let st = st.map_err(Status::from)?;
             e.remember(dir.key(), name, &st);

@@ -12,13 +12,18 @@ use rustix::fs::{Mode, OFlags};
 
 use super::Export;
 use super::error::NfsError;
-use super::fs::{DIR_PATH, ExportFs, key_of};
+use super::fs::{ExportFs, key_of};
 use super::handle::Key;
 use super::identity::Owner;
+use super::sys::FsPath;
 
 /// Opens `e`, hiding every directory of `hidden` (devbox's state and cache directories)
 /// that lies in it.
-pub(crate) fn open_export(e: &Export, hidden: &[PathBuf]) -> Result<ExportFs, NfsError> {
+pub(crate) fn open_export(
+    e: &Export,
+    hidden: &[PathBuf],
+    path: FsPath,
+) -> Result<ExportFs, NfsError> {
     let dir_err = |source: io::Error| NfsError::ExportDir {
         name: e.name.clone(),
         path: e.host_path.clone(),
@@ -33,7 +38,7 @@ pub(crate) fn open_export(e: &Export, hidden: &[PathBuf]) -> Result<ExportFs, Nf
             });
         }
     }
-    let root = open_nofollow(&e.host_path, true).map_err(dir_err)?;
+    let root = open_nofollow(&e.host_path, true, path).map_err(dir_err)?;
     let st = rustix::fs::fstat(&root).map_err(|err| dir_err(err.into()))?;
     if key_of(&st) != e.dir_id {
         return Err(NfsError::ExportChanged {
@@ -63,7 +68,7 @@ pub(crate) fn open_export(e: &Export, hidden: &[PathBuf]) -> Result<ExportFs, Nf
             source,
         };
         // By identity: wherever it shows up in the export (a bind mount, another path).
-        match open_nofollow(h, false) {
+        match open_nofollow(h, false, path) {
             Ok(fd) => {
                 let st = rustix::fs::fstat(&fd).map_err(|err| hide_err(err.into()))?;
                 hidden_keys.insert(key_of(&st));
@@ -72,16 +77,16 @@ pub(crate) fn open_export(e: &Export, hidden: &[PathBuf]) -> Result<ExportFs, Nf
             Err(err) => return Err(hide_err(err)),
         }
         if let Ok(rel) = h.strip_prefix(&e.host_path) {
-            pinned.extend(ancestors_in(&root, rel).map_err(hide_err)?);
+            pinned.extend(ancestors_in(&root, rel, path).map_err(hide_err)?);
         }
     }
-    ExportFs::new(&e.name, e.read_only, owner, root, hidden_keys, pinned).map_err(dir_err)
+    ExportFs::new(&e.name, e.read_only, owner, root, hidden_keys, pinned, path).map_err(dir_err)
 }
 
 /// Opens the absolute path `path` one component at a time, refusing any symlink on the way
-/// (intermediate directories as `O_PATH`: only search permission is needed); the last
-/// component is opened for listing when `list`, else as `O_PATH`.
-pub(crate) fn open_nofollow(path: &Path, list: bool) -> io::Result<OwnedFd> {
+/// (intermediate directories as `path` walks them: on the native path `O_PATH`, needing only
+/// search permission); the last component is opened for listing when `list`.
+pub(crate) fn open_nofollow(path: &Path, list: bool, walk: FsPath) -> io::Result<OwnedFd> {
     let mut comps = Vec::new();
     for c in path.components() {
         match c {
@@ -104,14 +109,14 @@ pub(crate) fn open_nofollow(path: &Path, list: bool) -> io::Result<OwnedFd> {
     let last_flags = if list {
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
     } else {
-        DIR_PATH
+        walk.dir_flags()
     };
     let mut fd = rustix::fs::open(
         "/",
         if comps.is_empty() {
             last_flags
         } else {
-            DIR_PATH
+            walk.dir_flags()
         },
         Mode::empty(),
     )?;
@@ -121,7 +126,7 @@ pub(crate) fn open_nofollow(path: &Path, list: bool) -> io::Result<OwnedFd> {
         let flags = if i + 1 == comps.len() {
             last_flags
         } else {
-            DIR_PATH
+            walk.dir_flags()
         };
         // A symlink fails here: O_NOFOLLOW with O_DIRECTORY gives ELOOP or ENOTDIR.
         fd = rustix::fs::openat(&fd, name.as_c_str(), flags, Mode::empty()).map_err(
@@ -142,7 +147,7 @@ pub(crate) fn open_nofollow(path: &Path, list: bool) -> io::Result<OwnedFd> {
 }
 
 /// The keys of the directories from `root` (excluded) down to the parent of `rel`.
-fn ancestors_in(root: &OwnedFd, rel: &Path) -> io::Result<Vec<Key>> {
+fn ancestors_in(root: &OwnedFd, rel: &Path, path: FsPath) -> io::Result<Vec<Key>> {
     let comps: Vec<_> = rel.components().collect();
     let mut keys = Vec::new();
     let Some((_, parents)) = comps.split_last() else {
@@ -158,7 +163,7 @@ fn ancestors_in(root: &OwnedFd, rel: &Path) -> io::Result<Vec<Key>> {
         };
         let name = CString::new(n.as_encoded_bytes())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
-        fd = rustix::fs::openat(&fd, name.as_c_str(), DIR_PATH, Mode::empty())?;
+        fd = rustix::fs::openat(&fd, name.as_c_str(), path.dir_flags(), Mode::empty())?;
         keys.push(key_of(&rustix::fs::fstat(&fd)?));
     }
     Ok(keys)

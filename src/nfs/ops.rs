@@ -16,7 +16,7 @@
 //! it on the host.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use rustix::fs::{AtFlags, Gid, Mode, OFlags, Stat, Timespec, Timestamps, Uid};
 
@@ -24,6 +24,7 @@ use super::attr::{Attr, Sattr, SetTime};
 use super::fs::{ExportFs, Loc, check_name, key_of, kind_of, mode_of};
 use super::handle::{Kind, NfsResult, Status};
 use super::rpc::MAX_IO;
+use super::sys::{Change, Target};
 
 /// `createhow3`.
 pub(crate) enum CreateHow {
@@ -137,27 +138,33 @@ impl ExportFs {
         if uid.is_none() && gid.is_none() && s.mode.is_none() && !set_times {
             return Ok(());
         }
-        // The object itself, not opened for reading or writing: its owner may change its
-        // attributes whatever its permission bits.
-        let fd = loc.open_path()?;
-        if uid.is_some() || gid.is_some() {
-            rustix::fs::chownat(
-                &fd,
-                c"",
-                uid.map(Uid::from_raw),
-                gid.map(Gid::from_raw),
-                AtFlags::EMPTY_PATH,
-            )?;
-        }
-        if let Some(mode) = s.mode {
-            // After the chown, which may have cleared set-ID bits.
-            let now = mode_of(&rustix::fs::fstat(&fd)?);
-            chmod_path_fd(&fd, (mode & 0o1777) | (mode & now & 0o6000))?;
-        }
-        if set_times {
-            rustix::fs::utimensat(&fd, c"", &times, AtFlags::EMPTY_PATH)?;
-        }
-        Ok(())
+        let key = loc.key();
+        self.path.set_attrs(
+            &Target {
+                dir: &loc.dir,
+                name: loc.name.as_deref(),
+            },
+            &Change {
+                uid,
+                gid,
+                // After the chown, which may have cleared set-ID bits.
+                mode: s.mode.map(|mode| {
+                    Box::new(move |now: u32| (mode & 0o1777) | (mode & now & 0o6000)) as _
+                }),
+                times: set_times.then_some(times),
+            },
+            #[cfg(target_os = "linux")]
+            || loc.open_path(),
+            #[cfg(not(target_os = "linux"))]
+            || Err(Status::NotSupp),
+            |st| {
+                if key_of(st) == key {
+                    Ok(())
+                } else {
+                    Err(Status::Stale)
+                }
+            },
+        )
     }
 
     /// Gives a newly created object to the export's owner.
@@ -216,7 +223,7 @@ impl ExportFs {
         }
         match stable {
             Stable::Unstable => {}
-            Stable::DataSync => rustix::fs::fdatasync(&fd)?,
+            Stable::DataSync => self.path.data_sync(&fd)?,
             Stable::FileSync => rustix::fs::fsync(&fd)?,
         }
         Ok(done as u32)
@@ -253,7 +260,7 @@ impl ExportFs {
     pub(crate) fn create(&self, dir: &Loc, name: &[u8], how: &CreateHow) -> NfsResult<Loc> {
         self.writable()?;
         let cname = check_name(name).map_err(dots_exist(name))?;
-        let dirfd = dir.open_dir_path()?;
+        let dirfd = dir.open_dir_path(self.path)?;
         let base = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
         let created = rustix::fs::openat(
             &dirfd,
@@ -329,7 +336,7 @@ impl ExportFs {
     pub(crate) fn mkdir(&self, dir: &Loc, name: &[u8], s: &Sattr) -> NfsResult<Loc> {
         self.writable()?;
         let cname = check_name(name).map_err(dots_exist(name))?;
-        let dirfd = dir.open_dir_path()?;
+        let dirfd = dir.open_dir_path(self.path)?;
         rustix::fs::mkdirat(&dirfd, cname.as_c_str(), Mode::from_raw_mode(0o700))?;
         let fd = rustix::fs::openat(
             &dirfd,
@@ -356,7 +363,7 @@ impl ExportFs {
         if target.as_bytes().is_empty() {
             return Err(Status::Inval);
         }
-        let dirfd = dir.open_dir_path()?;
+        let dirfd = dir.open_dir_path(self.path)?;
         rustix::fs::symlinkat(target.as_c_str(), &dirfd, cname.as_c_str())?;
         let owned = rustix::fs::chownat(
             &dirfd,
@@ -384,7 +391,7 @@ impl ExportFs {
     pub(crate) fn remove(&self, dir: &Loc, name: &[u8], rmdir: bool) -> NfsResult<()> {
         self.writable()?;
         let cname = check_name(name)?;
-        let dirfd = dir.open_dir_path()?;
+        let dirfd = dir.open_dir_path(self.path)?;
         let st = rustix::fs::statat(&dirfd, cname.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
         self.movable(&st)?;
         let is_dir = kind_of(&st) == Kind::Dir;
@@ -415,8 +422,8 @@ impl ExportFs {
         self.writable()?;
         let from = check_name(from)?;
         let to = check_name(to)?;
-        let from_fd = from_dir.open_dir_path()?;
-        let to_fd = to_dir.open_dir_path()?;
+        let from_fd = from_dir.open_dir_path(self.path)?;
+        let to_fd = to_dir.open_dir_path(self.path)?;
         let st = rustix::fs::statat(&from_fd, from.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
         self.movable(&st)?;
         match rustix::fs::statat(&to_fd, to.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
@@ -432,20 +439,11 @@ impl ExportFs {
 
     pub(crate) fn statvfs(&self, loc: &Loc) -> NfsResult<rustix::fs::StatVfs> {
         let fd = match loc.kind() {
-            Kind::Dir => loc.open_dir_path()?,
+            Kind::Dir => loc.open_dir_path(self.path)?,
             _ => loc.dir.try_clone().map_err(|_| Status::ServerFault)?,
         };
         Ok(rustix::fs::fstatvfs(&fd)?)
     }
-}
-
-/// `chmod` of the object an `O_PATH` descriptor stands for: through its `/proc/self/fd`
-/// link, which names that very object (`fchmod` refuses `O_PATH` descriptors, and
-/// `fchmodat` with `AT_EMPTY_PATH` needs Linux 6.6).
-fn chmod_path_fd(fd: &OwnedFd, mode: u32) -> NfsResult<()> {
-    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    rustix::fs::chmod(link.as_str(), Mode::from_raw_mode(mode as _))?;
-    Ok(())
 }
 
 /// What of a CREATE/MKDIR `sattr3` is applied after creation: the mode was set at creation,

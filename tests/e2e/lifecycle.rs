@@ -26,8 +26,25 @@ pub fn restart_keeps_data_and_shares(m: &Machine) {
     );
     assert!(text(&rm.stderr).contains("--force"));
 
-    m.ok(&["restart", MACHINE, "--timeout", "600"]);
+    // This restart serves the shares on the file server's portable path (macOS's), so a
+    // real guest's NFS client proves it too; the next check's start goes back to Linux's.
+    let t = Instant::now();
+    let restarted =
+        m.h.devbox_cmd(&["restart", MACHINE, "--timeout", "600"])
+            .env("DEVBOX_TEST_NFS_PORTABLE", "1")
+            .output()
+            .unwrap();
+    eprintln!(
+        "[e2e] devbox restart (portable NFS path) ({:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+    if !restarted.status.success() {
+        m.h.dump();
+        panic!("restart failed: {}", text(&restarted.stderr));
+    }
+    count_boot();
     assert_eq!(m.ssh("cat /var/lib/docker/devbox-marker").trim(), "kept");
+    crate::shares::check_portable_path(m);
     assert_eq!(
         m.h.nat_rules("dbx0"),
         Some(3),

@@ -80,6 +80,11 @@ impl Machine {
             .to_owned()
     }
 
+    /// The machine's supervisor log, all of it.
+    pub fn supervisor_log(&self) -> String {
+        std::fs::read_to_string(self.dir().join("supervisor.log")).unwrap_or_default()
+    }
+
     pub fn supervisor_pid(&self) -> i32 {
         std::fs::read_to_string(self.dir().join("supervisor.pid"))
             .unwrap()

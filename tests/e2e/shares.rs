@@ -172,6 +172,49 @@ pub fn check_shares(m: &Machine) {
     assert!(!shares.ro.join("new").exists());
 }
 
+/// The share operations of [`check_shares`] again, on a machine whose file server runs its
+/// portable path (see `restart_keeps_data_and_shares`), which its log must say.
+pub fn check_portable_path(m: &Machine) {
+    let shares = shares();
+    let log = m.supervisor_log();
+    let started = log.lines().rev().find(|l| l.contains("NFS on"));
+    assert!(
+        started.is_some_and(|l| l.contains("Portable path")),
+        "the server of this start did not take the portable path: {started:?}"
+    );
+    m.ssh(
+        "set -e; cd /mnt/rw; rm -rf p; mkdir p; echo one > p/a; echo two >> p/a; mv p/a p/b; \
+         echo 123456 > p/t; truncate -s 2 p/t; chmod 640 p/t; touch -d '2001-02-03 04:05:06' p/t; \
+         ln -s b p/l; [ \"$(readlink p/l)\" = b ]; mkdir p/gone; rmdir p/gone; cat p/l",
+    );
+    let p = shares.rw.join("p");
+    assert_eq!(std::fs::read_to_string(p.join("b")).unwrap(), "one\ntwo\n");
+    assert_eq!(std::fs::read_to_string(p.join("t")).unwrap(), "12");
+    let t = std::fs::metadata(p.join("t")).unwrap();
+    assert_eq!(t.permissions().mode() & 0o777, 0o640, "chmod by name");
+    assert_eq!(t.mtime(), 981_173_106, "utimensat by name");
+    assert_eq!(t.uid(), SHARE_UID);
+    assert_eq!(std::fs::read_link(p.join("l")).unwrap(), PathBuf::from("b"));
+    assert_eq!(
+        m.ssh("ls /mnt/rw/many | wc -l").trim(),
+        "3000",
+        "READDIR pages through with position cookies"
+    );
+    assert_eq!(
+        m.ssh("ls -l /mnt/rw/many | grep -c '^-'").trim(),
+        "3000",
+        "READDIRPLUS pages through with position cookies"
+    );
+    let sum = m.ssh("sha256sum /mnt/rw/big.bin");
+    assert_eq!(
+        sum.split_whitespace().next(),
+        Some(shares.big_sha256.as_str())
+    );
+    let w = m.ssh_output("echo x > /mnt/ro/new");
+    assert_ne!(w.status.code(), Some(0), "a read-only share refuses writes");
+    assert!(!shares.ro.join("new").exists());
+}
+
 /// A MOUNT v3 MNT call for `export` with an AUTH_UNIX credential (uid 0), record-marked.
 fn mount_call(export: &str) -> Vec<u8> {
     let be = |v: u32| v.to_be_bytes();
@@ -309,6 +352,7 @@ fn raw_clients_are_refused(m: &Machine) {
                 read_only: true,
                 allow_root: false,
             }],
+            fs_path: devbox::nfs::FsPath::default(),
             hidden: Vec::new(),
             idle_timeout: devbox::nfs::IDLE_TIMEOUT,
         }))

@@ -1,5 +1,4 @@
-//! Linux parts of the supervisor: the embedded NFS server (Linux-only for now: its READDIR
-//! cookies and data sync use Linux interfaces).
+//! Linux parts of the supervisor: the embedded NFS server on the machine's share link.
 
 use anyhow::Result;
 
@@ -9,6 +8,10 @@ use crate::machine::config_drive::NfsMount;
 use crate::machine::spec::{ShareError, SpecError, StateDirs, check_shares, share_link_mac};
 use crate::nfs;
 use crate::supervisor::log;
+
+/// Set (to anything) in `devbox start`'s environment by the e2e tests: the file server then
+/// uses its portable path, the one macOS hosts run.
+pub const TEST_PORTABLE_ENV: &str = "DEVBOX_TEST_NFS_PORTABLE";
 
 /// A running share server.
 pub type NfsServer = nfs::NfsServer;
@@ -63,6 +66,13 @@ pub fn start_nfs(
         spec.network.index,
         true,
     )?;
+    // The portable path (macOS's) only when a test asks, so that it is proven against a real
+    // guest's NFS client too (see src/nfs/sys.rs); never a user-facing setting.
+    let fs_path = if std::env::var_os(TEST_PORTABLE_ENV).is_some() {
+        nfs::FsPath::Portable
+    } else {
+        nfs::FsPath::default()
+    };
     let server = io.block_on(nfs::NfsServer::start(nfs::NfsConfig {
         bind: link.host_ip.into(),
         bind_device: Some(link.tap.clone()),
@@ -71,11 +81,13 @@ pub fn start_nfs(
         exports,
         hidden: state.paths(),
         idle_timeout: nfs::IDLE_TIMEOUT,
+        fs_path,
     }))?;
     log(format!(
-        "NFS on {} ({}) exporting {}",
+        "NFS on {} ({}, {:?} path) exporting {}",
         server.local_addr(),
         link.tap,
+        fs_path,
         spec.shares
             .iter()
             .map(|s| format!("{} as {}", s.host_path.display(), s.guest_path))
