@@ -276,7 +276,7 @@ fn bad_edits_are_refused_and_change_nothing() {
             ],
             "contradict each other",
         ),
-        // The fake driver has no shares (as vz on macOS).
+        // The fake driver has no shares.
         (
             &[
                 "edit",

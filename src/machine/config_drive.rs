@@ -99,6 +99,9 @@ pub fn nfs_mounts_file(mounts: &[NfsMount]) -> String {
 /// (`DEVBOX_SHARE_MAC`) and address (`DEVBOX_SHARE_IP`), which the guest moves into a network
 /// namespace of its own for its NFS client.
 ///
+/// A DHCP machine with shares gets `DEVBOX_SHARES='host'`: its mounts come from the host
+/// after its address report, as `/run/devbox/nfs-mounts` (`supervisor::shares`).
+///
 /// With IPv6, a static machine also gets `DEVBOX_GUEST_IP6` (its end of the IPv6 link, CIDR)
 /// and `DEVBOX_HOST_IP6` (the host's end), which routes the machine's /56 via the guest.
 pub fn env_file(
@@ -140,7 +143,14 @@ pub fn env_file(
                 ));
             }
         }
-        Addressing::Dhcp => lines.push(("DEVBOX_NET", "dhcp".into())),
+        Addressing::Dhcp => {
+            lines.push(("DEVBOX_NET", "dhcp".into()));
+            if !spec.shares.is_empty() {
+                // The file server's address is the NAT's, known after the lease: the host
+                // hands the mounts over SSH once the guest reported its address.
+                lines.push(("DEVBOX_SHARES", "host".into()));
+            }
+        }
     }
     lines.push(("DEVBOX_DNS", dns.join(" ")));
     let mut out = String::from("# Written by devbox at each start; the guest init sources it.\n");

@@ -74,8 +74,8 @@ pub enum GuestAccess {
 pub struct Capabilities {
     pub addressing: Addressing,
     pub link: Link,
-    /// Whether devbox can serve shares to the guest (its NFS server runs on Linux hosts, the
-    /// hosts of the qemu and kvm drivers).
+    /// Whether devbox can serve shares to the guest (its NFS server: on the share link of a
+    /// TAP machine, or on vmnet's NAT bridge once a vz guest reported its address).
     pub shares: bool,
     pub guest: GuestAccess,
 }
@@ -92,7 +92,7 @@ impl Driver {
             Driver::Vz => Capabilities {
                 addressing: Addressing::Dhcp,
                 link: Link::DriverNat,
-                shares: false,
+                shares: true,
                 guest: GuestAccess::Ssh,
             },
             Driver::Fake => Capabilities {
@@ -125,7 +125,10 @@ mod tests {
             (vz.addressing, vz.link),
             (Addressing::Dhcp, Link::DriverNat)
         );
-        assert!(!vz.shares, "devbox's NFS server does not run on macOS yet");
+        assert!(
+            vz.shares,
+            "served on the NAT bridge after the address report"
+        );
     }
 
     #[test]

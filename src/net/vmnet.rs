@@ -27,6 +27,8 @@ pub fn is_vmnet_bridge(interface: &str) -> bool {
 pub struct Bridge {
     /// Its IPv4 networks (`inet A netmask 0xM`).
     pub nets: Vec<Ipv4Net>,
+    /// The host's own address on each of `nets` (`A`), in the same order.
+    pub addrs: Vec<Ipv4Addr>,
     /// Its member interfaces (`member: vmenet0 …`): one per running VM on that NAT.
     pub members: BTreeSet<String>,
 }
@@ -64,6 +66,7 @@ pub fn parse_ifconfig_bridges(text: &str) -> BTreeMap<String, Bridge> {
                     let net = Ipv4Net::new(addr, mask.leading_ones() as u8)
                         .expect("a prefix of at most 32");
                     bridge.nets.push(net.trunc());
+                    bridge.addrs.push(addr);
                 }
             }
             _ => {}
@@ -76,6 +79,9 @@ pub fn parse_ifconfig_bridges(text: &str) -> BTreeMap<String, Bridge> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatLink {
     pub bridge: String,
+    /// The host's address on the bridge's subnet that holds the guest's: where the guest
+    /// reaches the host (its default router on vmnet's NAT).
+    pub host_ip: Ipv4Addr,
     /// Members that appeared while the machine booted. Normally one; two machines started at
     /// the same moment cannot be told apart, and both get the host filter lifted.
     pub members: Vec<String>,
@@ -135,8 +141,17 @@ pub fn nat_link(
             machine: machine.to_owned(),
         });
     }
+    let host_ip = bridge
+        .nets
+        .iter()
+        .zip(&bridge.addrs)
+        .filter(|(n, _)| n.contains(&ip))
+        .max_by_key(|(n, _)| n.prefix_len())
+        .map(|(_, a)| *a)
+        .ok_or(NatLinkError::NoBridge { ip })?;
     Ok(NatLink {
         bridge: name.clone(),
+        host_ip,
         members,
     })
 }
@@ -183,6 +198,7 @@ vmenet0: flags=8963<UP,BROADCAST,SMART,RUNNING,PROMISC,SIMPLEX,MULTICAST> mtu 15
         assert_eq!(b.keys().collect::<Vec<_>>(), ["bridge100"]);
         let b = &b["bridge100"];
         assert_eq!(b.nets, ["192.168.64.0/24".parse::<Ipv4Net>().unwrap()]);
+        assert_eq!(b.addrs, [Ipv4Addr::new(192, 168, 64, 1)]);
         assert_eq!(b.members.iter().collect::<Vec<_>>(), ["vmenet0"]);
     }
 
@@ -195,6 +211,7 @@ vmenet0: flags=8963<UP,BROADCAST,SMART,RUNNING,PROMISC,SIMPLEX,MULTICAST> mtu 15
             nat_link("dev", ip, &before, &after),
             Ok(NatLink {
                 bridge: "bridge100".into(),
+                host_ip: Ipv4Addr::new(192, 168, 64, 1),
                 members: vec!["vmenet1".into()],
             })
         );

@@ -30,7 +30,7 @@ use super::report::Awaited;
 use super::routes::{Routes, add_routes, forget_routes};
 use super::state::StateWriter;
 use super::watchers::{self, ResolverWatch};
-use super::{Event, client, control, log, report, sys};
+use super::{Event, client, control, log, report, shares, sys};
 use crate::host::HostFilter;
 use crate::hypervisor::{self, BootConfig, Hypervisor, console_log};
 use crate::image::Image;
@@ -143,8 +143,14 @@ impl<'a> Supervisor<'a> {
         let guest_ip = match caps.addressing {
             Addressing::Static => net.hostonly.guest_ip,
             Addressing::Dhcp => match self.reported_address(&mut vm, &bridges_before)? {
-                Awaited::Address(ip) => ip,
-                Awaited::Stopped(why) => return Ok(BroughtUp::Stopped(why)),
+                (Awaited::Address(ip), Some(link)) => {
+                    if !self.spec.shares.is_empty() {
+                        self.serve_shares_on_nat(&io, &link, ip)?;
+                    }
+                    ip
+                }
+                (Awaited::Address(ip), None) => ip,
+                (Awaited::Stopped(why), _) => return Ok(BroughtUp::Stopped(why)),
             },
         };
         let dns_server = match dns_server.take() {
@@ -209,15 +215,33 @@ impl<'a> Supervisor<'a> {
         &mut self,
         vm: &mut Guest,
         bridges_before: &BTreeMap<String, vmnet::Bridge>,
-    ) -> Result<Awaited> {
+    ) -> Result<(Awaited, Option<vmnet::NatLink>)> {
         self.state.step("waiting for the guest's address");
         let awaited = report::await_guest_address(vm.as_mut(), &self.rx, self.deadline)?;
+        let mut link = None;
         if let Awaited::Address(ip) = awaited {
             log(format!("the guest reported its address {ip}"));
             self.state.update(|s| s.guest_ip = Some(ip));
-            self.route_nat_link(ip, bridges_before)?;
+            link = Some(self.route_nat_link(ip, bridges_before)?);
         }
-        Ok(awaited)
+        Ok((awaited, link))
+    }
+
+    /// A vz machine's shares: served on its NAT bridge for its reported address, their mounts
+    /// handed to the guest over SSH (see `supervisor::shares`).
+    fn serve_shares_on_nat(
+        &mut self,
+        io: &tokio::runtime::Runtime,
+        link: &vmnet::NatLink,
+        guest_ip: Ipv4Addr,
+    ) -> Result<()> {
+        self.state.step("exporting shares");
+        let (server, mounts) =
+            shares::serve_on_nat(io, self.spec, &self.store.state_dirs(), link, guest_ip)?;
+        log(shares::describe(&server, &link.bridge, self.spec));
+        self.parts.hold("NFS server", server);
+        let target = client::ssh_target_at(self.dir, guest_ip)?;
+        shares::deliver(&target, &mounts, self.deadline)
     }
 
     /// Starts the readiness watcher the driver's capabilities call for, and the console
@@ -304,7 +328,7 @@ impl<'a> Supervisor<'a> {
         &mut self,
         ip: Ipv4Addr,
         before: &BTreeMap<String, vmnet::Bridge>,
-    ) -> Result<()> {
+    ) -> Result<vmnet::NatLink> {
         let link = vmnet::nat_link(&self.spec.name, ip, before, &net::vmnet_bridges()?)?;
         if link.members.len() > 1 {
             log(format!(
@@ -326,7 +350,8 @@ impl<'a> Supervisor<'a> {
                 member: m.clone(),
             })
             .collect();
-        add_routes(self.store, self.spec, ip, &link.bridge, filters)
+        add_routes(self.store, self.spec, ip, &link.bridge, filters)?;
+        Ok(link)
     }
 
     /// Starts the machine's DNS server, answering `<machine>.<tld>` with `guest_ip`.

@@ -44,6 +44,7 @@ mod nat;
 mod parts;
 mod report;
 mod routes;
+mod shares;
 mod state;
 mod sys;
 mod watchers;

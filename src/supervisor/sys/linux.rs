@@ -5,7 +5,7 @@ use anyhow::Result;
 use crate::hypervisor::GuestNic;
 use crate::machine::MachineSpec;
 use crate::machine::config_drive::NfsMount;
-use crate::machine::spec::{ShareError, SpecError, StateDirs, check_shares, share_link_mac};
+use crate::machine::spec::{StateDirs, share_link_mac};
 use crate::nfs;
 use crate::supervisor::log;
 
@@ -29,11 +29,8 @@ pub struct Shares {
 
 /// Starts the NFS server for the machine's shares (none: no server, no share link), on the
 /// machine's share link (`net::ShareLink`): a TAP device of its own, which the guest hands
-/// to its NFS client alone, with the server bound to that device. The shares are checked
-/// again first (`machine.yaml` is the user's to edit, and the host may have changed since
-/// create): none is or lies in devbox's own directories (`state`), none contains another,
-/// and each is still the directory recorded at create (the server opens it without
-/// following symlinks and compares its identity).
+/// to its NFS client alone, with the server bound to that device (the exports are checked
+/// again first: `shares::exports`).
 pub fn start_nfs(
     io: &tokio::runtime::Runtime,
     spec: &MachineSpec,
@@ -42,24 +39,7 @@ pub fn start_nfs(
     if spec.shares.is_empty() {
         return Ok(Shares::default());
     }
-    check_shares(&spec.shares, Some(state)).map_err(SpecError::from)?;
-    let mut exports = Vec::new();
-    for share in &spec.shares {
-        let id = share.id.ok_or_else(|| {
-            SpecError::from(ShareError::NoIdentity {
-                path: share.host_path.clone(),
-            })
-        })?;
-        exports.push(nfs::Export {
-            // The guest path names the export: unique per machine, and stable across
-            // restarts, so file handles stay valid.
-            name: share.guest_path.clone(),
-            host_path: share.host_path.clone(),
-            dir_id: (id.dev, id.ino),
-            read_only: share.read_only,
-            allow_root: share.allow_root,
-        });
-    }
+    let exports = crate::supervisor::shares::exports(spec, state)?;
     // Through the privileged door: only the share link of an index leased to the caller.
     let (tap, link) = crate::host::open_share_tap(
         &crate::net::lease::Registry::system(),
@@ -83,26 +63,12 @@ pub fn start_nfs(
         idle_timeout: nfs::IDLE_TIMEOUT,
         fs_path,
     }))?;
-    log(format!(
-        "NFS on {} ({}, {:?} path) exporting {}",
-        server.local_addr(),
-        link.tap,
-        fs_path,
-        spec.shares
-            .iter()
-            .map(|s| format!("{} as {}", s.host_path.display(), s.guest_path))
-            .collect::<Vec<_>>()
-            .join(", ")
+    log(crate::supervisor::shares::describe(
+        &server,
+        &format!("{}, {fs_path:?} path", link.tap),
+        spec,
     ));
-    let mounts = server
-        .mounts()
-        .into_iter()
-        .map(|m| NfsMount {
-            guest_path: m.export.clone(),
-            source: m.source,
-            options: m.options,
-        })
-        .collect();
+    let mounts = crate::supervisor::shares::mounts(&server);
     Ok(Shares {
         server: Some(server),
         mounts,

@@ -1,15 +1,16 @@
-//! macOS parts of the supervisor: shares, which are refused: the embedded NFS server is
-//! Linux-only for now (its READDIR cookies and data sync use Linux interfaces).
+//! macOS parts of the supervisor. Shares are served once the guest has reported the address
+//! vmnet's DHCP gave it (see `supervisor::shares`): nothing runs before boot.
 
 use anyhow::Result;
 
 use crate::machine::MachineSpec;
 use crate::machine::config_drive::NfsMount;
 
-/// Never constructed on macOS: there is no share server yet.
-pub enum NfsServer {}
+/// A running share server.
+pub type NfsServer = crate::nfs::NfsServer;
 
-/// What serving a machine's shares gives its guest: nothing on macOS yet.
+/// What serving a machine's shares gives its guest before boot: nothing on macOS (the vz
+/// driver's guest gets its mounts after its address report).
 #[derive(Default)]
 pub struct Shares {
     pub server: Option<NfsServer>,
@@ -19,15 +20,8 @@ pub struct Shares {
 
 pub fn start_nfs(
     _io: &tokio::runtime::Runtime,
-    spec: &MachineSpec,
+    _spec: &MachineSpec,
     _state: &crate::machine::spec::StateDirs,
 ) -> Result<Shares> {
-    if spec.shares.is_empty() {
-        return Ok(Shares::default());
-    }
-    anyhow::bail!(
-        "machine {} has shares, and file sharing is not available on macOS hosts yet; \
-         recreate it with --no-share",
-        spec.name
-    )
+    Ok(Shares::default())
 }
