@@ -101,6 +101,7 @@ fn real_guest_boots_and_finds_its_devices() {
         ],
         nets: Vec::new(),
         rng: true,
+        balloon: true,
         serial_out: Box::new(console.clone()),
     })
     .expect("launch");

@@ -94,6 +94,7 @@ fn machine(code: Vec<u8>, cpus: u8, console: &Console) -> KvmMachine {
         disks: vec![],
         nets: Vec::new(),
         rng: false,
+        balloon: false,
         serial_out: Box::new(console.clone()),
     })
     .expect("launch the machine")
@@ -191,6 +192,7 @@ fn bad_boot_inputs_fail_before_any_vcpu_runs() {
         disks: vec![],
         nets: Vec::new(),
         rng: false,
+        balloon: false,
         serial_out: Box::new(std::io::sink()),
     };
     let err = |c| launch(c).err().map(|e| error_chain(&e)).expect("must fail");

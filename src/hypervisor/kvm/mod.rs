@@ -141,6 +141,7 @@ impl Kvm {
             ],
             nets,
             rng: true,
+            balloon: true,
             // Size-capped: the guest decides how much it prints (`console_log`).
             serial_out: Box::new(std::io::LineWriter::new(log)),
         })

@@ -17,6 +17,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::devices::Buses;
 use super::devices::legacy::{AcpiPm, EventFdTrigger, I8042, SerialPort};
+use super::devices::virtio::balloon::Balloon;
 use super::devices::virtio::block::Block;
 use super::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use super::devices::virtio::net::Net;
@@ -56,6 +57,9 @@ pub struct MachineConfig {
     /// TAP descriptor (IFF_VNET_HDR) and MAC of each NIC, in slot order.
     pub nets: Vec<(OwnedFd, [u8; 6])>,
     pub rng: bool,
+    /// A virtio-balloon with free page reporting: memory the guest frees goes back to the
+    /// host.
+    pub balloon: bool,
     /// Where the serial console goes.
     pub serial_out: Box<dyn Write + Send>,
 }
@@ -97,7 +101,7 @@ pub fn validate(cfg: &MachineConfig) -> Result<(), KvmError> {
             source,
         })?;
     }
-    let slots = cfg.disks.len() + cfg.nets.len() + usize::from(cfg.rng);
+    let slots = cfg.disks.len() + cfg.nets.len() + usize::from(cfg.rng) + usize::from(cfg.balloon);
     if slots > (GSI_GED - GSI_VIRTIO_FIRST) as usize {
         return Err(KvmError::Config(format!(
             "{slots} virtio devices is too many"
@@ -182,7 +186,7 @@ pub fn launch(cfg: MachineConfig) -> Result<KvmMachine, KvmError> {
         unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("registering guest RAM"))?;
     }
 
-    // Devices, in virtio slot order: disks, NICs, entropy.
+    // Devices, in virtio slot order: disks, NICs, entropy, balloon.
     let mut virtio: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for d in &cfg.disks {
         virtio.push(Box::new(Block::open(&d.path, d.read_only, &d.serial)?));
@@ -192,6 +196,9 @@ pub fn launch(cfg: MachineConfig) -> Result<KvmMachine, KvmError> {
     }
     if cfg.rng {
         virtio.push(Box::new(Rng::new()));
+    }
+    if cfg.balloon {
+        virtio.push(Box::new(Balloon::new()));
     }
     let slots = virtio.len();
 

@@ -1,11 +1,12 @@
 //! virtio devices over the MMIO transport: the device trait, descriptor-chain access checked
-//! against guest memory, and the block, net and rng devices.
+//! against guest memory, and the block, net, rng and balloon devices.
 //!
 //! Everything in a descriptor chain comes from an untrusted guest. A chain is first collected
 //! into [`Chain`]: every buffer must lie inside guest RAM, readable buffers must come before
 //! writable ones, and the walk is bounded by the queue size (virtio-queue stops looping chains).
 //! A chain that fails this is returned to the guest unused (length 0) and never touched.
 
+pub mod balloon;
 pub mod block;
 pub mod mmio;
 pub mod net;
@@ -23,6 +24,7 @@ pub type GuestRam = GuestMemoryMmap<()>;
 pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
+pub const TYPE_BALLOON: u32 = 5;
 
 /// `VIRTIO_F_VERSION_1`: the only transport revision devbox offers.
 pub const F_VERSION_1: u64 = 1 << 32;
