@@ -127,6 +127,8 @@ pub(crate) struct ExportFs {
     pub fsid: u64,
     /// How host objects are reached (see `sys.rs`).
     pub path: FsPath,
+    /// Where changes made through the server are recorded (see `echo.rs`).
+    pub echo: Option<Arc<super::echo::EchoLog>>,
     /// Objects never shown to the guest (devbox's state and cache directories, wherever
     /// they appear in the export): LOOKUP says NOENT, listings skip them, handles are STALE.
     hidden: HashSet<Key>,
@@ -156,6 +158,7 @@ impl ExportFs {
             owner,
             fsid: u64::from_be_bytes([id[0], id[1], id[2], id[3], 0, 0, 0, 1]),
             path,
+            echo: None,
             finder: Arc::new(Finder::new(ScanTarget {
                 root,
                 root_key,
@@ -207,6 +210,20 @@ impl ExportFs {
             name: None,
             st,
         })
+    }
+
+    /// Records that the server changes the object `key` (see `echo.rs`).
+    pub(crate) fn note_object(&self, key: Key) {
+        if let Some(e) = &self.echo {
+            e.object(key);
+        }
+    }
+
+    /// Records that the server changes the entry `name` of the directory `dir`.
+    pub(crate) fn note_entry(&self, dir: Key, name: &[u8]) {
+        if let Some(e) = &self.echo {
+            e.entry(dir, name);
+        }
     }
 
     /// Whether the guest may see the object `key` (see [`ExportFs::hidden`]).
@@ -387,7 +404,7 @@ mod tests {
             read_only: false,
             allow_root: true,
         };
-        super::super::open::open_export(&e, &[], FsPath::default()).unwrap()
+        super::super::open::open_export(&e, &[], FsPath::default(), None).unwrap()
     }
 
     #[test]

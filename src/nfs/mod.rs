@@ -39,6 +39,7 @@
 //! `handle.rs` (handles and status codes), `server.rs` (connections and their limits).
 
 mod attr;
+pub mod echo;
 mod error;
 mod fs;
 mod handle;
@@ -87,7 +88,7 @@ pub struct Export {
 }
 
 /// What [`NfsServer::start`] serves, where, and to whom.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct NfsConfig {
     /// The machine's host-side address; never a wildcard.
     pub bind: IpAddr,
@@ -111,6 +112,9 @@ pub struct NfsConfig {
     /// How host objects are reached: the platform's default; on Linux, tests also run the
     /// portable path macOS hosts use (see `sys.rs`).
     pub fs_path: FsPath,
+    /// Where the server records the changes it makes, for the share watcher to tell them
+    /// from the host's own (see `echo.rs`).
+    pub echo: Option<Arc<echo::EchoLog>>,
 }
 
 /// How the guest mounts one export.
@@ -152,7 +156,12 @@ impl NfsServer {
                     name: e.name.clone(),
                 });
             }
-            exports.push(open::open_export(e, &cfg.hidden, cfg.fs_path)?);
+            exports.push(open::open_export(
+                e,
+                &cfg.hidden,
+                cfg.fs_path,
+                cfg.echo.clone(),
+            )?);
         }
         let want = SocketAddr::new(cfg.bind, cfg.port);
         let listener = listen(want, cfg.bind_device.as_deref())
@@ -391,6 +400,7 @@ mod tests {
             hidden: vec![],
             idle_timeout: IDLE_TIMEOUT,
             fs_path: FsPath::default(),
+            echo: None,
         };
         let err = NfsServer::start(cfg.clone()).await.err().unwrap();
         assert!(matches!(err, NfsError::WildcardBind { .. }));

@@ -23,6 +23,7 @@ pub(crate) fn open_export(
     e: &Export,
     hidden: &[PathBuf],
     path: FsPath,
+    echo: Option<std::sync::Arc<super::echo::EchoLog>>,
 ) -> Result<ExportFs, NfsError> {
     let dir_err = |source: io::Error| NfsError::ExportDir {
         name: e.name.clone(),
@@ -80,7 +81,10 @@ pub(crate) fn open_export(
             pinned.extend(ancestors_in(&root, rel, path).map_err(hide_err)?);
         }
     }
-    ExportFs::new(&e.name, e.read_only, owner, root, hidden_keys, pinned, path).map_err(dir_err)
+    let mut fs = ExportFs::new(&e.name, e.read_only, owner, root, hidden_keys, pinned, path)
+        .map_err(dir_err)?;
+    fs.echo = echo;
+    Ok(fs)
 }
 
 /// Opens the absolute path `path` one component at a time, refusing any symlink on the way

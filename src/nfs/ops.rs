@@ -98,6 +98,7 @@ impl ExportFs {
         guard: Option<(u32, u32)>,
     ) -> NfsResult<Attr> {
         self.writable()?;
+        self.note_object(loc.key());
         if let Some(ctime) = guard
             && self.attr(&self.restat(loc)?).ctime != ctime
         {
@@ -210,6 +211,7 @@ impl ExportFs {
         stable: Stable,
     ) -> NfsResult<u32> {
         self.writable()?;
+        self.note_object(loc.key());
         match loc.kind() {
             Kind::Reg => {}
             Kind::Dir => return Err(Status::IsDir),
@@ -259,6 +261,7 @@ impl ExportFs {
 
     pub(crate) fn create(&self, dir: &Loc, name: &[u8], how: &CreateHow) -> NfsResult<Loc> {
         self.writable()?;
+        self.note_entry(dir.key(), name);
         let cname = check_name(name).map_err(dots_exist(name))?;
         let dirfd = dir.open_dir_path(self.path)?;
         let base = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
@@ -335,6 +338,7 @@ impl ExportFs {
 
     pub(crate) fn mkdir(&self, dir: &Loc, name: &[u8], s: &Sattr) -> NfsResult<Loc> {
         self.writable()?;
+        self.note_entry(dir.key(), name);
         let cname = check_name(name).map_err(dots_exist(name))?;
         let dirfd = dir.open_dir_path(self.path)?;
         rustix::fs::mkdirat(&dirfd, cname.as_c_str(), Mode::from_raw_mode(0o700))?;
@@ -358,6 +362,7 @@ impl ExportFs {
     /// resolves it; the server never follows it.
     pub(crate) fn symlink(&self, dir: &Loc, name: &[u8], target: &[u8]) -> NfsResult<Loc> {
         self.writable()?;
+        self.note_entry(dir.key(), name);
         let cname = check_name(name).map_err(dots_exist(name))?;
         let target = CString::new(target).map_err(|_| Status::Inval)?;
         if target.as_bytes().is_empty() {
@@ -390,6 +395,7 @@ impl ExportFs {
 
     pub(crate) fn remove(&self, dir: &Loc, name: &[u8], rmdir: bool) -> NfsResult<()> {
         self.writable()?;
+        self.note_entry(dir.key(), name);
         let cname = check_name(name)?;
         let dirfd = dir.open_dir_path(self.path)?;
         let st = rustix::fs::statat(&dirfd, cname.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
@@ -420,6 +426,8 @@ impl ExportFs {
         to: &[u8],
     ) -> NfsResult<()> {
         self.writable()?;
+        self.note_entry(from_dir.key(), from);
+        self.note_entry(to_dir.key(), to);
         let from = check_name(from)?;
         let to = check_name(to)?;
         let from_fd = from_dir.open_dir_path(self.path)?;

@@ -52,6 +52,9 @@ pub struct Supervisor<'a> {
     pub(super) tx: Sender<Event>,
     pub(super) rx: Receiver<Event>,
     pub(super) parts: Parts,
+    /// Changes the file server makes for the guest, which the share watcher does not raise
+    /// again (see `nfs::echo`).
+    pub(super) echo: Arc<crate::nfs::echo::EchoLog>,
 }
 
 /// How bring-up ended, when not in error.
@@ -79,6 +82,7 @@ impl<'a> Supervisor<'a> {
             tx,
             rx,
             parts: Parts::default(),
+            echo: Arc::new(crate::nfs::echo::EchoLog::new()),
         }
     }
 
@@ -113,7 +117,7 @@ impl<'a> Supervisor<'a> {
             server: nfs_server,
             mounts,
             nic: share_nic,
-        } = sys::start_nfs(&io, self.spec, &self.store.state_dirs())?;
+        } = sys::start_nfs(&io, self.spec, &self.store.state_dirs(), self.echo.clone())?;
         if let Some(server) = nfs_server {
             self.parts.hold("NFS server", server);
         }
@@ -236,8 +240,14 @@ impl<'a> Supervisor<'a> {
         guest_ip: Ipv4Addr,
     ) -> Result<()> {
         self.state.step("exporting shares");
-        let (server, mounts) =
-            shares::serve_on_nat(io, self.spec, &self.store.state_dirs(), link, guest_ip)?;
+        let (server, mounts) = shares::serve_on_nat(
+            io,
+            self.spec,
+            &self.store.state_dirs(),
+            link,
+            guest_ip,
+            self.echo.clone(),
+        )?;
         log(shares::describe(&server, &link.bridge, self.spec));
         self.parts.hold("NFS server", server);
         let target = client::ssh_target_at(self.dir, guest_ip)?;

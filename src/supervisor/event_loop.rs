@@ -174,6 +174,21 @@ fn ready(sv: &mut Supervisor, m: &mut Running, docker_version: &str) -> Result<(
         s.ready = Some(now());
     });
     if let Some(target) = &m.target {
+        let shares = sv
+            .spec
+            .shares
+            .iter()
+            .map(|s| super::file_events::Share {
+                host: s.host_path.clone(),
+                guest: s.guest_path.clone(),
+            })
+            .collect();
+        // Like HTTPS, a convenience on top of a running machine: a failure is logged.
+        match super::file_events::start(target, shares, sv.echo.clone()) {
+            Ok(Some(watcher)) => sv.parts.add(watcher),
+            Ok(None) => {}
+            Err(e) => log(format!("file events are off for this machine: {e:#}")),
+        }
         sv.parts.add(DiskWatch::spawn(
             target.clone(),
             sv.state.clone(),

@@ -38,6 +38,7 @@ mod bring_up;
 pub mod client;
 pub mod control;
 mod event_loop;
+mod file_events;
 mod host_net;
 mod https;
 mod nat;

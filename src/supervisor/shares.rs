@@ -81,6 +81,7 @@ pub fn serve_on_nat(
     state: &StateDirs,
     link: &NatLink,
     guest_ip: Ipv4Addr,
+    echo: std::sync::Arc<nfs::echo::EchoLog>,
 ) -> Result<(nfs::NfsServer, Vec<NfsMount>)> {
     let exports = exports(spec, state)?;
     let server = io
@@ -93,6 +94,7 @@ pub fn serve_on_nat(
             hidden: state.paths(),
             idle_timeout: nfs::IDLE_TIMEOUT,
             fs_path: nfs::FsPath::default(),
+            echo: Some(echo),
         }))
         .with_context(|| format!("cannot serve the shares on {}", link.bridge))?;
     let mounts = mounts(&server);

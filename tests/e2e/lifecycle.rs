@@ -140,6 +140,8 @@ pub fn killed_supervisor_resize_then_concurrent_starts(m: &Machine) {
     );
     assert!(m.reserve_held(), "the reserve is taken back at boot");
     assert!(!m.ssh("docker images -q bb:e2e").trim().is_empty());
+    // The share watcher came back with the new supervisor.
+    crate::file_events::assert_events_flow(m);
 }
 
 /// A second machine gets the next subnets; both machines' containers are reachable from the

@@ -49,6 +49,7 @@ mod basics;
 mod cli;
 mod compose;
 mod disk;
+mod file_events;
 mod harness;
 mod https;
 mod lifecycle;
@@ -133,6 +134,10 @@ const CHECKS: &[Check] = &[
     shared(
         "host_side_moves_keep_the_guest_working",
         shares::check_host_side_moves,
+    ),
+    shared(
+        "file_events_follow_host_changes",
+        file_events::check_file_events,
     ),
     shared("routes_reach_containers_by_ip", network::check_routes),
     shared(

@@ -113,6 +113,11 @@ fn shares() -> &'static Shares {
         .expect("the shared machine was created with its shares")
 }
 
+/// The host side of the shared machine's read-write share (`/mnt/rw` in the guest).
+pub fn shares_rw() -> &'static Path {
+    &shares().rw
+}
+
 pub fn check_shares(m: &Machine) {
     let shares = shares();
     let mounts = m.ssh("mount");
@@ -353,6 +358,7 @@ fn raw_clients_are_refused(m: &Machine) {
                 allow_root: false,
             }],
             fs_path: devbox::nfs::FsPath::default(),
+            echo: None,
             hidden: Vec::new(),
             idle_timeout: devbox::nfs::IDLE_TIMEOUT,
         }))

@@ -522,6 +522,7 @@ fn config(exports: Vec<Export>, client: &str) -> NfsConfig {
         hidden: Vec::new(),
         idle_timeout: devbox::nfs::IDLE_TIMEOUT,
         fs_path: FS_PATH,
+        echo: None,
     }
 }
 

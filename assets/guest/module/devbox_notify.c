@@ -149,34 +149,44 @@ static void delete_event(const char *path)
 	struct path parent;
 	struct qstr name;
 	struct dentry *child;
+	struct inode *inode = NULL;
+	bool is_dir = false;
 	u32 mask = FS_DELETE;
 	char *copy;
 
 	if (parent_of(path, &parent, &name, &copy))
 		return;
 	child = cached_child(&parent, &name);
-	if (child && d_is_dir(child))
+	if (child) {
+		is_dir = d_is_dir(child);
+		if (gone(&parent, child))
+			inode = d_inode(child);
+	}
+	if (is_dir)
 		mask |= FS_ISDIR;
 	refresh(&parent);
+	/* The order a local removal has: rmdir raises the directory's DELETE_SELF before
+	 * its parent's DELETE; unlink raises DELETE first and DELETE_SELF when the inode
+	 * goes. DELETE_SELF, then the marks going (IN_IGNORED), is what eviction of a local
+	 * inode does; the dentry goes too, so a later lookup asks the server again. */
+	if (inode) {
+		ihold(inode);
+		if (is_dir)
+			fsnotify_inoderemove(inode);
+	}
 	fsnotify(mask, d_inode(parent.dentry), FSNOTIFY_EVENT_INODE,
 		 d_inode(parent.dentry), &name, NULL, 0);
-	if (child) {
-		struct inode *inode = d_inode(child);
-
-		if (gone(&parent, child)) {
-			/* What eviction of a local inode does: DELETE_SELF,
-			 * then the marks go (IN_IGNORED). The dentry goes too,
-			 * so a later lookup asks the server again. */
-			ihold(inode);
+	if (inode) {
+		if (!is_dir)
 			fsnotify_inoderemove(inode);
-			d_invalidate(child);
-			iput(inode);
-		} else {
-			/* Another hard link remains: nlink changed. */
-			fsnotify_inode(inode, FS_ATTRIB);
-		}
-		dput(child);
+		d_invalidate(child);
+		iput(inode);
+	} else if (child) {
+		/* Another hard link remains: its link count changed. */
+		fsnotify_inode(d_inode(child), FS_ATTRIB);
 	}
+	if (child)
+		dput(child);
 	path_put(&parent);
 	kfree(copy);
 }

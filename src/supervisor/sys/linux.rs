@@ -35,6 +35,7 @@ pub fn start_nfs(
     io: &tokio::runtime::Runtime,
     spec: &MachineSpec,
     state: &StateDirs,
+    echo: std::sync::Arc<nfs::echo::EchoLog>,
 ) -> Result<Shares> {
     if spec.shares.is_empty() {
         return Ok(Shares::default());
@@ -62,6 +63,7 @@ pub fn start_nfs(
         hidden: state.paths(),
         idle_timeout: nfs::IDLE_TIMEOUT,
         fs_path,
+        echo: Some(echo),
     }))?;
     log(crate::supervisor::shares::describe(
         &server,
