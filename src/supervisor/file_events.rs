@@ -291,6 +291,23 @@ fn watch_budget() -> Option<u64> {
         .ok()
 }
 
+/// Logs the fix when the shares hold more directories than the host's inotify budget.
+fn check_budget(roots: &[PathBuf]) {
+    let Some(budget) = watch_budget() else {
+        return;
+    };
+    let need: u64 = roots.iter().map(|r| count_dirs(r, budget + 1)).sum();
+    if need > budget {
+        log(format!(
+            "file events: the shares hold {need}+ directories, over this host's inotify watch \
+             budget ({budget}): changes in the directories past it raise no events. Fix: sudo \
+             sysctl fs.inotify.max_user_watches={} (and the same line in \
+             /etc/sysctl.d/90-devbox.conf to keep it)",
+            (need * 2).next_power_of_two()
+        ));
+    }
+}
+
 /// The running share watcher.
 pub struct FileEvents {
     stop: Arc<AtomicBool>,
@@ -334,19 +351,11 @@ pub fn start(
         return Ok(None);
     }
     drop(conn);
-    if let Some(budget) = watch_budget() {
-        let need: u64 = shares.iter().map(|s| count_dirs(&s.host, budget + 1)).sum();
-        if need > budget {
-            log(format!(
-                "file events: the shares hold {need}+ directories, over this host's inotify \
-                 watch budget ({budget}): changes in the directories past it raise no events. \
-                 Fix: sudo sysctl fs.inotify.max_user_watches={} (and the same line in \
-                 /etc/sysctl.d/90-devbox.conf to keep it)",
-                (need * 2).next_power_of_two()
-            ));
-        }
-    }
-
+    // Counting a large share's directories takes a while: in the background, log only.
+    let roots: Vec<PathBuf> = shares.iter().map(|s| s.host.clone()).collect();
+    let _ = std::thread::Builder::new()
+        .name("file-events-budget".into())
+        .spawn(move || check_budget(&roots));
     let stop = Arc::new(AtomicBool::new(false));
     let overflow = Arc::new(AtomicBool::new(false));
     let (tx, rx): (SyncSender<Event>, Receiver<Event>) = sync_channel(QUEUE);
