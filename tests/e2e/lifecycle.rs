@@ -99,6 +99,9 @@ pub fn killed_supervisor_resize_then_concurrent_starts(m: &Machine) {
         text(&o.stderr)
     );
 
+    // ---- upgrade while the machine is down (#18): the next start boots the new image ----
+    upgrade_keeps_docker_state(m);
+
     // ---- two concurrent starts, one wins ----
     let a =
         m.h.devbox_cmd(&["start", MACHINE, "--timeout", "600"])
@@ -127,6 +130,7 @@ pub fn killed_supervisor_resize_then_concurrent_starts(m: &Machine) {
         "recovered from the crash"
     );
     assert_eq!(m.ssh("cat /var/lib/docker/devbox-marker").trim(), "kept");
+    assert_upgraded(m);
 
     let (size_after, _, _) = m.guest_df();
     eprintln!(
@@ -359,10 +363,128 @@ pub fn stop_and_rm_leave_nothing(m: &Machine) {
     assert!(stop_again.status.success());
     m.ok(&["rm", "-y", MACHINE]);
     assert!(!m.dir().exists());
+    remove_derived_image(m);
     // Every machine of the run is gone, and with them their leases on the host-only networks.
     let leases: Vec<_> = std::fs::read_dir(m.h.tmp().join("registry/leases"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(leases.is_empty(), "rm leaves leases behind: {leases:?}");
+}
+
+/// The version of the image derived by [`derive_image`], removed at the end of the run.
+static DERIVED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// One `newc` cpio member (or the trailer, with no data) as the kernel unpacks it.
+fn newc(name: &str, mode: u32, data: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "070701{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}",
+        1,
+        mode,
+        0,
+        0,
+        1,
+        0,
+        data.len(),
+        0,
+        0,
+        0,
+        0,
+        name.len() + 1,
+        0
+    )
+    .into_bytes();
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    while out.len() % 4 != 0 {
+        out.push(0);
+    }
+    out.extend_from_slice(data);
+    while out.len() % 4 != 0 {
+        out.push(0);
+    }
+    out
+}
+
+fn sha256_hex(path: &std::path::Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// A genuinely different image of the machine's: its kernel, and its initramfs followed by a
+/// second cpio archive holding `/etc/devbox-upgrade-probe` (the kernel unpacks concatenated
+/// archives in order), under a new version with a manifest whose checksums are right. It is
+/// dated just before the original, so that `create` never takes it as the newest.
+fn derive_image(m: &Machine, current: &str) -> String {
+    let images = m.h.cache.join("images");
+    let from = images.join(current);
+    // Versions are 16 hex digits: this one differs from the original in its first ones.
+    let version = format!("dead{}", &current[4..]);
+    let to = images.join(&version);
+    let _ = std::fs::remove_dir_all(&to);
+    std::fs::create_dir(&to).unwrap();
+    std::fs::copy(from.join("vmlinuz"), to.join("vmlinuz")).unwrap();
+    let mut initrd = std::fs::read(from.join("initrd.img")).unwrap();
+    while initrd.len() % 512 != 0 {
+        initrd.push(0);
+    }
+    initrd.extend(newc(
+        "etc/devbox-upgrade-probe",
+        0o100644,
+        version.as_bytes(),
+    ));
+    initrd.extend(newc("TRAILER!!!", 0, b""));
+    std::fs::write(to.join("initrd.img"), &initrd).unwrap();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(from.join("manifest.json")).unwrap()).unwrap();
+    manifest["version"] = version.clone().into();
+    manifest["created"] = "2000-01-01T00:00:00Z".into();
+    manifest["files"]["vmlinuz"] = sha256_hex(&to.join("vmlinuz")).into();
+    manifest["files"]["initrd.img"] = sha256_hex(&to.join("initrd.img")).into();
+    std::fs::write(
+        to.join("manifest.json"),
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+    version
+}
+
+/// `devbox upgrade` of a machine that is down to another image keeps its Docker state (the
+/// data disk), and the guest then runs the new image.
+fn upgrade_keeps_docker_state(m: &Machine) {
+    let spec = std::fs::read_to_string(m.dir().join("machine.yaml")).unwrap();
+    let current = spec
+        .lines()
+        .find_map(|l| l.strip_prefix("image: "))
+        .expect("machine.yaml names its image")
+        .trim()
+        .trim_matches('"')
+        .to_owned();
+    let derived = derive_image(m, &current);
+    let o = m.ok_output(&["upgrade", MACHINE, "--image", &derived]);
+    assert!(
+        text(&o.stderr).contains("data disk") || text(&o.stdout).contains("data disk"),
+        "{}",
+        text(&o.stderr)
+    );
+    DERIVED.set(derived).unwrap();
+}
+
+/// After the upgrade: the marker on the data disk and the probe of the new image.
+fn assert_upgraded(m: &Machine) {
+    let derived = DERIVED.get().expect("upgraded earlier in this check");
+    assert_eq!(
+        m.ssh("cat /etc/devbox-upgrade-probe").trim(),
+        derived,
+        "the guest runs the image it was upgraded to"
+    );
+    assert_eq!(m.ssh("cat /var/lib/docker/devbox-marker").trim(), "kept");
+}
+
+/// The derived image is removed with `image rm` once no machine uses it.
+fn remove_derived_image(m: &Machine) {
+    if let Some(v) = DERIVED.get() {
+        m.ok(&["image", "rm", v]);
+        assert!(!m.h.cache.join("images").join(v).exists());
+    }
 }
