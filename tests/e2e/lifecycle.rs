@@ -396,11 +396,11 @@ fn newc(name: &str, mode: u32, data: &[u8]) -> Vec<u8> {
     .into_bytes();
     out.extend_from_slice(name.as_bytes());
     out.push(0);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
     out.extend_from_slice(data);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
     out
@@ -425,7 +425,7 @@ fn derive_image(m: &Machine, current: &str) -> String {
     std::fs::create_dir(&to).unwrap();
     std::fs::copy(from.join("vmlinuz"), to.join("vmlinuz")).unwrap();
     let mut initrd = std::fs::read(from.join("initrd.img")).unwrap();
-    while initrd.len() % 512 != 0 {
+    while !initrd.len().is_multiple_of(512) {
         initrd.push(0);
     }
     initrd.extend(newc(
