@@ -639,4 +639,36 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn an_overflow_becomes_an_attrib_on_every_share_root() {
+        use std::io::Read;
+        let s = shares();
+        let (tx, rx) = sync_channel(4);
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        let writer = Arc::new(Mutex::new(Some(writer)));
+        let (overflow, stop) = (
+            Arc::new(AtomicBool::new(true)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let echo = Arc::new(EchoLog::new());
+        let t = {
+            let (s, writer, overflow, stop) =
+                (s.clone(), writer.clone(), overflow.clone(), stop.clone());
+            std::thread::spawn(move || batch_loop(&s, &rx, &echo, &overflow, &writer, &stop))
+        };
+        // Events lost to the overflow: what arrives is the signal, not a partial story.
+        tx.send(ev(
+            EventKind::Create(CreateKind::File),
+            &["/home/ann/src/lost"],
+        ))
+        .unwrap();
+        let mut got = vec![0u8; 64];
+        let n = reader.read(&mut got).unwrap();
+        assert_eq!(std::str::from_utf8(&got[..n]).unwrap(), "a /src\na /data\n");
+        assert!(!overflow.load(Ordering::SeqCst), "the signal is given once");
+        stop.store(true, Ordering::SeqCst);
+        drop(tx);
+        t.join().unwrap();
+    }
 }

@@ -6,13 +6,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::machine::Machine;
-use crate::shares::{SHARE_UID, shares_rw};
+use crate::shares::{SHARE_UID, shares_ro, shares_rw};
 
 /// The events compared: what watchers (webpack, vite, nodemon, inotifywait) act on.
 const EVENTS: &str =
     "create,modify,attrib,close_write,delete,moved_from,moved_to,delete_self,move_self";
-/// A generous bound for an event to arrive (not a speed goal).
-const WAIT: Duration = Duration::from_secs(5);
+/// A generous bound for an event to arrive (the 2 s; not a speed goal).
+const WAIT: Duration = Duration::from_secs(2);
 
 /// Starts `inotifywait -m -r` on `dir` in the guest (or, with `container`, in a container that
 /// bind-mounts it), logging `EVENT PATH` lines with `dir` written `X`.
@@ -50,6 +50,25 @@ fn watch(m: &Machine, dir: &str, log: &str, container: Option<&str>) {
     }
 }
 
+/// Waits (bounded) until this start's share watcher runs: it starts right after the machine
+/// is ready, so a change made before then would have no watcher yet.
+fn wait_for_watcher(m: &Machine) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = m.supervisor_log();
+        let ready = log.rfind("ready: Docker");
+        let watching = log.rfind("file events: watching the shares");
+        if matches!((ready, watching), (Some(r), Some(w)) if w > r) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the share watcher did not start after this start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn normalised(text: &str, dir: &str) -> Vec<String> {
     text.lines()
         .map(|l| l.replace(dir, "X"))
@@ -71,6 +90,7 @@ fn settled(m: &Machine, log: &str, dir: &str, want: usize) -> Vec<String> {
 
 pub fn check_file_events(m: &Machine) {
     m.busybox_image();
+    wait_for_watcher(m);
     let host = shares_rw().join("fe");
     let guest_share = "/mnt/rw/fe";
     let _ = std::fs::remove_dir_all(&host);
@@ -155,6 +175,30 @@ pub fn check_file_events(m: &Machine) {
     );
 
     check_burst_final_state(m, &mine, guest_share);
+
+    // A read-only share gets events too.
+    let ro = shares_ro().join("fe-ro.txt");
+    let _ = std::fs::remove_file(&ro);
+    m.ssh("killall inotifywait; : > /tmp/fe-ro.log");
+    m.ssh("(inotifywait -q -m -e create,modify,close_write --format '%e %f' /mnt/ro > /tmp/fe-ro.log 2>&1 &); sleep 0.5");
+    std::fs::write(&ro, "from the host\n").unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = m.ssh("cat /tmp/fe-ro.log");
+        if log.contains("CLOSE_WRITE,CLOSE fe-ro.txt") {
+            assert!(
+                log.starts_with("CREATE fe-ro.txt\nMODIFY fe-ro.txt\n"),
+                "{log}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no event on the read-only share: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::remove_file(&ro).unwrap();
     m.ssh("killall inotifywait");
     let _ = m.docker(&["rm", "-f", "fe-watch"]);
 }
@@ -232,6 +276,7 @@ fn check_burst_final_state(m: &Machine, host: &Path, guest_share: &str) {
 
 /// After a SIGKILL of the supervisor and a new start, host changes raise events again.
 pub fn assert_events_flow(m: &Machine) {
+    wait_for_watcher(m);
     let host = shares_rw().join("fe-after-kill");
     let _ = std::fs::remove_dir_all(&host);
     std::fs::create_dir(&host).unwrap();

@@ -118,6 +118,11 @@ pub fn shares_rw() -> &'static Path {
     &shares().rw
 }
 
+/// The host side of the shared machine's read-only share (`/mnt/ro` in the guest).
+pub fn shares_ro() -> &'static Path {
+    &shares().ro
+}
+
 pub fn check_shares(m: &Machine) {
     let shares = shares();
     let mounts = m.ssh("mount");
