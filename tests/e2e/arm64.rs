@@ -55,6 +55,10 @@ echo "devbox-test: uname $(uname -r) $(uname -m)" >/dev/console
 ( while ! ip -4 -o addr show dev eth0 | grep -q inet; do sleep 0.2; done
   echo "devbox-test: dhcp $(ip -4 -o addr show dev eth0 | awk '{print $4}')" >/dev/console ) \
   </dev/null >/dev/null 2>&1 &
+# The file-event module, cross-compiled for this kernel at image build, loads (later in boot).
+( i=0; while [ ! -c /dev/devbox-notify ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done
+  [ -c /dev/devbox-notify ] && echo "devbox-test: devbox_notify loaded" >/dev/console ) \
+  </dev/null >/dev/null 2>&1 &
 # hvc0 is not there when init starts (virtio_console is a module): devbox-boot's first line
 # waited for it, and logged how long.
 grep '^console:' /var/log/devbox-boot.log | sed 's/^/devbox-test: /' >/dev/console
@@ -190,7 +194,13 @@ pub fn arm64_image_boots_under_qemu_virt() {
         // QEMU's user-mode DHCP server hands out .15 of its network first.
         format!("devbox-test: dhcp {}/24", first_dhcp_address()),
         "devbox-guest: ready".to_owned(),
-    ] {
+    ]
+    .into_iter()
+    .chain(
+        img.manifest
+            .file_events
+            .then(|| "devbox-test: devbox_notify loaded".to_owned()),
+    ) {
         assert!(
             log.lines().any(|l| l.trim_end_matches('\r') == want),
             "no console line {want:?} within {boot_time:.0?}\nconsole:\n{log}"
