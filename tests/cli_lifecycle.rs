@@ -171,6 +171,41 @@ fn a_guest_that_crashes_during_boot_fails_the_start_with_its_console() {
     succeeds(&env.run(&["stop", "m"]));
 }
 
+/// A kernel panic before ready (rare under QEMU's TCG, at about 1 s into a boot) costs one
+/// more boot, logged, with the panicked boot's console kept; a second panic fails the start.
+#[test]
+fn a_kernel_panic_while_booting_gets_one_more_boot() {
+    let env = Env::new();
+    create(&env, "m");
+    let o = run_with(&env, "panic-once", &["start", "m"]);
+    succeeds(&o);
+    assert_eq!(status(&env, "m"), "Running");
+    let log = supervisor_log(&env, "m");
+    assert!(
+        log.contains("the guest's kernel panicked while booting")
+            && log.contains("booting it once more"),
+        "{log}"
+    );
+    let first = std::fs::read_to_string(env.machine_dir("m").join("serial.log.1")).unwrap();
+    assert!(first.contains("Kernel panic - not syncing"), "{first}");
+    let now = std::fs::read_to_string(env.machine_dir("m").join("serial.log")).unwrap();
+    assert!(!now.contains("Kernel panic"), "{now}");
+    succeeds(&env.run(&["stop", "m"]));
+
+    let o = run_with(&env, "panic", &["start", "m"]);
+    // The console watcher or the guest's end, whichever the supervisor sees first.
+    fails_with(&o, "its kernel panicked at both boots");
+    assert_eq!(
+        supervisor_log(&env, "m")
+            .matches("booting it once more")
+            .count(),
+        2,
+        "one more boot per start, not more"
+    );
+    assert_eq!(status(&env, "m"), "Failed");
+    assert_eq!(runtime_files(&env, "m"), Vec::<PathBuf>::new());
+}
+
 #[test]
 fn a_guest_that_never_gets_ready_is_ended_at_the_deadline() {
     let env = Env::new();

@@ -32,6 +32,32 @@ pub struct ConsoleLog {
     max: u64,
 }
 
+/// What a Linux kernel prints when it panics.
+pub const KERNEL_PANIC: &str = "Kernel panic - not syncing";
+
+/// How much of a console log's end [`kernel_panicked`] reads: a panic's report (oops,
+/// registers, stack) is a few KiB and ends the log.
+const PANIC_TAIL: u64 = 64 << 10;
+
+/// Whether the guest's kernel panicked, as the end of its console log says. The guest is
+/// untrusted and may print the same line: the answer only ever buys it one more boot.
+pub fn kernel_panicked(path: &Path) -> bool {
+    use std::io::{Seek, SeekFrom};
+    let Ok(mut file) = File::open(path) else {
+        return false;
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut tail = Vec::new();
+    if file
+        .seek(SeekFrom::Start(len.saturating_sub(PANIC_TAIL)))
+        .is_err()
+        || file.take(PANIC_TAIL).read_to_end(&mut tail).is_err()
+    {
+        return false;
+    }
+    String::from_utf8_lossy(&tail).contains(KERNEL_PANIC)
+}
+
 impl ConsoleLog {
     /// Opens (creating) `path` for appending, capped at [`MAX_BYTES`].
     pub fn open(path: &Path) -> io::Result<ConsoleLog> {
@@ -165,6 +191,20 @@ fn with_path(e: io::Error, path: &Path) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_is_found_at_the_end_of_a_long_log_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.log");
+        assert!(!kernel_panicked(&path), "no log: no panic");
+        let mut text = b"Kernel panic - not syncing: long ago\n".to_vec();
+        text.extend(std::iter::repeat_n(b'.', 2 * PANIC_TAIL as usize));
+        std::fs::write(&path, &text).unwrap();
+        assert!(!kernel_panicked(&path), "beyond the tail it reads");
+        text.extend(b"\n[    0.92] Kernel panic - not syncing: Fatal exception in interrupt\n");
+        std::fs::write(&path, &text).unwrap();
+        assert!(kernel_panicked(&path));
+    }
 
     fn size(p: &Path) -> u64 {
         std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)

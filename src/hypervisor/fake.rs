@@ -14,6 +14,8 @@
 //! environment):
 //! - unset or `ready`: ready after `DEVBOX_FAKE_BOOT_MS` (default 300) milliseconds;
 //! - `crash`: the guest ends during boot, before it is ready;
+//! - `panic`: its kernel panics during boot (the kernel's panic line on the console), at
+//!   every boot; `panic-once`: only at the first boot of a start, then it boots ready;
 //! - `hang`: it never becomes ready (the supervisor's deadline ends it);
 //! - `fatal`: it prints the guest init's `devbox-guest: fatal:` marker (a step without which
 //!   it can never be ready failed) and then hangs, as a real guest whose dockerd died does.
@@ -41,6 +43,8 @@ const POWER_OFF: Duration = Duration::from_millis(100);
 enum Behaviour {
     Ready,
     Crash,
+    Panic,
+    PanicOnce,
     Hang,
     Fatal,
 }
@@ -50,11 +54,15 @@ impl Behaviour {
         match std::env::var(BEHAVIOUR_ENV).as_deref() {
             Err(_) | Ok("") | Ok("ready") => Ok(Behaviour::Ready),
             Ok("crash") => Ok(Behaviour::Crash),
+            Ok("panic") => Ok(Behaviour::Panic),
+            Ok("panic-once") => Ok(Behaviour::PanicOnce),
             Ok("hang") => Ok(Behaviour::Hang),
             Ok("fatal") => Ok(Behaviour::Fatal),
             Ok(other) => Err(HypervisorError::Unavailable {
                 driver: Driver::Fake,
-                reason: format!("{BEHAVIOUR_ENV}={other:?}: expected ready, crash, hang or fatal"),
+                reason: format!(
+                    "{BEHAVIOUR_ENV}={other:?}: expected ready, crash, panic, panic-once, hang or fatal"
+                ),
             }),
         }
     }
@@ -62,6 +70,8 @@ impl Behaviour {
 
 pub struct Fake {
     accel: Accel,
+    /// Boots so far (one supervisor's start boots once, or twice after a panic).
+    boots: std::sync::atomic::AtomicUsize,
 }
 
 impl Fake {
@@ -71,6 +81,7 @@ impl Fake {
                 name: "fake",
                 reason: "devbox's test driver: no guest runs".into(),
             },
+            boots: Default::default(),
         }
     }
 }
@@ -95,7 +106,12 @@ impl Hypervisor for Fake {
     }
 
     fn boot(&self, cfg: BootConfig) -> Result<Box<dyn RunningVm>, HypervisorError> {
-        let behaviour = Behaviour::from_env()?;
+        let first = self.boots.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        let behaviour = match Behaviour::from_env()? {
+            Behaviour::PanicOnce if first => Behaviour::Panic,
+            Behaviour::PanicOnce => Behaviour::Ready,
+            b => b,
+        };
         let boot = std::env::var(BOOT_MS_ENV)
             .ok()
             .and_then(|v| v.parse().ok())
@@ -166,6 +182,10 @@ impl Shared {
             Behaviour::Crash => {
                 line("fake guest: kernel panic during boot");
                 return self.end("the fake guest crashed during boot");
+            }
+            Behaviour::Panic | Behaviour::PanicOnce => {
+                line("[    0.923314] Kernel panic - not syncing: Fatal exception in interrupt");
+                return self.end("the guest powered off");
             }
             Behaviour::Ready => {
                 line("devbox-guest: ready");

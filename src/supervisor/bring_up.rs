@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
@@ -136,6 +137,8 @@ impl<'a> Supervisor<'a> {
             Link::DriverNat => net::vmnet_bridges()?,
             Link::Tap | Link::None => Default::default(),
         };
+        let tap = tap.map(|t| t.into_inheritable_fd()).transpose()?;
+        let spare = Spare::keep(&tap, &share_nic)?;
         let mut vm = Guest::new(self.boot(hv.as_ref(), &image, tap, share_nic)?);
         control::serve(
             &self.dir.control_socket_path(),
@@ -179,6 +182,12 @@ impl<'a> Supervisor<'a> {
             guest_ip,
             records,
             io: io.handle().clone(),
+            reboot: Some(Box::new(Reboot {
+                hv,
+                image,
+                spare,
+                guest: caps.guest,
+            })),
         }))
     }
 
@@ -463,7 +472,7 @@ impl<'a> Supervisor<'a> {
         &self,
         hv: &dyn Hypervisor,
         image: &Image,
-        tap: Option<net::Tap>,
+        tap: Option<OwnedFd>,
         share_nic: Option<hypervisor::GuestNic>,
     ) -> Result<Box<dyn hypervisor::RunningVm>> {
         rotate_serial_log(self.dir);
@@ -476,7 +485,7 @@ impl<'a> Supervisor<'a> {
             initrd: image.initrd(),
             data_disk: self.dir.disk_path(),
             config_drive: self.dir.config_drive_path(),
-            tap: tap.map(|t| t.into_inheritable_fd()).transpose()?,
+            tap,
             mac: self.spec.network.mac.clone(),
             share_nic,
             serial_log: self.dir.serial_log_path(),
@@ -484,6 +493,85 @@ impl<'a> Supervisor<'a> {
         })?;
         self.state.update(|s| s.vm_pid = vm.pid());
         log(format!("guest process {:?} started", vm.pid()));
+        Ok(vm)
+    }
+}
+
+/// What booting the guest once more takes: the driver, the image, and spare descriptors of
+/// the machine's network devices (kept close-on-exec; the boot gets inheritable copies). Used
+/// once, when the guest's kernel panics before the machine is ready (see `event_loop`): a boot
+/// under QEMU's software emulation (TCG) rarely dies that way in its first second, and a second
+/// boot of the same files does not.
+pub struct Reboot {
+    hv: Box<dyn Hypervisor>,
+    image: Image,
+    spare: Spare,
+    guest: GuestAccess,
+}
+
+/// Close-on-exec copies of the descriptors a boot hands to the driver.
+struct Spare {
+    tap: Option<OwnedFd>,
+    share_nic: Option<(OwnedFd, String)>,
+}
+
+impl Spare {
+    fn keep(tap: &Option<OwnedFd>, share_nic: &Option<hypervisor::GuestNic>) -> Result<Spare> {
+        let dup = |fd: &OwnedFd| fd.try_clone().context("keeping a copy of a network device");
+        Ok(Spare {
+            tap: tap.as_ref().map(dup).transpose()?,
+            share_nic: share_nic
+                .as_ref()
+                .map(|n| Ok::<_, anyhow::Error>((dup(&n.tap)?, n.mac.clone())))
+                .transpose()?,
+        })
+    }
+
+    /// Inheritable copies for one more boot.
+    fn for_boot(&self) -> Result<(Option<OwnedFd>, Option<hypervisor::GuestNic>)> {
+        let inheritable = |fd: &OwnedFd| -> Result<OwnedFd> {
+            let copy = fd.try_clone().context("copying a network device")?;
+            nix::fcntl::fcntl(
+                &copy,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )
+            .context("making a network device's descriptor inheritable")?;
+            Ok(copy)
+        };
+        let tap = self.tap.as_ref().map(inheritable).transpose()?;
+        let nic = match &self.share_nic {
+            Some((fd, mac)) => Some(hypervisor::GuestNic {
+                tap: inheritable(fd)?,
+                mac: mac.clone(),
+            }),
+            None => None,
+        };
+        Ok((tap, nic))
+    }
+}
+
+impl Supervisor<'_> {
+    /// Boots the guest once more after its kernel panicked before it was ready (the console
+    /// of the failed boot is kept as `serial.log.1`). The readiness watchers go on: the one
+    /// over SSH keeps trying the same address until the same deadline; a driver that reports
+    /// readiness itself gives a new report, watched anew.
+    pub(super) fn reboot(&self, r: &Reboot) -> Result<Guest> {
+        let (tap, nic) = r.spare.for_boot()?;
+        let mut vm = Guest::new(self.boot(r.hv.as_ref(), &r.image, tap, nic)?);
+        if r.guest == GuestAccess::DriverReport {
+            let report = vm.as_mut().take_ready_report().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the {} driver reports readiness itself, and gave no report",
+                    self.spec.driver
+                )
+            })?;
+            watchers::spawn_ready_from_driver(
+                report,
+                self.deadline,
+                self.state.clone(),
+                self.tx.clone(),
+            );
+        }
         Ok(vm)
     }
 }

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::bring_up::Supervisor;
+use super::bring_up::{Reboot, Supervisor};
 use super::control::ControlEvent;
 use super::watchers::DiskWatch;
 use super::{Event, log, now};
-use crate::hypervisor::RunningVm;
+use crate::hypervisor::{RunningVm, console_log};
 use crate::machine::state::Phase;
 use crate::{dns, ports, ssh};
 
@@ -60,6 +60,8 @@ pub struct Running {
     /// The DNS server's records, for the container watcher.
     pub records: dns::RecordsHandle,
     pub io: tokio::runtime::Handle,
+    /// Taken by the one boot allowed after a kernel panic before ready.
+    pub reboot: Option<Box<Reboot>>,
 }
 
 /// Runs until the guest ends; returns why it ended (or the failure).
@@ -68,11 +70,18 @@ pub fn run(sv: &mut Supervisor, mut m: Running) -> Result<String> {
     loop {
         if let Some(exit) = m.vm.as_mut().try_wait()? {
             m.vm.ended = true;
+            let before_ready = sv.state.phase() == Phase::Starting && stopping.is_none();
+            let panicked = before_ready && console_log::kernel_panicked(&sv.dir.serial_log_path());
+            if panicked && let Some(reboot) = m.reboot.take() {
+                boot_again(sv, &mut m, &reboot)?;
+                continue;
+            }
             sv.parts.stop_one(FORWARDER);
-            return if sv.state.phase() == Phase::Starting && stopping.is_none() {
+            return if before_ready {
                 Err(anyhow::anyhow!(
-                    "the guest ended before it was ready: {}",
-                    exit.description
+                    "the guest ended before it was ready: {}{}",
+                    exit.description,
+                    if panicked { BOTH_PANICKED } else { "" }
                 ))
             } else {
                 Ok(exit.description)
@@ -100,6 +109,25 @@ pub fn run(sv: &mut Supervisor, mut m: Running) -> Result<String> {
                     ));
                 }
             }
+            // Stale when the current boot's console shows no panic: the line came from the
+            // boot before, already booted again.
+            Ok(Event::KernelPanic { reason })
+                if stopping.is_none()
+                    && sv.state.phase() == Phase::Starting
+                    && console_log::kernel_panicked(&sv.dir.serial_log_path()) =>
+            {
+                match m.reboot.take() {
+                    Some(reboot) => boot_again(sv, &mut m, &reboot)?,
+                    None => {
+                        m.vm.as_mut().kill()?;
+                        return Err(anyhow::anyhow!(
+                            "the machine did not become ready: the guest's kernel panicked: \
+                             {reason}{BOTH_PANICKED}"
+                        ));
+                    }
+                }
+            }
+            Ok(Event::KernelPanic { .. }) => {}
             Ok(Event::Control(ControlEvent::Stop { force })) => {
                 if force {
                     log("stop requested (force): killing the guest");
@@ -120,6 +148,33 @@ pub fn run(sv: &mut Supervisor, mut m: Running) -> Result<String> {
             }
         }
     }
+}
+
+/// Said when the boot after a kernel panic panicked too.
+const BOTH_PANICKED: &str = "; its kernel panicked at both boots (the console of each: `devbox \
+                             logs`, and serial.log.1 in the machine's directory for the first)";
+
+/// Ends the panicked guest (a reset under emulation may hang instead of ending) and boots
+/// it once more.
+fn boot_again(sv: &mut Supervisor, m: &mut Running, reboot: &Reboot) -> Result<()> {
+    if !m.vm.ended {
+        m.vm.as_mut().kill()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while m.vm.as_mut().try_wait()?.is_none() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the guest did not end after its kernel panicked, even killed"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        m.vm.ended = true;
+    }
+    log(
+        "the guest's kernel panicked while booting (that boot's console is kept as \
+         serial.log.1); booting it once more",
+    );
+    m.vm = sv.reboot(reboot)?;
+    Ok(())
 }
 
 /// The guest is ready: starts what needs it (over SSH: the docker socket, the container

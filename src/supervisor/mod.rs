@@ -65,8 +65,16 @@ use state::StateWriter;
 /// What the main loop reacts to.
 pub enum Event {
     Control(control::ControlEvent),
-    Ready { docker_version: String },
-    NotReady { reason: String },
+    Ready {
+        docker_version: String,
+    },
+    NotReady {
+        reason: String,
+    },
+    /// The console shows a kernel panic during boot (the event loop boots once more).
+    KernelPanic {
+        reason: String,
+    },
     Signal(Signal),
 }
 

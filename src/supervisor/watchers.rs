@@ -133,10 +133,12 @@ pub const FATAL_MARKER: &str = "devbox-guest: fatal: ";
 /// line for the user, not a place for the guest to pour text into.
 const FATAL_REASON_MAX: usize = 300;
 
-/// Follows this boot's console log (`path`, rotated at boot by `bring_up`) while the machine
+/// Follows the console log (`path`, rotated at every boot by `bring_up`) while the machine
 /// starts, and reports at once when the guest says it cannot become ready, so `start` fails
-/// with the guest's reason instead of waiting out the whole readiness deadline. Ends when the
-/// machine leaves [`Phase::Starting`] or at `deadline` (the readiness watcher reports that).
+/// with the guest's reason instead of waiting out the whole readiness deadline; a kernel panic
+/// is reported as [`Event::KernelPanic`] (the event loop boots once more) and the watch goes
+/// on with the next boot's log. Ends when the machine leaves [`Phase::Starting`] or at
+/// `deadline` (the readiness watcher reports that).
 pub fn spawn_console_fatal(
     path: std::path::PathBuf,
     deadline: Instant,
@@ -148,12 +150,21 @@ pub fn spawn_console_fatal(
         .spawn(move || {
             let mut scan = FatalScan::default();
             while Instant::now() < deadline && state.phase() == Phase::Starting {
-                if let Some(reason) = scan.poll(&path) {
-                    log(format!("the guest cannot become ready: {reason}"));
-                    let _ = tx.send(Event::NotReady {
-                        reason: format!("the guest stopped booting: {reason}"),
-                    });
-                    return;
+                match scan.poll(&path) {
+                    Some(Fatal::Panic(reason)) => {
+                        log(format!(
+                            "the guest's kernel panicked while booting: {reason}"
+                        ));
+                        let _ = tx.send(Event::KernelPanic { reason });
+                    }
+                    Some(Fatal::Guest(reason)) => {
+                        log(format!("the guest cannot become ready: {reason}"));
+                        let _ = tx.send(Event::NotReady {
+                            reason: format!("the guest stopped booting: {reason}"),
+                        });
+                        return;
+                    }
+                    None => {}
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -161,22 +172,36 @@ pub fn spawn_console_fatal(
         .expect("spawning the console watcher");
 }
 
-/// Reads a growing console log from where it left off, line by line, for [`FATAL_MARKER`].
+/// A console line that says the boot cannot succeed.
+#[derive(Debug, PartialEq, Eq)]
+enum Fatal {
+    /// The guest init's [`FATAL_MARKER`], with its reason.
+    Guest(String),
+    /// The kernel's panic line, with its reason.
+    Panic(String),
+}
+
+/// Reads a growing console log from where it left off, line by line, for [`FATAL_MARKER`] and
+/// kernel panics.
 #[derive(Debug, Default)]
 struct FatalScan {
+    /// The file being read (its inode): a new file (the next boot's) is read from its start.
+    file: Option<u64>,
     offset: u64,
     /// The end of the last read when it stopped inside a line.
     partial: Vec<u8>,
 }
 
 impl FatalScan {
-    /// The reason of the first fatal line written since the last call, escaped for a terminal.
-    fn poll(&mut self, path: &std::path::Path) -> Option<String> {
+    /// The first fatal line written since the last call, its reason escaped for a terminal.
+    fn poll(&mut self, path: &std::path::Path) -> Option<Fatal> {
         use std::io::{Read, Seek, SeekFrom};
+        use std::os::unix::fs::MetadataExt;
         let mut file = std::fs::File::open(path).ok()?;
-        let len = file.metadata().ok()?.len();
-        if len < self.offset {
-            // Rotated at its size cap: the new file starts from the beginning.
+        let meta = file.metadata().ok()?;
+        if meta.len() < self.offset || self.file != Some(meta.ino()) {
+            // Rotated at its size cap or at a boot: the new file starts from the beginning.
+            self.file = Some(meta.ino());
             self.offset = 0;
             self.partial.clear();
         }
@@ -204,11 +229,11 @@ impl FatalScan {
 
 /// The reason in a console line holding [`FATAL_MARKER`] or a kernel panic (anywhere: the
 /// kernel may print on the same line first), escaped and cut to [`FATAL_REASON_MAX`] bytes.
-fn fatal_reason(line: &[u8]) -> Option<String> {
+fn fatal_reason(line: &[u8]) -> Option<Fatal> {
     // The guest kernel's own last words: with `panic=-1` it should reset at once, but a reset
     // under emulation has been seen to hang instead, leaving start to wait out its deadline.
     const PANIC: &str = "Kernel panic - not syncing: ";
-    let (marker, prefix) = [(FATAL_MARKER, ""), (PANIC, "the guest's kernel panicked: ")]
+    let (marker, panic) = [(FATAL_MARKER, false), (PANIC, true)]
         .into_iter()
         .find(|(m, _)| line.windows(m.len()).any(|w| w == m.as_bytes()))?;
     let marker = marker.as_bytes();
@@ -218,10 +243,12 @@ fn fatal_reason(line: &[u8]) -> Option<String> {
         reason = &reason[..reason.len() - 1];
     }
     let reason = &reason[..reason.len().min(FATAL_REASON_MAX)];
-    Some(format!(
-        "{prefix}{}",
-        crate::output::guest_text::escape(reason)
-    ))
+    let reason = crate::output::guest_text::escape(reason);
+    Some(if panic {
+        Fatal::Panic(reason)
+    } else {
+        Fatal::Guest(reason)
+    })
 }
 
 /// A background thread that runs until told to stop, then is joined.
@@ -391,27 +418,43 @@ mod tests {
         assert_eq!(scan.poll(&path), None);
         append(b"tal: dockerd exited \x1b]0;owned\x07(see log)\r\n");
         assert_eq!(
-            scan.poll(&path).as_deref(),
-            Some("dockerd exited \\u{1b}]0;owned\\u{7}(see log)"),
+            scan.poll(&path),
+            Some(Fatal::Guest(
+                "dockerd exited \\u{1b}]0;owned\\u{7}(see log)".into()
+            )),
             "found after the kernel's text on the same line, escape sequences shown, not obeyed"
         );
         assert_eq!(scan.poll(&path), None, "reported once");
         // Rotation: a new, shorter file is read from its start.
         std::fs::remove_file(&path).unwrap();
         append(b"devbox-guest: fatal: sshd did not start\n");
-        assert_eq!(scan.poll(&path).as_deref(), Some("sshd did not start"));
+        assert_eq!(
+            scan.poll(&path),
+            Some(Fatal::Guest("sshd did not start".into()))
+        );
+        // A new boot's file (another inode), even a longer one, is read from its start too.
+        let old = dir.path().join("serial.log.1");
+        std::fs::rename(&path, &old).unwrap();
+        append(&[b'.'; 4096]);
+        append(b"\n[ 0.92] Kernel panic - not syncing: Fatal exception in interrupt\n");
+        assert_eq!(
+            scan.poll(&path),
+            Some(Fatal::Panic("Fatal exception in interrupt".into()))
+        );
     }
 
     #[test]
     fn a_fatal_reason_is_cut_to_one_short_line() {
         let mut line = FATAL_MARKER.as_bytes().to_vec();
         line.extend(std::iter::repeat_n(b'x', 10_000));
-        assert_eq!(fatal_reason(&line).unwrap().len(), FATAL_REASON_MAX);
+        let Some(Fatal::Guest(reason)) = fatal_reason(&line) else {
+            panic!("a guest's fatal line")
+        };
+        assert_eq!(reason.len(), FATAL_REASON_MAX);
         assert_eq!(fatal_reason(b"devbox-guest: error: no lease"), None);
         assert_eq!(
-            fatal_reason(b"[   17.22] Kernel panic - not syncing: Fatal exception in interrupt\r")
-                .as_deref(),
-            Some("the guest's kernel panicked: Fatal exception in interrupt")
+            fatal_reason(b"[   17.22] Kernel panic - not syncing: Fatal exception in interrupt\r"),
+            Some(Fatal::Panic("Fatal exception in interrupt".into()))
         );
     }
 }
