@@ -115,6 +115,7 @@ fn fixture() -> Fixture {
         ]
         .into(),
         file_events: false,
+        engine_ca: false,
     };
     let manifest = serde_json::to_vec_pretty(&manifest).unwrap();
     Fixture {

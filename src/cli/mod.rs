@@ -62,7 +62,7 @@ pub enum Command {
     Use(UseArgs),
     /// Change a stopped or running machine's CPUs, memory, shares or engine settings (flags,
     /// or $EDITOR on its machine.yaml without them); they apply at its next start.
-    Edit(EditArgs),
+    Edit(Box<EditArgs>),
     /// Move a stopped machine to the newest guest image of its architecture (or --image),
     /// keeping its data disk (Docker's images, containers and volumes) and its settings.
     Upgrade(UpgradeArgs),
@@ -180,6 +180,10 @@ pub struct EngineArgs {
     /// The engine's storage driver (default: Docker's choice, overlay2).
     #[arg(long = "engine-storage-driver", value_name = "NAME")]
     pub storage_driver: Option<String>,
+    /// A root certificate the guest trusts, in a PEM file (repeatable): a TLS-inspecting
+    /// proxy's or a private registry's. Containers find them at /etc/devbox/engine-ca.pem.
+    #[arg(long = "engine-ca", value_name = "FILE")]
+    pub ca_files: Vec<PathBuf>,
 }
 
 /// Completion of machine names: the machines of the store (`DEVBOX_HOME` or the default),
@@ -520,7 +524,7 @@ pub struct EditArgs {
     #[command(flatten)]
     pub engine: EngineArgs,
     /// Remove an engine setting: a daemon.json key or a dockerd environment variable
-    /// (repeatable).
+    /// (repeatable); `ca` removes every --engine-ca certificate.
     #[arg(
         long = "engine-unset",
         value_name = "KEY",

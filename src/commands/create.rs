@@ -39,6 +39,7 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
         registry_mirrors: a.engine.registry_mirrors.clone(),
         env: a.engine.env.clone(),
         storage_driver: a.engine.storage_driver.clone(),
+        ca_files: a.engine.ca_files.clone(),
     })?;
 
     let (driver, why) = match a.driver {
@@ -108,6 +109,7 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
     let image = image::find(&store.cache, a.image.as_deref())?;
     engine::check_engine(&engine, image.manifest.docker_major())
         .context("--engine-opt: the image's Docker engine does not know this key")?;
+    engine::check_ca_support(&engine, &image.manifest.version, image.manifest.engine_ca)?;
 
     // One create at a time, host-wide, allocates networks: two users never get the same /24
     // or Docker subnet.

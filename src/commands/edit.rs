@@ -150,6 +150,7 @@ fn flags(store: &Store, a: &EditArgs) -> Result<EditFlags> {
         registry_mirrors: a.engine.registry_mirrors.clone(),
         env: a.engine.env.clone(),
         storage_driver: a.engine.storage_driver.clone(),
+        ca_files: a.engine.ca_files.clone(),
     })?;
     Ok(EditFlags {
         cpus: a.cpus,
@@ -185,6 +186,7 @@ fn check(store: &Store, old: &MachineSpec, new: &MachineSpec) -> Result<()> {
     {
         engine::check_engine(&new.engine, img.manifest.docker_major())
             .context("the machine's image's Docker engine does not know this key")?;
+        engine::check_ca_support(&new.engine, &img.manifest.version, img.manifest.engine_ca)?;
     }
     Ok(())
 }

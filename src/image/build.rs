@@ -452,6 +452,8 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
             .collect(),
         files,
         file_events,
+        // devbox-boot (a guest file of every image built from here) installs them.
+        engine_ca: true,
     };
     let json = serde_json::to_string_pretty(&manifest).map_err(std::io::Error::other)?;
     fs_err::write(out.join(MANIFEST), json + "\n")?;

@@ -83,6 +83,10 @@ pub struct Manifest {
     /// inotify events on shares (images built before it, or off Linux, do not).
     #[serde(default)]
     pub file_events: bool,
+    /// Whether the guest's init installs the machine's extra root certificates
+    /// (`create --engine-ca`); images built before it ignore them.
+    #[serde(default)]
+    pub engine_ca: bool,
 }
 
 impl Manifest {
@@ -251,6 +255,7 @@ mod tests {
             packages: BTreeMap::new(),
             files,
             file_events: false,
+            engine_ca: false,
         };
         fs_err::write(dir.join(MANIFEST), serde_json::to_string(&m).unwrap()).unwrap();
     }

@@ -206,6 +206,11 @@ pub fn files(spec: &MachineSpec, inputs: &DriveInputs) -> Vec<DriveFile> {
             mode: 0o644,
             contents: super::engine::env_file(&spec.engine).into_bytes(),
         },
+        DriveFile {
+            name: "engine-ca.pem",
+            mode: 0o644,
+            contents: spec.engine.ca_bundle().into_bytes(),
+        },
     ]
 }
 

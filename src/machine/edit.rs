@@ -110,7 +110,9 @@ pub fn apply(spec: &MachineSpec, flags: &EditFlags) -> Result<MachineSpec, EditE
     for key in &flags.engine_unset {
         let daemon = new.engine.daemon.remove(key).is_some();
         let env = new.engine.env.remove(key).is_some();
-        if !daemon && !env {
+        // `ca`: every `--engine-ca` certificate (no daemon.json key or variable is named so).
+        let ca = key == "ca" && !std::mem::take(&mut new.engine.ca).is_empty();
+        if !daemon && !env && !ca {
             return Err(EditError::NoSuchEngineSetting {
                 name: spec.name.clone(),
                 key: key.clone(),
@@ -133,7 +135,10 @@ fn check_conflicts(flags: &EditFlags) -> Result<(), EditError> {
         }
     }
     for key in &flags.engine_unset {
-        if flags.engine.daemon.contains_key(key) || flags.engine.env.contains_key(key) {
+        if flags.engine.daemon.contains_key(key)
+            || flags.engine.env.contains_key(key)
+            || (key == "ca" && !flags.engine.ca.is_empty())
+        {
             return Err(EditError::Conflict {
                 first: format!("an --engine-* flag setting {key}"),
                 second: format!("--engine-unset {key}"),
@@ -173,6 +178,11 @@ fn merge_engine(engine: &mut EngineSpec, add: &EngineSpec) {
     }
     for (name, value) in &add.env {
         engine.env.insert(name.clone(), value.clone());
+    }
+    for cert in &add.ca {
+        if !engine.ca.contains(cert) {
+            engine.ca.push(cert.clone());
+        }
     }
 }
 
@@ -269,6 +279,22 @@ pub fn describe(old: &MachineSpec, new: &MachineSpec) -> Vec<String> {
     for name in old.engine.env.keys() {
         if !new.engine.env.contains_key(name) {
             out.push(format!("engine environment: {name} removed"));
+        }
+    }
+    for cert in &new.engine.ca {
+        if !old.engine.ca.contains(cert) {
+            out.push(format!(
+                "engine CA added: {}",
+                super::engine::ca_subject(cert)
+            ));
+        }
+    }
+    for cert in &old.engine.ca {
+        if !new.engine.ca.contains(cert) {
+            out.push(format!(
+                "engine CA removed: {}",
+                super::engine::ca_subject(cert)
+            ));
         }
     }
     out

@@ -24,13 +24,31 @@ pub struct EngineSpec {
     /// dockerd's environment (`HTTPS_PROXY`, `NO_PROXY`, …).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Extra root certificates the guest trusts (`create --engine-ca FILE`), one PEM
+    /// certificate each: a TLS-inspecting proxy's or a private registry's. The guest adds them
+    /// to its system bundle before dockerd starts, and offers them to containers at
+    /// [`GUEST_ENGINE_CA_PATH`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ca: Vec<String>,
 }
 
 impl EngineSpec {
     pub fn is_empty(&self) -> bool {
-        self.daemon.is_empty() && self.env.is_empty()
+        self.daemon.is_empty() && self.env.is_empty() && self.ca.is_empty()
+    }
+
+    /// The extra root certificates as one PEM bundle (the config drive's `engine-ca.pem`).
+    pub fn ca_bundle(&self) -> String {
+        self.ca
+            .iter()
+            .map(|c| format!("{}\n", c.trim_end()))
+            .collect()
     }
 }
+
+/// Where the guest (and containers that bind-mount it) find the machine's extra root
+/// certificates (`--engine-ca`), also appended to the guest's system bundle.
+pub const GUEST_ENGINE_CA_PATH: &str = "/etc/devbox/engine-ca.pem";
 
 /// The JSON type of a `daemon.json` key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,6 +319,25 @@ pub enum EngineError {
     Mirror { text: String },
     #[error("{text:?} is not a storage driver name (e.g. overlay2)")]
     StorageDriver { text: String },
+    #[error("cannot read {path}: {error}")]
+    CaRead { path: String, error: String },
+    #[error(
+        "{path} holds no PEM certificate (a `-----BEGIN CERTIFICATE-----` block); a DER file \
+         converts with `openssl x509 -inform der -in FILE -out FILE.pem`"
+    )]
+    CaNoCertificate { path: String },
+    #[error(
+        "{path} holds a private key: give the certificate alone (a key never goes to the guest)"
+    )]
+    CaPrivateKey { path: String },
+    #[error("{what} is not a valid X.509 certificate: {error}")]
+    CaInvalid { what: String, error: String },
+    #[error(
+        "the image {image} does not install --engine-ca certificates (it was built before \
+         devbox could): `devbox upgrade NAME` moves the machine to a newer image \
+         (`devbox image build` makes one)"
+    )]
+    CaNotInImage { image: String },
 }
 
 impl crate::hint::Hint for EngineError {
@@ -318,6 +355,8 @@ pub struct EngineFlags {
     pub registry_mirrors: Vec<String>,
     pub env: Vec<String>,
     pub storage_driver: Option<String>,
+    /// `--engine-ca FILE`s: PEM files of root certificates.
+    pub ca_files: Vec<std::path::PathBuf>,
 }
 
 /// A failed flag: which flag, which value, and why.
@@ -341,6 +380,7 @@ impl crate::hint::Hint for FlagError {
                 "--engine-insecure-registry" => "example: --engine-insecure-registry registry.lan:5000",
                 "--engine-registry-mirror" => "example: --engine-registry-mirror https://mirror.example.com",
                 "--engine-env" => "example: --engine-env HTTPS_PROXY=http://proxy.example.com:3128",
+                "--engine-ca" => "example: --engine-ca /usr/local/share/ca-certificates/corp-root.crt",
                 _ => "example: --engine-storage-driver overlay2",
             }
             .to_owned(),
@@ -406,7 +446,90 @@ pub fn from_flags(f: &EngineFlags) -> Result<EngineSpec, FlagError> {
         spec.daemon
             .insert("storage-driver".into(), Value::String(d.clone()));
     }
+    for file in &f.ca_files {
+        let shown = file.display().to_string();
+        for cert in read_ca_file(file).map_err(|e| fail("--engine-ca", &shown, e))? {
+            if !spec.ca.contains(&cert) {
+                spec.ca.push(cert);
+            }
+        }
+    }
     Ok(spec)
+}
+
+/// The certificates of a PEM file given to `--engine-ca`, each checked and re-encoded as one
+/// PEM block (whatever else the file holds, comments or text between blocks, is left out).
+fn read_ca_file(path: &std::path::Path) -> Result<Vec<String>, EngineError> {
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| EngineError::CaRead {
+        path: shown.clone(),
+        error: e.to_string(),
+    })?;
+    let mut certs = Vec::new();
+    for pem in x509_parser::pem::Pem::iter_from_buffer(&bytes) {
+        let pem = pem.map_err(|e| EngineError::CaInvalid {
+            what: shown.clone(),
+            error: e.to_string(),
+        })?;
+        if pem.label.contains("PRIVATE KEY") {
+            return Err(EngineError::CaPrivateKey { path: shown });
+        }
+        if pem.label != "CERTIFICATE" {
+            continue;
+        }
+        check_der(&pem.contents, &format!("a certificate in {shown}"))?;
+        certs.push(pem_text(&pem.contents));
+    }
+    if certs.is_empty() {
+        return Err(EngineError::CaNoCertificate { path: shown });
+    }
+    Ok(certs)
+}
+
+fn check_der(der: &[u8], what: &str) -> Result<(), EngineError> {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok(([], _)) => Ok(()),
+        Ok(_) => Err(EngineError::CaInvalid {
+            what: what.to_owned(),
+            error: "trailing bytes after the certificate".into(),
+        }),
+        Err(e) => Err(EngineError::CaInvalid {
+            what: what.to_owned(),
+            error: e.to_string(),
+        }),
+    }
+}
+
+/// One PEM certificate block (64 columns of base64, `\n` line ends, no trailing newline).
+fn pem_text(der: &[u8]) -> String {
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new("CERTIFICATE", der), config)
+        .trim_end()
+        .to_owned()
+}
+
+/// The subject of a certificate of `engine.ca`, for people (`CN=Corp Proxy Root`).
+pub fn ca_subject(text: &str) -> String {
+    x509_parser::pem::parse_x509_pem(text.as_bytes())
+        .ok()
+        .and_then(|(_, pem)| {
+            let (_, cert) = x509_parser::parse_x509_certificate(&pem.contents).ok()?;
+            Some(cert.subject().to_string())
+        })
+        .unwrap_or_else(|| "(unreadable certificate)".into())
+}
+
+/// A certificate of `engine.ca` (read from `machine.yaml`): exactly one PEM certificate.
+fn check_ca_entry(text: &str) -> Result<(), EngineError> {
+    let what = "a certificate of engine.ca".to_owned();
+    let mut blocks = x509_parser::pem::Pem::iter_from_buffer(text.as_bytes());
+    match (blocks.next(), blocks.next()) {
+        (Some(Ok(pem)), None) if pem.label == "CERTIFICATE" => check_der(&pem.contents, &what),
+        _ => Err(EngineError::CaInvalid {
+            what,
+            error: "expected one `-----BEGIN CERTIFICATE-----` block".into(),
+        }),
+    }
 }
 
 fn push(spec: &mut EngineSpec, key: &str, item: String) {
@@ -491,6 +614,9 @@ pub fn validate(spec: &EngineSpec) -> Result<(), (String, EngineError)> {
     for (name, value) in &spec.env {
         check_env(name, value).map_err(|e| (format!("engine.env.{name}"), e))?;
     }
+    for (i, cert) in spec.ca.iter().enumerate() {
+        check_ca_entry(cert).map_err(|e| (format!("engine.ca[{i}]"), e))?;
+    }
     Ok(())
 }
 
@@ -511,6 +637,23 @@ pub fn check_engine(spec: &EngineSpec, major: u32) -> Result<(), EngineError> {
         }
     }
     Ok(())
+}
+
+/// Whether the machine's image installs its `--engine-ca` certificates (`image_has_ca`, from
+/// its manifest) when it has any: an older image would boot without them, and TLS to the
+/// proxy or registry they are for would fail far from the cause.
+pub fn check_ca_support(
+    spec: &EngineSpec,
+    image: &str,
+    image_has_ca: bool,
+) -> Result<(), EngineError> {
+    if spec.ca.is_empty() || image_has_ca {
+        Ok(())
+    } else {
+        Err(EngineError::CaNotInImage {
+            image: image.to_owned(),
+        })
+    }
 }
 
 fn check_env(name: &str, value: &str) -> Result<(), EngineError> {
@@ -662,6 +805,7 @@ mod tests {
             registry_mirrors: vec!["https://mirror.example.com".into()],
             env: vec!["HTTPS_PROXY=http://proxy:3128".into(), "NO_PROXY=".into()],
             storage_driver: Some("overlay2".into()),
+            ca_files: vec![],
         };
         let s = from_flags(&f).unwrap();
         assert_eq!(

@@ -443,6 +443,11 @@ impl<'a> Supervisor<'a> {
         let host_pub = fs_err::read_to_string(self.dir.host_pub_path())?;
         crate::machine::engine::check_engine(&self.spec.engine, image.manifest.docker_major())
             .context("the machine's engine settings (machine.yaml `engine:`)")?;
+        crate::machine::engine::check_ca_support(
+            &self.spec.engine,
+            &image.manifest.version,
+            image.manifest.engine_ca,
+        )?;
         // The same networks the TAP got (derived from the index alone).
         let ipv6 = if self.spec.network.ipv6 {
             Some(

@@ -54,6 +54,35 @@ pub const INTERNET_NAME: &str = "internet.example";
 pub const INTERNET_PAGE: &str = "hello from the internet\n";
 /// Port of the internet's Docker registry (registry v2, Debian's `docker-registry`).
 pub const REGISTRY_PORT: u16 = 5000;
+/// Port of the same registry software over TLS, with a certificate from a private CA
+/// ([`internet_ca`]): the shared machine trusts it through `create --engine-ca`.
+pub const TLS_REGISTRY_PORT: u16 = 5443;
+
+/// The private CA of the internet's TLS registry (as a corporate registry's or a
+/// TLS-inspecting proxy's would be), made once per run in `dir`: returns the CA's PEM file.
+/// The registry's certificate and key sit beside it.
+pub fn internet_ca(dir: &Path) -> PathBuf {
+    let ca_path = dir.join("internet-ca.pem");
+    if ca_path.exists() {
+        return ca_path;
+    }
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "e2e Internet Root");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec![INTERNET_NAME.to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(dir.join("internet-registry.crt"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("internet-registry.key"), key.serialize_pem()).unwrap();
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    ca_path
+}
 
 /// A namespace standing for the internet, behind the run's namespace (the host): its uplink
 /// `up0` (203.0.113.1) is the host's default route, and the internet has no route back to
@@ -132,6 +161,22 @@ impl Internet {
             ),
         )
         .unwrap();
+        let ca = internet_ca(dir);
+        let tls_registry = dir.join("internet-registry-tls");
+        std::fs::create_dir_all(&tls_registry).unwrap();
+        let tls_config = dir.join("internet-registry-tls.yml");
+        std::fs::write(
+            &tls_config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: {INTERNET_IP}:{TLS_REGISTRY_PORT}\n  tls:\n    \
+                 certificate: {}\n    key: {}\n",
+                tls_registry.display(),
+                dir.join("internet-registry.crt").display(),
+                dir.join("internet-registry.key").display(),
+            ),
+        )
+        .unwrap();
         let spawn = |args: &[&str]| {
             Command::new("ip")
                 .args(["netns", "exec", &n])
@@ -157,14 +202,23 @@ impl Internet {
             "serve",
             config.to_str().unwrap(),
         ]));
+        inet.servers.push(spawn(&[
+            "docker-registry",
+            "serve",
+            tls_config.to_str().unwrap(),
+        ]));
         // Both answer from the internet's own side before any check relies on them.
         let t = Instant::now();
+        let resolve = format!("{INTERNET_NAME}:{TLS_REGISTRY_PORT}:{INTERNET_IP}");
+        let ca = ca.to_str().unwrap();
         for url in [
             format!("http://{INTERNET_IP}/"),
             format!("http://{INTERNET_IP}:{REGISTRY_PORT}/v2/"),
+            format!("https://{INTERNET_NAME}:{TLS_REGISTRY_PORT}/v2/"),
         ] {
             while !Command::new("ip")
-                .args(["netns", "exec", &n, "curl", "-sf", "--max-time", "2", &url])
+                .args(["netns", "exec", &n, "curl", "-sf", "--max-time", "2"])
+                .args(["--resolve", &resolve, "--cacert", ca, &url])
                 .stdout(Stdio::null())
                 .status()
                 .unwrap()

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::MACHINE;
-use crate::harness::{INTERNET_NAME, INTERNET_PAGE, REGISTRY_PORT};
+use crate::harness::{INTERNET_NAME, INTERNET_PAGE, REGISTRY_PORT, TLS_REGISTRY_PORT};
 use crate::machine::Machine;
 use crate::support::guest::text;
 
@@ -45,6 +45,27 @@ pub fn check_outbound_nat(m: &Machine) {
     m.docker_ok(&["pull", &remote]);
     eprintln!(
         "[e2e] docker push + pull through the internet's registry: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    m.docker_ok(&["rmi", &remote]);
+
+    // The TLS registry's certificate comes from a private CA, given at create with
+    // `--engine-ca`: dockerd verifies it (the registry is not an insecure one), and the CA is
+    // offered to containers at /etc/devbox/engine-ca.pem.
+    let ca = std::fs::read_to_string(crate::harness::internet_ca(m.h.tmp())).unwrap();
+    assert_eq!(
+        m.ssh("cat /etc/devbox/engine-ca.pem").trim_end(),
+        ca.trim_end(),
+        "the guest holds the --engine-ca certificate"
+    );
+    let remote = format!("{INTERNET_NAME}:{TLS_REGISTRY_PORT}/bb:e2e");
+    m.docker_ok(&["tag", "bb:e2e", &remote]);
+    let t = Instant::now();
+    m.docker_ok(&["push", &remote]);
+    m.docker_ok(&["rmi", &remote]);
+    m.docker_ok(&["pull", &remote]);
+    eprintln!(
+        "[e2e] docker push + pull through the internet's TLS registry (--engine-ca): {:.1} s",
         t.elapsed().as_secs_f64()
     );
     m.docker_ok(&["rmi", &remote]);

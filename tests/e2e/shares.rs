@@ -26,7 +26,8 @@ static SHARES: OnceLock<Shares> = OnceLock::new();
 
 /// Creates the shared machine: 2 vCPUs, 2 GiB of memory, a 2 GiB disk (small enough to fill
 /// in `disk::check_full_disk`; `lifecycle` grows it to 4 GiB), one read-write and one
-/// read-only share, a Docker label and the internet's registry as an insecure one.
+/// read-only share, a Docker label, the internet's registry as an insecure one and the CA of
+/// its TLS registry.
 pub fn create(m: &Machine) {
     let shares = SHARES.get_or_init(|| Shares::prepare(m.h.tmp()));
     let rw = format!("{}:/mnt/rw", shares.rw.display());
@@ -58,6 +59,9 @@ pub fn create(m: &Machine) {
         "provider=devbox",
         "--engine-insecure-registry",
         &registry,
+        // The private CA of the internet's TLS registry (`outside::check_outbound_nat`).
+        "--engine-ca",
+        crate::harness::internet_ca(m.h.tmp()).to_str().unwrap(),
     ]);
 }
 
