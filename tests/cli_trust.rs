@@ -113,3 +113,61 @@ fn a_corrupt_ca_is_reported_with_the_fix_and_left_alone() {
         "not a certificate"
     );
 }
+
+/// `--system --dry-run` prints the system store's commands (sudo first unless root) after the
+/// user's; nothing runs, the system store is untouched.
+#[test]
+fn system_dry_run_prints_the_system_commands_and_sudo_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let dry = devbox(home.path(), &["trust", "install", "--system", "--dry-run"]);
+    assert!(dry.status.success(), "{dry:?}");
+    let text = String::from_utf8_lossy(&dry.stdout);
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .unwrap()
+        .unwrap()
+        .name;
+    let sudo = if nix::unistd::geteuid().is_root() {
+        ""
+    } else {
+        "sudo "
+    };
+    let ca = home.path().join(".devbox/tls/ca.pem");
+    let want_install = format!(
+        "{sudo}install -m 0644 -o root -g root -T {} /usr/local/share/ca-certificates/devbox-{user}.crt",
+        ca.display()
+    );
+    assert!(text.contains(&want_install), "{text}");
+    assert!(
+        text.ends_with(&format!("{sudo}update-ca-certificates\n")),
+        "{text}"
+    );
+    let dry = devbox(
+        home.path(),
+        &["trust", "uninstall", "--system", "--dry-run"],
+    );
+    assert!(
+        String::from_utf8_lossy(&dry.stdout).ends_with(&format!(
+            "{sudo}rm -f /usr/local/share/ca-certificates/devbox-{user}.crt\n\
+             {sudo}update-ca-certificates --fresh\n"
+        )),
+        "{dry:?}"
+    );
+
+    // Under sudo (as root, SUDO_USER set), --system would take root's CA: refused.
+    if nix::unistd::geteuid().is_root() {
+        let out = Command::cargo_bin("devbox")
+            .unwrap()
+            .env("HOME", home.path())
+            .env("DEVBOX_HOME", home.path().join(".devbox"))
+            .env("SUDO_USER", "ann")
+            .args(["trust", "install", "--system"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("under sudo would use root's devbox CA, not ann's"),
+            "{err}"
+        );
+    }
+}

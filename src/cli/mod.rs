@@ -580,6 +580,11 @@ pub struct TrustArgs {
     /// Print the commands without running them.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also the system store, which every program of the host trusts (Debian/Ubuntu's
+    /// update-ca-certificates, macOS's System keychain); runs its commands through sudo
+    /// unless devbox runs as root.
+    #[arg(long)]
+    pub system: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -49,11 +49,140 @@ pub fn run(store: &Store, c: TrustCommand) -> Result<i32> {
         .unwrap_or_else(|| uid.to_string());
     let nick = trust::nickname(&user);
     let paths = CaPaths::new(&store.home);
-    match c {
-        TrustCommand::Install(a) => install(store, &paths, &home, &nick, &a),
-        TrustCommand::Uninstall(a) => uninstall(&paths, &home, &nick, &a),
-        TrustCommand::Status => status(&paths, &home, &nick),
+    if let TrustCommand::Install(a) | TrustCommand::Uninstall(a) = &c
+        && a.system
+        && as_root()
+        && let Some(by) = std::env::var_os("SUDO_USER")
+    {
+        anyhow::bail!(
+            "`--system` under sudo would use root's devbox CA, not {}'s: run `devbox trust \
+             {} --system` as yourself; it asks sudo for the system store's commands alone",
+            by.to_string_lossy(),
+            if matches!(c, TrustCommand::Install(_)) {
+                "install"
+            } else {
+                "uninstall"
+            }
+        );
     }
+    match c {
+        TrustCommand::Install(a) => {
+            let code = install(store, &paths, &home, &nick, &a)?;
+            if a.system {
+                system_install(&paths, &user, a.dry_run)?;
+            }
+            Ok(code)
+        }
+        TrustCommand::Uninstall(a) => {
+            let code = uninstall(&paths, &home, &nick, &a)?;
+            if a.system {
+                system_uninstall(&paths, &user, a.dry_run)?;
+            }
+            Ok(code)
+        }
+        TrustCommand::Status => {
+            let code = status(&paths, &home, &nick)?;
+            if !cfg!(target_os = "macos") {
+                output::data(format!(
+                    "{}\t{}",
+                    trust::linux_system_file(&user).display(),
+                    yes_no(in_linux_system_store(&paths, &user))
+                ));
+            }
+            Ok(code)
+        }
+    }
+}
+
+/// Whether the system store's file is exactly the user's root.
+fn in_linux_system_store(paths: &CaPaths, user: &str) -> bool {
+    match (
+        std::fs::read(trust::linux_system_file(user)),
+        std::fs::read(&paths.cert),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+fn as_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// The system store's commands, run (or printed with `--dry-run`). The root was checked by
+/// `install` (created or loaded and verified) before anything runs as root.
+fn run_system(plan: Vec<Vec<String>>, dry_run: bool) -> Result<()> {
+    if dry_run {
+        for argv in plan {
+            output::data(argv.join(" "));
+        }
+        return Ok(());
+    }
+    if !as_root() {
+        need("sudo", "sudo", "system")?;
+        output::info("the system store needs root: sudo may ask for your password");
+    }
+    for argv in plan {
+        run_argv(&argv, "system")?;
+    }
+    Ok(())
+}
+
+fn system_install(paths: &CaPaths, user: &str, dry_run: bool) -> Result<()> {
+    if cfg!(target_os = "macos") {
+        run_system(trust::macos_system_add(&paths.cert, as_root()), dry_run)?;
+        if !dry_run {
+            output::info("trusted in the System keychain");
+        }
+        return Ok(());
+    }
+    if !dry_run {
+        need("update-ca-certificates", "ca-certificates", "system")?;
+    }
+    run_system(
+        trust::linux_system_add(&paths.cert, user, as_root()),
+        dry_run,
+    )?;
+    if !dry_run {
+        output::info(format!(
+            "trusted in the system store ({})",
+            trust::linux_system_file(user).display()
+        ));
+    }
+    Ok(())
+}
+
+fn system_uninstall(paths: &CaPaths, user: &str, dry_run: bool) -> Result<()> {
+    if cfg!(target_os = "macos") {
+        let der = std::fs::read_to_string(&paths.cert)
+            .ok()
+            .and_then(|pem| ::pem::parse(pem).ok())
+            .map(|p| p.contents().to_vec());
+        let Some(der) = der else {
+            anyhow::bail!(
+                "{} is missing or unreadable: the System keychain's devbox root cannot be named \
+                 (remove it in Keychain Access)",
+                paths.cert.display()
+            );
+        };
+        use sha1::Digest;
+        let sha1 = hex::encode_upper(sha1::Sha1::digest(&der));
+        return run_system(
+            trust::macos_system_remove(&paths.cert, &sha1, as_root()),
+            dry_run,
+        );
+    }
+    if !dry_run && !trust::linux_system_file(user).exists() {
+        return Ok(());
+    }
+    run_system(trust::linux_system_remove(user, as_root()), dry_run)?;
+    if !dry_run {
+        output::info(format!(
+            "removed {} from the system store",
+            trust::linux_system_file(user).display()
+        ));
+    }
+    Ok(())
 }
 
 fn install(store: &Store, paths: &CaPaths, home: &Path, nick: &str, a: &TrustArgs) -> Result<i32> {

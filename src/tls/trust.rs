@@ -7,8 +7,11 @@
 //! - macOS: the user's login keychain, through `security add-trusted-cert` (trust settings
 //!   for the user, no root).
 //!
-//! The system store (Debian's `update-ca-certificates`, macOS's System keychain) needs root
-//! and is not handled here.
+//! - The system store (`--system`), which every program of the host trusts (curl, Python,
+//!   Go, Java through its ca-certificates hook): Debian/Ubuntu's
+//!   `/usr/local/share/ca-certificates` and `update-ca-certificates`, or macOS's System
+//!   keychain. It needs root: the commands are run through `sudo` (one prompt) unless devbox
+//!   already runs as root, and take only the user's own root file, already checked.
 
 use std::path::{Path, PathBuf};
 
@@ -131,6 +134,100 @@ pub fn macos_verify(ca_pem: &Path) -> Vec<String> {
     ]
 }
 
+/// Where Debian and Ubuntu keep roots added locally (read by `update-ca-certificates`).
+pub const LINUX_SYSTEM_DIR: &str = "/usr/local/share/ca-certificates";
+
+/// macOS's keychain of roots every user trusts.
+pub const MACOS_SYSTEM_KEYCHAIN: &str = "/Library/Keychains/System.keychain";
+
+/// The user's root in the Linux system store: one file per user (a user name is kept to
+/// letters, digits, `.`, `_` and `-`; the `.crt` suffix is what `update-ca-certificates` reads).
+pub fn linux_system_file(user: &str) -> PathBuf {
+    let safe: String = user
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Path::new(LINUX_SYSTEM_DIR).join(format!("devbox-{safe}.crt"))
+}
+
+fn privileged(as_root: bool, argv: &[&str]) -> Vec<String> {
+    let sudo = (!as_root).then_some("sudo");
+    sudo.into_iter()
+        .chain(argv.iter().copied())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Linux: the commands that put `ca_pem` into the system store (`sudo` first unless
+/// `as_root`). `install` copies it as a root-owned 0644 file (never a link to the user's).
+pub fn linux_system_add(ca_pem: &Path, user: &str, as_root: bool) -> Vec<Vec<String>> {
+    let dest = linux_system_file(user).display().to_string();
+    let src = ca_pem.display().to_string();
+    vec![
+        privileged(
+            as_root,
+            &[
+                "install", "-m", "0644", "-o", "root", "-g", "root", "-T", &src, &dest,
+            ],
+        ),
+        privileged(as_root, &["update-ca-certificates"]),
+    ]
+}
+
+/// Linux: the commands that take the user's root out of the system store again.
+pub fn linux_system_remove(user: &str, as_root: bool) -> Vec<Vec<String>> {
+    let dest = linux_system_file(user).display().to_string();
+    vec![
+        privileged(as_root, &["rm", "-f", &dest]),
+        privileged(as_root, &["update-ca-certificates", "--fresh"]),
+    ]
+}
+
+/// macOS: trust `ca_pem` as a root for every user, in the System keychain.
+pub fn macos_system_add(ca_pem: &Path, as_root: bool) -> Vec<Vec<String>> {
+    let src = ca_pem.display().to_string();
+    vec![privileged(
+        as_root,
+        &[
+            "security",
+            "add-trusted-cert",
+            "-d",
+            "-r",
+            "trustRoot",
+            "-p",
+            "ssl",
+            "-k",
+            MACOS_SYSTEM_KEYCHAIN,
+            &src,
+        ],
+    )]
+}
+
+/// macOS: remove the admin trust settings of `ca_pem`, then the certificate itself from the
+/// System keychain, named by its SHA-1 hash (`sha1_hex`, how `security` names one exactly).
+pub fn macos_system_remove(ca_pem: &Path, sha1_hex: &str, as_root: bool) -> Vec<Vec<String>> {
+    let src = ca_pem.display().to_string();
+    vec![
+        privileged(as_root, &["security", "remove-trusted-cert", "-d", &src]),
+        privileged(
+            as_root,
+            &[
+                "security",
+                "delete-certificate",
+                "-Z",
+                sha1_hex,
+                MACOS_SYSTEM_KEYCHAIN,
+            ],
+        ),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +254,44 @@ mod tests {
         assert_eq!(
             macos_remove(ca).join(" "),
             "security remove-trusted-cert /home/ann/.devbox/tls/ca.pem"
+        );
+    }
+
+    #[test]
+    fn system_store_command_lines_are_exactly_these() {
+        let ca = Path::new("/home/ann/.devbox/tls/ca.pem");
+        let lines = |v: Vec<Vec<String>>| v.iter().map(|a| a.join(" ")).collect::<Vec<_>>();
+        assert_eq!(
+            lines(linux_system_add(ca, "ann", false)),
+            [
+                "sudo install -m 0644 -o root -g root -T /home/ann/.devbox/tls/ca.pem \
+                 /usr/local/share/ca-certificates/devbox-ann.crt",
+                "sudo update-ca-certificates",
+            ]
+        );
+        assert_eq!(
+            lines(linux_system_remove("ann", true)),
+            [
+                "rm -f /usr/local/share/ca-certificates/devbox-ann.crt",
+                "update-ca-certificates --fresh",
+            ]
+        );
+        assert_eq!(
+            linux_system_file("../../etc/x y"),
+            Path::new("/usr/local/share/ca-certificates/devbox-.._.._etc_x_y.crt"),
+            "a user name never leaves the directory"
+        );
+        assert_eq!(
+            lines(macos_system_add(ca, false)),
+            ["sudo security add-trusted-cert -d -r trustRoot -p ssl -k \
+              /Library/Keychains/System.keychain /home/ann/.devbox/tls/ca.pem"]
+        );
+        assert_eq!(
+            lines(macos_system_remove(ca, "0A1B", false)),
+            [
+                "sudo security remove-trusted-cert -d /home/ann/.devbox/tls/ca.pem",
+                "sudo security delete-certificate -Z 0A1B /Library/Keychains/System.keychain",
+            ]
         );
     }
 

@@ -390,10 +390,14 @@ impl Harness {
     /// The command for `devbox ARGS` inside the namespace, bounded by [`COMMAND_BOUND`].
     pub fn devbox_cmd(&self, args: &[&str]) -> Command {
         let mut c = bounded("ip");
-        c.args(["netns", "exec", &self.netns])
-            .arg(bin())
-            .args(args)
-            .env("DEVBOX_HOME", &self.home)
+        c.args(["netns", "exec", &self.netns]).arg(bin()).args(args);
+        self.devbox_env(&mut c);
+        c
+    }
+
+    /// The environment of every devbox command of the run (its own home, cache, registry).
+    pub fn devbox_env(&self, c: &mut Command) {
+        c.env("DEVBOX_HOME", &self.home)
             .env("DEVBOX_CACHE", &self.cache)
             // The run's own lease registry (root may move it), never the host's.
             .env("DEVBOX_REGISTRY", self.tmp.path().join("registry"))
@@ -402,7 +406,6 @@ impl Harness {
             .env("NO_COLOR", "1")
             .env("DEVBOX_DNS_UPSTREAMS", format!("127.0.0.1:{UPSTREAM_PORT}"))
             .stdin(Stdio::null());
-        c
     }
 
     /// `devbox ARGS`, asserting success (with the machines' logs on failure); stdout.

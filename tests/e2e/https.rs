@@ -171,11 +171,9 @@ pub fn check_https_for_container_names(m: &Machine) {
     );
     m.docker_ok(&["rm", "-f", "alt", "own"]);
 
-    // A real browser: Chromium, with the root in a throwaway NSS database, no interstitial.
+    // A real browser: Chromium, with the root put into its NSS database (of a throwaway
+    // home) by `devbox trust install`, loads the page with no interstitial.
     let home = tempfile::tempdir().unwrap();
-    let nssdb = home.path().join(".pki/nssdb");
-    std::fs::create_dir_all(&nssdb).unwrap();
-    let db = format!("sql:{}", nssdb.display());
     let run = |cmd: &mut Command| {
         let o = cmd.output().unwrap();
         assert!(
@@ -185,10 +183,7 @@ pub fn check_https_for_container_names(m: &Machine) {
         );
         String::from_utf8_lossy(&o.stdout).to_string()
     };
-    run(Command::new("certutil").args(["-N", "--empty-password", "-d", &db]));
-    run(Command::new("certutil")
-        .args(["-A", "-n", "devbox", "-t", "C,,", "-d", &db, "-i"])
-        .arg(h.home.join("tls/ca.pem")));
+    run(h.devbox_cmd(&["trust", "install"]).env("HOME", home.path()));
     let dom = run(Command::new("ip")
         .args(["netns", "exec", &h.netns, "timeout", "60", "chromium"])
         .args([
@@ -201,7 +196,60 @@ pub fn check_https_for_container_names(m: &Machine) {
         ])
         .env("HOME", home.path()));
     assert!(dom.contains(PAGE), "Chromium's DOM: {dom}");
+    check_system_store(m, home.path());
     m.docker_ok(&["rm", "-f", "secure"]);
+}
+
+/// `devbox trust install --system` then plain `curl` (the system store, no `--cacert`), and
+/// `uninstall --system` leaving the store as before: in a private mount namespace whose
+/// `/usr/local/share/ca-certificates` and `/etc/ssl/certs` are fresh tmpfs copies, so the
+/// host's real store is never touched.
+fn check_system_store(m: &Machine, home: &std::path::Path) {
+    let script = r#"
+set -e
+mount -t tmpfs devbox-e2e /usr/local/share/ca-certificates
+mount -t tmpfs devbox-e2e /etc/ssl/certs
+update-ca-certificates --fresh >/dev/null 2>&1
+before=$(sha256sum /etc/ssl/certs/ca-certificates.crt)
+if curl -sS --max-time 20 -o /dev/null https://www.synbioz.dev/ 2>/dev/null; then
+    echo "trusted before install"; exit 1
+fi
+"$DEVBOX" trust install --system
+curl -sS --max-time 20 https://www.synbioz.dev/
+"$DEVBOX" trust status
+"$DEVBOX" trust uninstall --system
+if curl -sS --max-time 20 -o /dev/null https://www.synbioz.dev/ 2>/dev/null; then
+    echo "still trusted after uninstall"; exit 1
+fi
+[ "$(sha256sum /etc/ssl/certs/ca-certificates.crt)" = "$before" ] || { echo "bundle changed"; exit 1; }
+[ -z "$(ls /usr/local/share/ca-certificates)" ] || { echo "a file is left"; exit 1; }
+echo system store restored
+"#;
+    let mut sh = crate::harness::bounded("ip");
+    sh.args([
+        "netns", "exec", &m.h.netns, "unshare", "--mount", "sh", "-c", script,
+    ])
+    .env("HOME", home)
+    .env("DEVBOX", crate::support::guest::bin());
+    m.h.devbox_env(&mut sh);
+    let t = Instant::now();
+    let o = sh.output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "the system store check failed: {out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains(&format!("{PAGE}\n")), "{out}");
+    assert!(
+        out.contains("/usr/local/share/ca-certificates/devbox-root.crt\ttrusted"),
+        "status shows the system store: {out}"
+    );
+    assert!(out.contains("system store restored"), "{out}");
+    eprintln!(
+        "[e2e] trust install --system, curl without --cacert, uninstall: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 }
 
 /// `curl:e2e`: the host's curl and the libraries `ldd` lists, at their own paths.
