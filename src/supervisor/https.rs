@@ -40,9 +40,11 @@ pub const GUEST_CA_PATH: &str = "/etc/devbox/ca.pem";
 /// The guest's system bundle (Debian's), which dockerd and the guest's tools read.
 const GUEST_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-/// Containers' names and aliases → their IP, port 80 or their `devbox.http.port` label. Not
-/// terminated here: the machine's own name (the guest's address is not redirected) and a
-/// container that exposes 443 itself (its port 443 is left alone, so TLS reaches it as is).
+/// Containers' names and aliases → their IP, port 80 or their `devbox.http.port` label; the
+/// machine's own name → the guest's port 80 (what a container publishes there, `-p 80:80`).
+/// Not terminated here: a container that exposes 443 itself (its port 443 is left alone, so
+/// TLS reaches it as is); nor the guest's port 443 when a container publishes it, which the
+/// guest's rules leave to Docker (`tls::guest_rules`).
 struct ZoneBackends {
     records: RecordsHandle,
     guest_ip: Ipv4Addr,
@@ -52,8 +54,11 @@ impl Backends for ZoneBackends {
     fn backend(&self, name: &str) -> Option<SocketAddr> {
         let zone = self.records.zone();
         let ip = zone.ipv4_of(name)?;
+        if ip == self.guest_ip {
+            return Some(SocketAddr::new(ip.into(), 80));
+        }
         let web = zone.web_of(ip.into());
-        (ip != self.guest_ip && !web.own_tls).then_some(SocketAddr::new(ip.into(), web.http))
+        (!web.own_tls).then_some(SocketAddr::new(ip.into(), web.http))
     }
 }
 
@@ -193,7 +198,7 @@ impl Keeper {
     }
 
     fn apply_rules(&self, targets: &[Ipv4Addr]) -> Result<()> {
-        let input = guest_rules::restore_input(self.listener, targets);
+        let input = guest_rules::restore_input(self.listener, targets, self.guest_ip);
         self.exec(&guest_rules::apply_command(self.listener), input.as_bytes())
             .context("writing the guest's HTTPS redirection")
     }

@@ -89,6 +89,42 @@ pub fn check_https_for_container_names(m: &Machine) {
     assert_eq!(h.curl("http://www.synbioz.dev/"), format!("{PAGE}\n"));
     assert_eq!(h.curl(&format!("http://{ip}/")), format!("{PAGE}\n"));
 
+    // The machine's own name: its port 443 is terminated too, proxied to what a container
+    // publishes on the guest's port 80; Docker's own jump comes first in PREROUTING, so a
+    // container that publishes 443 would keep it.
+    m.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "front",
+        "-p",
+        "80:80",
+        "bb:e2e",
+        "/bin/sh",
+        "-c",
+        "echo front door > /www/index.html && exec /bin/httpd -f -p 80 -h /www",
+    ]);
+    let machine_url = format!("https://{}.dev/", crate::MACHINE);
+    let start = Instant::now();
+    let out = loop {
+        let out = curl_verified(m, &machine_url, &[]);
+        if out.status.success() || start.elapsed() > Duration::from_secs(30) {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "front door\n",
+        "{machine_url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prerouting = m.ssh("iptables -t nat -S PREROUTING");
+    let docker = prerouting.find("-j DOCKER").expect(&prerouting);
+    let own = prerouting.find("-j DEVBOX-HTTPS-SELF").expect(&prerouting);
+    assert!(docker < own, "Docker's jump first: {prerouting}");
+    m.docker_ok(&["rm", "-f", "front"]);
+
     // A name the machine does not serve, sent to a served address: no certificate at all.
     let out = curl_verified(
         m,
