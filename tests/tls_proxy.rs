@@ -287,3 +287,44 @@ async fn a_websocket_upgrade_passes_through_and_echoes() {
         assert_eq!(back.into_text().unwrap().as_str(), text);
     }
 }
+
+/// The backend closes its connection after each response (`Connection: close`, as busybox
+/// httpd does); the client's HTTP/1.1 connection, and its TLS session, stay open for the next
+/// request all the same: one handshake for three requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_backend_does_not_close_the_clients_connection() {
+    let backend = http_backend(0).await;
+    let f = fixture(&[("www.synbioz.dev", backend)]).await;
+    let url = |p: &str| format!("https://www.synbioz.dev:{}{p}", f.port);
+    let out = tokio::task::block_in_place(|| {
+        Command::new("curl")
+            .args(["-sS", "-v", "--http1.1", "--max-time", "60", "--cacert"])
+            .arg(&f.ca_pem)
+            .arg("--resolve")
+            .arg(format!("www.synbioz.dev:{}:127.0.0.1", f.port))
+            .args([url("/a"), url("/b"), url("/c")])
+            .output()
+            .unwrap()
+    });
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    for p in ["/a", "/b", "/c"] {
+        assert!(
+            stdout.contains(&format!("backend saw: GET {p} HTTP/1.1")),
+            "{stdout}"
+        );
+    }
+    assert_eq!(
+        stderr.matches("SSL connection using").count(),
+        1,
+        "one TLS handshake: {stderr}"
+    );
+    assert_eq!(
+        stderr.matches("Re-using existing connection").count(),
+        2,
+        "{stderr}"
+    );
+}
