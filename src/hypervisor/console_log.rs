@@ -32,6 +32,49 @@ pub struct ConsoleLog {
     max: u64,
 }
 
+/// The guest init's marker of a boot phase: `devbox-guest: phase NAME SECONDS`, SECONDS from
+/// its `/proc/uptime` (assets/guest/README.md).
+pub const PHASE_MARKER: &str = "devbox-guest: phase ";
+
+/// The boot phases this boot's console log (`path`) records, in order: at most 16, each name
+/// 1 to 16 lowercase letters and a time below a day, each later than the one before. The
+/// guest is untrusted: anything else is left out. Reads the log's first MiB (the markers come
+/// before `devbox-guest: ready`).
+pub fn boot_phases(path: &Path) -> Vec<crate::machine::state::BootPhase> {
+    let mut text = Vec::new();
+    if let Ok(f) = File::open(path) {
+        let _ = f.take(1 << 20).read_to_end(&mut text);
+    }
+    let mut out: Vec<crate::machine::state::BootPhase> = Vec::new();
+    for line in String::from_utf8_lossy(&text).lines() {
+        // Anywhere in the line: another writer (getty's prompt) may have begun it.
+        let line = line.trim_end_matches('\r');
+        let Some(at) = line.find(PHASE_MARKER) else {
+            continue;
+        };
+        let rest = &line[at + PHASE_MARKER.len()..];
+        let Some((name, secs)) = rest.split_once(' ') else {
+            continue;
+        };
+        let Ok(guest_s) = secs.parse::<f64>() else {
+            continue;
+        };
+        let ok_name =
+            (1..=16).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase());
+        let in_order = out.last().is_none_or(|p| p.guest_s <= guest_s);
+        if ok_name && guest_s.is_finite() && (0.0..86_400.0).contains(&guest_s) && in_order {
+            out.push(crate::machine::state::BootPhase {
+                name: name.to_owned(),
+                guest_s,
+            });
+        }
+        if out.len() == 16 {
+            break;
+        }
+    }
+    out
+}
+
 /// What a Linux kernel prints when it panics.
 pub const KERNEL_PANIC: &str = "Kernel panic - not syncing";
 
@@ -191,6 +234,37 @@ fn with_path(e: io::Error, path: &Path) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boot_phases_are_read_in_order_and_anything_odd_is_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.log");
+        std::fs::write(
+            &path,
+            "[    0.5] Linux version 6.12\r\n\
+             devbox-guest: init\r\n\
+             devbox-guest: phase init 1.02\r\n\
+             devbox-guest: phase disk 2.50\r\n\
+             devbox-guest: phase Evil 3.00\r\n\
+             devbox-guest: phase early 1.00\r\n\
+             devbox-guest: phase nan NaN\r\n\
+             Please press Enter to activate this console. devbox-guest: phase docker 12.75\r\n",
+        )
+        .unwrap();
+        let got: Vec<(String, f64)> = boot_phases(&path)
+            .into_iter()
+            .map(|p| (p.name, p.guest_s))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("init".to_owned(), 1.02),
+                ("disk".to_owned(), 2.5),
+                ("docker".to_owned(), 12.75)
+            ]
+        );
+        assert!(boot_phases(&dir.path().join("none")).is_empty());
+    }
 
     #[test]
     fn a_panic_is_found_at_the_end_of_a_long_log_only() {

@@ -121,6 +121,7 @@ pub(crate) mod tests {
                 hint: None,
                 warnings: Vec::new(),
                 ports: Vec::new(),
+                boot: None,
             }),
         }
     }

@@ -77,6 +77,28 @@ pub struct StateFile {
     /// each (forwarded, or why not).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortState>,
+    /// The last boot, phase by phase, from the guest's console markers (absent for a guest
+    /// that prints none: images built before them, the fake driver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootTimes>,
+}
+
+/// How the last boot went: the guest's phases (seconds since its kernel started, its
+/// `/proc/uptime`) and the host's view (the guest's process started → ready).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BootTimes {
+    /// Seconds from the guest's process start to the machine being ready, on the host's clock.
+    pub ready_after_s: f64,
+    pub phases: Vec<BootPhase>,
+}
+
+/// One boot phase the guest reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BootPhase {
+    /// `init`, `drivers`, `disk`, `network`, `sshd`, `shares`, `containerd`, `docker`.
+    pub name: String,
+    /// When, in seconds since the guest's kernel started.
+    pub guest_s: f64,
 }
 
 /// A port a container publishes in the machine, as the host's localhost sees it.
@@ -113,6 +135,7 @@ impl StateFile {
             hint: None,
             warnings: Vec::new(),
             ports: Vec::new(),
+            boot: None,
         }
     }
 }

@@ -140,6 +140,7 @@ impl<'a> Supervisor<'a> {
         let tap = tap.map(|t| t.into_inheritable_fd()).transpose()?;
         let spare = Spare::keep(&tap, &share_nic)?;
         let mut vm = Guest::new(self.boot(hv.as_ref(), &image, tap, share_nic)?);
+        let booted = Instant::now();
         control::serve(
             &self.dir.control_socket_path(),
             self.tx.clone(),
@@ -182,6 +183,7 @@ impl<'a> Supervisor<'a> {
             guest_ip,
             records,
             io: io.handle().clone(),
+            booted,
             reboot: Some(Box::new(Reboot {
                 hv,
                 image,

@@ -62,6 +62,8 @@ pub struct Running {
     pub io: tokio::runtime::Handle,
     /// Taken by the one boot allowed after a kernel panic before ready.
     pub reboot: Option<Box<Reboot>>,
+    /// When this boot's guest process started.
+    pub booted: Instant,
 }
 
 /// Runs until the guest ends; returns why it ended (or the failure).
@@ -174,6 +176,7 @@ fn boot_again(sv: &mut Supervisor, m: &mut Running, reboot: &Reboot) -> Result<(
          serial.log.1); booting it once more",
     );
     m.vm = sv.reboot(reboot)?;
+    m.booted = Instant::now();
     Ok(())
 }
 
@@ -223,6 +226,7 @@ fn ready(sv: &mut Supervisor, m: &mut Running, docker_version: &str) -> Result<(
         }
     }
     log(format!("ready: Docker {docker_version} answers"));
+    record_boot_phases(sv, m.booted);
     sv.state.update(|s| {
         s.phase = Phase::Running;
         s.step = "running".into();
@@ -251,6 +255,45 @@ fn ready(sv: &mut Supervisor, m: &mut Running, docker_version: &str) -> Result<(
         ));
     }
     Ok(())
+}
+
+/// Records the boot's phases (`state.json`'s `boot`) from the guest's console markers, in the
+/// background: the console reaches the log through the emulated serial port and the driver's
+/// pump, so the last marker may land a moment after the machine is ready (bounded: 5 s).
+fn record_boot_phases(sv: &Supervisor, booted: Instant) {
+    let ready_after_s = (booted.elapsed().as_secs_f64() * 100.0).round() / 100.0;
+    let (path, state) = (sv.dir.serial_log_path(), sv.state.clone());
+    let spawned = std::thread::Builder::new()
+        .name("boot-phases".into())
+        .spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut phases = console_log::boot_phases(&path);
+            while phases.last().is_none_or(|p| p.name != "docker") && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+                phases = console_log::boot_phases(&path);
+            }
+            if phases.is_empty() {
+                return;
+            }
+            let list: Vec<String> = phases
+                .iter()
+                .map(|p| format!("{} {:.2} s", p.name, p.guest_s))
+                .collect();
+            log(format!(
+                "boot phases (guest uptime): {}; ready {ready_after_s:.2} s after the guest's \
+                 process started",
+                list.join(", ")
+            ));
+            state.update(|s| {
+                s.boot = Some(crate::machine::state::BootTimes {
+                    ready_after_s,
+                    phases,
+                })
+            });
+        });
+    if let Err(e) = spawned {
+        log(format!("boot phases are not recorded: {e}"));
+    }
 }
 
 /// Asks the guest to power off: through SSH when it answers (the guest stops dockerd and

@@ -98,6 +98,56 @@ pub fn console_has_the_boot_markers(m: &Machine) {
         .filter(|l| l.starts_with("devbox-guest: error"))
         .collect();
     assert!(errors.is_empty(), "boot errors: {errors:?}");
+
+    // The boot's phases, from the guest's markers, in `devbox inspect` (issue #20).
+    // Recorded from the console within moments of ready (its last marker may lag a little).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let inspect: serde_json::Value = loop {
+        let v: serde_json::Value = serde_json::from_str(&m.ok(&["inspect", MACHINE])).unwrap();
+        let last = v["runtime"]["boot"]["phases"]
+            .as_array()
+            .and_then(|p| p.last())
+            .map(|p| p["name"] == "docker");
+        if last == Some(true) || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let boot = &inspect["runtime"]["boot"];
+    let names: Vec<&str> = boot["phases"]
+        .as_array()
+        .unwrap_or_else(|| panic!("runtime.boot.phases: {inspect}"))
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "init",
+            "drivers",
+            "disk",
+            "network",
+            "sshd",
+            "shares",
+            "containerd",
+            "docker"
+        ],
+        "{boot}"
+    );
+    let times: Vec<f64> = boot["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["guest_s"].as_f64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{boot}");
+    let ready = boot["ready_after_s"].as_f64().unwrap();
+    assert!(
+        // A second for the two clocks (the host's, the guest's uptime).
+        ready + 1.0 >= times[times.len() - 1] && ready < 600.0,
+        "ready on the host after the guest's last phase: {boot}"
+    );
+    eprintln!("[e2e] boot phases: {boot}");
 }
 
 /// The host's docker CLI through the forwarded socket: a registry-less image, a container.
