@@ -348,13 +348,17 @@ fn pump_stream(
 
     loop {
         let mut progress = false;
+        // What libssh2 held for the channel when this turn's read found nothing to read.
+        let mut blocked_at: Option<u32> = None;
 
         // Machine -> client.
         if to_client.is_empty() && !remote_eof {
             match channel.read(&mut buf) {
                 Ok(0) => remote_eof = true,
                 Ok(n) => to_client.fill(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    blocked_at = Some(channel.read_window().available)
+                }
                 Err(e) => return Err(Failure::Local(e)),
             }
             progress |= remote_eof || !to_client.is_empty();
@@ -420,7 +424,17 @@ fn pump_stream(
         if client_shut && eof_sent {
             return Ok(Ended::Done);
         }
-        if progress || (to_client.is_empty() && channel.read_window().available > 0) {
+        // Bytes libssh2 already took off the socket wake no poll: read them first (the writes
+        // above may have taken some in). Not after EOF, nor when nothing came in since this
+        // turn's read found nothing (what libssh2 holds is then not the channel's data
+        // stream): going round again would spin at full CPU, as the forwarder once did
+        // with two `docker run`s in flight.
+        let available = channel.read_window().available;
+        let buffered = to_client.is_empty()
+            && !remote_eof
+            && available > 0
+            && blocked_at.is_none_or(|before| available > before);
+        if progress || buffered {
             continue;
         }
 
