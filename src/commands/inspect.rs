@@ -65,6 +65,37 @@ pub fn run(store: &Store, name: &str) -> Result<i32> {
             "ssh_key": dir.client_key_path(),
         },
         "docker_host": format!("unix://{}", dir.docker_socket_path().display()),
+        "memory": vm_memory(obs.file.as_ref()),
     }));
     Ok(0)
+}
+
+/// The running VM process's memory, measured now: its resident set and, under QEMU's TCG, the
+/// part of it that is the translation cache (`null` when the machine does not run, or the
+/// process is not one this user can read).
+fn vm_memory(state: Option<&crate::machine::state::StateFile>) -> serde_json::Value {
+    let Some(pid) = state
+        .filter(|s| s.phase == crate::machine::state::Phase::Running)
+        .and_then(|s| s.vm_pid)
+    else {
+        return serde_json::Value::Null;
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let Some(rss_kib) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    else {
+        return serde_json::Value::Null;
+    };
+    let tcg = state.and_then(|s| s.accel.as_deref()) == Some("tcg");
+    json!({
+        "vm_rss_bytes": rss_kib * 1024,
+        "translation_cache_bytes": if tcg {
+            crate::hypervisor::qemu::translation_cache_bytes(pid)
+        } else {
+            None
+        },
+    })
 }

@@ -74,6 +74,25 @@ pub fn check_freed_memory_returns_to_the_host(m: &Machine) {
         std::thread::sleep(Duration::from_secs(1));
         now = resident(pid);
     }
+    // TCG's translation cache, apart (`devbox inspect`'s `memory`): bounded by its size.
+    let inspect: serde_json::Value =
+        serde_json::from_str(&m.ok(&["inspect", &m.name])).expect("inspect prints JSON");
+    let memory = &inspect["memory"];
+    assert!(memory["vm_rss_bytes"].as_u64().is_some(), "{memory}");
+    if inspect["runtime"]["accel"] == "tcg" {
+        let tc = memory["translation_cache_bytes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no translation cache found under TCG: {memory}"));
+        assert!(
+            tc > 0 && tc <= 256 * MIB,
+            "the translation cache is within its 256 MiB: {memory}"
+        );
+        println!(
+            "  memory: of the VM's {} MiB resident, TCG's translation cache is {} MiB",
+            memory["vm_rss_bytes"].as_u64().unwrap() / MIB,
+            tc / MIB
+        );
+    }
     println!(
         "  memory: VM resident set idle {} MiB, 1 GiB touched {} MiB, freed {} MiB after {:.1} s",
         idle / MIB,
