@@ -72,7 +72,8 @@ pub fn run(store: &Store, name: &str) -> Result<i32> {
 
 /// The running VM process's memory, measured now: its resident set and, under QEMU's TCG, the
 /// part of it that is the translation cache (`null` when the machine does not run, or the
-/// process is not one this user can read).
+/// process is not one this user can read). Read from `/proc`: Linux hosts only.
+#[cfg(target_os = "linux")]
 fn vm_memory(state: Option<&crate::machine::state::StateFile>) -> serde_json::Value {
     let Some(pid) = state
         .filter(|s| s.phase == crate::machine::state::Phase::Running)
@@ -98,4 +99,11 @@ fn vm_memory(state: Option<&crate::machine::state::StateFile>) -> serde_json::Va
             None
         },
     })
+}
+
+/// On macOS the VM runs in Virtualization.framework's own process, which has no `/proc` to
+/// read: `memory` is null there (documented in docs/json.md).
+#[cfg(not(target_os = "linux"))]
+fn vm_memory(_state: Option<&crate::machine::state::StateFile>) -> serde_json::Value {
+    serde_json::Value::Null
 }
