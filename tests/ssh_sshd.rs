@@ -274,6 +274,42 @@ fn exec_reports_exit_codes_and_separates_streams() {
     assert_eq!(conn.exec_capture("true").unwrap().status, 0);
 }
 
+/// A guest whose kernel panicked leaves its connections open and silent: a bounded exec gives
+/// up at its deadline instead of waiting forever (the readiness watcher relies on it).
+#[test]
+fn exec_capture_until_gives_up_on_a_server_gone_silent() {
+    require!(SSHD);
+    let sshd = Sshd::start();
+    let conn = sshd.connect();
+    assert_eq!(conn.exec_capture("true").unwrap().status, 0);
+    let sessions = sshd
+        .child
+        .as_ref()
+        .map(|c| children_of(c.id()))
+        .unwrap_or_default();
+    assert!(!sessions.is_empty(), "the connection has its sshd process");
+    let signal = |sig| {
+        for &pid in &sessions {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        }
+    };
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    let started = Instant::now();
+    let result = within(
+        Duration::from_secs(60),
+        "an exec on a silent server",
+        move || conn.exec_capture_until("true", Instant::now() + Duration::from_secs(2)),
+    );
+    let waited = started.elapsed();
+    signal(nix::sys::signal::Signal::SIGCONT);
+    let err = result.expect_err("nothing answered, so the exec cannot have succeeded");
+    assert!(err.to_string().contains("timed out"), "{err}");
+    assert!(
+        waited >= Duration::from_secs(2),
+        "gave up early: {waited:?}"
+    );
+}
+
 #[test]
 fn exec_streams_large_stdout_and_stderr_without_deadlock() {
     require!(SSHD);

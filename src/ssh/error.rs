@@ -96,6 +96,11 @@ pub enum SshError {
         source: std::io::Error,
     },
 
+    /// A command's bounded wait ran out: the server answered nothing before the deadline
+    /// (a guest that stopped, or one whose kernel died, without closing the connection).
+    #[error("`{command}` on {addr} timed out: the server answered nothing in time")]
+    TimedOut { addr: SocketAddr, command: String },
+
     /// The host terminal could not be put into (or out of) raw mode or queried.
     #[error("cannot set up the local terminal for an interactive session")]
     Terminal(#[source] nix::Error),

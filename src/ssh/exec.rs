@@ -23,15 +23,28 @@ impl Connection {
         stdout: &mut dyn Write,
         stderr: &mut dyn Write,
     ) -> Result<i32, SshError> {
+        self.exec_until(cmd, stdin, stdout, stderr, None)
+    }
+
+    /// [`Connection::exec`], given up at `deadline` (the connection may then be dead: a guest
+    /// that vanished without a FIN or RST answers nothing, ever).
+    fn exec_until(
+        &self,
+        cmd: &str,
+        stdin: Option<&mut dyn Read>,
+        stdout: &mut dyn Write,
+        stderr: &mut dyn Write,
+        deadline: Option<Instant>,
+    ) -> Result<i32, SshError> {
         let _busy = self.exclusive();
         let mut channel = self
-            .retry(None, || self.session.channel_session())
+            .retry(deadline, || self.session.channel_session())
             .map_err(|f| self.error(cmd, f))?;
         let input = match stdin {
             Some(r) => Input::Reader(r),
             None => Input::Closed,
         };
-        let result = self.retry(None, || channel.exec(cmd)).and_then(|()| {
+        let result = self.retry(deadline, || channel.exec(cmd)).and_then(|()| {
             pump::run_channel(
                 &self.session,
                 self.socket_fd(),
@@ -39,6 +52,7 @@ impl Connection {
                 input,
                 Sinks { stdout, stderr },
                 None,
+                deadline,
             )
         });
         result.map_err(|f| {
@@ -56,6 +70,17 @@ impl Connection {
     pub fn exec_capture(&self, cmd: &str) -> Result<Output, SshError> {
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         let status = self.exec(cmd, None, &mut stdout, &mut stderr)?;
+        Ok(Output {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// [`Connection::exec_capture`], given up (an error) at `deadline`.
+    pub fn exec_capture_until(&self, cmd: &str, deadline: Instant) -> Result<Output, SshError> {
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let status = self.exec_until(cmd, None, &mut stdout, &mut stderr, Some(deadline))?;
         Ok(Output {
             status,
             stdout,

@@ -129,6 +129,7 @@ pub(super) fn run_channel(
     mut input: Input<'_>,
     sinks: Sinks<'_>,
     mut winch: Option<&mut dyn WindowChanges>,
+    deadline: Option<Instant>,
 ) -> Result<i32, Failure> {
     let Sinks { stdout, stderr } = sinks;
     let mut buf = vec![0u8; CHUNK];
@@ -245,7 +246,7 @@ pub(super) fn run_channel(
         if let Some(w) = winch.as_deref() {
             fds.push(PollFd::new(w.fd(), PollFlags::POLLIN));
         }
-        poll_fds(&mut fds, None)?;
+        poll_fds(&mut fds, deadline)?;
         let ready = |i: usize| fds.get(i).and_then(|f| f.any()).unwrap_or(false);
         if want_input && ready(1) {
             in_ready = true;
@@ -257,7 +258,7 @@ pub(super) fn run_channel(
         }
     }
 
-    retry(session, socket, None, || channel.close())?;
+    retry(session, socket, deadline, || channel.close())?;
     exit_status(channel).map_err(Failure::Ssh)
 }
 

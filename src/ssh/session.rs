@@ -157,11 +157,7 @@ impl Connection {
                 command,
                 source,
             },
-            Failure::TimedOut => SshError::LocalIo {
-                addr,
-                command,
-                source: std::io::ErrorKind::TimedOut.into(),
-            },
+            Failure::TimedOut => SshError::TimedOut { addr, command },
             Failure::Terminal(source) => SshError::Terminal(source),
         }
     }

@@ -72,6 +72,7 @@ impl Connection {
                     stderr: &mut stderr,
                 },
                 watch.as_mut().map(|w| w as &mut dyn WindowChanges),
+                None,
             );
             let _ = stdout.flush();
             status

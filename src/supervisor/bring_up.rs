@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
@@ -56,6 +57,9 @@ pub struct Supervisor<'a> {
     /// Changes the file server makes for the guest, which the share watcher does not raise
     /// again (see `nfs::echo`).
     pub(super) echo: Arc<crate::nfs::echo::EchoLog>,
+    /// The number of the current boot (0, then 1 after a kernel panic): a readiness watcher
+    /// of an earlier boot gives up, and its reports are ignored.
+    pub(super) boot_number: Arc<AtomicU32>,
 }
 
 /// How bring-up ended, when not in error.
@@ -84,6 +88,7 @@ impl<'a> Supervisor<'a> {
             rx,
             parts: Parts::default(),
             echo: Arc::new(crate::nfs::echo::EchoLog::new()),
+            boot_number: Arc::new(AtomicU32::new(0)),
         }
     }
 
@@ -284,7 +289,13 @@ impl<'a> Supervisor<'a> {
         match caps.guest {
             GuestAccess::Ssh => {
                 let target = client::ssh_target_at(self.dir, guest_ip)?;
-                watchers::spawn_ready_over_ssh(target.clone(), self.deadline, state, tx);
+                watchers::spawn_ready_over_ssh(
+                    target.clone(),
+                    self.boot_number.clone(),
+                    self.deadline,
+                    state,
+                    tx,
+                );
                 Ok(Some(target))
             }
             GuestAccess::DriverReport => {
@@ -294,7 +305,7 @@ impl<'a> Supervisor<'a> {
                         self.spec.driver
                     )
                 })?;
-                watchers::spawn_ready_from_driver(report, self.deadline, state, tx);
+                watchers::spawn_ready_from_driver(report, 0, self.deadline, state, tx);
                 Ok(None)
             }
         }
@@ -559,25 +570,39 @@ impl Spare {
 
 impl Supervisor<'_> {
     /// Boots the guest once more after its kernel panicked before it was ready (the console
-    /// of the failed boot is kept as `serial.log.1`). The readiness watchers go on: the one
-    /// over SSH keeps trying the same address until the same deadline; a driver that reports
-    /// readiness itself gives a new report, watched anew.
-    pub(super) fn reboot(&self, r: &Reboot) -> Result<Guest> {
+    /// of the failed boot is kept as `serial.log.1`), with a readiness watcher of its own
+    /// until the same deadline: the earlier boot's may be stuck on a connection to a guest
+    /// that is gone, and what it reports later is ignored (`boot_number`).
+    pub(super) fn reboot(&self, r: &Reboot, target: Option<&ssh::Target>) -> Result<Guest> {
         let (tap, nic) = r.spare.for_boot()?;
+        let boot = self.boot_number.fetch_add(1, Ordering::SeqCst) + 1;
         let mut vm = Guest::new(self.boot(r.hv.as_ref(), &r.image, tap, nic)?);
-        if r.guest == GuestAccess::DriverReport {
-            let report = vm.as_mut().take_ready_report().ok_or_else(|| {
-                anyhow::anyhow!(
-                    "the {} driver reports readiness itself, and gave no report",
-                    self.spec.driver
-                )
-            })?;
-            watchers::spawn_ready_from_driver(
-                report,
+        match (r.guest, target) {
+            (GuestAccess::DriverReport, _) => {
+                let report = vm.as_mut().take_ready_report().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "the {} driver reports readiness itself, and gave no report",
+                        self.spec.driver
+                    )
+                })?;
+                watchers::spawn_ready_from_driver(
+                    report,
+                    boot,
+                    self.deadline,
+                    self.state.clone(),
+                    self.tx.clone(),
+                );
+            }
+            (GuestAccess::Ssh, Some(target)) => watchers::spawn_ready_over_ssh(
+                target.clone(),
+                self.boot_number.clone(),
                 self.deadline,
                 self.state.clone(),
                 self.tx.clone(),
-            );
+            ),
+            (GuestAccess::Ssh, None) => {
+                anyhow::bail!("the guest is reached over SSH, and no SSH target is known")
+            }
         }
         Ok(vm)
     }

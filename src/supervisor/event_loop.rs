@@ -5,6 +5,7 @@
 //! and signals into a graceful stop (the guest powers off, killed after [`GRACEFUL_STOP`]),
 //! and tells a machine that ended before it was ready (a failure) from one that was stopped.
 
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
@@ -98,12 +99,19 @@ pub fn run(sv: &mut Supervisor, mut m: Running) -> Result<String> {
         }
         match sv.rx.recv_timeout(Duration::from_millis(200)) {
             Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
-            Ok(Event::Ready { docker_version }) => {
+            // A report about an earlier boot (the one that panicked) is stale.
+            Ok(
+                Event::Ready { boot, .. }
+                | Event::NotReady {
+                    boot: Some(boot), ..
+                },
+            ) if boot != sv.boot_number.load(Ordering::SeqCst) => {}
+            Ok(Event::Ready { docker_version, .. }) => {
                 if stopping.is_none() {
                     ready(sv, &mut m, &docker_version)?;
                 }
             }
-            Ok(Event::NotReady { reason }) => {
+            Ok(Event::NotReady { reason, .. }) => {
                 if stopping.is_none() {
                     m.vm.as_mut().kill()?;
                     return Err(anyhow::anyhow!(
@@ -175,7 +183,7 @@ fn boot_again(sv: &mut Supervisor, m: &mut Running, reboot: &Reboot) -> Result<(
         "the guest's kernel panicked while booting (that boot's console is kept as \
          serial.log.1); booting it once more",
     );
-    m.vm = sv.reboot(reboot)?;
+    m.vm = sv.reboot(reboot, m.target.as_ref())?;
     m.booted = Instant::now();
     Ok(())
 }
@@ -296,6 +304,9 @@ fn record_boot_phases(sv: &Supervisor, booted: Instant) {
     }
 }
 
+/// How long asking for a power-off over SSH may take.
+const POWEROFF_ASK: Duration = Duration::from_secs(10);
+
 /// Asks the guest to power off: through SSH when it answers (the guest stops dockerd and
 /// unmounts its disk first), else through the driver's power button.
 fn begin_graceful_stop(sv: &mut Supervisor, m: &mut Running) {
@@ -307,7 +318,8 @@ fn begin_graceful_stop(sv: &mut Supervisor, m: &mut Running) {
     sv.parts.stop_one(FORWARDER);
     let via_ssh = match &m.target {
         Some(target) => ssh::Connection::connect(target, Duration::from_secs(5))
-            .and_then(|c| c.exec_capture("poweroff"))
+            // Bounded: a guest that hangs with its connection open must not hold the loop.
+            .and_then(|c| c.exec_capture_until("poweroff", Instant::now() + POWEROFF_ASK))
             .map(drop)
             .map_err(|e| format!("poweroff over SSH failed ({e})")),
         None => Err("the guest is not reached over SSH".to_owned()),

@@ -65,11 +65,16 @@ use state::StateWriter;
 /// What the main loop reacts to.
 pub enum Event {
     Control(control::ControlEvent),
+    /// The guest of boot `boot` is ready.
     Ready {
         docker_version: String,
+        boot: u32,
     },
+    /// The guest cannot become ready: of boot `boot`, or of whichever boot runs (`None`: the
+    /// console watcher, which follows the current boot's log).
     NotReady {
         reason: String,
+        boot: Option<u32>,
     },
     /// The console shows a kernel panic during boot (the event loop boots once more).
     KernelPanic {

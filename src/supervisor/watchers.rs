@@ -8,6 +8,7 @@
 //! - `resolver` ([`ResolverWatch`], a part): follows the DNS server's aliases into `dns.json`
 //!   and the host's resolver.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -53,39 +54,59 @@ pub fn spawn_signals(sigs: SigSet, tx: Sender<Event>) {
         .expect("spawning the signal thread");
 }
 
-/// Waits for SSH, then for Docker, and reports once.
+/// Waits for SSH, then for Docker, and reports once, unless a later boot replaced the one it
+/// watches (`boots` moved past the number it started with): then it ends without a word.
 pub fn spawn_ready_over_ssh(
     target: ssh::Target,
+    boots: Arc<AtomicU32>,
     deadline: Instant,
     state: StateWriter,
     tx: Sender<Event>,
 ) {
+    let boot = boots.load(Ordering::SeqCst);
     std::thread::Builder::new()
         .name("ready".into())
         .spawn(move || {
             state.step("waiting for SSH");
-            let event = match wait_ready(&target, deadline, &state) {
-                Ok(docker_version) => Event::Ready { docker_version },
-                Err(reason) => Event::NotReady { reason },
+            let current = || boots.load(Ordering::SeqCst) == boot;
+            let event = match wait_ready(&target, deadline, &state, &current) {
+                Ok(docker_version) => Event::Ready {
+                    docker_version,
+                    boot,
+                },
+                Err(reason) => Event::NotReady {
+                    reason,
+                    boot: Some(boot),
+                },
             };
-            let _ = tx.send(event);
+            if current() {
+                let _ = tx.send(event);
+            }
         })
         .expect("spawning the readiness thread");
 }
+
+/// How long one look at the guest's ready file may take: a guest that vanished (a kernel
+/// panic) leaves a connection that answers nothing, ever.
+const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn wait_ready(
     target: &ssh::Target,
     deadline: Instant,
     state: &StateWriter,
+    current: &dyn Fn() -> bool,
 ) -> Result<String, String> {
     let conn = ssh::wait_until_reachable(target, deadline).map_err(|e| format!("SSH: {e}"))?;
-    state.step("waiting for Docker");
+    if current() {
+        state.step("waiting for Docker");
+    }
     let mut last = String::new();
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && current() {
         // The guest writes Docker's version to /run/devbox/ready once Docker answers and its
         // firewall rule for routed container access is in place (assets/guest/README.md);
         // reading it costs no docker command, which is slow to start in a guest.
-        match conn.exec_capture("cat /run/devbox/ready") {
+        let until = deadline.min(Instant::now() + READY_CHECK_TIMEOUT);
+        match conn.exec_capture_until("cat /run/devbox/ready", until) {
             Ok(out) if out.status == 0 => {
                 return Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned());
             }
@@ -102,6 +123,7 @@ fn wait_ready(
 /// Passes the driver's readiness report on, or says it did not come by `deadline`.
 pub fn spawn_ready_from_driver(
     report: Receiver<Result<String, String>>,
+    boot: u32,
     deadline: Instant,
     state: StateWriter,
     tx: Sender<Event>,
@@ -112,10 +134,17 @@ pub fn spawn_ready_from_driver(
             state.step("waiting for the guest");
             let wait = deadline.saturating_duration_since(Instant::now());
             let event = match report.recv_timeout(wait) {
-                Ok(Ok(docker_version)) => Event::Ready { docker_version },
-                Ok(Err(reason)) => Event::NotReady { reason },
+                Ok(Ok(docker_version)) => Event::Ready {
+                    docker_version,
+                    boot,
+                },
+                Ok(Err(reason)) => Event::NotReady {
+                    reason,
+                    boot: Some(boot),
+                },
                 Err(RecvTimeoutError::Timeout) => Event::NotReady {
                     reason: "the guest did not report ready in time".into(),
+                    boot: Some(boot),
                 },
                 // The machine ended first; the event loop sees that on its own.
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -161,6 +190,7 @@ pub fn spawn_console_fatal(
                         log(format!("the guest cannot become ready: {reason}"));
                         let _ = tx.send(Event::NotReady {
                             reason: format!("the guest stopped booting: {reason}"),
+                            boot: None,
                         });
                         return;
                     }
