@@ -1,5 +1,6 @@
-//! Packs the staged root as the initramfs: a newc cpio (the only format the kernel unpacks),
-//! owned by root, compressed with multithreaded zstd.
+//! Packs the staged trees: the guest's system as the root image (a squashfs, read-only, lz4),
+//! and the early userspace as the initramfs: a newc cpio (the only format the kernel
+//! unpacks), owned by root, compressed with multithreaded zstd.
 //!
 //! Entries come from a sorted pre-order walk, so parents precede children and the archive is
 //! stable for a given tree. Hard links are stored as separate files (the few in Debian's
@@ -46,6 +47,73 @@ pub fn initramfs(root: &Path, dest: &Path, level: i32) -> Result<(), BuildError>
     let mut inner = enc.finish()?;
     inner.flush()?;
     inner.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(())
+}
+
+/// Writes `root` as a squashfs to `dest`: every entry owned by root, modes and mtimes as
+/// staged, the [`DEVICES`] added (devbox-boot writes its first line to `/dev/console` before
+/// it mounts devtmpfs). lz4: the kernel reads it back fastest of the compressors Debian's
+/// kernels take (`CONFIG_SQUASHFS_LZ4`), which matters most under emulation, where every
+/// page the guest reads from its root is decompressed by emulated instructions.
+pub fn root_image(root: &Path, dest: &Path) -> Result<(), BuildError> {
+    use backhand::compression::{CompressionOptions, Compressor, Lz4};
+    use backhand::{FilesystemCompressor, FilesystemWriter, NodeHeader};
+
+    let squash = |e: backhand::BackhandError| BuildError::RootImage {
+        path: dest.to_owned(),
+        problem: e.to_string(),
+    };
+    let mut fs = FilesystemWriter::default();
+    // Version 1 is LZ4_LEGACY, the only one the kernel reads; no flags: the fast codec.
+    let lz4 = CompressionOptions::Lz4(Lz4 {
+        version: 1,
+        flags: 0,
+    });
+    fs.set_compressor(FilesystemCompressor::new(Compressor::Lz4, Some(lz4)).map_err(squash)?);
+    fs.set_only_root_id();
+    fs.set_root_mode(0o755);
+    let mtime = |meta: &std::fs::Metadata| u32::try_from(meta.mtime()).unwrap_or(0);
+    fs.set_time(mtime(&fs_err::metadata(root)?));
+    let header = |perm: u32, mtime: u32| NodeHeader::new(perm as u16, 0, 0, mtime);
+
+    // Parents before children, as the writer wants them; sorted for a stable image.
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        let mut entries: Vec<_> = fs_err::read_dir(&dir)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| std::cmp::Reverse(e.file_name()));
+        for entry in entries {
+            let path = entry.path();
+            let name = Path::new("/").join(path.strip_prefix(root).expect("below root"));
+            let meta = fs_err::symlink_metadata(&path)?;
+            let perm = meta.permissions().mode() & 0o7777;
+            let ft = meta.file_type();
+            if ft.is_dir() {
+                fs.push_dir(&name, header(perm, mtime(&meta)))
+                    .map_err(squash)?;
+                dirs.push(path);
+            } else if ft.is_symlink() {
+                let target = fs_err::read_link(&path)?;
+                fs.push_symlink(target, &name, header(0o777, mtime(&meta)))
+                    .map_err(squash)?;
+            } else if ft.is_file() {
+                fs.push_file_from_path(path.clone(), &name, header(perm, mtime(&meta)))
+                    .map_err(squash)?;
+            } else {
+                return Err(BuildError::UnsupportedFile { path });
+            }
+        }
+    }
+    for &(path, mode, major, minor) in DEVICES {
+        // The kernel's old encoding, which squashfs stores: major in bits 8-15.
+        let device = (major << 8) | minor;
+        fs.push_char_device(device, Path::new("/").join(path), header(mode, 0))
+            .map_err(squash)?;
+    }
+    let file = fs_err::File::create(dest)?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    fs.write(&mut out).map_err(squash)?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
     Ok(())
 }
 
@@ -180,5 +248,77 @@ mod tests {
         assert_eq!(got[0].5, b"usr/bin");
         assert_eq!(got[1].1 & 0o170_000, S_IFDIR);
         assert_eq!((got[4].1, got[4].4), (S_IFCHR | 0o600, (5, 1)));
+    }
+}
+
+#[cfg(test)]
+mod root_image_tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn packs_tree_as_root_owned_squashfs_with_console() {
+        use backhand::{FilesystemReader, InnerNode};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        fs_err::create_dir_all(root.join("usr/bin")).unwrap();
+        fs_err::create_dir_all(root.join("dev")).unwrap();
+        fs_err::write(root.join("usr/bin/hello"), b"#!/bin/sh\necho hi\n").unwrap();
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        fs_err::write(root.join("usr/bin/big"), &big).unwrap();
+        fs_err::set_permissions(
+            root.join("usr/bin/hello"),
+            std::fs::Permissions::from_mode(0o4755),
+        )
+        .unwrap();
+        symlink("usr/bin", root.join("bin")).unwrap();
+        let dest = tmp.path().join("root.img");
+        root_image(&root, &dest).unwrap();
+
+        let file = std::io::BufReader::new(std::fs::File::open(&dest).unwrap());
+        let fs = FilesystemReader::from_reader(file).unwrap();
+        let mut seen = Vec::new();
+        for node in fs.files() {
+            let name = node.fullpath.display().to_string();
+            assert_eq!((node.header.uid, node.header.gid), (0, 0), "{name}");
+            match &node.inner {
+                InnerNode::File(f) => {
+                    let mut data = Vec::new();
+                    fs.file(f).reader().read_to_end(&mut data).unwrap();
+                    match name.as_str() {
+                        "/usr/bin/hello" => {
+                            assert_eq!(data, b"#!/bin/sh\necho hi\n");
+                            assert_eq!(node.header.permissions, 0o4755, "set-ID bits kept");
+                        }
+                        "/usr/bin/big" => assert!(data == big, "a multi-block file reads back"),
+                        other => panic!("unexpected file {other}"),
+                    }
+                }
+                InnerNode::Symlink(l) => {
+                    assert_eq!(
+                        (name.as_str(), l.link.as_path()),
+                        ("/bin", Path::new("usr/bin"))
+                    )
+                }
+                InnerNode::CharacterDevice(d) => match name.as_str() {
+                    "/dev/console" => assert_eq!(d.device_number, (5 << 8) | 1),
+                    "/dev/null" => assert_eq!(d.device_number, (1 << 8) | 3),
+                    other => panic!("unexpected device {other}"),
+                },
+                _ => {}
+            }
+            seen.push(name);
+        }
+        for want in [
+            "/",
+            "/bin",
+            "/dev",
+            "/dev/console",
+            "/dev/null",
+            "/usr/bin/big",
+        ] {
+            assert!(seen.iter().any(|s| s == want), "{want} in {seen:?}");
+        }
     }
 }
