@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use devbox::image::pull::{PullError, pull};
-use devbox::image::{self, INITRD, Image, KERNEL, MANIFEST, Manifest};
+use devbox::image::{self, INITRD, Image, KERNEL, MANIFEST, Manifest, ROOT_IMAGE};
 use sha2::{Digest, Sha256};
 
 const VERSION: &str = "0123456789abcdef";
@@ -96,6 +96,7 @@ fn answer(stream: TcpStream, routes: &HashMap<String, Reply>, seen: &Mutex<Vec<S
 struct Fixture {
     kernel: Vec<u8>,
     initrd: Vec<u8>,
+    root: Vec<u8>,
     manifest: Vec<u8>,
 }
 
@@ -103,6 +104,7 @@ fn fixture() -> Fixture {
     // Large enough to take several reads, small enough to be instant.
     let kernel: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let initrd: Vec<u8> = (0..700_000u32).map(|i| (i % 241) as u8).collect();
+    let root: Vec<u8> = (0..900_000u32).map(|i| (i % 239) as u8).collect();
     let manifest = Manifest {
         version: VERSION.into(),
         arch: "x86_64".into(),
@@ -112,6 +114,7 @@ fn fixture() -> Fixture {
         files: [
             (KERNEL.to_owned(), sha256(&kernel)),
             (INITRD.to_owned(), sha256(&initrd)),
+            (ROOT_IMAGE.to_owned(), sha256(&root)),
         ]
         .into(),
         file_events: false,
@@ -121,6 +124,7 @@ fn fixture() -> Fixture {
     Fixture {
         kernel,
         initrd,
+        root,
         manifest,
     }
 }
@@ -134,6 +138,7 @@ fn routes(f: &Fixture) -> HashMap<String, Reply> {
         (format!("/img/{MANIFEST}"), Reply::Body(f.manifest.clone())),
         (format!("/img/{KERNEL}"), Reply::Body(f.kernel.clone())),
         (format!("/img/{INITRD}"), Reply::Body(f.initrd.clone())),
+        (format!("/img/{ROOT_IMAGE}"), Reply::Body(f.root.clone())),
     ]
     .into()
 }
@@ -158,6 +163,11 @@ fn pulls_verifies_and_installs_an_image() {
     assert_eq!(img.dir, image::images_dir(cache.path()).join(VERSION));
     assert_eq!(fs_err::read(img.kernel()).unwrap(), f.kernel);
     assert_eq!(fs_err::read(img.initrd()).unwrap(), f.initrd);
+    // The current layout's root image comes along, checked like the rest.
+    let root = img
+        .root_image()
+        .expect("the pulled image has its root image");
+    assert_eq!(fs_err::read(root).unwrap(), f.root);
     assert_eq!(
         fs_err::read(img.dir.join(MANIFEST)).unwrap(),
         f.manifest,

@@ -63,8 +63,10 @@ pub fn run(store: &Store, c: ImageCommand) -> Result<i32> {
             let rows: Vec<Vec<String>> = images
                 .iter()
                 .map(|i| {
-                    let size: u64 = [image::KERNEL, image::INITRD]
-                        .iter()
+                    let size: u64 = i
+                        .manifest
+                        .files
+                        .keys()
                         .filter_map(|f| std::fs::metadata(i.dir.join(f)).ok())
                         .map(|m| m.len())
                         .sum();

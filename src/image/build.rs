@@ -35,7 +35,9 @@ use sha2::{Digest, Sha256};
 use super::debian::fetch::{Fetcher, Retry};
 use super::debian::keys::Keyring;
 use super::debian::{self, Archive, ArchiveOptions, DebianError, Suite};
-use super::{INITRD, Image, ImageError, KERNEL, MANIFEST, Manifest, images_dir, sha256_file};
+use super::{
+    INITRD, Image, ImageError, KERNEL, MANIFEST, Manifest, ROOT_IMAGE, images_dir, sha256_file,
+};
 
 pub use super::debian::Package;
 
@@ -150,6 +152,8 @@ pub enum BuildError {
     UnsupportedFile { path: PathBuf },
     #[error("{path} is larger than 4 GiB, which the cpio newc format cannot hold")]
     TooLarge { path: PathBuf },
+    #[error("cannot write the root image {path}: {problem}")]
+    RootImage { path: PathBuf, problem: String },
     #[error("cannot compile the guest's file-event module: {problem}{}", if output.is_empty() { String::new() } else { format!("\n{output}") })]
     Module { problem: String, output: String },
     #[error(transparent)]
@@ -223,7 +227,8 @@ fn suite_packages(suite: Suite) -> &'static [&'static str] {
     }
 }
 
-/// zstd level of the initramfs (figures for the ~273 MB cpio, 2 threads on the build host):
+/// zstd level of the initramfs (figures from when it held the whole system, a ~273 MB cpio,
+/// 2 threads on the build host; it is now the early userspace alone, a few MB):
 /// 3: 87.1 MB in 0.8 s; 9: 79.2 MB in 3.2 s; 12: 78.4 MB in 7 s; 15: 78.3 MB in 28 s;
 /// 19: 70.6 MB in 90 s. Boot-time decompression barely depends on the level, so 12 it is:
 /// 19's 8 MB are not worth 80 s per build.
@@ -236,7 +241,11 @@ const ZSTD_LEVEL: i32 = 12;
 /// 4: every top-level package of the suite's list is unpacked (Debian 13's docker-cli was
 /// resolved but left out).
 /// 5: the `devbox_notify` module compiled for the image's kernel (see [`notify_module`]).
-const RECIPE_REVISION: &str = "devbox-image-recipe-5";
+/// 6: the system in `root.img` (squashfs), the initramfs only the early userspace.
+const RECIPE_REVISION: &str = "devbox-image-recipe-6";
+
+/// The early userspace's init (the initramfs's `/init`): mounts `root.img` and hands over.
+const EARLY_INIT: &[u8] = include_bytes!("../../assets/guest/early/init");
 
 /// Guest files embedded in the binary: (path in the guest, mode, contents).
 const GUEST_FILES: &[(&str, u32, &[u8])] = &[
@@ -434,11 +443,22 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
         &out.join(KERNEL),
         arch,
     )?;
+    progress("packing the root image (squashfs, lz4)");
+    pack::root_image(&stage, &out.join(ROOT_IMAGE))?;
     progress(&format!("packing the initramfs (zstd -{ZSTD_LEVEL})"));
-    pack::initramfs(&stage, &out.join(INITRD), ZSTD_LEVEL)?;
+    let early = work.join("early");
+    rootfs::early(
+        &early,
+        &work.join("kernel"),
+        &kernel.name,
+        &kernel_version,
+        &busybox,
+        EARLY_INIT,
+    )?;
+    pack::initramfs(&early, &out.join(INITRD), ZSTD_LEVEL)?;
 
     let mut files = BTreeMap::new();
-    for f in [KERNEL, INITRD] {
+    for f in [KERNEL, INITRD, ROOT_IMAGE] {
         files.insert(f.to_owned(), sha256_file(&out.join(f))?);
     }
     let manifest = Manifest {
@@ -540,6 +560,10 @@ fn image_version(arch: Arch, suite: Suite, closure: &[Package], file_events: boo
             hex::encode(Sha256::digest(data))
         ));
     }
+    line(&format!(
+        "early/init {}",
+        hex::encode(Sha256::digest(EARLY_INIT))
+    ));
     if file_events {
         for (name, data) in notify_module::SOURCE {
             line(&format!(

@@ -1,8 +1,10 @@
 //! Guest images: what a built or pulled image is, where images are cached, and how one is
 //! chosen for a machine.
 //!
-//! An image is a directory `<cache>/images/<version>/` holding `vmlinuz`, `initrd.img` and
-//! `manifest.json`. The directory appears only once it is complete (it is assembled under a
+//! An image is a directory `<cache>/images/<version>/` holding `vmlinuz`, `initrd.img`,
+//! `root.img` and `manifest.json`: the guest's system is `root.img`, a read-only squashfs every
+//! machine of the image shares as a disk, and the initramfs only mounts it (images built
+//! before that have no `root.img`: their initramfs is the whole system, unpacked into RAM). The directory appears only once it is complete (it is assembled under a
 //! `.partial-*` name and renamed), so a half-built or half-downloaded image is never used.
 //! `build` assembles one from Debian packages, `pull` downloads one.
 
@@ -24,6 +26,11 @@ pub const MANIFEST: &str = "manifest.json";
 pub const KERNEL: &str = "vmlinuz";
 /// Initramfs file name inside an image directory.
 pub const INITRD: &str = "initrd.img";
+/// The guest's system, a squashfs image, inside an image directory (absent from images of
+/// the earlier layout).
+pub const ROOT_IMAGE: &str = "root.img";
+/// The virtio serial of the root image's disk, by which the initramfs finds it.
+pub const ROOT_DISK_SERIAL: &str = "devbox-root";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -77,7 +84,8 @@ pub struct Manifest {
     pub created: String,
     /// Debian packages (name -> version) the image was assembled from.
     pub packages: BTreeMap<String, String>,
-    /// sha256 (hex) of each payload file, by file name (`vmlinuz`, `initrd.img`).
+    /// sha256 (hex) of each payload file, by file name (`vmlinuz`, `initrd.img`, and
+    /// `root.img` in images of the current layout).
     pub files: BTreeMap<String, String>,
     /// Whether the guest has the `devbox_notify` module that raises host file changes as
     /// inotify events on shares (images built before it, or off Linux, do not).
@@ -115,6 +123,13 @@ impl Image {
     pub fn initrd(&self) -> PathBuf {
         self.dir.join(INITRD)
     }
+    /// The root image, for images that have one (the guest boots it as a read-only disk).
+    pub fn root_image(&self) -> Option<PathBuf> {
+        self.manifest
+            .files
+            .contains_key(ROOT_IMAGE)
+            .then(|| self.dir.join(ROOT_IMAGE))
+    }
 
     /// Opens an image directory and reads its manifest (no checksum pass).
     pub fn open(dir: &Path) -> Result<Image, ImageError> {
@@ -124,7 +139,8 @@ impl Image {
             dir: dir.to_owned(),
             what: format!("{}: {e}", path.display()),
         })?;
-        for f in [KERNEL, INITRD] {
+        let listed = manifest.files.keys().map(String::as_str);
+        for f in [KERNEL, INITRD].into_iter().chain(listed) {
             if !manifest.files.contains_key(f) || !dir.join(f).is_file() {
                 return Err(ImageError::Damaged {
                     dir: dir.to_owned(),
@@ -258,6 +274,28 @@ mod tests {
             engine_ca: false,
         };
         fs_err::write(dir.join(MANIFEST), serde_json::to_string(&m).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_listed_root_image_must_be_there() {
+        let cache = tempfile::tempdir().unwrap();
+        fake_image(cache.path(), "aaaa", "x86_64", "2025-01-01T00:00:00Z");
+        let dir = images_dir(cache.path()).join("aaaa");
+        let earlier = Image::open(&dir).unwrap();
+        assert_eq!(earlier.root_image(), None, "the earlier layout has none");
+        let mut m = earlier.manifest.clone();
+        fs_err::write(dir.join(ROOT_IMAGE), "root").unwrap();
+        m.files.insert(
+            ROOT_IMAGE.into(),
+            sha256_file(&dir.join(ROOT_IMAGE)).unwrap(),
+        );
+        fs_err::write(dir.join(MANIFEST), serde_json::to_string(&m).unwrap()).unwrap();
+        let img = Image::open(&dir).unwrap();
+        assert_eq!(img.root_image(), Some(dir.join(ROOT_IMAGE)));
+        img.verify().unwrap();
+        fs_err::remove_file(dir.join(ROOT_IMAGE)).unwrap();
+        let err = Image::open(&dir).unwrap_err().to_string();
+        assert!(err.contains("root.img is missing"), "{err}");
     }
 
     #[test]

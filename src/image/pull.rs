@@ -17,7 +17,7 @@ use reqwest::Url;
 use reqwest::blocking::{Client, Response};
 use sha2::{Digest, Sha256};
 
-use super::{INITRD, Image, ImageError, KERNEL, MANIFEST, Manifest, images_dir};
+use super::{INITRD, Image, ImageError, KERNEL, MANIFEST, Manifest, ROOT_IMAGE, images_dir};
 
 /// How long to wait for a TCP/TLS connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -239,7 +239,8 @@ fn fetch_manifest(client: &Client, url: &Url) -> Result<Vec<u8>, PullError> {
 }
 
 /// Parses and validates a manifest. The file names become paths under the cache and URL
-/// segments, so only the two known names are allowed: no `..`, no `/`, no extras.
+/// segments, so only the known names are allowed: no `..`, no `/`, no extras. `root.img` is
+/// optional (images of the earlier layout have none).
 fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
     let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     if !is_lower_hex(&manifest.version, 16) {
@@ -249,13 +250,17 @@ fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
         ));
     }
     for name in manifest.files.keys() {
-        if name != KERNEL && name != INITRD {
+        if name != KERNEL && name != INITRD && name != ROOT_IMAGE {
             return Err(format!(
-                "unexpected file {name:?} (only {KERNEL} and {INITRD} are allowed)"
+                "unexpected file {name:?} (only {KERNEL}, {INITRD} and {ROOT_IMAGE} are allowed)"
             ));
         }
     }
-    for name in [KERNEL, INITRD] {
+    let optional = manifest
+        .files
+        .contains_key(ROOT_IMAGE)
+        .then_some(ROOT_IMAGE);
+    for name in [KERNEL, INITRD].into_iter().chain(optional) {
         match manifest.files.get(name) {
             None => return Err(format!("{name} is not listed")),
             Some(hash) if !is_lower_hex(hash, 64) => {
@@ -442,6 +447,19 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(m.version, "0123456789abcdef");
+        // The current layout carries the root image too.
+        let m = parse_manifest(&manifest_json(
+            "0123456789abcdef",
+            &[(KERNEL, H), (INITRD, H), (ROOT_IMAGE, H)],
+        ))
+        .unwrap();
+        assert!(m.files.contains_key(ROOT_IMAGE));
+        let err = parse_manifest(&manifest_json(
+            "0123456789abcdef",
+            &[(KERNEL, H), (INITRD, H), (ROOT_IMAGE, "abc")],
+        ))
+        .unwrap_err();
+        assert!(err.contains("sha256 of root.img"), "{err}");
     }
 
     #[test]

@@ -88,6 +88,25 @@ pub const MODULE_SELECTION: &[&str] = &[
     "kernel/crypto/",
 ];
 
+/// The modules of the early userspace (the initramfs), which mounts the root image: the virtio
+/// transports, the block driver, squashfs and overlayfs. Their dependency closure comes along.
+pub const EARLY_MODULE_SELECTION: &[&str] = &[
+    "kernel/drivers/virtio/virtio_mmio.ko",
+    "kernel/drivers/virtio/virtio_pci.ko",
+    "kernel/drivers/block/virtio_blk.ko",
+    "kernel/fs/squashfs/",
+    "kernel/fs/overlayfs/",
+];
+
+/// What the early userspace cannot do without, as modules or built in.
+pub const EARLY_MODULES: &[&str] = &[
+    "virtio_mmio",
+    "virtio_pci",
+    "virtio_blk",
+    "squashfs",
+    "overlay",
+];
+
 /// Arch-specific additions to [`MODULE_SELECTION`]: the accelerated counterparts of the
 /// generic crypto and library modules selected there (`kernel/crypto/`, `kernel/lib/`).
 pub fn arch_module_selection(arch: Arch) -> &'static [&'static str] {

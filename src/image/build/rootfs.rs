@@ -315,6 +315,74 @@ fn skeleton(stage: &Path, guest_files: &[(&str, u32, &[u8])]) -> Result<(), Buil
     Ok(())
 }
 
+/// Builds the early userspace in `early` (the initramfs): `/init` (`init`), the static
+/// busybox with the applets it uses, the device nodes (added when packed) and the modules
+/// that mounting the root image takes, with their index (see [`super::modules`]).
+pub fn early(
+    early: &Path,
+    kernel_dir: &Path,
+    kernel_pkg: &str,
+    kver: &str,
+    busybox: &Path,
+    init: &[u8],
+) -> Result<(), BuildError> {
+    for d in ["usr/bin", "usr/sbin", "dev", "proc", "sys", "run"] {
+        fs_err::create_dir_all(early.join(d))?;
+    }
+    for (link, target) in [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib")] {
+        symlink(target, early.join(link)).map_err(|e| io_at(e, &early.join(link)))?;
+    }
+    let bin = early.join("usr/bin/busybox");
+    fs_err::copy(busybox, &bin)?;
+    fs_err::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+    for applet in EARLY_APPLETS {
+        let link = early.join(super::busybox::applet_path(applet));
+        symlink("/usr/bin/busybox", &link).map_err(|e| io_at(e, &link))?;
+    }
+    let path = early.join("init");
+    fs_err::write(&path, init)?;
+    fs_err::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+
+    let tree = ModuleTree::scan(&module_source(kernel_dir, kernel_pkg, kver)?)?;
+    let dest = early.join("usr/lib/modules").join(kver);
+    fs_err::create_dir_all(&dest)?;
+    let set = tree.closure(&tree.select(modules::EARLY_MODULE_SELECTION), Some(&dest))?;
+    let names: BTreeSet<String> = set.modules.keys().cloned().collect();
+    if let Some(m) = modules::missing_module(modules::EARLY_MODULES, &names, &tree.builtin()?) {
+        return Err(BuildError::ModuleMissing {
+            package: kernel_pkg.to_owned(),
+            module: m.to_owned(),
+        });
+    }
+    tree.copy_lists(&dest)?;
+    set.write_index(&dest)
+}
+
+/// The busybox applets `/init` of the early userspace runs (it checks nothing else exists).
+const EARLY_APPLETS: &[&str] = &[
+    "cat",
+    "mkdir",
+    "modprobe",
+    "mount",
+    "sh",
+    "sleep",
+    "switch_root",
+    "umount",
+];
+
+/// The kernel package's module directory (Debian 13's kernel packages ship the modules below
+/// /usr/lib, Debian 12's below /lib).
+fn module_source(kernel_dir: &Path, kernel_pkg: &str, kver: &str) -> Result<PathBuf, BuildError> {
+    ["usr/lib/modules", "lib/modules"]
+        .iter()
+        .map(|d| kernel_dir.join(d).join(kver))
+        .find(|d| d.is_dir())
+        .ok_or_else(|| BuildError::ModuleMissing {
+            package: kernel_pkg.to_owned(),
+            module: format!("directory lib/modules/{kver}"),
+        })
+}
+
 /// Copies the selected modules and their dependencies (uncompressed) and writes their index
 /// (see [`super::modules`]).
 fn install_modules(
@@ -324,16 +392,7 @@ fn install_modules(
     kver: &str,
     arch: Arch,
 ) -> Result<(), BuildError> {
-    // Debian 13's kernel packages ship the modules below /usr/lib, Debian 12's below /lib.
-    let src = ["usr/lib/modules", "lib/modules"]
-        .iter()
-        .map(|d| kernel_dir.join(d).join(kver))
-        .find(|d| d.is_dir())
-        .ok_or_else(|| BuildError::ModuleMissing {
-            package: kernel_pkg.to_owned(),
-            module: format!("directory lib/modules/{kver}"),
-        })?;
-    let tree = ModuleTree::scan(&src)?;
+    let tree = ModuleTree::scan(&module_source(kernel_dir, kernel_pkg, kver)?)?;
     let selection: Vec<&str> = modules::MODULE_SELECTION
         .iter()
         .chain(modules::arch_module_selection(arch))
