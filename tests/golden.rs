@@ -142,6 +142,7 @@ fn qemu_arguments() {
         memory_mib: 2048,
         kernel: "/cache/images/v/vmlinuz".into(),
         initrd: "/cache/images/v/initrd.img".into(),
+        root_image: Some("/cache/images/v/root.img".into()),
         data_disk: m.join("disk.raw"),
         config_drive: m.join("config.tar"),
         tap: Some(devnull.try_clone().unwrap().into()),

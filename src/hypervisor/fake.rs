@@ -126,7 +126,8 @@ impl Hypervisor for Fake {
             });
         }
         // What a real driver opens first: a missing file fails the boot here too.
-        for path in [&cfg.kernel, &cfg.initrd, &cfg.data_disk, &cfg.config_drive] {
+        let files = [&cfg.kernel, &cfg.initrd, &cfg.data_disk, &cfg.config_drive];
+        for path in files.into_iter().chain(cfg.root_image.as_ref()) {
             fs_err::metadata(path)?;
         }
         let mut console = super::console_log::ConsoleLog::open(&cfg.serial_log)?;
@@ -286,6 +287,7 @@ mod tests {
             memory_mib: 512,
             kernel: file("vmlinuz"),
             initrd: file("initrd.img"),
+            root_image: None,
             data_disk: file("disk.raw"),
             config_drive: file("config.tar"),
             tap: None,

@@ -108,6 +108,10 @@ pub struct BootConfig {
     pub memory_mib: u64,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
+    /// The image's root filesystem (`image::ROOT_IMAGE`), attached read-only with the serial
+    /// `image::ROOT_DISK_SERIAL`; `None` for images of the earlier layout, whose initramfs is
+    /// the whole system.
+    pub root_image: Option<PathBuf>,
     pub data_disk: PathBuf,
     pub config_drive: PathBuf,
     /// An open TAP device (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) the guest's NIC uses, with

@@ -194,6 +194,19 @@ pub fn args(
         "-device",
         "virtio-blk-device,drive=data,serial=devbox-data",
     ]);
+    if let Some(root) = &cfg.root_image {
+        // The image's system, shared read-only by every machine of the image (QEMU takes a
+        // shared lock); the guest's page cache holds only what it reads.
+        push(&[
+            "-drive",
+            &format!("id=root,file={},format=raw,if=none,readonly=on", v(root)),
+            "-device",
+            &format!(
+                "virtio-blk-device,drive=root,serial={}",
+                crate::image::ROOT_DISK_SERIAL
+            ),
+        ]);
+    }
     push(&[
         "-netdev",
         &format!("tap,id=net0,fd={tap_fd},vhost=off"),
@@ -445,6 +458,7 @@ mod tests {
             memory_mib: 512,
             kernel: format!("{dir}/vmlinuz").into(),
             initrd: format!("{dir}/initrd").into(),
+            root_image: Some(format!("{dir}/root.img").into()),
             data_disk: format!("{dir}/disk.raw").into(),
             config_drive: format!("{dir}/config.tar").into(),
             tap: None,
@@ -549,6 +563,7 @@ mod tests {
                 memory_mib: 512,
                 kernel: "/k".into(),
                 initrd: "/i".into(),
+                root_image: None,
                 data_disk: "/d".into(),
                 config_drive: "/c".into(),
                 tap: None,

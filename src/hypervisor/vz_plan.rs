@@ -75,7 +75,7 @@ pub fn plan(cfg: &BootConfig, arch: &str, kernel_head: &[u8]) -> Result<VzPlan, 
         problem,
     })?;
     parse_mac(&cfg.mac)?;
-    let disks = vec![
+    let mut disks = vec![
         VzDisk {
             path: cfg.config_drive.clone(),
             read_only: true,
@@ -87,6 +87,13 @@ pub fn plan(cfg: &BootConfig, arch: &str, kernel_head: &[u8]) -> Result<VzPlan, 
             identifier: DATA_DISK_ID,
         },
     ];
+    if let Some(root) = &cfg.root_image {
+        disks.push(VzDisk {
+            path: root.clone(),
+            read_only: true,
+            identifier: crate::image::ROOT_DISK_SERIAL,
+        });
+    }
     for d in &disks {
         check_disk_id(d.identifier)?;
     }
@@ -259,6 +266,7 @@ mod tests {
             memory_mib: 4096,
             kernel: "/c/kernel".into(),
             initrd: "/c/initrd".into(),
+            root_image: Some("/c/root.img".into()),
             data_disk: "/m/disk.raw".into(),
             config_drive: "/m/config.img".into(),
             tap: None,
@@ -296,6 +304,11 @@ mod tests {
                     path: "/m/disk.raw".into(),
                     read_only: false,
                     identifier: "devbox-data",
+                },
+                VzDisk {
+                    path: "/c/root.img".into(),
+                    read_only: true,
+                    identifier: "devbox-root",
                 },
             ]
         );

@@ -501,6 +501,7 @@ impl<'a> Supervisor<'a> {
             memory_mib: self.spec.memory_mib,
             kernel: image.kernel(),
             initrd: image.initrd(),
+            root_image: image.root_image(),
             data_disk: self.dir.disk_path(),
             config_drive: self.dir.config_drive_path(),
             tap,

@@ -98,7 +98,14 @@ fn real_guest_boots_and_finds_its_devices() {
                 read_only: false,
                 serial: "devbox-data".into(),
             },
-        ],
+        ]
+        .into_iter()
+        .chain(img.root_image().map(|path| DiskConfig {
+            path,
+            read_only: true,
+            serial: devbox::image::ROOT_DISK_SERIAL.into(),
+        }))
+        .collect(),
         nets: Vec::new(),
         rng: true,
         balloon: true,

@@ -119,6 +119,26 @@ impl Kvm {
             path: cfg.serial_log.clone(),
             source,
         })?;
+        let mut disks = vec![
+            DiskConfig {
+                path: cfg.config_drive,
+                read_only: true,
+                serial: "devbox-config".into(),
+            },
+            DiskConfig {
+                path: cfg.data_disk,
+                read_only: false,
+                serial: "devbox-data".into(),
+            },
+        ];
+        if let Some(root) = cfg.root_image {
+            // Shared by every machine of the image: opened read-only, never written.
+            disks.push(DiskConfig {
+                path: root,
+                read_only: true,
+                serial: crate::image::ROOT_DISK_SERIAL.into(),
+            });
+        }
         Ok(MachineConfig {
             cpus,
             memory_bytes: cfg.memory_mib << 20,
@@ -127,18 +147,7 @@ impl Kvm {
                 initrd: cfg.initrd,
                 cmdline: None,
             },
-            disks: vec![
-                DiskConfig {
-                    path: cfg.config_drive,
-                    read_only: true,
-                    serial: "devbox-config".into(),
-                },
-                DiskConfig {
-                    path: cfg.data_disk,
-                    read_only: false,
-                    serial: "devbox-data".into(),
-                },
-            ],
+            disks,
             nets,
             rng: true,
             balloon: true,
@@ -182,6 +191,7 @@ mod tests {
             memory_mib: 256,
             kernel: "/k".into(),
             initrd: "/i".into(),
+            root_image: None,
             data_disk: "/d".into(),
             config_drive: "/c".into(),
             tap: Some(null()),
