@@ -213,6 +213,11 @@ nsx "$DEVBOX" stop nfsb >/dev/null 2>&1
 
 # 9p: plain QEMU, the same image, config drive and disk, plus a virtio-9p device.
 img=$(nsx "$DEVBOX" inspect nfsb | python3 -c 'import json,sys; print(json.load(sys.stdin)["image"]["dir"])')
+# The image's system disk, as the qemu driver attaches it (images of the earlier layout have none).
+root_args=()
+if [ -f "$img/root.img" ]; then
+  root_args=(-drive "id=root,file=$img/root.img,format=raw,if=none,readonly=on" -device virtio-blk-device,drive=root,serial=devbox-root)
+fi
 nsx ip tuntap add dev tapnfs mode tap
 nsx ip addr add $host_ip/24 dev tapnfs
 nsx ip link set tapnfs up
@@ -224,7 +229,7 @@ nsx qemu-system-x86_64 -machine microvm,acpi=on,rtc=on -accel tcg -cpu max -smp 
   -drive "id=config,file=$M/config.tar,format=raw,if=none,readonly=on" -device virtio-blk-device,drive=config,serial=devbox-config \
   -drive "id=data,file=$M/disk.raw,format=raw,if=none,cache=writeback,discard=unmap" -device virtio-blk-device,drive=data,serial=devbox-data \
   -netdev tap,id=n,ifname=tapnfs,script=no,downscript=no,vhost=off -device "virtio-net-device,netdev=n,mac=$(grep mac: "$M/machine.yaml" | awk '{print $2}')" \
-  -device virtio-rng-device \
+  -device virtio-rng-device "${root_args[@]}" \
   -fsdev "local,id=fs0,path=$share,security_model=none" -device virtio-9p-device,fsdev=fs0,mount_tag=share &
 QPID=$!
 until grep -q "devbox-guest: ready" "$work/serial-9p.log" 2>/dev/null; do sleep 0.2; done

@@ -58,6 +58,11 @@ if [ "$accel" = tcg ]; then
 else
   accel_args=(-accel kvm -cpu host); cmdline="console=ttyS0 panic=-1 loglevel=4"
 fi
+# The image's system disk, as the qemu driver attaches it (images of the earlier layout have none).
+root_args=()
+if [ -f "$img/root.img" ]; then
+  root_args=(-drive "id=root,file=$img/root.img,format=raw,if=none,readonly=on" -device virtio-blk-device,drive=root,serial=devbox-root)
+fi
 plain_qemu() { # $1: run number
   local log=$work/serial-$1.log t d
   : > "$log"
@@ -72,7 +77,7 @@ plain_qemu() { # $1: run number
     -drive "id=config,file=$M/config.tar,format=raw,if=none,readonly=on" -device virtio-blk-device,drive=config,serial=devbox-config \
     -drive "id=data,file=$M/disk.raw,format=raw,if=none,cache=writeback,discard=unmap,detect-zeroes=unmap" -device virtio-blk-device,drive=data,serial=devbox-data \
     -netdev tap,id=n,ifname=tapbench,script=no,downscript=no,vhost=off -device "virtio-net-device,netdev=n,mac=$(grep mac: "$M/machine.yaml" | awk '{print $2}')" \
-    -device virtio-rng-device &
+    -device virtio-rng-device "${root_args[@]}" &
   QPID=$!
   until grep -q "devbox-guest: ready" "$log"; do sleep 0.05; done
   d=$(echo "$(now) - $t" | bc -l); echo "$d" >> "$work/boot_qemu"; echo "plain qemu #$1: $d s" >&2

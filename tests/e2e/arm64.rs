@@ -33,7 +33,7 @@ use crate::harness::cache_dir;
 use crate::support::guest::{bin, text};
 use crate::support::trials::{self, Missing};
 use devbox::hypervisor::vz_plan::{self, CONFIG_DISK_ID, DATA_DISK_ID};
-use devbox::image::{self, Image};
+use devbox::image::{self, Image, ROOT_DISK_SERIAL};
 use devbox::machine::config_drive::{self, DriveInputs};
 use devbox::machine::spec::{Driver, MachineSpec, NetworkSpec, mac_for, parse_docker_bip};
 use devbox::net::HostOnlyNet;
@@ -345,6 +345,15 @@ fn qemu_args(img: &Image, config: &Path, data: &Path, serial: &Path) -> Vec<Stri
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain(img.root_image().into_iter().flat_map(|root| {
+        // The system, read-only, as the vz driver attaches it.
+        [
+            "-drive".to_owned(),
+            format!("id=root,file={},format=raw,if=none,readonly=on", p(&root)),
+            "-device".to_owned(),
+            format!("virtio-blk-pci,drive=root,serial={ROOT_DISK_SERIAL}"),
+        ]
+    }))
     .collect()
 }
 

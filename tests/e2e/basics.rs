@@ -123,6 +123,7 @@ pub fn console_has_the_boot_markers(m: &Machine) {
     assert_eq!(
         names,
         [
+            "root",
             "init",
             "drivers",
             "disk",

@@ -152,10 +152,12 @@ pub fn killed_supervisor_resize_then_concurrent_starts(m: &Machine) {
 /// host at once; stopping the second removes its routes only. The second has IPv6
 /// (`--ipv6`): its containers answer from the host over IPv6, on the default bridge and on a
 /// user network whose /64 comes from the machine's pool, and by AAAA name; its stop takes the
-/// IPv6 route away too.
+/// IPv6 route away too. It boots the first one's image: two machines of one image share its
+/// root image, each reading the one file read-only.
 pub fn second_machine_gets_the_next_subnets(m: &Machine) {
     m.busybox_image();
     let second = m.sibling(SECOND);
+    let image = machine_image(m);
     // As root without SUDO_USER: no default share (root's home holds the state directory and
     // is no user's home to share), and create says why.
     let created =
@@ -169,6 +171,8 @@ pub fn second_machine_gets_the_next_subnets(m: &Machine) {
             "--disk-size",
             "2G",
             "--ipv6",
+            "--image",
+            &image,
         ])
         .env_remove("SUDO_USER")
         .output()
@@ -198,6 +202,16 @@ pub fn second_machine_gets_the_next_subnets(m: &Machine) {
         text(&created.stderr)
     );
     m.ok(&["start", SECOND, "--timeout", "600"]);
+    let root = m.h.cache.join("images").join(&image).join("root.img");
+    for machine in [m, &second] {
+        let held = read_only_opens(vm_pid(machine), &root);
+        assert!(
+            !held.is_empty() && held.iter().all(|&ro| ro),
+            "machine {}'s VM process holds {} open read-only (opens, read-only or not: {held:?})",
+            machine.name,
+            root.display()
+        );
+    }
     let mounts = second.ssh("mount");
     assert!(!mounts.contains(" type nfs"), "{mounts}");
     let routes = m.h.routes();
@@ -248,6 +262,49 @@ pub fn second_machine_gets_the_next_subnets(m: &Machine) {
         routes6(m)
     );
     m.ok(&["rm", "-y", SECOND]);
+}
+
+/// The image version a machine's `machine.yaml` names.
+fn machine_image(m: &Machine) -> String {
+    let spec = std::fs::read_to_string(m.dir().join("machine.yaml")).unwrap();
+    spec.lines()
+        .find_map(|l| l.strip_prefix("image: "))
+        .expect("machine.yaml names its image")
+        .trim()
+        .trim_matches('"')
+        .to_owned()
+}
+
+/// The pid of a running machine's VM process (`state.json`).
+fn vm_pid(m: &Machine) -> u32 {
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(m.dir().join("state.json")).unwrap())
+            .unwrap();
+    state["vm_pid"]
+        .as_u64()
+        .expect("a running machine has a VM pid") as u32
+}
+
+/// For each descriptor of process `pid` open on `file`: whether it is read-only
+/// (`/proc/PID/fdinfo`'s `flags`, octal, access mode `O_RDONLY`).
+fn read_only_opens(pid: u32, file: &std::path::Path) -> Vec<bool> {
+    let mut out = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let fd = fd.unwrap();
+        if std::fs::read_link(fd.path()).ok().as_deref() != Some(file) {
+            continue;
+        }
+        let info =
+            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().display()))
+                .unwrap_or_default();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .expect("fdinfo has flags");
+        out.push(flags & 0o3 == 0);
+    }
+    out
 }
 
 /// `ip -6 route` in the test's host namespace.
@@ -414,7 +471,10 @@ fn sha256_hex(path: &std::path::Path) -> String {
 /// A genuinely different image of the machine's: its kernel, and its initramfs followed by a
 /// second cpio archive holding `/etc/devbox-upgrade-probe` (the kernel unpacks concatenated
 /// archives in order), under a new version with a manifest whose checksums are right. It is
-/// dated just before the original, so that `create` never takes it as the newest.
+/// dated just before the original, so that `create` never takes it as the newest. Of an image
+/// with a root image (whose system the initramfs only mounts), the root image is derived
+/// instead: the same squashfs followed by a 4 KiB block holding the probe (the kernel reads
+/// a squashfs up to its own length), which the guest reads at the end of its root disk.
 fn derive_image(m: &Machine, current: &str) -> String {
     let images = m.h.cache.join("images");
     let from = images.join(current);
@@ -424,22 +484,35 @@ fn derive_image(m: &Machine, current: &str) -> String {
     let _ = std::fs::remove_dir_all(&to);
     std::fs::create_dir(&to).unwrap();
     std::fs::copy(from.join("vmlinuz"), to.join("vmlinuz")).unwrap();
-    let mut initrd = std::fs::read(from.join("initrd.img")).unwrap();
-    while !initrd.len().is_multiple_of(512) {
-        initrd.push(0);
-    }
-    initrd.extend(newc(
-        "etc/devbox-upgrade-probe",
-        0o100644,
-        version.as_bytes(),
-    ));
-    initrd.extend(newc("TRAILER!!!", 0, b""));
-    std::fs::write(to.join("initrd.img"), &initrd).unwrap();
     let mut manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(from.join("manifest.json")).unwrap()).unwrap();
     manifest["version"] = version.clone().into();
     manifest["created"] = "2000-01-01T00:00:00Z".into();
     manifest["files"]["vmlinuz"] = sha256_hex(&to.join("vmlinuz")).into();
+    if from.join("root.img").exists() {
+        std::fs::copy(from.join("initrd.img"), to.join("initrd.img")).unwrap();
+        let mut root = std::fs::read(from.join("root.img")).unwrap();
+        while !root.len().is_multiple_of(4096) {
+            root.push(0);
+        }
+        let mut probe = format!("devbox-upgrade-probe {version}\n").into_bytes();
+        probe.resize(4096, 0);
+        root.extend(probe);
+        std::fs::write(to.join("root.img"), &root).unwrap();
+        manifest["files"]["root.img"] = sha256_hex(&to.join("root.img")).into();
+    } else {
+        let mut initrd = std::fs::read(from.join("initrd.img")).unwrap();
+        while !initrd.len().is_multiple_of(512) {
+            initrd.push(0);
+        }
+        initrd.extend(newc(
+            "etc/devbox-upgrade-probe",
+            0o100644,
+            version.as_bytes(),
+        ));
+        initrd.extend(newc("TRAILER!!!", 0, b""));
+        std::fs::write(to.join("initrd.img"), &initrd).unwrap();
+    }
     manifest["files"]["initrd.img"] = sha256_hex(&to.join("initrd.img")).into();
     std::fs::write(
         to.join("manifest.json"),
@@ -452,14 +525,7 @@ fn derive_image(m: &Machine, current: &str) -> String {
 /// `devbox upgrade` of a machine that is down to another image keeps its Docker state (the
 /// data disk), and the guest then runs the new image.
 fn upgrade_keeps_docker_state(m: &Machine) {
-    let spec = std::fs::read_to_string(m.dir().join("machine.yaml")).unwrap();
-    let current = spec
-        .lines()
-        .find_map(|l| l.strip_prefix("image: "))
-        .expect("machine.yaml names its image")
-        .trim()
-        .trim_matches('"')
-        .to_owned();
+    let current = machine_image(m);
     let derived = derive_image(m, &current);
     let o = m.ok_output(&["upgrade", MACHINE, "--image", &derived]);
     assert!(
@@ -473,8 +539,16 @@ fn upgrade_keeps_docker_state(m: &Machine) {
 /// After the upgrade: the marker on the data disk and the probe of the new image.
 fn assert_upgraded(m: &Machine) {
     let derived = DERIVED.get().expect("upgraded earlier in this check");
+    // The probe: in the system of an initramfs-only image, or in the last block of the root
+    // disk (found by its serial, as the guest's init finds it).
+    let probe = m.ssh(
+        "if [ -e /etc/devbox-upgrade-probe ]; then cat /etc/devbox-upgrade-probe; else \
+         for d in /sys/block/vd*; do if [ \"$(cat $d/serial 2>/dev/null)\" = devbox-root ]; \
+         then tail -c 4096 /dev/${d##*/} | tr -d '\\000' | sed -n 's/^devbox-upgrade-probe //p'; \
+         fi; done; fi",
+    );
     assert_eq!(
-        m.ssh("cat /etc/devbox-upgrade-probe").trim(),
+        probe.trim(),
         derived,
         "the guest runs the image it was upgraded to"
     );
