@@ -222,6 +222,33 @@ mod tests {
         assert!(Kvm::machine_config(boot_config(d.path(), Some("nope"))).is_err());
     }
 
+    #[test]
+    fn the_root_image_is_a_read_only_disk_with_its_serial() {
+        let d = tempfile::tempdir().unwrap();
+        let earlier = Kvm::machine_config(boot_config(d.path(), None)).unwrap();
+        assert_eq!(
+            earlier.disks.len(),
+            2,
+            "an image of the earlier layout has no root disk"
+        );
+        let mut cfg = boot_config(d.path(), None);
+        cfg.root_image = Some("/img/root.img".into());
+        let now = Kvm::machine_config(cfg).unwrap();
+        let disks: Vec<(&str, bool, &str)> = now
+            .disks
+            .iter()
+            .map(|d| (d.path.to_str().unwrap(), d.read_only, d.serial.as_str()))
+            .collect();
+        assert_eq!(
+            disks,
+            [
+                ("/c", true, "devbox-config"),
+                ("/d", false, "devbox-data"),
+                ("/img/root.img", true, "devbox-root")
+            ]
+        );
+    }
+
     /// A guest printing without end fills at most two capped files on the host.
     #[test]
     fn the_serial_log_stays_under_its_cap() {
