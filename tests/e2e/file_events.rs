@@ -162,10 +162,35 @@ pub fn check_file_events(m: &Machine) {
     ));
     watch(m, guest_share, "/tmp/fe-share.log", None);
     watch(m, "/tmp/fe-local", "/tmp/fe-local.log", None);
-    let script =
-        "echo x > D/e; echo y >> D/e; mkdir D/dd; mv D/e D/dd/e2; chmod 600 D/dd/e2; rm -r D/dd";
-    m.ssh(&script.replace('D', guest_share));
-    m.ssh(&script.replace('D', "/tmp/fe-local"));
+    // In two steps: `inotifywait -r` watches a new directory only after it has printed its
+    // CREATE, so what happens in `dd` is done once both watchers are watching it (a change
+    // made before would be missed by one watcher or the other, depending on timing alone).
+    let (first, then) = (
+        "echo x > D/e; echo y >> D/e; mkdir D/dd",
+        "mv D/e D/dd/e2; chmod 600 D/dd/e2; rm -r D/dd",
+    );
+    m.ssh(&first.replace('D', guest_share));
+    m.ssh(&first.replace('D', "/tmp/fe-local"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (log, dir) in [
+        ("/tmp/fe-share.log", guest_share.as_str()),
+        ("/tmp/fe-local.log", "/tmp/fe-local"),
+    ] {
+        while !normalised(&m.ssh(&format!("cat {log}")), dir)
+            .iter()
+            .any(|l| l == "CREATE,ISDIR X/dd")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{log} never showed dd's creation"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // The watch on `dd` follows the printed event at once; a second is ample.
+    std::thread::sleep(Duration::from_secs(1));
+    m.ssh(&then.replace('D', guest_share));
+    m.ssh(&then.replace('D', "/tmp/fe-local"));
     m.ssh("sync");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
