@@ -12,6 +12,8 @@
 #            measured always, and the stand-in for knfsd on hosts without nfsd
 #   9p       QEMU's virtfs (virtio-9p, 9p2000.L, msize 512 KiB): same image, config drive
 #            and data disk, booted by plain QEMU (devbox's driver has no virtfs device)
+#   virtiofs virtio-fs: the virtiofsd QEMU ships, over vhost-user with the guest's RAM shared,
+#            booted the same way (VIRTIOFSD overrides its path)
 # The image uses Debian's generic kernel (`devbox image build --kernel generic`): the cloud
 # kernel of the default image is built without 9p. It is built into its own cache
 # (BENCH_CACHE, default /var/cache/devbox-bench) so that the user's newest image stays theirs.
@@ -52,6 +54,7 @@ cleanup() {
   ip netns exec "$NS" "$DEVBOX" stop --force nfsb >/dev/null 2>&1 || true
   [ -n "${BASELINE:-}" ] && DEVBOX_HOME=$work/home-baseline ip netns exec "$NS" "$BASELINE" stop --force nfsbase >/dev/null 2>&1 || true
   [ -n "${QPID:-}" ] && kill "$QPID" 2>/dev/null || true
+  [ -n "${VPID:-}" ] && kill "$VPID" 2>/dev/null || true
   [ -f "$work/ganesha.pid" ] && kill "$(cat "$work/ganesha.pid")" 2>/dev/null || true
   [ -n "${RPCPID:-}" ] && kill "$RPCPID" 2>/dev/null || true
   ip netns del "$NS" 2>/dev/null || true
@@ -239,9 +242,43 @@ g poweroff >/dev/null 2>&1 || true
 wait "$QPID" 2>/dev/null || true
 QPID=
 
+# virtio-fs, the modern bar: the virtiofsd QEMU ships (Debian 12: /usr/lib/qemu/virtiofsd)
+# serving the same directory over vhost-user, the guest's RAM shared with it (a memfd
+# backend), mounted with the kernel's virtiofs module; the same image and disks again.
+VIRTIOFSD=${VIRTIOFSD:-/usr/lib/qemu/virtiofsd}
+if [ -x "$VIRTIOFSD" ]; then
+  "$VIRTIOFSD" --socket-path="$work/vfs.sock" -o source="$share" -o cache=auto >"$work/virtiofsd.log" 2>&1 &
+  VPID=$!
+  for _ in $(seq 100); do [ -S "$work/vfs.sock" ] && break; sleep 0.1; done
+  nsx qemu-system-x86_64 -machine microvm,acpi=on,rtc=on,memory-backend=mem -accel tcg -cpu max -smp 2 -m 2048 \
+    -object memory-backend-memfd,id=mem,size=2048M,share=on \
+    -nodefaults -no-user-config -display none -no-reboot \
+    -chardev "file,id=c,path=$work/serial-vfs.log" -serial chardev:c \
+    -kernel "$img/vmlinuz" -initrd "$img/initrd.img" -append "console=ttyS0 panic=-1 loglevel=4 tsc_early_khz=$khz tsc=reliable" \
+    -drive "id=config,file=$M/config.tar,format=raw,if=none,readonly=on" -device virtio-blk-device,drive=config,serial=devbox-config \
+    -drive "id=data,file=$M/disk.raw,format=raw,if=none,cache=writeback,discard=unmap" -device virtio-blk-device,drive=data,serial=devbox-data \
+    -netdev tap,id=n,ifname=tapnfs,script=no,downscript=no,vhost=off -device "virtio-net-device,netdev=n,mac=$(grep mac: "$M/machine.yaml" | awk '{print $2}')" \
+    -device virtio-rng-device "${root_args[@]}" \
+    -chardev "socket,id=vfs,path=$work/vfs.sock" -device vhost-user-fs-device,chardev=vfs,tag=share &
+  QPID=$!
+  until grep -q "devbox-guest: ready" "$work/serial-vfs.log" 2>/dev/null; do sleep 0.2; done
+  g "modprobe virtiofs && mkdir -p /mnt/vfs && mount -t virtiofs share /mnt/vfs"
+  run_workloads virtiofs:/mnt/vfs
+  g poweroff >/dev/null 2>&1 || true
+  wait "$QPID" 2>/dev/null || true
+  QPID=
+  kill "$VPID" 2>/dev/null || true
+  wait "$VPID" 2>/dev/null || true
+  virtiofs=measured
+else
+  echo "virtio-fs: no $VIRTIOFSD (Debian 12's qemu-system-common ships it): not measured" >&2
+  virtiofs=unavailable
+fi
+
 echo
 echo "ratio = other's time / devbox's time (> 1: devbox is faster)"
 cols=(ganesha 9p)
+[ "$virtiofs" = measured ] && cols+=(virtiofs)
 [ "$knfsd" = measured ] && cols=(knfsd "${cols[@]}")
 printf '%-10s %9s' workload devbox
 for c in "${cols[@]}"; do printf ' %9s %9s' "$c" "ratio"; done
@@ -256,4 +293,4 @@ for w in seq-write seq-read stat-10k create-1k; do
   echo
 done
 echo "goals: >= 0.8x the kernel NFS server on every workload; >= 2x 9p on stat-10k and create-1k"
-echo "knfsd: $knfsd"
+echo "knfsd: $knfsd; virtio-fs: $virtiofs"
