@@ -11,7 +11,7 @@ use crate::support::guest::text;
 /// Deleting data in the guest gives the space back in the host file (online discard).
 pub fn check_discard(m: &Machine) {
     let discard_max = m.ssh(
-        "for d in /sys/block/vd*; do [ \"$(cat $d/serial)\" = devbox-data ] && cat $d/queue/discard_max_bytes; done",
+        "for d in /sys/block/vd*; do if [ \"$(cat $d/serial)\" = devbox-data ]; then cat $d/queue/discard_max_bytes; fi; done",
     );
     eprintln!(
         "[e2e] guest data disk discard_max_bytes = {}",
