@@ -250,7 +250,9 @@ if [ -x "$VIRTIOFSD" ]; then
   "$VIRTIOFSD" --socket-path="$work/vfs.sock" -o source="$share" -o cache=auto >"$work/virtiofsd.log" 2>&1 &
   VPID=$!
   for _ in $(seq 100); do [ -S "$work/vfs.sock" ] && break; sleep 0.1; done
-  nsx qemu-system-x86_64 -machine microvm,acpi=on,rtc=on,memory-backend=mem -accel tcg -cpu max -smp 2 -m 2048 \
+  # Modern virtio-mmio: libvhost-user (virtiofsd) refuses the legacy devices microvm defaults to.
+  nsx qemu-system-x86_64 -machine microvm,acpi=on,rtc=on,memory-backend=mem -global virtio-mmio.force-legacy=false \
+    -accel tcg -cpu max -smp 2 -m 2048 \
     -object memory-backend-memfd,id=mem,size=2048M,share=on \
     -nodefaults -no-user-config -display none -no-reboot \
     -chardev "file,id=c,path=$work/serial-vfs.log" -serial chardev:c \
