@@ -343,19 +343,14 @@ pub fn early(
     fs_err::write(&path, init)?;
     fs_err::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
 
-    let tree = ModuleTree::scan(&module_source(kernel_dir, kernel_pkg, kver)?)?;
-    let dest = early.join("usr/lib/modules").join(kver);
-    fs_err::create_dir_all(&dest)?;
-    let set = tree.closure(&tree.select(modules::EARLY_MODULE_SELECTION), Some(&dest))?;
-    let names: BTreeSet<String> = set.modules.keys().cloned().collect();
-    if let Some(m) = modules::missing_module(modules::EARLY_MODULES, &names, &tree.builtin()?) {
-        return Err(BuildError::ModuleMissing {
-            package: kernel_pkg.to_owned(),
-            module: m.to_owned(),
-        });
-    }
-    tree.copy_lists(&dest)?;
-    set.write_index(&dest)
+    copy_modules(
+        early,
+        kernel_dir,
+        kernel_pkg,
+        kver,
+        modules::EARLY_MODULE_SELECTION,
+        modules::EARLY_MODULES,
+    )
 }
 
 /// The busybox applets `/init` of the early userspace runs (it checks nothing else exists).
@@ -392,17 +387,38 @@ fn install_modules(
     kver: &str,
     arch: Arch,
 ) -> Result<(), BuildError> {
-    let tree = ModuleTree::scan(&module_source(kernel_dir, kernel_pkg, kver)?)?;
     let selection: Vec<&str> = modules::MODULE_SELECTION
         .iter()
         .chain(modules::arch_module_selection(arch))
         .copied()
         .collect();
-    let dest = stage.join("usr/lib/modules").join(kver);
+    copy_modules(
+        stage,
+        kernel_dir,
+        kernel_pkg,
+        kver,
+        &selection,
+        modules::REQUIRED_MODULES,
+    )
+}
+
+/// Copies the kernel package's modules that match `selection`, with their dependencies
+/// (uncompressed), below `root`'s `usr/lib/modules/<kver>` and writes their index; a module of
+/// `required` that is neither copied nor built in is an error.
+fn copy_modules(
+    root: &Path,
+    kernel_dir: &Path,
+    kernel_pkg: &str,
+    kver: &str,
+    selection: &[&str],
+    required: &[&str],
+) -> Result<(), BuildError> {
+    let tree = ModuleTree::scan(&module_source(kernel_dir, kernel_pkg, kver)?)?;
+    let dest = root.join("usr/lib/modules").join(kver);
     fs_err::create_dir_all(&dest)?;
-    let set = tree.closure(&tree.select(&selection), Some(&dest))?;
+    let set = tree.closure(&tree.select(selection), Some(&dest))?;
     let names: BTreeSet<String> = set.modules.keys().cloned().collect();
-    if let Some(m) = modules::missing_module(modules::REQUIRED_MODULES, &names, &tree.builtin()?) {
+    if let Some(m) = modules::missing_module(required, &names, &tree.builtin()?) {
         return Err(BuildError::ModuleMissing {
             package: kernel_pkg.to_owned(),
             module: m.to_owned(),
