@@ -225,17 +225,23 @@ nsx ip tuntap add dev tapnfs mode tap
 nsx ip addr add $host_ip/24 dev tapnfs
 nsx ip link set tapnfs up
 khz=$(awk -F: '/^cpu MHz/ {printf "%d", $2*1000; exit}' /proc/cpuinfo)
-nsx qemu-system-x86_64 -machine microvm,acpi=on,rtc=on -accel tcg -cpu max -smp 2 -m 2048 \
-  -nodefaults -no-user-config -display none -no-reboot \
-  -chardev "file,id=c,path=$work/serial-9p.log" -serial chardev:c \
-  -kernel "$img/vmlinuz" -initrd "$img/initrd.img" -append "console=ttyS0 panic=-1 loglevel=4 tsc_early_khz=$khz tsc=reliable" \
-  -drive "id=config,file=$M/config.tar,format=raw,if=none,readonly=on" -device virtio-blk-device,drive=config,serial=devbox-config \
-  -drive "id=data,file=$M/disk.raw,format=raw,if=none,cache=writeback,discard=unmap" -device virtio-blk-device,drive=data,serial=devbox-data \
-  -netdev tap,id=n,ifname=tapnfs,script=no,downscript=no,vhost=off -device "virtio-net-device,netdev=n,mac=$(grep mac: "$M/machine.yaml" | awk '{print $2}')" \
-  -device virtio-rng-device "${root_args[@]}" \
-  -fsdev "local,id=fs0,path=$share,security_model=none" -device virtio-9p-device,fsdev=fs0,mount_tag=share &
-QPID=$!
-until grep -q "devbox-guest: ready" "$work/serial-9p.log" 2>/dev/null; do sleep 0.2; done
+# Plain QEMU on the same image, config drive and disk (the machine is stopped), its console in
+# $1, `-machine` $2, and the devices of the share under test after them; returns once ready.
+plain_qemu() {
+  local log=$1 machine=$2; shift 2
+  nsx qemu-system-x86_64 -machine "$machine" -accel tcg -cpu max -smp 2 -m 2048 \
+    -nodefaults -no-user-config -display none -no-reboot \
+    -chardev "file,id=c,path=$log" -serial chardev:c \
+    -kernel "$img/vmlinuz" -initrd "$img/initrd.img" -append "console=ttyS0 panic=-1 loglevel=4 tsc_early_khz=$khz tsc=reliable" \
+    -drive "id=config,file=$M/config.tar,format=raw,if=none,readonly=on" -device virtio-blk-device,drive=config,serial=devbox-config \
+    -drive "id=data,file=$M/disk.raw,format=raw,if=none,cache=writeback,discard=unmap" -device virtio-blk-device,drive=data,serial=devbox-data \
+    -netdev tap,id=n,ifname=tapnfs,script=no,downscript=no,vhost=off -device "virtio-net-device,netdev=n,mac=$(grep mac: "$M/machine.yaml" | awk '{print $2}')" \
+    -device virtio-rng-device "${root_args[@]}" "$@" &
+  QPID=$!
+  until grep -q "devbox-guest: ready" "$log" 2>/dev/null; do sleep 0.2; done
+}
+plain_qemu "$work/serial-9p.log" microvm,acpi=on,rtc=on \
+  -fsdev "local,id=fs0,path=$share,security_model=none" -device virtio-9p-device,fsdev=fs0,mount_tag=share
 g "modprobe 9pnet_virtio && mkdir -p /mnt/9p && mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 share /mnt/9p"
 run_workloads 9p:/mnt/9p
 g poweroff >/dev/null 2>&1 || true
@@ -251,19 +257,9 @@ if [ -x "$VIRTIOFSD" ]; then
   VPID=$!
   for _ in $(seq 100); do [ -S "$work/vfs.sock" ] && break; sleep 0.1; done
   # Modern virtio-mmio: libvhost-user (virtiofsd) refuses the legacy devices microvm defaults to.
-  nsx qemu-system-x86_64 -machine microvm,acpi=on,rtc=on,memory-backend=mem -global virtio-mmio.force-legacy=false \
-    -accel tcg -cpu max -smp 2 -m 2048 \
-    -object memory-backend-memfd,id=mem,size=2048M,share=on \
-    -nodefaults -no-user-config -display none -no-reboot \
-    -chardev "file,id=c,path=$work/serial-vfs.log" -serial chardev:c \
-    -kernel "$img/vmlinuz" -initrd "$img/initrd.img" -append "console=ttyS0 panic=-1 loglevel=4 tsc_early_khz=$khz tsc=reliable" \
-    -drive "id=config,file=$M/config.tar,format=raw,if=none,readonly=on" -device virtio-blk-device,drive=config,serial=devbox-config \
-    -drive "id=data,file=$M/disk.raw,format=raw,if=none,cache=writeback,discard=unmap" -device virtio-blk-device,drive=data,serial=devbox-data \
-    -netdev tap,id=n,ifname=tapnfs,script=no,downscript=no,vhost=off -device "virtio-net-device,netdev=n,mac=$(grep mac: "$M/machine.yaml" | awk '{print $2}')" \
-    -device virtio-rng-device "${root_args[@]}" \
-    -chardev "socket,id=vfs,path=$work/vfs.sock" -device vhost-user-fs-device,chardev=vfs,tag=share &
-  QPID=$!
-  until grep -q "devbox-guest: ready" "$work/serial-vfs.log" 2>/dev/null; do sleep 0.2; done
+  plain_qemu "$work/serial-vfs.log" microvm,acpi=on,rtc=on,memory-backend=mem \
+    -global virtio-mmio.force-legacy=false -object memory-backend-memfd,id=mem,size=2048M,share=on \
+    -chardev "socket,id=vfs,path=$work/vfs.sock" -device vhost-user-fs-device,chardev=vfs,tag=share
   g "modprobe virtiofs && mkdir -p /mnt/vfs && mount -t virtiofs share /mnt/vfs"
   run_workloads virtiofs:/mnt/vfs
   g poweroff >/dev/null 2>&1 || true
