@@ -87,12 +87,15 @@ pub fn kernel_cmdline(accel: &str, tsc_khz: Option<u64>) -> String {
 /// The size of TCG's translation cache, in MiB (`-accel tcg,tb-size=`). QEMU's default on a
 /// 64-bit host is 1 GiB; the cache only grows (a full one is flushed and refilled, its pages
 /// kept), so its high-water mark stays in the VM process's resident set for the machine's
-/// life. A Docker guest's working set of translated code is far smaller (see
-/// [`translation_cache_bytes`] in `devbox inspect`), so a quarter of the default bounds that
-/// part of the resident set. Measured on the x86_64 guest under TCG (two runs each, a boot
-/// then six `docker run`s): 256 MiB held the VM at 965-972 MiB resident against 1829-1840 MiB
-/// with the default, ready 30.0-30.4 s against 27.7-27.9 s, the six runs 42.7-46.6 s against
-/// 42.2-42.6 s; 512 MiB bought no clear time back (29.5-31.9 s, 40.8-44.0 s) for 1.26 GB.
+/// life ([`translation_cache_bytes`], shown apart in `devbox inspect`). A Docker guest fills
+/// 256 MiB during its boot already, so the size trades memory against time spent
+/// translating again. Measured on the x86_64 guest under TCG (a boot then six `docker run`s):
+/// 256 MiB held the VM at 965-972 MiB resident against 1829-1840 MiB with the default, ready
+/// 30.0-30.4 s against 27.7-27.9 s, the six runs 42.7-46.6 s against 42.2-42.6 s; 512 MiB
+/// bought no clear time back (29.5-31.9 s, 40.8-44.0 s) for 1.26 GB. On the root-image layout
+/// (#20; boot, 20 s idle, five `docker run`s and a shell loop in a container): 256 MiB idled
+/// at 708-715 MiB, ready 14.3-14.6 s, runs 28.2-30.4 s; 128 MiB at 574 MiB, 15.1 s, 35.1 s;
+/// 64 MiB at 504-509 MiB, 16.5-16.7 s, 43.3-43.7 s. Below 256 MiB every container pays.
 pub const TB_SIZE_MIB: u64 = 256;
 
 /// The resident bytes of TCG's translation cache in the QEMU process `pid`: its anonymous
