@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 pub mod cli;
 pub mod guest;
+pub mod sshd;
 pub mod trials;
 
 /// Compares `actual` with `tests/golden/<dir>/<name>` (`dir` may be empty).

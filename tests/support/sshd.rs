@@ -1,0 +1,198 @@
+//! A real OpenSSH server on loopback for the tests that talk SSH (`tests/ssh_sshd.rs`,
+//! `tests/remote_adopt.rs`), started per test with keys made by `generate_ed25519`. Without
+//! `/usr/sbin/sshd` such tests print why and pass, except under `CI=true`, where a missing
+//! sshd is a failure.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use devbox::ssh::{Connection, Target, generate_ed25519, write_keypair};
+
+pub const SSHD: &str = "/usr/sbin/sshd";
+pub const CONNECT: Duration = Duration::from_secs(10);
+
+/// Whether the tools a test needs exist; panics under CI when they do not.
+pub fn have(tool: &str) -> bool {
+    if Path::new(tool).exists() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true but {tool} is missing: install openssh-server / openssh-client");
+    }
+    eprintln!("skipping: {tool} not found (install openssh-server to run this test)");
+    false
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private sshd on 127.0.0.1 and a [`Target`] that reaches it.
+pub struct Sshd {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub target: Target,
+}
+
+impl Sshd {
+    /// Writes keys and config, without starting the server.
+    pub fn prepare() -> Sshd {
+        let dir = tempfile::tempdir().unwrap();
+        let host = generate_ed25519("host@devbox-test").unwrap();
+        let client = generate_ed25519("client@devbox-test").unwrap();
+        let p = |name: &str| dir.path().join(name);
+        write_keypair(&host, &p("host_key"), &p("host_key.pub")).unwrap();
+        write_keypair(&client, &p("id_ed25519"), &p("id_ed25519.pub")).unwrap();
+        std::fs::write(p("authorized_keys"), format!("{}\n", client.public_openssh)).unwrap();
+        let port = free_port();
+        let config = format!(
+            "ListenAddress 127.0.0.1\nPort {port}\nHostKey {}\nAuthorizedKeysFile {}\n\
+             PidFile none\nStrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             AllowStreamLocalForwarding yes\nMaxStartups 100\nLogLevel VERBOSE\n",
+            p("host_key").display(),
+            p("authorized_keys").display(),
+        );
+        std::fs::write(p("sshd_config"), config).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            // sshd's privilege separation directory; absent on hosts that never ran sshd.
+            let _ = std::fs::create_dir_all("/run/sshd");
+        }
+        let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .unwrap()
+            .unwrap()
+            .name;
+        let target = Target {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            user,
+            identity: p("id_ed25519"),
+            host_key: host.public_openssh.clone(),
+        };
+        Sshd {
+            dir,
+            child: None,
+            target,
+        }
+    }
+
+    /// Adds lines to the server's configuration (before [`Sshd::spawn`]).
+    pub fn configure(&self, lines: &str) {
+        let path = self.dir.path().join("sshd_config");
+        let mut config = std::fs::read_to_string(&path).unwrap();
+        config.push_str(lines);
+        std::fs::write(path, config).unwrap();
+    }
+
+    pub fn start() -> Sshd {
+        let mut sshd = Sshd::prepare();
+        sshd.spawn();
+        sshd.wait_listening();
+        sshd
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("sshd.log"))
+            .unwrap();
+        let child = Command::new(SSHD)
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(self.dir.path().join("sshd_config"))
+            .arg("-p")
+            .arg(self.target.addr.port().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn wait_listening(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(self.target.addr).is_err() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("sshd exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sshd not listening:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops sshd and the per-connection processes it forked (what a machine reboot does to
+    /// established sessions), then starts a fresh one on the same port.
+    /// Returns how many session processes were ended.
+    pub fn restart(&mut self) -> usize {
+        let sessions = self
+            .child
+            .as_ref()
+            .map(|c| children_of(c.id()))
+            .unwrap_or_default();
+        for &pid in &sessions {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        self.kill();
+        self.spawn();
+        self.wait_listening();
+        sessions.len()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    pub fn connect(&self) -> Connection {
+        Connection::connect(&self.target, CONNECT)
+            .unwrap_or_else(|e| panic!("connect: {e:?}\nsshd log:\n{}", self.log()))
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Pids whose parent is `parent`, from /proc (Linux).
+pub fn children_of(parent: u32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`; comm may contain spaces, so split after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
