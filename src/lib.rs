@@ -17,6 +17,7 @@ pub mod net;
 pub mod nfs;
 pub mod output;
 pub mod ports;
+pub mod remote;
 pub mod resolver;
 pub mod routes;
 pub mod ssh;

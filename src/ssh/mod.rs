@@ -32,4 +32,4 @@ mod sys;
 pub use error::SshError;
 pub use forward::{Forwarder, forward_unix_socket};
 pub use keys::{KeyPair, fingerprint, generate_ed25519, write_keypair};
-pub use session::{Connection, Output, Target, wait_until_reachable};
+pub use session::{Connection, Output, Target, scan_host_key, wait_until_reachable};

@@ -172,6 +172,36 @@ impl Drop for Connection {
     }
 }
 
+/// The host key the SSH server at `addr` presents, in OpenSSH one-line format, learnt without
+/// authenticating (nothing is offered to the server): what `devbox create --driver ssh` pins
+/// for a host devbox did not create. The strongest key the server holds is asked for first
+/// (ed25519, then ECDSA, then RSA), as OpenSSH's client does. `timeout` bounds the TCP connect
+/// and the handshake.
+pub fn scan_host_key(addr: SocketAddr, timeout: Duration) -> Result<String, SshError> {
+    let connect_err = |source| SshError::Connect { addr, source };
+    let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(connect_err)?;
+    let handshake_err = |source| SshError::Handshake { addr, source };
+    let mut session = Session::new().map_err(handshake_err)?;
+    session.set_timeout(u32::try_from(timeout.as_millis().max(1)).unwrap_or(u32::MAX));
+    let _ = session.method_pref(
+        MethodType::HostKey,
+        "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,\
+         rsa-sha2-512,rsa-sha2-256,ssh-rsa",
+    );
+    session.set_tcp_stream(tcp);
+    session.handshake().map_err(handshake_err)?;
+    let (blob, _) = session.host_key().ok_or(SshError::NoHostKey { addr })?;
+    let key = ssh_key::PublicKey::from_bytes(blob).map_err(|source| SshError::KeyParse {
+        key: format!("({} bytes presented by {addr})", blob.len()),
+        source,
+    })?;
+    let _ = session.disconnect(None, "devbox: host key read", None);
+    key.to_openssh().map_err(|source| SshError::KeyParse {
+        key: format!("(presented by {addr})"),
+        source,
+    })
+}
+
 /// libssh2 host-key method names that can present a key of `algorithm`.
 fn host_key_methods(algorithm: &Algorithm) -> &str {
     match algorithm {

@@ -1,0 +1,186 @@
+//! Adopting a host over SSH (`devbox::remote`, issue #21) against a real OpenSSH server on
+//! loopback. The test world's guests have no package manager and no systemd, so the commands
+//! that install and start Docker are checked here as a recording: the server's sessions get a
+//! PATH whose `apt-get`, `systemctl`, `sudo` and (once "installed") `docker` are scripts that
+//! log how they were called, while `sh`, `id` and `uname` are the real ones.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use devbox::remote::{self, Facts};
+use devbox::ssh::{Connection, fingerprint, scan_host_key};
+
+mod support;
+use support::sshd::{CONNECT, SSHD, Sshd, have};
+
+const STEP: Duration = Duration::from_secs(30);
+
+/// A directory of commands for the server's sessions: the real ones the facts script needs,
+/// and recording fakes.
+fn fake_bin(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for real in ["sh", "bash", "env", "id", "uname", "true", "cat", "chmod"] {
+        let path = which(real);
+        std::os::unix::fs::symlink(path, dir.join(real)).unwrap();
+    }
+    let log = dir.join("calls.log");
+    let script = |name: &str, body: &str| {
+        let p = dir.join(name);
+        std::fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\necho \"{name} $*\" >> {}\n{body}\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    // `apt-get install` "installs" an engine that answers.
+    let docker = format!(
+        "cat > {d}/docker <<'EOF'\n#!/bin/sh\n[ \"$1\" = version ] && echo 26.1.5-fake\nEOF\nchmod 755 {d}/docker",
+        d = dir.display()
+    );
+    script(
+        "apt-get",
+        &format!(
+            "case \"$*\" in *install*) [ -e {d}/fail-install ] && {{ echo 'E: Unable to locate package docker.io' >&2; exit 100; }}; {docker};; esac\nexit 0",
+            d = dir.display()
+        ),
+    );
+    script("systemctl", "exit 0");
+    script("sudo", "[ \"$1\" = -n ] && shift\nexec \"$@\"");
+}
+
+fn which(cmd: &str) -> String {
+    for dir in ["/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
+        let p = Path::new(dir).join(cmd);
+        if p.exists() {
+            return p.display().to_string();
+        }
+    }
+    panic!("{cmd} not found")
+}
+
+fn calls(bin: &Path) -> Vec<String> {
+    std::fs::read_to_string(bin.join("calls.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn server(bin: &Path) -> Sshd {
+    let mut sshd = Sshd::prepare();
+    sshd.configure(&format!("SetEnv PATH={}\n", bin.display()));
+    sshd.spawn();
+    sshd.wait_listening();
+    sshd
+}
+
+#[test]
+fn the_host_key_is_read_without_authenticating() {
+    if !have(SSHD) {
+        return;
+    }
+    let sshd = Sshd::start();
+    let key = scan_host_key(sshd.target.addr, CONNECT).unwrap();
+    assert_eq!(
+        fingerprint(&key).unwrap(),
+        fingerprint(&sshd.target.host_key).unwrap()
+    );
+    // What is read is what a pinned connection then accepts.
+    let mut target = sshd.target.clone();
+    target.host_key = key;
+    Connection::connect(&target, CONNECT).unwrap();
+    assert_eq!(
+        sshd.log().matches("Accepted publickey").count(),
+        1,
+        "{}",
+        sshd.log()
+    );
+}
+
+#[test]
+fn docker_is_installed_from_the_distribution_with_the_recorded_commands() {
+    if !have(SSHD) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let bin = work.path().join("bin");
+    fake_bin(&bin);
+    let sshd = server(&bin);
+    let conn = sshd.connect();
+
+    let facts = remote::gather(&conn, STEP).unwrap();
+    let euid = nix::unistd::geteuid().as_raw();
+    assert_eq!(facts.uid, Some(euid), "{facts:?}");
+    assert!(facts.apt && !facts.docker_cli, "{facts:?}");
+    assert_eq!(facts.docker_version, None);
+    assert_eq!(facts.arch, std::env::consts::ARCH);
+    if !facts.debian_family() {
+        eprintln!("skipping the plan: this host is not Debian or Ubuntu ({facts:?})");
+        return;
+    }
+    let plan = remote::plan(&facts, "loopback", &sshd.target.user).unwrap();
+    remote::run(&conn, &plan, STEP).unwrap();
+    // Each step reached the host as planned: through sudo -n exactly when not root.
+    let mut want = Vec::new();
+    for step in &plan.steps {
+        let cmd = step.strip_prefix("sudo -n ").unwrap_or(step);
+        if step.starts_with("sudo -n ") {
+            want.push(format!("sudo -n {cmd}"));
+        }
+        let cmd = cmd
+            .strip_prefix("env DEBIAN_FRONTEND=noninteractive ")
+            .unwrap_or(cmd);
+        want.push(cmd.to_owned());
+    }
+    assert_eq!(calls(&bin), want);
+    assert!(
+        want.iter().any(|c| c == "apt-get install -q -y docker.io"),
+        "{want:?}"
+    );
+    // The engine answers now: nothing more to do.
+    let after = remote::gather(&conn, STEP).unwrap();
+    assert_eq!(after.docker_version.as_deref(), Some("26.1.5-fake"));
+    assert!(
+        remote::plan(&after, "loopback", "u")
+            .unwrap()
+            .steps
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_failed_installation_says_which_command_and_why() {
+    if !have(SSHD) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let bin = work.path().join("bin");
+    fake_bin(&bin);
+    std::fs::write(bin.join("fail-install"), "").unwrap();
+    let sshd = server(&bin);
+    let conn = sshd.connect();
+    let facts = Facts {
+        uid: Some(0),
+        os_id: "debian".into(),
+        apt: true,
+        ..Facts::default()
+    };
+    let plan = remote::plan(&facts, "loopback", "root").unwrap();
+    let err = remote::run(&conn, &plan, STEP).unwrap_err().to_string();
+    assert!(
+        err.contains("apt-get install -q -y docker.io")
+            && err.contains("status 100")
+            && err.contains("Unable to locate package docker.io"),
+        "{err}"
+    );
+    // Stopped at the failure: nothing ran after it.
+    assert_eq!(
+        calls(&bin).last().unwrap(),
+        "apt-get install -q -y docker.io"
+    );
+}
