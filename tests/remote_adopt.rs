@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+use devbox::remote::settings::{HostSettings, SettingsError};
 use devbox::remote::{self, Facts};
 use devbox::ssh::{Connection, fingerprint, scan_host_key};
 
@@ -20,7 +21,9 @@ const STEP: Duration = Duration::from_secs(30);
 /// and recording fakes.
 fn fake_bin(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
-    for real in ["sh", "bash", "env", "id", "uname", "true", "cat", "chmod"] {
+    for real in [
+        "sh", "bash", "env", "id", "uname", "true", "cat", "chmod", "mkdir", "cp", "mv", "rm",
+    ] {
         let path = which(real);
         std::os::unix::fs::symlink(path, dir.join(real)).unwrap();
     }
@@ -183,4 +186,149 @@ fn a_failed_installation_says_which_command_and_why() {
         calls(&bin).last().unwrap(),
         "apt-get install -q -y docker.io"
     );
+}
+
+/// A fake engine for the settings tests: answers `docker version` unless `engine-down` exists.
+fn fake_engine(bin: &Path) {
+    let p = bin.join("docker");
+    std::fs::write(
+        &p,
+        format!(
+            "#!/bin/sh\n[ -e {}/engine-down ] && exit 1\n[ \"$1\" = version ] && echo 26.1.5-fake\n",
+            bin.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn systemd_host() -> Facts {
+    Facts {
+        uid: Some(nix::unistd::geteuid().as_raw()),
+        sudo: true,
+        os_id: "debian".into(),
+        apt: true,
+        systemd: true,
+        docker_cli: true,
+        docker_version: Some("26.1.5".into()),
+        ..Facts::default()
+    }
+}
+
+#[test]
+fn settings_are_merged_kept_once_and_put_back() {
+    if !have(SSHD) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let bin = work.path().join("bin");
+    fake_bin(&bin);
+    fake_engine(&bin);
+    let etc = work.path().join("etc-docker");
+    let sshd = server(&bin);
+    let conn = sshd.connect();
+    let facts = systemd_host();
+    let settings = HostSettings {
+        conn: &conn,
+        facts: &facts,
+        host: "loopback",
+        etc_docker: etc.to_str().unwrap(),
+        timeout: STEP,
+    };
+    let ours = |bip: &str| {
+        serde_json::json!({ "bip": bip, "labels": ["devbox.machine=box"] })
+            .as_object()
+            .unwrap()
+            .clone()
+    };
+    let daemon = etc.join("daemon.json");
+    let read = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&daemon).unwrap()).unwrap()
+    };
+    let restarts = || {
+        calls(&bin)
+            .iter()
+            .filter(|c| c.as_str() == "systemctl restart docker.service")
+            .count()
+    };
+
+    // A host with settings of its own: kept, devbox's set over them.
+    std::fs::create_dir_all(&etc).unwrap();
+    let original = "{\"log-driver\": \"journald\", \"bip\": \"10.1.0.1/24\"}\n";
+    std::fs::write(&daemon, original).unwrap();
+    settings.apply(&ours("172.18.0.1/16")).unwrap();
+    assert_eq!(read()["log-driver"], "journald");
+    assert_eq!(read()["bip"], "172.18.0.1/16");
+    assert_eq!(restarts(), 1);
+    // Adopted again: devbox's file is not taken for the host's.
+    settings.apply(&ours("172.20.0.1/16")).unwrap();
+    assert_eq!(read()["bip"], "172.20.0.1/16");
+    assert!(settings.restore().unwrap());
+    assert_eq!(std::fs::read_to_string(&daemon).unwrap(), original);
+    assert_eq!(restarts(), 3);
+    assert!(!settings.restore().unwrap(), "nothing left to restore");
+    assert_eq!(restarts(), 3);
+
+    // A host without daemon.json gets none back.
+    std::fs::remove_file(&daemon).unwrap();
+    settings.apply(&ours("172.18.0.1/16")).unwrap();
+    assert_eq!(read()["bip"], "172.18.0.1/16");
+    assert!(settings.restore().unwrap());
+    assert!(!daemon.exists());
+    assert_eq!(
+        std::fs::read_dir(&etc).unwrap().count(),
+        0,
+        "nothing of devbox's left"
+    );
+
+    // A file devbox cannot read is left alone, and the engine is not touched.
+    std::fs::write(&daemon, "[1, 2]\n").unwrap();
+    let before = restarts();
+    let err = settings.apply(&ours("172.18.0.1/16")).unwrap_err();
+    assert!(matches!(err, SettingsError::Unreadable { .. }), "{err:?}");
+    assert!(err.to_string().contains("daemon.json"), "{err}");
+    assert_eq!(std::fs::read_to_string(&daemon).unwrap(), "[1, 2]\n");
+    assert_eq!(restarts(), before);
+    assert_eq!(std::fs::read_dir(&etc).unwrap().count(), 1);
+}
+
+#[test]
+fn nothing_is_written_where_the_engine_cannot_be_restarted_and_a_dead_engine_is_reported() {
+    if !have(SSHD) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let bin = work.path().join("bin");
+    fake_bin(&bin);
+    fake_engine(&bin);
+    let etc = work.path().join("etc-docker");
+    let sshd = server(&bin);
+    let conn = sshd.connect();
+    let ours = serde_json::json!({ "bip": "172.18.0.1/16" })
+        .as_object()
+        .unwrap()
+        .clone();
+    let mut facts = systemd_host();
+    facts.systemd = false;
+    let settings = HostSettings {
+        conn: &conn,
+        facts: &facts,
+        host: "loopback",
+        etc_docker: etc.to_str().unwrap(),
+        timeout: Duration::from_secs(3),
+    };
+    let err = settings.apply(&ours).unwrap_err();
+    assert!(matches!(err, SettingsError::NoRestart { .. }), "{err:?}");
+    assert!(!etc.exists());
+
+    // The engine does not come back after the restart: said, with where to look.
+    std::fs::write(bin.join("engine-down"), "").unwrap();
+    let facts = systemd_host();
+    let settings = HostSettings {
+        facts: &facts,
+        ..settings
+    };
+    let err = settings.apply(&ours).unwrap_err();
+    assert!(matches!(err, SettingsError::NotBack { .. }), "{err:?}");
+    assert!(err.hint().unwrap().contains("journalctl"));
 }

@@ -23,6 +23,7 @@ use crate::hint::Hint;
 use crate::machine::Store;
 use crate::output;
 use crate::ssh::Connection;
+use crate::ssh::quote;
 use crate::supervisor::client;
 
 #[derive(Debug, thiserror::Error)]
@@ -343,10 +344,6 @@ fn base_name(p: &Path) -> Result<String> {
         .and_then(|n| n.to_str())
         .map(str::to_owned)
         .ok_or_else(|| CpError::BadName { path: p.into() }.into())
-}
-
-fn quote(a: &str) -> String {
-    format!("'{}'", a.replace('\'', r"'\''"))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use crate::machine::Store;
 use crate::machine::share::ShareSpec;
 use crate::output;
 use crate::ssh;
+use crate::ssh::quote;
 use crate::supervisor::client;
 
 pub fn run(store: &Store, a: &SshArgs) -> Result<i32> {
@@ -112,17 +113,6 @@ pub fn remote_command(command: &[String], workdir: Option<&Workdir>) -> Option<S
     };
     let run = cmd.unwrap_or_else(|| "exec \"${SHELL:-/bin/sh}\" -l".to_owned());
     Some(format!("{cd}\n{run}"))
-}
-
-fn quote(a: &str) -> String {
-    if !a.is_empty()
-        && a.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b))
-    {
-        a.to_owned()
-    } else {
-        format!("'{}'", a.replace('\'', r"'\''"))
-    }
 }
 
 /// Joins argv for the remote shell. A single argument is passed as it is (so

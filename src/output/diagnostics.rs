@@ -93,6 +93,8 @@ dispatch!(
     crate::image::debian::DebianError,
     crate::image::pull::PullError,
     crate::ssh::SshError,
+    crate::remote::AdoptError,
+    crate::remote::settings::SettingsError,
     crate::dns::DnsError,
     crate::dns::policy::AllowanceError,
     crate::dns::policy::AllowError,

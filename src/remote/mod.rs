@@ -12,6 +12,8 @@
 
 use std::time::{Duration, Instant};
 
+pub mod settings;
+
 use crate::ssh::{Connection, SshError};
 
 /// The one command that learns the [`Facts`]: `key=value` lines, nothing the host's shell
@@ -137,8 +139,8 @@ pub enum AdoptError {
 
 impl AdoptError {
     /// What the user can do.
-    pub fn hint(&self) -> String {
-        match self {
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
             AdoptError::NoPrivilege { user, .. } => format!(
                 "connect as root (--ssh-user root), or let {user} run sudo without a password \
                  (a line `{user} ALL=(ALL) NOPASSWD: ALL` in /etc/sudoers.d/), or add {user} \
@@ -152,7 +154,7 @@ impl AdoptError {
             AdoptError::EngineDown { .. } => {
                 "start dockerd on the host, then run the same `devbox create` again".to_owned()
             }
-        }
+        })
     }
 }
 
@@ -355,7 +357,7 @@ mod tests {
         let e = plan(&f, "box", "dev").unwrap_err();
         assert!(matches!(e, AdoptError::NoPrivilege { .. }), "{e:?}");
         assert!(e.to_string().contains("dev on box is not root"), "{e}");
-        assert!(e.hint().contains("NOPASSWD"), "{}", e.hint());
+        assert!(e.hint().unwrap().contains("NOPASSWD"), "{:?}", e.hint());
 
         f = debian(true);
         f.os_id = "fedora".into();

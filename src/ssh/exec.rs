@@ -26,6 +26,18 @@ impl Connection {
         self.exec_until(cmd, stdin, stdout, stderr, None)
     }
 
+    /// [`Connection::exec`], given up (an error) at `deadline`.
+    pub fn exec_until_deadline(
+        &self,
+        cmd: &str,
+        stdin: Option<&mut dyn Read>,
+        stdout: &mut dyn Write,
+        stderr: &mut dyn Write,
+        deadline: Instant,
+    ) -> Result<i32, SshError> {
+        self.exec_until(cmd, stdin, stdout, stderr, Some(deadline))
+    }
+
     /// [`Connection::exec`], given up at `deadline` (the connection may then be dead: a guest
     /// that vanished without a FIN or RST answers nothing, ever).
     fn exec_until(
