@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use devbox::remote::settings::{HostSettings, SettingsError};
 use devbox::remote::{self, Facts};
-use devbox::ssh::{Connection, fingerprint, scan_host_key};
+use devbox::ssh::{Connection, fingerprint, scan_host_key, scan_host_keys};
 
 mod support;
 use support::sshd::{CONNECT, SSHD, Sshd, have};
@@ -103,6 +103,59 @@ fn the_host_key_is_read_without_authenticating() {
         "{}",
         sshd.log()
     );
+}
+
+#[test]
+fn every_host_key_is_seen_and_the_expected_one_pinned() {
+    if !(have(SSHD) && have("/usr/bin/ssh-keygen")) {
+        return;
+    }
+    let sshd = Sshd::prepare();
+    let rsa = sshd.dir.path().join("host_rsa");
+    let made = std::process::Command::new("/usr/bin/ssh-keygen")
+        .args(["-q", "-t", "rsa", "-b", "2048", "-N", "", "-f"])
+        .arg(&rsa)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    sshd.configure(&format!("HostKey {}\n", rsa.display()));
+    let mut sshd = sshd;
+    sshd.spawn();
+    sshd.wait_listening();
+
+    let keys = scan_host_keys(sshd.target.addr, CONNECT).unwrap();
+    let rsa_pub = std::fs::read_to_string(rsa.with_extension("pub")).unwrap();
+    let fps: Vec<String> = keys.iter().map(|k| fingerprint(k).unwrap()).collect();
+    assert_eq!(
+        fps,
+        [
+            fingerprint(&sshd.target.host_key).unwrap(),
+            fingerprint(&rsa_pub).unwrap()
+        ],
+        "strongest first"
+    );
+    // The RSA key, when that is the one the user checked, is pinned, and connecting with it
+    // works.
+    let rsa_fp = fingerprint(&rsa_pub).unwrap();
+    let pinned = remote::choose_host_key("loopback", &keys, Some(&rsa_fp)).unwrap();
+    let mut target = sshd.target.clone();
+    target.host_key = pinned;
+    Connection::connect(&target, CONNECT).unwrap();
+    // A fingerprint the host does not have: both sides shown.
+    let other = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s";
+    let err = remote::choose_host_key("loopback", &keys, Some(other)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(other) && fps.iter().all(|f| msg.contains(f.as_str())),
+        "{msg}"
+    );
+
+    // Nothing listens: a connection error, not an empty list.
+    let closed = std::net::SocketAddr::from(([127, 0, 0, 1], support::sshd::free_port()));
+    assert!(matches!(
+        scan_host_keys(closed, CONNECT),
+        Err(devbox::ssh::SshError::Connect { .. })
+    ));
 }
 
 #[test]

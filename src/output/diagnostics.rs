@@ -94,6 +94,7 @@ dispatch!(
     crate::image::pull::PullError,
     crate::ssh::SshError,
     crate::remote::AdoptError,
+    crate::remote::PinError,
     crate::remote::settings::SettingsError,
     crate::dns::DnsError,
     crate::dns::policy::AllowanceError,

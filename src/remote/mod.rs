@@ -158,6 +158,92 @@ impl AdoptError {
     }
 }
 
+/// Why the host's key cannot be pinned.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PinError {
+    #[error(
+        "--ssh-host-key {text:?} is not an SSH key fingerprint (SHA256: followed by 43 \
+         characters of unpadded base64, as `ssh-keygen -lf` prints it)"
+    )]
+    BadFingerprint { text: String },
+    #[error(
+        "{host} presents host key(s) {actual}, not the expected {expected}: this may not be \
+         the host you meant"
+    )]
+    Mismatch {
+        host: String,
+        expected: String,
+        actual: String,
+    },
+}
+
+impl PinError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            PinError::BadFingerprint { .. } => Some(
+                "on the host, `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` prints its \
+                 key's fingerprint"
+                    .to_owned(),
+            ),
+            PinError::Mismatch { .. } => Some(
+                "check the fingerprint on the host itself (`ssh-keygen -lf \
+                 /etc/ssh/ssh_host_ed25519_key.pub` on its console); if it was reinstalled, \
+                 pass its new fingerprint; otherwise something else answers at that address"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+/// `--ssh-host-key`: an SHA256 fingerprint as OpenSSH prints it (`SHA256:` and 43 characters
+/// of unpadded standard base64).
+pub fn parse_fingerprint(text: &str) -> Result<String, PinError> {
+    let t = text.trim();
+    let ok = t.strip_prefix("SHA256:").is_some_and(|b| {
+        b.len() == 43
+            && b.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+    });
+    if ok {
+        Ok(t.to_owned())
+    } else {
+        Err(PinError::BadFingerprint {
+            text: text.to_owned(),
+        })
+    }
+}
+
+/// The host key to pin among those the host `presented` (strongest first): the one with the
+/// `expected` fingerprint, or, with none expected, the strongest (trust on first use: the
+/// caller shows its fingerprint).
+pub fn choose_host_key(
+    host: &str,
+    presented: &[String],
+    expected: Option<&str>,
+) -> Result<String, PinError> {
+    let fingerprints: Vec<String> = presented
+        .iter()
+        .map(|k| crate::ssh::fingerprint(k).unwrap_or_else(|_| "(unreadable key)".to_owned()))
+        .collect();
+    match expected {
+        None => presented.first().cloned(),
+        Some(want) => presented
+            .iter()
+            .zip(&fingerprints)
+            .find(|(_, fp)| fp.as_str() == want)
+            .map(|(k, _)| k.clone()),
+    }
+    .ok_or_else(|| PinError::Mismatch {
+        host: host.to_owned(),
+        expected: expected.unwrap_or("a key").to_owned(),
+        actual: if fingerprints.is_empty() {
+            "none".to_owned()
+        } else {
+            fingerprints.join(", ")
+        },
+    })
+}
+
 /// What adopting a host takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -289,6 +375,40 @@ mod tests {
             systemd: true,
             ..Facts::default()
         }
+    }
+
+    #[test]
+    fn a_fingerprint_is_sha256_and_43_base64_characters() {
+        let fp = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s";
+        assert_eq!(parse_fingerprint(&format!(" {fp}\n")).unwrap(), fp);
+        for bad in [
+            "",
+            "MD5:aa:bb",
+            "SHA256:short",
+            &format!("{fp}="),
+            "uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s",
+        ] {
+            assert!(parse_fingerprint(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_key_pinned_is_the_one_expected_or_the_strongest() {
+        let a = crate::ssh::generate_ed25519("a").unwrap().public_openssh;
+        let b = crate::ssh::generate_ed25519("b").unwrap().public_openssh;
+        let keys = [a.clone(), b.clone()];
+        assert_eq!(choose_host_key("h", &keys, None).unwrap(), a);
+        let fp_b = crate::ssh::fingerprint(&b).unwrap();
+        assert_eq!(choose_host_key("h", &keys, Some(&fp_b)).unwrap(), b);
+        let other =
+            crate::ssh::fingerprint(&crate::ssh::generate_ed25519("c").unwrap().public_openssh)
+                .unwrap();
+        let e = choose_host_key("h", &keys[..1], Some(&other)).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&other) && msg.contains(&crate::ssh::fingerprint(&a).unwrap()),
+            "{msg}"
+        );
     }
 
     #[test]

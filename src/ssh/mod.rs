@@ -32,7 +32,9 @@ mod sys;
 pub use error::SshError;
 pub use forward::{Forwarder, forward_unix_socket};
 pub use keys::{KeyPair, fingerprint, generate_ed25519, write_keypair};
-pub use session::{Connection, Output, Target, scan_host_key, wait_until_reachable};
+pub use session::{
+    Connection, Output, Target, scan_host_key, scan_host_keys, wait_until_reachable,
+};
 
 /// `a` as one word of a POSIX shell command line: as it is when it holds only characters no
 /// shell treats specially, else in single quotes (a quote inside becomes `'\''`).

@@ -178,16 +178,50 @@ impl Drop for Connection {
 /// (ed25519, then ECDSA, then RSA), as OpenSSH's client does. `timeout` bounds the TCP connect
 /// and the handshake.
 pub fn scan_host_key(addr: SocketAddr, timeout: Duration) -> Result<String, SshError> {
+    scan_host_key_of(addr, timeout, &HOST_KEY_FAMILIES.join(","))
+}
+
+/// Every host key the server at `addr` holds among the families devbox can check (one
+/// handshake each), strongest first: to pin the one whose fingerprint the user gave
+/// (`--ssh-host-key`), which need not be the strongest. A connection that fails outright is
+/// an error; a family the server lacks is skipped.
+pub fn scan_host_keys(addr: SocketAddr, timeout: Duration) -> Result<Vec<String>, SshError> {
+    let mut keys = Vec::new();
+    let mut last = None;
+    for family in HOST_KEY_FAMILIES {
+        match scan_host_key_of(addr, timeout, family) {
+            Ok(k) => keys.push(k),
+            // No key of this family: no common host-key algorithm, the handshake fails.
+            Err(e @ SshError::Handshake { .. }) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    match last {
+        Some(e) if keys.is_empty() => Err(e),
+        _ => Ok(keys),
+    }
+}
+
+/// The host-key algorithms devbox asks for, one family per entry, strongest first.
+const HOST_KEY_FAMILIES: [&str; 3] = [
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521",
+    "rsa-sha2-512,rsa-sha2-256,ssh-rsa",
+];
+
+fn scan_host_key_of(
+    addr: SocketAddr,
+    timeout: Duration,
+    methods: &str,
+) -> Result<String, SshError> {
     let connect_err = |source| SshError::Connect { addr, source };
     let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(connect_err)?;
     let handshake_err = |source| SshError::Handshake { addr, source };
     let mut session = Session::new().map_err(handshake_err)?;
     session.set_timeout(u32::try_from(timeout.as_millis().max(1)).unwrap_or(u32::MAX));
-    let _ = session.method_pref(
-        MethodType::HostKey,
-        "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,\
-         rsa-sha2-512,rsa-sha2-256,ssh-rsa",
-    );
+    session
+        .method_pref(MethodType::HostKey, methods)
+        .map_err(handshake_err)?;
     session.set_tcp_stream(tcp);
     session.handshake().map_err(handshake_err)?;
     let (blob, _) = session.host_key().ok_or(SshError::NoHostKey { addr })?;
