@@ -43,6 +43,7 @@ fn spec(name: &str, index: u8, tld: &str, dns_domains: &[&str]) -> MachineSpec {
         tld: tld.into(),
         engine: Default::default(),
         dns_domains: dns_domains.iter().map(|d| d.to_string()).collect(),
+        remote: None,
         created: "2026-11-21T00:00:00Z".into(),
     }
 }

@@ -49,6 +49,7 @@ fn spec() -> MachineSpec {
         tld: "dev".into(),
         engine: Default::default(),
         dns_domains: vec![],
+        remote: None,
         created: "2026-11-21T00:00:00Z".into(),
     }
 }

@@ -4,8 +4,6 @@
 //! PATH whose `apt-get`, `systemctl`, `sudo` and (once "installed") `docker` are scripts that
 //! log how they were called, while `sh`, `id` and `uname` are the real ones.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::time::Duration;
 
 use devbox::remote::settings::{HostSettings, SettingsError};
@@ -13,74 +11,9 @@ use devbox::remote::{self, Facts};
 use devbox::ssh::{Connection, fingerprint, scan_host_key, scan_host_keys};
 
 mod support;
-use support::sshd::{CONNECT, SSHD, Sshd, have};
+use support::sshd::{CONNECT, SSHD, Sshd, calls, fake_bin, fake_engine, have, server};
 
 const STEP: Duration = Duration::from_secs(30);
-
-/// A directory of commands for the server's sessions: the real ones the facts script needs,
-/// and recording fakes.
-fn fake_bin(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    for real in [
-        "sh", "bash", "env", "id", "uname", "true", "cat", "chmod", "mkdir", "cp", "mv", "rm",
-    ] {
-        let path = which(real);
-        std::os::unix::fs::symlink(path, dir.join(real)).unwrap();
-    }
-    let log = dir.join("calls.log");
-    let script = |name: &str, body: &str| {
-        let p = dir.join(name);
-        std::fs::write(
-            &p,
-            format!(
-                "#!/bin/sh\necho \"{name} $*\" >> {}\n{body}\n",
-                log.display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    };
-    // `apt-get install` "installs" an engine that answers.
-    let docker = format!(
-        "cat > {d}/docker <<'EOF'\n#!/bin/sh\n[ \"$1\" = version ] && echo 26.1.5-fake\nEOF\nchmod 755 {d}/docker",
-        d = dir.display()
-    );
-    script(
-        "apt-get",
-        &format!(
-            "case \"$*\" in *install*) [ -e {d}/fail-install ] && {{ echo 'E: Unable to locate package docker.io' >&2; exit 100; }}; {docker};; esac\nexit 0",
-            d = dir.display()
-        ),
-    );
-    script("systemctl", "exit 0");
-    script("sudo", "[ \"$1\" = -n ] && shift\nexec \"$@\"");
-}
-
-fn which(cmd: &str) -> String {
-    for dir in ["/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
-        let p = Path::new(dir).join(cmd);
-        if p.exists() {
-            return p.display().to_string();
-        }
-    }
-    panic!("{cmd} not found")
-}
-
-fn calls(bin: &Path) -> Vec<String> {
-    std::fs::read_to_string(bin.join("calls.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn server(bin: &Path) -> Sshd {
-    let mut sshd = Sshd::prepare();
-    sshd.configure(&format!("SetEnv PATH={}\n", bin.display()));
-    sshd.spawn();
-    sshd.wait_listening();
-    sshd
-}
 
 #[test]
 fn the_host_key_is_read_without_authenticating() {
@@ -239,20 +172,6 @@ fn a_failed_installation_says_which_command_and_why() {
         calls(&bin).last().unwrap(),
         "apt-get install -q -y docker.io"
     );
-}
-
-/// A fake engine for the settings tests: answers `docker version` unless `engine-down` exists.
-fn fake_engine(bin: &Path) {
-    let p = bin.join("docker");
-    std::fs::write(
-        &p,
-        format!(
-            "#!/bin/sh\n[ -e {}/engine-down ] && exit 1\n[ \"$1\" = version ] && echo 26.1.5-fake\n",
-            bin.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 fn systemd_host() -> Facts {

@@ -101,6 +101,8 @@ pub enum DriverArg {
     Kvm,
     /// Virtualization.framework (macOS).
     Vz,
+    /// No virtual machine: adopt an existing Debian or Ubuntu host over SSH (--ssh-host).
+    Ssh,
     /// No guest at all: devbox's own tests (accepted only by test builds).
     #[value(hide = true)]
     Fake,
@@ -152,6 +154,28 @@ pub struct CreateArgs {
     /// Guest image version (default: the newest installed image).
     #[arg(long, value_name = "VERSION")]
     pub image: Option<String>,
+    /// With --driver ssh: the host to adopt, a name or an address.
+    #[arg(long, value_name = "HOST")]
+    pub ssh_host: Option<String>,
+    /// With --driver ssh: the user devbox connects as (root, or one who may sudo without a
+    /// password or is in the host's docker group).
+    #[arg(
+        long,
+        value_name = "USER",
+        default_value = "root",
+        requires = "ssh_host"
+    )]
+    pub ssh_user: String,
+    /// With --driver ssh: the host's SSH port.
+    #[arg(long, value_name = "PORT", default_value_t = 22, requires = "ssh_host")]
+    pub ssh_port: u16,
+    /// With --driver ssh: the private key to authenticate with (default ~/.ssh/id_ed25519).
+    #[arg(long, value_name = "FILE", requires = "ssh_host")]
+    pub ssh_key: Option<PathBuf>,
+    /// With --driver ssh: the fingerprint of the host key to expect, as `ssh-keygen -lf`
+    /// prints it on the host (SHA256:…); without it the key is trusted on first use and shown.
+    #[arg(long, value_name = "SHA256:…", requires = "ssh_host")]
+    pub ssh_host_key: Option<String>,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -257,6 +281,10 @@ pub struct RmArgs {
     /// Do not ask for confirmation (needed when stdin is not a terminal).
     #[arg(long, short)]
     pub yes: bool,
+    /// For a host adopted over SSH: also put back the host's own Docker settings (its
+    /// daemon.json as it was before devbox) and restart its engine.
+    #[arg(long)]
+    pub purge: bool,
 }
 
 #[derive(Debug, Args)]

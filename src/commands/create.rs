@@ -18,6 +18,18 @@ use crate::{hypervisor, image, net, output, ssh};
 
 pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
     spec::validate_name(&a.name)?;
+    if matches!(a.driver, Some(DriverArg::Ssh)) {
+        return super::create_remote::run(store, a);
+    }
+    if a.ssh_host.is_some() {
+        anyhow::bail!(
+            "--ssh-host adopts an existing host: it goes with --driver ssh (the {} driver boots \
+             a machine of its own)",
+            a.driver
+                .map(driver_of)
+                .unwrap_or_else(|| hypervisor::default_driver().0)
+        );
+    }
     // First: before `system install` there is nothing to allocate from (root makes it).
     let registry = Registry::system();
     registry.ensure()?;
@@ -44,15 +56,7 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
 
     let (driver, why) = match a.driver {
         None => hypervisor::default_driver(),
-        Some(d) => {
-            let d = match d {
-                DriverArg::Qemu => Driver::Qemu,
-                DriverArg::Kvm => Driver::Kvm,
-                DriverArg::Vz => Driver::Vz,
-                DriverArg::Fake => Driver::Fake,
-            };
-            (d, "chosen with --driver".to_owned())
-        }
+        Some(d) => (driver_of(d), "chosen with --driver".to_owned()),
     };
     // Refuse a driver this host cannot run now, not at the first start.
     hypervisor::for_driver(driver)?;
@@ -113,52 +117,7 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
 
     // One create at a time, host-wide, allocates networks: two users never get the same /24
     // or Docker subnet.
-    store.create_private_dirs()?;
-    let _host = registry.lock()?;
-
-    if store.machine(&a.name)?.spec_path().exists() {
-        return Err(crate::machine::store::StoreError::Exists { name: a.name }.into());
-    }
-    let machine_dir = fs_err::canonicalize(store.machines_dir())?.join(&a.name);
-    reclaim_stale_leases(&registry)?;
-    let leases = registry.list()?;
-    let mut taken: Vec<u8> = leases.iter().map(|l| l.index).collect();
-    let mut claims: Vec<Claim> = leases.iter().flat_map(lease_claims).collect();
-    for other in store.names()? {
-        if let Ok(s) = store.machine(&other).and_then(|d| d.load_spec()) {
-            taken.push(s.network.index);
-            for subnet in s.docker.routed() {
-                claims.push(Claim {
-                    machine: other.clone(),
-                    subnet,
-                });
-            }
-        }
-    }
-    let host_routes = net::host_routes()?;
-    let hostonly = net::allocate_host_only(&taken, &host_routes)?;
-    let docker = routes::allocate_docker_subnets(&claims, &host_routes, bip)?;
-    let lease = registry.take(
-        hostonly.index,
-        &LeaseInfo {
-            uid: real_uid(),
-            user: std::env::var("USER").unwrap_or_default(),
-            machine: a.name.clone(),
-            dir: machine_dir,
-            docker: docker.routed().to_vec(),
-        },
-    )?;
-    anyhow::ensure!(
-        lease,
-        "host-only index {} was leased by another command meanwhile; try again",
-        hostonly.index
-    );
-    // Released again unless the machine is committed.
-    let mut held = HeldLease {
-        registry: &registry,
-        index: Some(hostonly.index),
-    };
-
+    let alloc = allocate(store, &registry, &a.name, bip, a.ipv6)?;
     let staging = store.stage(&a.name)?;
     let dir = staging.dir();
     let client = ssh::generate_ed25519(&format!("devbox-{}", a.name))?;
@@ -181,24 +140,18 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
         memory_mib,
         disk_bytes,
         image: image.manifest.version.clone(),
-        network: NetworkSpec {
-            index: hostonly.index,
-            subnet: hostonly.subnet,
-            host_ip: hostonly.host_ip,
-            guest_ip: hostonly.guest_ip,
-            mac: spec::mac_for(&a.name),
-            ipv6: a.ipv6,
-        },
-        docker,
+        network: alloc.network.clone(),
+        docker: alloc.docker,
         shares,
         tld: a.tld.clone(),
         engine,
         dns_domains,
+        remote: None,
         created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     };
     dir.save_spec(&spec)?;
     let committed = staging.commit()?;
-    held.index = None;
+    alloc.keep();
 
     output::info(format!(
         "Created machine {} ({driver}: {why}; {} CPUs, {} MiB, {} disk, IP {}, image {})",
@@ -251,6 +204,107 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
     ));
     output::info(format!("Start it with: devbox start {}", spec.name));
     Ok(0)
+}
+
+/// A network index and Docker subnets allocated host-wide and leased to a machine being
+/// created, released again unless [`Allocation::keep`] is called once the machine exists.
+pub(super) struct Allocation<'r> {
+    pub network: NetworkSpec,
+    pub docker: crate::routes::DockerSubnets,
+    held: HeldLease<'r>,
+    /// The host-wide allocation lock, held until the machine exists or the create failed.
+    _lock: crate::net::lease::HostLock,
+}
+
+impl Allocation<'_> {
+    pub fn keep(mut self) {
+        self.held.index = None;
+    }
+}
+
+/// Allocates the host-only network and the Docker subnets of machine `name` host-wide (under
+/// the lease registry's lock, against every user's leases and this store's machines) and
+/// takes the network's lease.
+pub(super) fn allocate<'r>(
+    store: &Store,
+    registry: &'r Registry,
+    name: &str,
+    bip: Option<ipnet::Ipv4Net>,
+    ipv6: bool,
+) -> Result<Allocation<'r>> {
+    store.create_private_dirs()?;
+    let lock = registry.lock()?;
+
+    if store.machine(name)?.spec_path().exists() {
+        return Err(crate::machine::store::StoreError::Exists {
+            name: name.to_owned(),
+        }
+        .into());
+    }
+    let machine_dir = fs_err::canonicalize(store.machines_dir())?.join(name);
+    reclaim_stale_leases(registry)?;
+    let leases = registry.list()?;
+    let mut taken: Vec<u8> = leases.iter().map(|l| l.index).collect();
+    let mut claims: Vec<Claim> = leases.iter().flat_map(lease_claims).collect();
+    for other in store.names()? {
+        if let Ok(s) = store.machine(&other).and_then(|d| d.load_spec()) {
+            taken.push(s.network.index);
+            for subnet in s.docker.routed() {
+                claims.push(Claim {
+                    machine: other.clone(),
+                    subnet,
+                });
+            }
+        }
+    }
+    let host_routes = net::host_routes()?;
+    let hostonly = net::allocate_host_only(&taken, &host_routes)?;
+    let docker = routes::allocate_docker_subnets(&claims, &host_routes, bip)?;
+    let lease = registry.take(
+        hostonly.index,
+        &LeaseInfo {
+            uid: real_uid(),
+            user: std::env::var("USER").unwrap_or_default(),
+            machine: name.to_owned(),
+            dir: machine_dir,
+            docker: docker.routed().to_vec(),
+        },
+    )?;
+    anyhow::ensure!(
+        lease,
+        "host-only index {} was leased by another command meanwhile; try again",
+        hostonly.index
+    );
+    // Released again unless the machine is committed.
+    let held = HeldLease {
+        registry,
+        index: Some(hostonly.index),
+    };
+
+    Ok(Allocation {
+        network: NetworkSpec {
+            index: hostonly.index,
+            subnet: hostonly.subnet,
+            host_ip: hostonly.host_ip,
+            guest_ip: hostonly.guest_ip,
+            mac: spec::mac_for(name),
+            ipv6,
+        },
+        docker,
+        held,
+        _lock: lock,
+    })
+}
+
+/// The machine driver `--driver` names.
+pub(super) fn driver_of(d: DriverArg) -> Driver {
+    match d {
+        DriverArg::Qemu => Driver::Qemu,
+        DriverArg::Kvm => Driver::Kvm,
+        DriverArg::Vz => Driver::Vz,
+        DriverArg::Ssh => Driver::Ssh,
+        DriverArg::Fake => Driver::Fake,
+    }
 }
 
 /// A lease taken by this create, released if the create fails.

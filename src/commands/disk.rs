@@ -37,6 +37,7 @@ struct Usage {
 fn usage(store: &Store, a: &StatusArgs) -> Result<i32> {
     let dir = store.existing(&a.name)?;
     let spec = dir.load_spec()?;
+    spec.require_booted("disk")?;
     let obs = observe(&dir)?;
     let host = HostFile::of(&dir.disk_path())?;
     let reclaim = disk::probe_reclaim(&dir.path);
@@ -150,6 +151,7 @@ fn resize(store: &Store, a: &DiskResizeArgs) -> Result<i32> {
         .into());
     }
     let mut spec = dir.load_spec()?;
+    spec.require_booted("disk resize")?;
     let path = dir.disk_path();
     let file_len = fs_err::metadata(&path)?.len();
     match disk::plan_resize(&a.name, spec.disk_bytes.max(file_len), requested)? {

@@ -77,6 +77,10 @@ pub fn run(store: &Store, a: &EditArgs) -> Result<i32> {
     let flags = flags(store, a)?;
     let _lock = lock_machine(&dir)?;
     let live = observe(&dir)?.state.is_live();
+    // A machine.yaml that does not load is for the editor to fix.
+    if let Ok(spec) = dir.load_spec() {
+        spec.require_booted("edit")?;
+    }
     let (old, new) = if flags.is_empty() {
         match in_editor(store, &dir)? {
             Edited::Changed { old, new } => (old.map(|o| *o), *new),

@@ -28,6 +28,9 @@ pub fn run(store: &Store, a: &LogsArgs) -> Result<i32> {
     let dir = store.existing(&a.name)?;
     let stdout = std::io::stdout();
     let mut sink = Sink::new(stdout.lock(), stdout.is_terminal());
+    if !matches!(a.source, LogSource::Supervisor) {
+        dir.load_spec()?.require_booted("logs")?;
+    }
     match a.source {
         LogSource::Console => file(&dir, &dir.serial_log_path(), "console", a, &mut sink),
         LogSource::Supervisor => file(&dir, &dir.supervisor_log_path(), "supervisor", a, &mut sink),

@@ -308,9 +308,10 @@ fn rows(store: &Store, quiet: bool) -> Result<Vec<Row>> {
                 driver: Some(s.driver.to_string()),
                 // A vz machine has an address only while it runs.
                 ip: guest_address(&s, &obs).ok().map(|ip| ip.to_string()),
-                cpus: Some(s.cpus),
-                memory_mib: Some(s.memory_mib),
-                disk_bytes: Some(s.disk_bytes),
+                // An adopted host has none of devbox's.
+                cpus: s.remote.is_none().then_some(s.cpus),
+                memory_mib: s.remote.is_none().then_some(s.memory_mib),
+                disk_bytes: s.remote.is_none().then_some(s.disk_bytes),
                 disk_used_pct,
                 docker_host,
                 spec_error: None,

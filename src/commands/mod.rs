@@ -7,6 +7,7 @@
 mod completion;
 pub(crate) mod cp;
 mod create;
+mod create_remote;
 mod disk;
 mod dns;
 mod dns_allow;

@@ -51,7 +51,7 @@ pub fn run(store: &Store, a: &RmArgs) -> Result<i32> {
         output::info("Nothing removed.");
         return Ok(1);
     }
-    super::each_name(&names, |name| remove(store, name, a.force))
+    super::each_name(&names, |name| remove(store, name, a.force, a.purge))
 }
 
 /// Asks on the terminal whether to remove `names` (yes only for `y` or `yes`).
@@ -75,7 +75,7 @@ fn confirm(names: &[String]) -> Result<bool> {
     ))
 }
 
-fn remove(store: &Store, name: &str, force: bool) -> Result<i32> {
+fn remove(store: &Store, name: &str, force: bool, purge: bool) -> Result<i32> {
     let dir = store.machine(name)?;
     match fs_err::metadata(&dir.path) {
         Ok(m) if m.is_dir() => {}
@@ -98,6 +98,10 @@ fn remove(store: &Store, name: &str, force: bool) -> Result<i32> {
             .into());
         }
         super::stop::stop_locked(&dir, false)?;
+    }
+    if purge {
+        // First: a host that cannot be reached keeps the machine, to try again.
+        purge_host(&dir)?;
     }
     let canonical = fs_err::canonicalize(&dir.path)?;
     // Rename first so a half-finished removal never looks like a machine.
@@ -126,6 +130,37 @@ fn release_leases(dir: &std::path::Path) -> Result<()> {
         if l.owner == uid && l.info.as_ref().is_some_and(|i| i.dir == dir) {
             registry.release(l.index)?;
         }
+    }
+    Ok(())
+}
+
+/// `rm --purge` of a host adopted over SSH: its own daemon.json back, its engine restarted.
+fn purge_host(dir: &crate::machine::MachineDir) -> Result<()> {
+    let spec = dir.load_spec()?;
+    let Some(r) = &spec.remote else {
+        anyhow::bail!(
+            "--purge: {} is a machine devbox boots, whose files are all here; `devbox rm` \
+             removes them without it",
+            spec.name
+        );
+    };
+    let target = crate::supervisor::client::remote_target(dir, r)?;
+    let conn = crate::ssh::Connection::connect(&target, std::time::Duration::from_secs(10))?;
+    let facts = crate::remote::gather(&conn, std::time::Duration::from_secs(30))?;
+    let settings = crate::remote::settings::HostSettings {
+        conn: &conn,
+        facts: &facts,
+        host: &r.host,
+        etc_docker: crate::remote::settings::ETC_DOCKER,
+        timeout: std::time::Duration::from_secs(120),
+    };
+    if settings.restore()? {
+        output::info(format!(
+            "Put back {}'s own Docker settings and restarted its engine",
+            r.host
+        ));
+    } else {
+        output::info(format!("No settings of devbox's on {}", r.host));
     }
     Ok(())
 }

@@ -53,6 +53,7 @@ pub fn run(store: &Store, a: &SshConfigArgs) -> Result<i32> {
 
 fn block_for(dir: &MachineDir) -> Result<String> {
     let spec = dir.load_spec()?;
+    spec.require_booted("ssh-config")?;
     let ip = guest_address(&spec, &observe(dir)?)?;
     let host_key = fs_err::read_to_string(dir.host_pub_path())?;
     let alias = crate::docker_context::context_name(&dir.name);

@@ -49,6 +49,7 @@ pub fn run(store: &Store, a: &UpgradeArgs) -> Result<i32> {
         .into());
     }
     let mut spec = dir.load_spec()?;
+    spec.require_booted("upgrade")?;
     let images = image::list(&store.cache)?;
     let current = images.iter().find(|i| i.manifest.version == spec.image);
     // The machine's arch is its image's; an image no longer installed was the host's (every

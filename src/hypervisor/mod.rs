@@ -186,6 +186,10 @@ pub trait Hypervisor {
 pub fn for_driver(driver: Driver) -> Result<Box<dyn Hypervisor>, HypervisorError> {
     match driver {
         Driver::Fake => fake_driver(),
+        Driver::Ssh => Err(HypervisorError::Unavailable {
+            driver,
+            reason: "the ssh driver adopts an existing host and boots no virtual machine".into(),
+        }),
         _ => sys::for_driver(driver),
     }
 }

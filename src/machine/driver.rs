@@ -16,6 +16,9 @@ pub enum Driver {
     Qemu,
     Kvm,
     Vz,
+    /// No virtual machine: a Debian or Ubuntu host devbox adopted over SSH
+    /// (`create --driver ssh`), whose own Docker engine devbox drives.
+    Ssh,
     /// A driver without a guest, built only into devbox's own test binaries (cargo feature
     /// `fake-hypervisor`); any other build refuses it (`hypervisor::for_driver`).
     Fake,
@@ -27,6 +30,7 @@ impl fmt::Display for Driver {
             Driver::Qemu => "qemu",
             Driver::Kvm => "kvm",
             Driver::Vz => "vz",
+            Driver::Ssh => "ssh",
             Driver::Fake => "fake",
         })
     }
@@ -67,6 +71,10 @@ pub enum GuestAccess {
     /// Not at all: the running machine reports readiness itself
     /// ([`crate::hypervisor::RunningVm::take_ready_report`]) and a stop is its power button.
     DriverReport,
+    /// A host devbox did not create ([`Driver::Ssh`]): reached over SSH at its own address with
+    /// the user's key and the host key pinned at create, ready when its engine answers, never
+    /// powered off (a stop only disconnects).
+    Remote,
 }
 
 /// What a driver needs from the host and how its guest is reached.
@@ -94,6 +102,12 @@ impl Driver {
                 link: Link::DriverNat,
                 shares: true,
                 guest: GuestAccess::Ssh,
+            },
+            Driver::Ssh => Capabilities {
+                addressing: Addressing::Static,
+                link: Link::None,
+                shares: false,
+                guest: GuestAccess::Remote,
             },
             Driver::Fake => Capabilities {
                 addressing: Addressing::Static,

@@ -49,6 +49,10 @@ impl Hint for AddressError {
 /// state, as before vz existed); for a [`Addressing::Dhcp`] one, the address its live
 /// supervisor recorded from the guest's report.
 pub fn guest_address(spec: &MachineSpec, observed: &Observed) -> Result<Ipv4Addr, AddressError> {
+    // An adopted host is at its own address, running or not.
+    if let Some(r) = &spec.remote {
+        return Ok(r.address);
+    }
     match spec.driver.capabilities().addressing {
         Addressing::Static => Ok(spec.network.guest_ip),
         Addressing::Dhcp if !observed.state.is_live() => Err(AddressError::NotRunning {
@@ -99,6 +103,7 @@ pub(crate) mod tests {
             tld: "dev".into(),
             engine: Default::default(),
             dns_domains: vec![],
+            remote: None,
             created: "2026-11-21T00:00:00Z".into(),
         }
     }

@@ -16,6 +16,6 @@ pub mod state;
 pub mod store;
 
 pub use driver::{Addressing, Capabilities, Driver, GuestAccess, Link};
-pub use spec::MachineSpec;
+pub use spec::{MachineSpec, RemoteSpec};
 pub use state::{MachineState, Observed};
 pub use store::{MachineDir, Store};

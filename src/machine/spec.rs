@@ -2,6 +2,7 @@
 //! `machines/<name>/machine.yaml`. Everything here is pure: parsing and validation only.
 
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use ipnet::Ipv4Net;
@@ -24,6 +25,8 @@ pub const MIN_DISK_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
+    #[error("{why}")]
+    Remote { why: String },
     #[error(
         "invalid machine name {name:?}: {why} (a name is a DNS label: a-z, 0-9 and '-', 1 to 63 characters, not starting or ending with '-')"
     )]
@@ -161,8 +164,59 @@ pub struct MachineSpec {
     /// which are then routed to its DNS server (`devbox dns allow`, `create --dns-domain`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns_domains: Vec<String>,
+    /// For a host adopted over SSH ([`Driver::Ssh`]): where and as whom it is reached. Such
+    /// a machine keeps its lease (network index and Docker subnets) like any other, and has no
+    /// CPUs, memory, disk or image of devbox's (zero and empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteSpec>,
     /// RFC 3339 creation time.
     pub created: String,
+}
+
+/// `--ssh-host`: a host name or an address, one word of printable ASCII.
+pub fn validate_remote_host(host: &str) -> Result<(), SpecError> {
+    if host.is_empty()
+        || host.len() > 253
+        || !host.bytes().all(|b| b.is_ascii_graphic())
+        || host.starts_with('-')
+    {
+        return Err(SpecError::Remote {
+            why: format!("--ssh-host {host:?} is not a host name or an address"),
+        });
+    }
+    Ok(())
+}
+
+/// `--ssh-user`: a POSIX user name (letters, digits, `_`, `-`, `.`; not starting with `-`).
+pub fn validate_remote_user(user: &str) -> Result<(), SpecError> {
+    let ok = !user.is_empty()
+        && user.len() <= 32
+        && !user.starts_with('-')
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::Remote {
+            why: format!("--ssh-user {user:?} is not a user name"),
+        })
+    }
+}
+
+/// A host adopted over SSH (`create --driver ssh`). Its host key, pinned at create, is the
+/// machine's `ssh_host_ed25519_key.pub` file, whatever its algorithm.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteSpec {
+    /// As given to `--ssh-host`: a name or an address.
+    pub host: String,
+    /// Its IPv4 address, resolved at create.
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub user: String,
+    /// The user's own private key devbox authenticates with.
+    pub identity: PathBuf,
 }
 
 fn default_tld() -> String {
@@ -176,17 +230,47 @@ impl MachineSpec {
     /// The network's addresses must be the ones its index gives (they are a cache of it).
     pub fn validate(&self, limits: &HostLimits) -> Result<(), InvalidField> {
         field("name", validate_name(&self.name))?;
-        field("cpus", validate_cpus(self.cpus, limits))?;
-        field("memory_mib", validate_memory(self.memory_mib, limits))?;
-        if self.disk_bytes < MIN_DISK_BYTES {
-            field(
-                "disk_bytes",
-                Err(SpecError::DiskBytes {
-                    bytes: self.disk_bytes,
-                }),
-            )?;
+        let remote = |why: &str| {
+            Err(SpecError::Remote {
+                why: why.to_owned(),
+            })
+        };
+        match (self.driver, &self.remote) {
+            (Driver::Ssh, Some(r)) => {
+                field("remote.host", validate_remote_host(&r.host))?;
+                field("remote.user", validate_remote_user(&r.user))?;
+                if r.port == 0 {
+                    field("remote.port", remote("port 0 is no SSH port"))?;
+                }
+                if !r.identity.is_absolute() {
+                    field(
+                        "remote.identity",
+                        remote("the key file's path must be absolute"),
+                    )?;
+                }
+            }
+            (Driver::Ssh, None) => field(
+                "remote",
+                remote("the ssh driver needs the host it adopted (`remote:`)"),
+            )?,
+            (_, Some(_)) => field(
+                "remote",
+                remote("only a machine of the ssh driver adopts a host (`remote:`)"),
+            )?,
+            (_, None) => {
+                field("cpus", validate_cpus(self.cpus, limits))?;
+                field("memory_mib", validate_memory(self.memory_mib, limits))?;
+                if self.disk_bytes < MIN_DISK_BYTES {
+                    field(
+                        "disk_bytes",
+                        Err(SpecError::DiskBytes {
+                            bytes: self.disk_bytes,
+                        }),
+                    )?;
+                }
+                field("image", validate_image_version(&self.image))?;
+            }
         }
-        field("image", validate_image_version(&self.image))?;
         self.network.validate()?;
         self.validate_docker()?;
         for (i, share) in self.shares.iter().enumerate() {
@@ -217,6 +301,21 @@ impl MachineSpec {
             )?;
         }
         Ok(())
+    }
+
+    /// Refuses `devbox {verb}` for a host adopted over SSH: its CPUs, memory, disk, image,
+    /// console and engine log are the host's, not devbox's.
+    pub fn require_booted(&self, verb: &str) -> Result<(), SpecError> {
+        match &self.remote {
+            None => Ok(()),
+            Some(r) => Err(SpecError::Remote {
+                why: format!(
+                    "{} is the host {} adopted over SSH (driver ssh): `devbox {verb}` acts on \
+                     machines devbox boots; use the host's own tools (`devbox ssh {}`)",
+                    self.name, r.host, self.name
+                ),
+            }),
+        }
     }
 
     /// The Docker subnets with the rules `create` allocates them by.
@@ -652,6 +751,57 @@ mod tests {
                 memory_mib: 4096,
             },
         )
+    }
+
+    #[test]
+    fn an_adopted_host_has_a_remote_and_only_it_does() {
+        let remote = || RemoteSpec {
+            host: "box.example".into(),
+            address: Ipv4Addr::new(192, 0, 2, 7),
+            port: 22,
+            user: "dev".into(),
+            identity: "/home/dev/.ssh/id_ed25519".into(),
+        };
+        let (mut s, limits) = valid();
+        s.driver = Driver::Ssh;
+        s.remote = Some(remote());
+        // No CPUs, memory, disk or image of devbox's.
+        (s.cpus, s.memory_mib, s.disk_bytes, s.image) = (0, 0, 0, String::new());
+        s.validate(&limits).unwrap();
+        assert!(
+            s.require_booted("upgrade")
+                .unwrap_err()
+                .to_string()
+                .contains("devbox upgrade")
+        );
+        let (field, _) = refused(|s| s.remote = Some(remote()));
+        assert_eq!(field, "remote");
+        let (field, _) = refused(|s| s.driver = Driver::Ssh);
+        assert_eq!(field, "remote");
+        for (edit, want) in [
+            (
+                Box::new(|r: &mut RemoteSpec| r.user = "-oProxyCommand=x".into())
+                    as Box<dyn Fn(&mut RemoteSpec)>,
+                "remote.user",
+            ),
+            (
+                Box::new(|r: &mut RemoteSpec| r.host = "two words".into()),
+                "remote.host",
+            ),
+            (Box::new(|r: &mut RemoteSpec| r.port = 0), "remote.port"),
+            (
+                Box::new(|r: &mut RemoteSpec| r.identity = "key".into()),
+                "remote.identity",
+            ),
+        ] {
+            let (field, _) = refused(|s| {
+                s.driver = Driver::Ssh;
+                let mut r = remote();
+                edit(&mut r);
+                s.remote = Some(r);
+            });
+            assert_eq!(field, want);
+        }
     }
 
     /// The field a crafted spec is refused for, and the message.

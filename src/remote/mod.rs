@@ -114,7 +114,7 @@ fn valid_version(v: &str) -> bool {
 }
 
 /// Why a host cannot be adopted, with what to do about it.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum AdoptError {
     #[error(
         "{user} on {host} is not root and cannot use sudo without a password, so devbox \
@@ -135,6 +135,21 @@ pub enum AdoptError {
          run systemd, so devbox cannot start it"
     )]
     EngineDown { host: String },
+    #[error("cannot reach SSH on {host} ({addr})")]
+    Unreachable {
+        host: String,
+        addr: String,
+        #[source]
+        source: Box<SshError>,
+    },
+    #[error("{host} refused the key {identity} for {user}")]
+    KeyRefused {
+        host: String,
+        user: String,
+        identity: String,
+    },
+    #[error("no SSH key at {path}")]
+    NoKey { path: String },
 }
 
 impl AdoptError {
@@ -154,6 +169,20 @@ impl AdoptError {
             AdoptError::EngineDown { .. } => {
                 "start dockerd on the host, then run the same `devbox create` again".to_owned()
             }
+            AdoptError::Unreachable { .. } => "check that the host is up, that this host \
+                 reaches it, and that sshd listens on that port (--ssh-port)"
+                .to_owned(),
+            AdoptError::KeyRefused {
+                host,
+                user,
+                identity,
+            } => format!(
+                "install the public key on the host (`ssh-copy-id -i {identity}.pub \
+                 {user}@{host}`), or name another one with --ssh-key"
+            ),
+            AdoptError::NoKey { .. } => "name your key with --ssh-key FILE, or make one with \
+                 `ssh-keygen -t ed25519` and install it on the host"
+                .to_owned(),
         })
     }
 }
@@ -244,30 +273,19 @@ pub fn choose_host_key(
     })
 }
 
-/// What adopting a host takes.
+/// What adopting a host takes: the commands to run, in order, each one shell command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    /// The commands to run, in order, each as one shell command line.
     pub steps: Vec<String>,
-    /// Whether devbox talks to the engine through `sudo` (a non-root user outside the docker
-    /// group).
-    pub docker_sudo: bool,
 }
 
-/// The engine's version when it already answers (nothing to do), or the commands that install
-/// or start it, or why neither is possible. `host` and `user` are for messages.
+/// The commands that install or start the engine and let `user` drive it directly (devbox
+/// forwards the engine's socket over SSH, which cannot go through sudo: a user who is not root
+/// joins the host's docker group), or why that is not possible. Nothing when the engine
+/// already answers the user. `host` is for messages.
 pub fn plan(facts: &Facts, host: &str, user: &str) -> Result<Plan, AdoptError> {
     if facts.docker_version.is_some() {
-        return Ok(Plan {
-            steps: Vec::new(),
-            docker_sudo: false,
-        });
-    }
-    if facts.docker_version_sudo.is_some() {
-        return Ok(Plan {
-            steps: Vec::new(),
-            docker_sudo: true,
-        });
+        return Ok(Plan { steps: Vec::new() });
     }
     let privileged = facts.root() || facts.sudo;
     let sudo = if facts.root() { "" } else { "sudo -n " };
@@ -277,41 +295,50 @@ pub fn plan(facts: &Facts, host: &str, user: &str) -> Result<Plan, AdoptError> {
         what,
     };
     let mut steps = Vec::new();
-    if facts.docker_cli {
-        if !facts.systemd {
-            return Err(AdoptError::EngineDown {
-                host: host.to_owned(),
-            });
+    if facts.docker_version_sudo.is_none() {
+        if facts.docker_cli {
+            if !facts.systemd {
+                return Err(AdoptError::EngineDown {
+                    host: host.to_owned(),
+                });
+            }
+            if !privileged {
+                return Err(no_privilege("start its Docker engine"));
+            }
+        } else {
+            if !facts.apt || !facts.debian_family() {
+                return Err(AdoptError::NoPackageManager {
+                    host: host.to_owned(),
+                    os: facts.os(),
+                });
+            }
+            if !privileged {
+                return Err(no_privilege("install Docker"));
+            }
+            // The distribution's own engine (Debian's and Ubuntu's `docker.io`), never a
+            // script fetched from elsewhere; noninteractive so that no prompt waits on a
+            // closed stdin.
+            steps.push(format!(
+                "{sudo}env DEBIAN_FRONTEND=noninteractive apt-get update -q"
+            ));
+            steps.push(format!(
+                "{sudo}env DEBIAN_FRONTEND=noninteractive apt-get install -q -y docker.io"
+            ));
         }
-        if !privileged {
-            return Err(no_privilege("start its Docker engine"));
+        if facts.systemd {
+            steps.push(format!("{sudo}systemctl enable --now docker.service"));
         }
-    } else {
-        if !facts.apt || !facts.debian_family() {
-            return Err(AdoptError::NoPackageManager {
-                host: host.to_owned(),
-                os: facts.os(),
-            });
+    }
+    if !facts.root() {
+        if !facts.sudo {
+            return Err(no_privilege("let it use the Docker engine"));
         }
-        if !privileged {
-            return Err(no_privilege("install Docker"));
-        }
-        // The distribution's own engine (Debian's and Ubuntu's `docker.io`), never a script
-        // fetched from elsewhere; noninteractive so that no prompt waits on a closed stdin.
         steps.push(format!(
-            "{sudo}env DEBIAN_FRONTEND=noninteractive apt-get update -q"
-        ));
-        steps.push(format!(
-            "{sudo}env DEBIAN_FRONTEND=noninteractive apt-get install -q -y docker.io"
+            "sudo -n usermod -aG docker {}",
+            crate::ssh::quote(user)
         ));
     }
-    if facts.systemd {
-        steps.push(format!("{sudo}systemctl enable --now docker.service"));
-    }
-    Ok(Plan {
-        steps,
-        docker_sudo: !facts.root(),
-    })
+    Ok(Plan { steps })
 }
 
 /// Learns the host's [`Facts`] over `conn`.
@@ -435,16 +462,21 @@ mod tests {
         let mut f = debian(false);
         f.docker_cli = true;
         f.docker_version = Some("26.1.5".into());
-        assert_eq!(
-            plan(&f, "h", "u").unwrap(),
-            Plan {
-                steps: vec![],
-                docker_sudo: false
-            }
-        );
+        assert_eq!(plan(&f, "h", "u").unwrap(), Plan { steps: vec![] });
+        // Answering only through sudo: the user joins the docker group (the socket is
+        // forwarded over SSH, without sudo).
         f.docker_version = None;
         f.docker_version_sudo = Some("26.1.5".into());
-        assert!(plan(&f, "h", "u").unwrap().docker_sudo);
+        f.sudo = true;
+        assert_eq!(
+            plan(&f, "h", "dev").unwrap().steps,
+            ["sudo -n usermod -aG docker dev"]
+        );
+        f.sudo = false;
+        assert!(matches!(
+            plan(&f, "h", "dev"),
+            Err(AdoptError::NoPrivilege { .. })
+        ));
     }
 
     #[test]
@@ -462,12 +494,15 @@ mod tests {
         f.sudo = true;
         let p = plan(&f, "h", "dev").unwrap();
         assert!(p.steps.iter().all(|s| s.starts_with("sudo -n ")), "{p:?}");
-        assert!(p.docker_sudo);
+        assert_eq!(p.steps.last().unwrap(), "sudo -n usermod -aG docker dev");
         // Installed but stopped: started only.
         f.docker_cli = true;
         assert_eq!(
             plan(&f, "h", "dev").unwrap().steps,
-            ["sudo -n systemctl enable --now docker.service"]
+            [
+                "sudo -n systemctl enable --now docker.service",
+                "sudo -n usermod -aG docker dev"
+            ]
         );
     }
 

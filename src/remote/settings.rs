@@ -61,7 +61,7 @@ impl SettingsError {
             ),
             SettingsError::NotBack { .. } => Some(
                 "see `journalctl -u docker.service` on the host: a setting it refuses stops the \
-                 engine; `devbox rm --purge` puts the host's own settings back"
+                 engine (devbox put the host's own settings back)"
                     .to_owned(),
             ),
             _ => None,
@@ -172,7 +172,14 @@ impl HostSettings<'_> {
             ),
             Some(merged.as_bytes()),
         )?;
-        self.restart()
+        if let Err(e) = self.restart() {
+            // An engine that refuses the settings is given its own back, so that a failed
+            // adoption leaves the host as it was (best effort: the first error is the one
+            // reported).
+            let _ = self.restore();
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Puts back the host's own `daemon.json` as it was before devbox first wrote it (none, if

@@ -105,6 +105,9 @@ impl<'a> Supervisor<'a> {
     }
 
     fn bring_up(&mut self, sigs: SigSet) -> Result<BroughtUp> {
+        if self.spec.driver.capabilities().guest == GuestAccess::Remote {
+            return self.bring_up_remote(sigs).map(BroughtUp::Running);
+        }
         let image = image::find(&self.store.cache, Some(&self.spec.image))?;
         let hv = self.driver()?;
         let caps = hv.capabilities();
@@ -186,7 +189,7 @@ impl<'a> Supervisor<'a> {
             vm,
             target,
             guest_ip,
-            records,
+            records: Some(records),
             io: io.handle().clone(),
             booted,
             reboot: Some(Box::new(Reboot {
@@ -216,7 +219,7 @@ impl<'a> Supervisor<'a> {
     }
 
     /// Host services run on one small tokio runtime; the machine's own threads stay plain.
-    fn io_runtime(&mut self) -> Result<Arc<tokio::runtime::Runtime>> {
+    pub(super) fn io_runtime(&mut self) -> Result<Arc<tokio::runtime::Runtime>> {
         let io = Arc::new(
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -307,6 +310,9 @@ impl<'a> Supervisor<'a> {
                 })?;
                 watchers::spawn_ready_from_driver(report, 0, self.deadline, state, tx);
                 Ok(None)
+            }
+            GuestAccess::Remote => {
+                anyhow::bail!("an adopted host is brought up by `bring_up_remote`")
             }
         }
     }
@@ -601,6 +607,7 @@ impl Supervisor<'_> {
                 self.state.clone(),
                 self.tx.clone(),
             ),
+            (GuestAccess::Remote, _) => anyhow::bail!("an adopted host is never booted"),
             (GuestAccess::Ssh, None) => {
                 anyhow::bail!("the guest is reached over SSH, and no SSH target is known")
             }

@@ -117,6 +117,13 @@ pub fn cleanup_stale(dir: &MachineDir) {
 /// machine's lease, and for a TAP link the privileges the supervisor will hold and access to
 /// `/dev/net/tun`. Also makes the machine's files private (machines of earlier versions).
 pub fn preflight(store: &Store, dir: &MachineDir, spec: &MachineSpec) -> Result<()> {
+    if spec.remote.is_some() {
+        // An adopted host: no image, no driver, no network device; its lease is its own.
+        dir.make_private()?;
+        let registry = Registry::system();
+        registry.ensure()?;
+        return claim_lease(&registry, dir, spec);
+    }
     image::find(&store.cache, Some(&spec.image))?;
     let hv = hypervisor::for_driver(spec.driver)?;
     hv.preflight()?;
@@ -354,8 +361,23 @@ pub fn require_running(dir: &MachineDir) -> Result<Observed> {
 
 /// The SSH target for a machine, at its current address ([`guest_address`]).
 pub fn ssh_target(dir: &MachineDir, spec: &MachineSpec) -> Result<ssh::Target> {
+    if let Some(r) = &spec.remote {
+        return remote_target(dir, r);
+    }
     let ip = guest_address(spec, &observe(dir)?)?;
     ssh_target_at(dir, ip)
+}
+
+/// The SSH target of a host adopted over SSH: its address, port, user and key from the spec,
+/// its host key pinned at create.
+pub fn remote_target(dir: &MachineDir, r: &crate::machine::RemoteSpec) -> Result<ssh::Target> {
+    let host_key = fs_err::read_to_string(dir.host_pub_path())?;
+    Ok(ssh::Target {
+        addr: std::net::SocketAddr::new(r.address.into(), r.port),
+        user: r.user.clone(),
+        identity: r.identity.clone(),
+        host_key: host_key.trim().to_owned(),
+    })
 }
 
 /// The SSH target for a machine whose guest is at `ip`, with its pinned host key.

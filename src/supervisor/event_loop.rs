@@ -58,8 +58,9 @@ pub struct Running {
     pub target: Option<ssh::Target>,
     /// The guest's address, where published ports are forwarded.
     pub guest_ip: std::net::Ipv4Addr,
-    /// The DNS server's records, for the container watcher.
-    pub records: dns::RecordsHandle,
+    /// The DNS server's records, for the container watcher (none for an adopted host, which
+    /// has no DNS server yet).
+    pub records: Option<dns::RecordsHandle>,
     pub io: tokio::runtime::Handle,
     /// Taken by the one boot allowed after a kernel panic before ready.
     pub reboot: Option<Box<Reboot>>,
@@ -200,12 +201,14 @@ fn ready(sv: &mut Supervisor, m: &mut Running, docker_version: &str) -> Result<(
                 return Err(anyhow::Error::new(e).context("forwarding the docker socket"));
             }
         }
-        let watch = m.io.spawn(dns::watch_containers(
-            sv.dir.docker_socket_path(),
-            m.records.clone(),
-        ));
-        sv.parts
-            .add(Task("container watcher", watch.abort_handle()));
+        if let Some(records) = &m.records {
+            let watch = m.io.spawn(dns::watch_containers(
+                sv.dir.docker_socket_path(),
+                records.clone(),
+            ));
+            sv.parts
+                .add(Task("container watcher", watch.abort_handle()));
+        }
         let state = sv.state.clone();
         let forwarder = m.io.spawn(ports::run(
             sv.dir.docker_socket_path(),
@@ -215,22 +218,24 @@ fn ready(sv: &mut Supervisor, m: &mut Running, docker_version: &str) -> Result<(
         sv.parts
             .add(Task("published-port forwarder", forwarder.abort_handle()));
         // HTTPS is a convenience on top of a running machine: a CA problem is logged with
-        // its fix and the machine runs without it.
-        match super::https::start(super::https::HttpsSetup {
-            store: sv.store,
-            spec: sv.spec,
-            records: m.records.clone(),
-            guest_ip: m.guest_ip,
-            target: target.clone(),
-            io: &m.io,
-        }) {
-            Ok(https) => sv.parts.add(https),
-            Err(e) => log(format!(
-                "HTTPS is off for this machine: {e:#}{}",
-                crate::output::diagnostics::hint(&e)
-                    .map(|h| format!(" (hint: {h})"))
-                    .unwrap_or_default()
-            )),
+        // its fix and the machine runs without it. It needs the machine's DNS names.
+        if let Some(records) = &m.records {
+            match super::https::start(super::https::HttpsSetup {
+                store: sv.store,
+                spec: sv.spec,
+                records: records.clone(),
+                guest_ip: m.guest_ip,
+                target: target.clone(),
+                io: &m.io,
+            }) {
+                Ok(https) => sv.parts.add(https),
+                Err(e) => log(format!(
+                    "HTTPS is off for this machine: {e:#}{}",
+                    crate::output::diagnostics::hint(&e)
+                        .map(|h| format!(" (hint: {h})"))
+                        .unwrap_or_default()
+                )),
+            }
         }
     }
     log(format!("ready: Docker {docker_version} answers"));
@@ -256,11 +261,14 @@ fn ready(sv: &mut Supervisor, m: &mut Running, docker_version: &str) -> Result<(
             Ok(None) => {}
             Err(e) => log(format!("file events are off for this machine: {e:#}")),
         }
-        sv.parts.add(DiskWatch::spawn(
-            target.clone(),
-            sv.state.clone(),
-            sv.dir.clone(),
-        ));
+        // The data disk is devbox's own only in a machine devbox booted.
+        if !remote(sv) {
+            sv.parts.add(DiskWatch::spawn(
+                target.clone(),
+                sv.state.clone(),
+                sv.dir.clone(),
+            ));
+        }
     }
     Ok(())
 }
@@ -304,18 +312,32 @@ fn record_boot_phases(sv: &Supervisor, booted: Instant) {
     }
 }
 
+/// Whether the machine is a host adopted over SSH (never powered off, no disk of devbox's).
+fn remote(sv: &Supervisor) -> bool {
+    sv.spec.driver.capabilities().guest == crate::machine::GuestAccess::Remote
+}
+
 /// How long asking for a power-off over SSH may take.
 const POWEROFF_ASK: Duration = Duration::from_secs(10);
 
 /// Asks the guest to power off: through SSH when it answers (the guest stops dockerd and
 /// unmounts its disk first), else through the driver's power button.
 fn begin_graceful_stop(sv: &mut Supervisor, m: &mut Running) {
-    log("stopping: asking the guest to power off");
+    log(if remote(sv) {
+        "stopping: disconnecting from the host"
+    } else {
+        "stopping: asking the guest to power off"
+    });
     sv.state.update(|s| {
         s.phase = Phase::Stopping;
         s.step = "stopping".into();
     });
     sv.parts.stop_one(FORWARDER);
+    if remote(sv) {
+        // An adopted host is the user's: it keeps running, devbox only lets go of it.
+        let _ = m.vm.as_mut().request_stop();
+        return;
+    }
     let via_ssh = match &m.target {
         Some(target) => ssh::Connection::connect(target, Duration::from_secs(5))
             // Bounded: a guest that hangs with its connection open must not hold the loop.

@@ -43,6 +43,7 @@ mod host_net;
 mod https;
 mod nat;
 mod parts;
+mod remote;
 mod report;
 mod routes;
 mod shares;

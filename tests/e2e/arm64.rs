@@ -262,6 +262,7 @@ fn write_config_drive(path: &Path, img: &Image) {
         tld: "dev".into(),
         engine: Default::default(),
         dns_domains: vec![],
+        remote: None,
         created: "2026-11-22T00:00:00Z".into(),
     };
     let client = devbox::ssh::generate_ed25519("devbox-test").unwrap();

@@ -4,6 +4,7 @@
 //! sshd is a failure.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -195,4 +196,86 @@ pub fn children_of(parent: u32) -> Vec<i32> {
         }
     }
     pids
+}
+
+// Recording commands for the sessions of a server playing a host devbox adopts (#21).
+
+/// A directory of commands for the server's sessions: the real ones the facts script needs,
+/// and recording fakes.
+pub fn fake_bin(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for real in [
+        "sh", "bash", "env", "id", "uname", "true", "cat", "chmod", "mkdir", "cp", "mv", "rm",
+    ] {
+        let path = which(real);
+        std::os::unix::fs::symlink(path, dir.join(real)).unwrap();
+    }
+    let log = dir.join("calls.log");
+    let script = |name: &str, body: &str| {
+        let p = dir.join(name);
+        std::fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\necho \"{name} $*\" >> {}\n{body}\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    // `apt-get install` "installs" an engine that answers.
+    let docker = format!(
+        "cat > {d}/docker <<'EOF'\n#!/bin/sh\n[ \"$1\" = version ] && echo 26.1.5-fake\nEOF\nchmod 755 {d}/docker",
+        d = dir.display()
+    );
+    script(
+        "apt-get",
+        &format!(
+            "case \"$*\" in *install*) [ -e {d}/fail-install ] && {{ echo 'E: Unable to locate package docker.io' >&2; exit 100; }}; {docker};; esac\nexit 0",
+            d = dir.display()
+        ),
+    );
+    script("systemctl", "exit 0");
+    script("sudo", "[ \"$1\" = -n ] && shift\nexec \"$@\"");
+}
+
+pub fn which(cmd: &str) -> String {
+    for dir in ["/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
+        let p = Path::new(dir).join(cmd);
+        if p.exists() {
+            return p.display().to_string();
+        }
+    }
+    panic!("{cmd} not found")
+}
+
+pub fn calls(bin: &Path) -> Vec<String> {
+    std::fs::read_to_string(bin.join("calls.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A server whose sessions get `bin` as their PATH (see [`fake_bin`]).
+pub fn server(bin: &Path) -> Sshd {
+    let mut sshd = Sshd::prepare();
+    sshd.configure(&format!("SetEnv PATH={}\n", bin.display()));
+    sshd.spawn();
+    sshd.wait_listening();
+    sshd
+}
+
+/// A fake engine for the settings tests: answers `docker version` unless `engine-down` exists.
+pub fn fake_engine(bin: &Path) {
+    let p = bin.join("docker");
+    std::fs::write(
+        &p,
+        format!(
+            "#!/bin/sh\n[ -e {}/engine-down ] && exit 1\n[ \"$1\" = version ] && echo 26.1.5-fake\n",
+            bin.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
 }

@@ -49,7 +49,7 @@ pub fn for_driver(driver: Driver) -> Result<Box<dyn Hypervisor>, HypervisorError
             reason: "Virtualization.framework exists only on macOS".into(),
         }),
         // Handled by `hypervisor::for_driver`, the same on every host.
-        Driver::Fake => super::super::for_driver(driver),
+        Driver::Ssh | Driver::Fake => super::super::for_driver(driver),
     }
 }
 

@@ -23,7 +23,7 @@ pub fn for_driver(driver: Driver) -> Result<Box<dyn Hypervisor>, HypervisorError
             reason: "KVM exists only on Linux; use the vz driver".into(),
         }),
         // Handled by `hypervisor::for_driver`, the same on every host.
-        Driver::Fake => super::super::for_driver(driver),
+        Driver::Ssh | Driver::Fake => super::super::for_driver(driver),
     }
 }
 
