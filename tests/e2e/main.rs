@@ -57,6 +57,7 @@ mod machine;
 mod memory;
 mod network;
 mod outside;
+mod remote;
 // Its raw-client check is Linux-only (src/nfs): elsewhere its helpers go unused.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 mod shares;
@@ -109,6 +110,10 @@ const CHECKS: &[Check] = &[
     shared(
         "start_boots_and_a_second_start_is_not_an_error",
         basics::start_boots_and_a_second_start_is_not_an_error,
+    ),
+    shared(
+        "an_adopted_host_is_driven_like_a_machine",
+        remote::an_adopted_host_is_driven_like_a_machine,
     ),
     shared(
         "ssh_runs_commands_with_their_exit_code",

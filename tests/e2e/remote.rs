@@ -1,0 +1,123 @@
+//! A host adopted over SSH (`create --driver ssh`, issue #21). The shared machine plays the
+//! remote host: it already has Docker, and devbox writes no settings to it (that needs
+//! systemd, which the guest lacks: `tests/remote_adopt.rs` covers installation, settings and
+//! restart as a recording), so adopting it does not disturb it.
+
+use std::time::Instant;
+
+use crate::harness::bounded;
+use crate::machine::Machine;
+use crate::support::guest::text;
+
+const ADOPTED: &str = "adopted";
+
+/// Created with the host key checked, started, driven through `devbox env`, the Docker context
+/// and `devbox ssh`; a stop leaves the host and its containers running; `rm` leaves nothing of
+/// it here. A fingerprint the host does not have is refused before anything is created.
+pub fn an_adopted_host_is_driven_like_a_machine(m: &Machine) {
+    let r = m.sibling(ADOPTED);
+    let ip = m.ok(&["ip", &m.name]).trim().to_owned();
+    let key = m.dir().join("id_ed25519");
+    let key = key.to_str().unwrap();
+    let host_pub = std::fs::read_to_string(m.dir().join("ssh_host_ed25519_key.pub")).unwrap();
+    let real_fp = devbox::ssh::fingerprint(&host_pub).unwrap();
+    m.busybox_image();
+    let probe = format!("{ADOPTED}-probe");
+    let _ = m.docker(&["rm", "-f", &probe]);
+    m.docker_ok(&["run", "-d", "--name", &probe, "bb:e2e", "sleep", "3600"]);
+    let create = |expected: &str| {
+        m.devbox(&[
+            "create",
+            ADOPTED,
+            "--driver",
+            "ssh",
+            "--ssh-host",
+            &ip,
+            "--ssh-key",
+            key,
+            "--ssh-host-key",
+            expected,
+        ])
+    };
+
+    let other = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s";
+    let refused = create(other);
+    let err = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(err.contains(other) && err.contains(&real_fp), "{err}");
+    assert!(
+        !r.dir().exists(),
+        "a refused create left {}",
+        r.dir().display()
+    );
+
+    let t = Instant::now();
+    let created = create(&real_fp);
+    assert!(
+        created.status.success(),
+        "create: {}",
+        text(&created.stderr)
+    );
+    let create_s = t.elapsed().as_secs_f64();
+    m.ok(&["start", ADOPTED]);
+    println!(
+        "figure: adopting a host that already has Docker: create {create_s:.1} s, create + \
+         start {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // The host's containers, through `devbox env`'s DOCKER_HOST and through the context.
+    let names = r.docker_ok(&["ps", "--format", "{{.Names}}"]);
+    assert!(names.lines().any(|n| n == probe), "{names}");
+    let via_context = bounded("docker")
+        .args([
+            "--context",
+            &format!("devbox-{ADOPTED}"),
+            "ps",
+            "--format",
+            "{{.Names}}",
+        ])
+        .env("DOCKER_CONFIG", m.h.docker_config())
+        .env_remove("DOCKER_HOST")
+        .output()
+        .unwrap();
+    assert!(
+        text(&via_context.stdout).lines().any(|n| n == probe),
+        "docker --context: {}",
+        text(&via_context.stderr)
+    );
+    assert_eq!(r.ssh("cat /etc/hostname"), m.ssh("cat /etc/hostname"));
+    let ls: serde_json::Value = serde_json::from_str(&m.ok(&["ls", "--json"])).unwrap();
+    let row = ls["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["name"] == ADOPTED)
+        .unwrap()
+        .clone();
+    assert_eq!(row["driver"], "ssh");
+    assert_eq!(row["ip"], ip.as_str());
+    assert_eq!(row["state"], "running");
+    assert!(row["cpus"].is_null(), "{row}");
+
+    // A stop lets go of the host: it keeps running, and so does its container.
+    m.ok(&["stop", ADOPTED]);
+    assert_eq!(r.status().to_lowercase(), "stopped");
+    assert_eq!(m.status().to_lowercase(), "running");
+    let names = m.docker_ok(&["ps", "--format", "{{.Names}}"]);
+    assert!(names.lines().any(|n| n == probe), "{names}");
+
+    m.ok(&["rm", "-y", ADOPTED]);
+    assert!(!r.dir().exists());
+    let contexts = bounded("docker")
+        .args(["context", "ls", "--format", "{{.Name}}"])
+        .env("DOCKER_CONFIG", m.h.docker_config())
+        .output()
+        .unwrap();
+    assert!(
+        !text(&contexts.stdout).contains(&format!("devbox-{ADOPTED}")),
+        "{}",
+        text(&contexts.stdout)
+    );
+    m.docker_ok(&["rm", "-f", &probe]);
+}
