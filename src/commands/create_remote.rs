@@ -6,7 +6,7 @@
 //! Docker subnets, like any machine), its spec and the pinned key, all written in a staging
 //! directory renamed into place only when complete; what ran on the host is said as it runs.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -56,7 +56,8 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
         return Err(crate::machine::store::StoreError::Exists { name: a.name }.into());
     }
 
-    let addr = resolve(&host, a.ssh_port)?;
+    let v4 = resolve(&host, a.ssh_port)?;
+    let addr = SocketAddr::V4(v4);
     output::info(format!("Connecting to {host} ({addr})"));
     let unreachable = |source| {
         anyhow::Error::new(AdoptError::Unreachable {
@@ -167,10 +168,7 @@ pub fn run(store: &Store, a: CreateArgs) -> Result<i32> {
         dns_domains: Vec::new(),
         remote: Some(RemoteSpec {
             host: host.clone(),
-            address: match addr {
-                SocketAddr::V4(v4) => *v4.ip(),
-                SocketAddr::V6(_) => unreachable!("resolve() keeps IPv4 addresses only"),
-            },
+            address: *v4.ip(),
             port: a.ssh_port,
             user: a.ssh_user.clone(),
             identity,
@@ -265,12 +263,16 @@ fn identity(given: Option<&std::path::Path>) -> Result<PathBuf> {
 }
 
 /// The host's first IPv4 address.
-fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
+fn resolve(host: &str, port: u16) -> Result<SocketAddrV4> {
     let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
         .with_context(|| format!("cannot resolve --ssh-host {host:?}"))?
         .collect();
-    addrs.iter().find(|a| a.is_ipv4()).copied().ok_or_else(|| {
+    let v4 = addrs.iter().find_map(|a| match a {
+        SocketAddr::V4(v4) => Some(*v4),
+        SocketAddr::V6(_) => None,
+    });
+    v4.ok_or_else(|| {
         anyhow::anyhow!(
             "--ssh-host {host:?} has no IPv4 address ({}): devbox reaches adopted hosts over \
              IPv4",

@@ -147,16 +147,7 @@ fn nat_line(link: &str, verb: &str, os: HostOs) -> String {
 /// An argv as one shell-readable line (for messages and the dry-run text).
 pub(super) fn join_argv(argv: &[String]) -> String {
     argv.iter()
-        .map(|a| {
-            if !a.is_empty()
-                && a.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@%+,".contains(&b))
-            {
-                a.clone()
-            } else {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            }
-        })
+        .map(|a| crate::ssh::quote(a))
         .collect::<Vec<_>>()
         .join(" ")
 }
