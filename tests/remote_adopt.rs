@@ -167,6 +167,12 @@ fn a_failed_installation_says_which_command_and_why() {
             && err.contains("Unable to locate package docker.io"),
         "{err}"
     );
+    // What the host printed is shown, not obeyed: its escape sequence (here one that would
+    // write the user's clipboard) reaches the message escaped.
+    assert!(
+        !err.contains('\x1b') && !err.contains('\x07') && err.contains("\\u{1b}]52;c;"),
+        "{err}"
+    );
     // Stopped at the failure: nothing ran after it.
     assert_eq!(
         calls(&bin).last().unwrap(),

@@ -6,6 +6,7 @@
 //! Docker subnets, like any machine), its spec and the pinned key, all written in a staging
 //! directory renamed into place only when complete; what ran on the host is said as it runs.
 
+use crate::output::guest_text::escape;
 use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -292,11 +293,11 @@ fn engine_version(target: &ssh::Target) -> Result<String> {
         "docker version --format '{{.Server.Version}}'",
         std::time::Instant::now() + FACTS,
     )?;
-    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let version = escape(&out.stdout).trim().to_owned();
     anyhow::ensure!(
         out.status == 0 && !version.is_empty(),
         "{}",
-        String::from_utf8_lossy(&out.stderr).trim()
+        escape(&out.stderr).trim()
     );
     Ok(version)
 }

@@ -10,6 +10,7 @@
 //! The host is the user's (trusted, like the user), but what it prints is parsed strictly:
 //! unknown lines are ignored and every value is checked before it changes a decision.
 
+use crate::output::guest_text::escape;
 use std::time::{Duration, Instant};
 
 pub mod settings;
@@ -344,7 +345,7 @@ pub fn plan(facts: &Facts, host: &str, user: &str) -> Result<Plan, AdoptError> {
 /// Learns the host's [`Facts`] over `conn`.
 pub fn gather(conn: &Connection, timeout: Duration) -> Result<Facts, SshError> {
     let out = conn.exec_capture_until(FACTS_SCRIPT, Instant::now() + timeout)?;
-    Ok(Facts::parse(&String::from_utf8_lossy(&out.stdout)))
+    Ok(Facts::parse(&escape(&out.stdout)))
 }
 
 /// A step of a plan that failed: its command, exit status and last lines of output.
@@ -362,12 +363,11 @@ pub fn run(conn: &Connection, plan: &Plan, step_timeout: Duration) -> anyhow::Re
     for step in &plan.steps {
         let out = conn.exec_capture_until(step, Instant::now() + step_timeout)?;
         if out.status != 0 {
-            let text = String::from_utf8_lossy(if out.stderr.is_empty() {
+            let text = escape(if out.stderr.is_empty() {
                 &out.stdout
             } else {
                 &out.stderr
-            })
-            .into_owned();
+            });
             let tail = text
                 .lines()
                 .rev()

@@ -6,6 +6,7 @@
 //! `daemon.json` that is not a JSON object is refused with its path: devbox never replaces a
 //! file it cannot read.
 
+use crate::output::guest_text::escape;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
@@ -123,7 +124,7 @@ impl HostSettings<'_> {
                 host: self.host.to_owned(),
                 command,
                 status,
-                stderr: String::from_utf8_lossy(&err).trim().to_owned(),
+                stderr: escape(&err).trim().to_owned(),
             });
         }
         Ok(out)

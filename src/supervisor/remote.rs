@@ -3,6 +3,7 @@
 //! engine must answer, and then the event loop forwards its docker socket and its published
 //! ports as for any machine. A stop disconnects and never powers the host off.
 
+use crate::output::guest_text::escape;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
@@ -109,7 +110,7 @@ fn spawn_engine_check(
                     let out = conn
                         .exec_capture_until("docker version --format '{{.Server.Version}}'", until)
                         .map_err(|e| format!("SSH: {e}"))?;
-                    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                    let version = escape(&out.stdout).trim().to_owned();
                     if out.status == 0 && !version.is_empty() {
                         Ok(version)
                     } else {
@@ -117,7 +118,7 @@ fn spawn_engine_check(
                             "the Docker engine of {} does not answer {}: {}",
                             target.addr,
                             target.user,
-                            String::from_utf8_lossy(&out.stderr).trim()
+                            escape(&out.stderr).trim()
                         ))
                     }
                 });

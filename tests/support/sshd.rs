@@ -231,7 +231,7 @@ pub fn fake_bin(dir: &Path) {
     script(
         "apt-get",
         &format!(
-            "case \"$*\" in *install*) [ -e {d}/fail-install ] && {{ echo 'E: Unable to locate package docker.io' >&2; exit 100; }}; {docker};; esac\nexit 0",
+            "case \"$*\" in *install*) [ -e {d}/fail-install ] && {{ printf '\\033]52;c;c3Bvb2Y=\\007E: Unable to locate package docker.io\\n' >&2; exit 100; }}; {docker};; esac\nexit 0",
             d = dir.display()
         ),
     );
