@@ -198,7 +198,10 @@ fn covered_default_route<'t>(r: &PlannedRoute, table: &'t [HostRoute]) -> Option
 
 fn check_privileges(plan: &HostPlan, target: &ApplyTarget) -> Result<(), HostError> {
     let routes = !plan.routes.add.is_empty() || !plan.routes.remove.is_empty();
-    let nat = !plan.nat_add.is_empty() || !plan.nat_remove.is_empty();
+    let nat = !plan.nat_add.is_empty()
+        || !plan.nat_remove.is_empty()
+        || !plan.swarm_add.is_empty()
+        || !plan.swarm_remove.is_empty();
     if nat && !sys::can_change_routes() {
         return Err(HostError::NoPrivilege {
             what: "changing the host's NAT and forwarding".into(),
@@ -263,6 +266,14 @@ fn run_step(
         Step::RemoveNat(link) => {
             let _host = target.registry.lock()?;
             sys::remove_nat(link)
+        }
+        Step::AddSwarm(pair) => {
+            let _host = target.registry.lock()?;
+            sys::add_swarm(pair)
+        }
+        Step::RemoveSwarm(link) => {
+            let _host = target.registry.lock()?;
+            sys::remove_swarm(link)
         }
         Step::SetResolved(_) | Step::RevertResolved(_) if !target.manage_services => Ok(
             Outcome::Skipped("systemd-resolved is not used for a test root".into()),

@@ -215,6 +215,12 @@ pub(super) fn step_lines(step: &Step<'_>, os: HostOs) -> Vec<String> {
         Step::HostFilter(h) => vec![join_argv(&hostfilter_argv(h))],
         Step::AddNat(link) => vec![nat_line(link, "add", os)],
         Step::RemoveNat(link) => vec![nat_line(link, "remove", os)],
+        Step::AddSwarm(p) => vec![format!(
+            "nft -j -f -  # table inet devbox: open 2377/tcp, 7946/tcp+udp, 4789/udp between {p}"
+        )],
+        Step::RemoveSwarm(link) => vec![format!(
+            "nft -j -f -  # table inet devbox: close the swarm ports of {link}"
+        )],
         Step::RemoveFile(p) => vec![format!("rm -f {}", p.display())],
         Step::RemoveBinary(p) => vec![format!("rm -f {}", p.display())],
         Step::RemoveDir(p) => vec![format!("rmdir {}  # only when empty", p.display())],

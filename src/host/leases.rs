@@ -90,6 +90,25 @@ pub fn check_plan(plan: &HostPlan, leases: &[Lease], uid: u32) -> Result<(), Hos
             ));
         }
     }
+    // Swarm ports only between two machines of the caller's: a user's swarm never reaches
+    // another user's machine.
+    for p in &plan.swarm_add {
+        for link in p.links() {
+            let item = || format!("open the swarm ports between {p}");
+            if own(link, &item)?.is_none() {
+                return Err(refused(
+                    item(),
+                    "only between machines' own links (dbxN)".into(),
+                ));
+            }
+        }
+    }
+    for link in &plan.swarm_remove {
+        let item = || format!("close the swarm ports of {link}");
+        if own(link, &item)?.is_none() {
+            return Err(refused(item(), "only a machine's own link (dbxN)".into()));
+        }
+    }
     Ok(())
 }
 
@@ -116,6 +135,8 @@ pub fn touches_links(plan: &HostPlan) -> bool {
         || plan.resolved_revert.iter().any(|l| link(l))
         || !plan.nat_add.is_empty()
         || !plan.nat_remove.is_empty()
+        || !plan.swarm_add.is_empty()
+        || !plan.swarm_remove.is_empty()
 }
 
 /// [`check_plan`] against `registry`, for the caller's real uid.
@@ -297,6 +318,34 @@ mod tests {
         assert!(check_plan(&p, &leases(), 1001).is_err());
         assert!(touches_links(&p));
         assert!(!touches_links(&HostPlan::default()));
+    }
+
+    #[test]
+    fn swarm_ports_open_only_between_two_machines_of_the_caller() {
+        let mut mine = leases();
+        mine.push(lease(2, 1000, &["172.22.0.0/16"]));
+        let pair = |x, y| HostPlan {
+            swarm_add: vec![crate::nat::SwarmPair::new(x, y).unwrap()],
+            ..HostPlan::default()
+        };
+        assert!(touches_links(&pair("dbx0", "dbx2")));
+        check_plan(&pair("dbx0", "dbx2"), &mine, 1000).unwrap();
+        let err = check_plan(&pair("dbx0", "dbx1"), &mine, 1000).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "refused to open the swarm ports between dbx0 and dbx1: dbx1 is leased to uid 1001, \
+             not to you (uid 1000)"
+        );
+        assert!(
+            check_plan(&pair("dbx0", "dbx3"), &mine, 1000).is_err(),
+            "unleased"
+        );
+        let close = |l: &str| HostPlan {
+            swarm_remove: vec![l.to_owned()],
+            ..HostPlan::default()
+        };
+        check_plan(&close("dbx2"), &mine, 1000).unwrap();
+        assert!(check_plan(&close("dbx1"), &mine, 1000).is_err());
     }
 
     fn nat(add: &[&str], remove: &[&str]) -> HostPlan {

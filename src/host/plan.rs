@@ -8,6 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::HostError;
+use crate::nat::SwarmPair;
 use crate::net::vmnet::is_vmnet_bridge;
 use crate::net::{Ipv4Net, devbox_link, overlaps};
 use crate::routes::{PlannedRoute, RoutePlan, is_private, validate_docker_subnet};
@@ -142,6 +143,13 @@ pub struct HostPlan {
     /// Machine links whose NAT to take away.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nat_remove: Vec<String>,
+    /// Pairs of machine links between which to open Docker swarm mode's ports (Linux:
+    /// `crate::nat::add_pair`); both machines must be running.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub swarm_add: Vec<SwarmPair>,
+    /// Machine links whose swarm pairs to close, every pair that names one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub swarm_remove: Vec<String>,
     /// The installed binary to put in place (`system install`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install_binary: Option<BinaryInstall>,
@@ -161,6 +169,7 @@ pub struct HostPlan {
 pub(super) enum Step<'p> {
     UnloadUnit(&'p ServiceUnit),
     RemoveRoute(&'p PlannedRoute),
+    RemoveSwarm(&'p str),
     RemoveNat(&'p str),
     RevertResolved(&'p str),
     RemoveFile(&'p Path),
@@ -171,6 +180,7 @@ pub(super) enum Step<'p> {
     WriteFile(&'p FileSpec),
     AddRoute(&'p PlannedRoute),
     AddNat(&'p str),
+    AddSwarm(&'p SwarmPair),
     SetResolved(&'p ResolvedLink),
     HostFilter(&'p HostFilter),
     ReloadUnits,
@@ -208,6 +218,10 @@ impl HostPlan {
         self.nat_add.dedup();
         self.nat_remove.sort();
         self.nat_remove.dedup();
+        self.swarm_add.sort();
+        self.swarm_add.dedup();
+        self.swarm_remove.sort();
+        self.swarm_remove.dedup();
         // Parents first to create, children first to remove.
         self.create_dirs.sort();
         self.remove_dirs.sort();
@@ -218,6 +232,7 @@ impl HostPlan {
     pub(super) fn steps(&self) -> Vec<Step<'_>> {
         let mut steps: Vec<Step> = self.unload_units.iter().map(Step::UnloadUnit).collect();
         steps.extend(self.routes.remove.iter().map(Step::RemoveRoute));
+        steps.extend(self.swarm_remove.iter().map(|l| Step::RemoveSwarm(l)));
         steps.extend(self.nat_remove.iter().map(|l| Step::RemoveNat(l)));
         steps.extend(self.resolved_revert.iter().map(|l| Step::RevertResolved(l)));
         steps.extend(self.remove_files.iter().map(|p| Step::RemoveFile(p)));
@@ -228,6 +243,7 @@ impl HostPlan {
         steps.extend(self.write_files.iter().map(Step::WriteFile));
         steps.extend(self.routes.add.iter().map(Step::AddRoute));
         steps.extend(self.nat_add.iter().map(|l| Step::AddNat(l)));
+        steps.extend(self.swarm_add.iter().map(Step::AddSwarm));
         steps.extend(self.resolved.iter().map(Step::SetResolved));
         steps.extend(self.hostfilters.iter().map(Step::HostFilter));
         let units_changed = !self.load_units.is_empty() || !self.unload_units.is_empty();
@@ -284,6 +300,22 @@ impl HostPlan {
                     format!("change the outbound NAT of {link}"),
                     "only devbox's own links (dbxN), for the host-only /24 their index gives"
                         .into(),
+                ));
+            }
+        }
+        for p in &self.swarm_add {
+            if !p.is_valid() {
+                return Err(refused(
+                    format!("open the swarm ports between {p}"),
+                    "only between two distinct machine links (dbxN)".into(),
+                ));
+            }
+        }
+        for link in &self.swarm_remove {
+            if devbox_link(link).is_none() {
+                return Err(refused(
+                    format!("close the swarm ports of {link}"),
+                    "it is not a machine link (dbxN)".into(),
                 ));
             }
         }

@@ -12,6 +12,8 @@
 //! - `iptables.rs`: on a host that runs Docker (iptables `FORWARD` policy `DROP`), the tagged
 //!   accept rules devbox adds to Docker's `DOCKER-USER` chain, as Docker documents for traffic
 //!   it should let through, and how to find them again.
+//! - `swarm.rs`: the swarm ports opened between two machines of one swarm (Docker swarm
+//!   mode's 2377/tcp, 7946/tcp+udp, 4789/udp, nothing else), as rules tagged with the pair.
 //! - `firewall.rs`: reading the host's other firewalls (firewalld, ufw, iptables, any other
 //!   nftables table) for a drop that devbox's table cannot override, with the exact fix.
 //!
@@ -20,12 +22,14 @@
 mod firewall;
 mod iptables;
 mod ruleset;
+mod swarm;
 
 pub use firewall::{Blocker, FirewallReport, find_blockers};
 pub use iptables::{DOCKER_USER, docker_user_delete_argvs, docker_user_insert_argvs};
 pub use ruleset::{
     DevboxTable, FORWARDING_MARK, NatChange, TABLE, add_change, remove_change, render_text,
 };
+pub use swarm::{PairRefusal, SWARM_TCP, SWARM_UDP, SwarmPair, add_pair, remove_pairs};
 
 use crate::hint::Hint;
 use crate::net::{Ipv4Net, devbox_link};

@@ -45,7 +45,7 @@ use crate::net::devbox_link;
 
 /// devbox's table (family `inet`).
 pub const TABLE: &str = "devbox";
-const FORWARD: &str = "forward";
+pub(super) const FORWARD: &str = "forward";
 const POSTROUTING: &str = "postrouting";
 /// Comment of the rule that records that devbox turned `ip_forward` on.
 pub const FORWARDING_MARK: &str = "devbox: ip_forward was 0";
@@ -64,6 +64,15 @@ pub struct OwnRule {
     pub handle: u32,
     #[serde(default)]
     pub comment: Option<String>,
+}
+
+impl OwnRule {
+    /// Whether the rule is `link`'s: one of its NAT rules, or a swarm pair that names it.
+    fn tagged(&self, link: &str) -> bool {
+        self.comment
+            .as_deref()
+            .is_some_and(|c| c == link || super::swarm::names_link(c, link))
+    }
 }
 
 /// What devbox's table holds now.
@@ -174,11 +183,9 @@ pub fn add_change(current: Option<&DevboxTable>, nat: &NatLink, forwarding_on: b
         NfHook::Postrouting,
         SRCNAT,
     )));
-    for r in current
-        .rules
-        .iter()
-        .filter(|r| r.comment.as_deref() == Some(&nat.link))
-    {
+    // The link's own rules and its swarm pairs from an earlier run go: the pairs come back
+    // only when the supervisor asks for them again.
+    for r in current.rules.iter().filter(|r| r.tagged(&nat.link)) {
         b.delete(NfListObject::Rule(Rule {
             handle: Some(r.handle),
             ..rule(&r.chain, vec![], None)
@@ -250,11 +257,7 @@ pub fn remove_change(current: &DevboxTable, link: &str) -> Option<NatChange> {
     let others = current.links().into_iter().any(|l| l != link);
     let mut b = Batch::new();
     if others {
-        let mine: Vec<&OwnRule> = current
-            .rules
-            .iter()
-            .filter(|r| r.comment.as_deref() == Some(link))
-            .collect();
+        let mine: Vec<&OwnRule> = current.rules.iter().filter(|r| r.tagged(link)).collect();
         if mine.is_empty() {
             return None;
         }
@@ -306,7 +309,11 @@ fn base_chain(name: &'static str, t: NfChainType, hook: NfHook, prio: i32) -> Ch
     }
 }
 
-fn rule(chain: &str, expr: Vec<Statement<'static>>, comment: Option<&str>) -> Rule<'static> {
+pub(super) fn rule(
+    chain: &str,
+    expr: Vec<Statement<'static>>,
+    comment: Option<&str>,
+) -> Rule<'static> {
     Rule {
         family: NfFamily::INet,
         table: TABLE.into(),
@@ -329,7 +336,7 @@ fn matches(
     Statement::Match(Match { left, right, op })
 }
 
-fn is(key: MetaKey, name: &str) -> Statement<'static> {
+pub(super) fn is(key: MetaKey, name: &str) -> Statement<'static> {
     matches(
         meta(key),
         Operator::EQ,
@@ -337,7 +344,7 @@ fn is(key: MetaKey, name: &str) -> Statement<'static> {
     )
 }
 
-fn is_str(key: MetaKey, value: &'static str) -> Statement<'static> {
+pub(super) fn is_str(key: MetaKey, value: &'static str) -> Statement<'static> {
     matches(meta(key), Operator::EQ, Expression::String(value.into()))
 }
 
@@ -382,7 +389,7 @@ fn ct_reply() -> Statement<'static> {
     )
 }
 
-fn accept() -> Statement<'static> {
+pub(super) fn accept() -> Statement<'static> {
     Statement::Accept(Some(Accept {}))
 }
 

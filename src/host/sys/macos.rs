@@ -47,6 +47,19 @@ pub fn remove_nat(link: &str) -> Result<crate::host::Outcome, HostError> {
     add_nat(link).map(|(o, _)| o)
 }
 
+/// The swarm ports between two machines: devbox's nftables table is Linux's.
+pub fn add_swarm(pair: &crate::nat::SwarmPair) -> Result<crate::host::Outcome, HostError> {
+    Err(HostError::Unsupported {
+        what: format!("opening the swarm ports between {pair}"),
+        os: HostOs::Macos,
+    })
+}
+
+/// See [`add_swarm`]; there is nothing to close.
+pub fn remove_swarm(_link: &str) -> Result<crate::host::Outcome, HostError> {
+    Ok(crate::host::Outcome::AlreadyDone)
+}
+
 // ---- Privileges: macOS has no capabilities ----
 
 use std::path::Path;

@@ -11,7 +11,7 @@ pub(super) use linux::*;
 #[cfg(target_os = "linux")]
 mod nat_linux;
 #[cfg(target_os = "linux")]
-pub(super) use nat_linux::{add_nat, remove_nat};
+pub(super) use nat_linux::{add_nat, add_swarm, remove_nat, remove_swarm};
 
 #[cfg(target_os = "macos")]
 mod macos;

@@ -22,8 +22,8 @@ use crate::host::HostError;
 use crate::host::apply::Outcome;
 use crate::host::privileged::{spawn_with_net_admin, with_net_admin};
 use crate::nat::{
-    self, Blocker, DOCKER_USER, DevboxTable, NatError, NatLink, docker_user_delete_argvs,
-    docker_user_insert_argvs, find_blockers,
+    self, Blocker, DOCKER_USER, DevboxTable, NatError, NatLink, PairRefusal, SwarmPair,
+    docker_user_delete_argvs, docker_user_insert_argvs, find_blockers,
 };
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
@@ -97,6 +97,36 @@ pub fn remove_nat(link: &str) -> Result<Outcome, HostError> {
     }
     nft_batch(&change.batch)?;
     Ok(Outcome::Done)
+}
+
+/// Opens the swarm ports between the pair's machines; both must be running (have their NAT).
+/// The caller holds the host-wide lock.
+pub fn add_swarm(pair: &SwarmPair) -> Result<Outcome, HostError> {
+    let ruleset = nft_output(&["-j", "list", "ruleset"])?;
+    let current = DevboxTable::parse(&ruleset)?;
+    match nat::add_pair(current.as_ref(), pair) {
+        Ok(batch) => nft_batch(&batch).map(|()| Outcome::Done),
+        Err(PairRefusal::NotRunning(link)) => Err(HostError::Refused {
+            item: format!("open the swarm ports between {pair}"),
+            why: format!("the machine on {link} is not running"),
+        }),
+    }
+}
+
+/// Closes every swarm pair of `link`. The caller holds the host-wide lock.
+pub fn remove_swarm(link: &str) -> Result<Outcome, HostError> {
+    let ruleset = match nft_output(&["-j", "list", "ruleset"]) {
+        Ok(r) => r,
+        Err(HostError::Nat(NatError::MissingTool { .. })) => return Ok(Outcome::AlreadyDone),
+        Err(e) => return Err(e),
+    };
+    let Some(current) = DevboxTable::parse(&ruleset)? else {
+        return Ok(Outcome::AlreadyDone);
+    };
+    match nat::remove_pairs(&current, link) {
+        Some(batch) => nft_batch(&batch).map(|()| Outcome::Done),
+        None => Ok(Outcome::AlreadyDone),
+    }
 }
 
 fn outcome(changed: bool) -> Outcome {
