@@ -22,6 +22,7 @@ pub mod resolver;
 pub mod routes;
 pub mod ssh;
 pub mod supervisor;
+pub mod swarm;
 pub mod tls;
 
 /// Parses `args`, runs the verb, prints any error with its causes and hint, and returns the

@@ -356,7 +356,7 @@ fn ls_bad_filters_and_formats_are_refused_with_the_choices() {
         ),
         (
             &["--filter", "driver=virtualbox"],
-            "the values are qemu, kvm, vz, fake",
+            "the values are qemu, kvm, vz, ssh, fake",
         ),
         (&["--filter", "running"], "expected KEY=VALUE"),
         (&["--filter", "name=[a"], "invalid --filter name=\"[a\""),

@@ -145,3 +145,58 @@ fn inspected_container_becomes_records_and_refusals() {
         Lookup::NotOwned
     );
 }
+
+/// A manager's zone names each published swarm service after the nodes that answer for it,
+/// from Docker's own `/services` and `/nodes` (fixtures taken from a two-machine swarm: a
+/// stack `s` with `web`, published on 8080, and `probe`, published on none).
+#[test]
+fn published_swarm_services_answer_with_every_ready_node() {
+    let services: Vec<bollard::models::Service> =
+        serde_json::from_str(&fixture("swarm-services.json")).unwrap();
+    let mut nodes: Vec<bollard::models::Node> =
+        serde_json::from_str(&fixture("swarm-nodes.json")).unwrap();
+    let entries = devbox::dns::services_from(&services, &nodes, "a.dev");
+    assert_eq!(
+        entries.len(),
+        1,
+        "the unpublished service is not named: {entries:?}"
+    );
+    let web = &entries[0];
+    assert_eq!(web.name, "s_web");
+    assert_eq!(web.aliases, ["web.s.a.dev"]);
+    let ips: Vec<String> = web.ips.iter().map(|ip| ip.to_string()).collect();
+    assert_eq!(ips, ["192.168.64.2", "192.168.65.2"]);
+    assert!(web.is_service());
+
+    let cfg = ZoneConfig {
+        machine: "a".into(),
+        tld: "dev".into(),
+        guest_ip: "192.168.64.2".parse().unwrap(),
+    };
+    let (zone, refused) = Zone::build(&cfg, &Policy::default(), &entries);
+    assert!(refused.is_empty(), "{refused:?}");
+    for name in ["s_web.a.dev.", "web.s.a.dev."] {
+        let name = LowerName::new(&Name::from_ascii(name).unwrap());
+        match zone.lookup(&name, RecordType::A) {
+            Lookup::Answer(records) => assert_eq!(records.len(), 2, "{name}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    // The other node's address keeps its own machine's reverse name: none here.
+    let rev = LowerName::new(&Name::from(
+        "192.168.65.2".parse::<std::net::IpAddr>().unwrap(),
+    ));
+    assert!(!matches!(
+        zone.lookup(&rev, RecordType::PTR),
+        Lookup::Answer(_)
+    ));
+
+    // A node that is down is not an answer; with no node left, no name.
+    nodes[0].status.as_mut().unwrap().state = Some(bollard::models::NodeState::DOWN);
+    let entries = devbox::dns::services_from(&services, &nodes, "a.dev");
+    assert_eq!(entries[0].ips.len(), 1);
+    for n in &mut nodes {
+        n.status.as_mut().unwrap().state = Some(bollard::models::NodeState::DOWN);
+    }
+    assert!(devbox::dns::services_from(&services, &nodes, "a.dev").is_empty());
+}

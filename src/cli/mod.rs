@@ -86,6 +86,10 @@ pub enum Command {
     /// the host-wide lease registry, the boot-time route job; and checks with exact fixes.
     #[command(subcommand)]
     System(SystemCommand),
+    /// Docker swarm mode across your machines: `init` a manager, `join` others to it, `leave`,
+    /// `ls`; only the swarm ports open between the members.
+    #[command(subcommand)]
+    Swarm(SwarmCommand),
     /// Print a shell completion script.
     Completion(CompletionArgs),
     /// Run a machine's supervisor in the foreground (spawned by `start`).
@@ -678,6 +682,49 @@ pub struct DnsArgs {
     /// Print the plan without changing anything.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SwarmCommand {
+    /// Make a running machine the manager of a new swarm, advertised on its host-facing
+    /// address; `devbox use NAME` then drives the swarm.
+    Init(NameArg),
+    /// Add a running machine to the swarm that MANAGER manages.
+    Join(SwarmJoinArgs),
+    /// Take a machine out of its swarm (and out of the swarm's node list).
+    Leave(SwarmLeaveArgs),
+    /// List the machines in swarms, with their roles and node states.
+    Ls(SwarmLsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SwarmJoinArgs {
+    /// The machine to add.
+    #[arg(add = machine_names())]
+    pub name: String,
+    /// A manager of the swarm (the machine of `devbox swarm init`, or another manager).
+    #[arg(long, value_name = "MANAGER", add = machine_names())]
+    pub manager: String,
+    /// The role to join with.
+    #[arg(long = "as", value_enum, default_value = "worker", value_name = "ROLE")]
+    pub role: crate::swarm::Role,
+}
+
+#[derive(Debug, Args)]
+pub struct SwarmLeaveArgs {
+    /// The machine to take out.
+    #[arg(add = machine_names())]
+    pub name: String,
+    /// Leave even as the last manager of other nodes (they keep running, unmanaged).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SwarmLsArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

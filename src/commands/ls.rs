@@ -58,7 +58,7 @@ impl Hint for FilterError {
 
 /// The keys `--filter` takes.
 const KEYS: &[&str] = &["state", "driver", "name"];
-const DRIVERS: &[&str] = &["qemu", "kvm", "vz", "fake"];
+const DRIVERS: &[&str] = &["qemu", "kvm", "vz", "ssh", "fake"];
 
 /// One `--filter KEY=VALUE`.
 #[derive(Debug)]

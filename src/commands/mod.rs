@@ -26,6 +26,7 @@ pub(crate) mod ssh_config;
 mod start;
 mod status;
 mod stop;
+mod swarm;
 mod system;
 pub mod trust;
 pub(crate) mod upgrade;
@@ -34,7 +35,7 @@ mod use_context;
 use anyhow::Result;
 use clap::Parser;
 
-use crate::cli::{Cli, Command, DnsCommand, Machines, RoutesCommand, SystemCommand};
+use crate::cli::{Cli, Command, DnsCommand, Machines, RoutesCommand, SwarmCommand, SystemCommand};
 use crate::hint::Hint;
 use crate::host::HostOs;
 use crate::host::privileged::{self, Class};
@@ -109,6 +110,8 @@ fn class_of(command: &Command, os: HostOs) -> (Class, &'static str) {
         Command::Routes(RoutesCommand::Apply(a)) if !a.dry_run => net("routes apply"),
         Command::Dns(DnsCommand::Install(a)) if !a.dry_run => net("dns install"),
         Command::Dns(DnsCommand::Uninstall(a)) if !a.dry_run => net("dns uninstall"),
+        Command::Swarm(SwarmCommand::Join(_)) => net("swarm join"),
+        Command::Swarm(SwarmCommand::Leave(_)) => net("swarm leave"),
         Command::Start(_) => (Class::Spawner, "start"),
         Command::Restart(_) => (Class::Spawner, "restart"),
         Command::System(SystemCommand::Install(a)) if !a.dry_run => (Class::Root, "system install"),
@@ -149,6 +152,7 @@ fn dispatch(store: &Store, command: Command) -> Result<i32> {
         Command::Disk(c) => disk::run(store, c),
         Command::Trust(c) => trust::run(store, c),
         Command::System(c) => system::run(store, c),
+        Command::Swarm(c) => swarm::run(store, c),
         Command::Completion(a) => completion::run(&a),
         Command::Supervise(a) => {
             crate::supervisor::run(

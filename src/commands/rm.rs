@@ -90,6 +90,14 @@ fn remove(store: &Store, name: &str, force: bool, purge: bool) -> Result<i32> {
     let lock = lock_machine(&dir)?;
     // A broken machine.yaml must not prevent removal: state does not need the spec.
     let obs = observe(&dir)?;
+    if obs.state.is_live() && !force {
+        return Err(ClientError::Running {
+            name: name.to_owned(),
+        }
+        .into());
+    }
+    // A swarm member leaves (while its engine still runs) and is struck off the node list.
+    super::swarm::forget_member(store, &dir);
     if obs.state.is_live() {
         if !force {
             return Err(ClientError::Running {

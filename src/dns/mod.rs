@@ -38,7 +38,7 @@ pub use clients::machine_clients;
 pub use neighbours::{Claims, PolicySource, StoreNeighbours};
 pub use records::{RecordsHandle, RefusedName};
 pub use server::{DnsServer, MAX_FORWARDS};
-pub use watch::{container_from_inspect, event_container_id, watch_containers};
+pub use watch::{container_from_inspect, event_container_id, services_from, watch_containers};
 
 /// Where systemd-resolved lists the real upstream servers when `/etc/resolv.conf` points at
 /// its stub (see [`host_upstreams`]).

@@ -1,7 +1,9 @@
 //! The container watcher: keeps the records in step with the guest's Docker through the
 //! forwarded docker socket. On each (re)connection it lists the running containers, then
 //! follows the event stream (container start/die/destroy/rename/pause/unpause, network
-//! connect/disconnect), re-inspecting the container each event names. When the socket goes
+//! connect/disconnect), re-inspecting the container each event names. On a swarm manager it
+//! also names the swarm's published services ([`services_from`]), listed again at each
+//! service or node event. When the socket goes
 //! away (machine restarting, forwarder reconnecting) it retries with backoff, keeping the last
 //! known records meanwhile. Runs in the caller's task until its future is dropped.
 //!
@@ -19,7 +21,7 @@ use bollard::models::{ContainerInspectResponse, EventMessage, EventMessageTypeEn
 use bollard::query_parameters::{EventsOptions, InspectContainerOptions, ListContainersOptions};
 use futures::StreamExt;
 
-use super::zone::{Container, HTTP_PORT_LABEL, WebPorts, aliases_from};
+use super::zone::{Container, HTTP_PORT_LABEL, SERVICE_ID_PREFIX, WebPorts, aliases_from};
 use super::{DnsError, RecordsHandle, log_warning};
 
 /// Container event actions after which the container is re-inspected.
@@ -105,6 +107,63 @@ pub fn container_from_inspect(inspect: &ContainerInspectResponse) -> Option<Cont
     })
 }
 
+/// The swarm services a manager's zone names, from Docker's service and node lists: each
+/// service that publishes a port, as `<service>.<machine>.<tld>` (and `<name>.<stack>.…` for
+/// a stack's service, `web.shop` for `shop_web`), answering with the address of every ready
+/// node, since the routing mesh answers on each. No reverse records: those addresses are the
+/// machines' own. `apex` is `<machine>.<tld>`.
+pub fn services_from(
+    services: &[bollard::models::Service],
+    nodes: &[bollard::models::Node],
+    apex: &str,
+) -> Vec<Container> {
+    let mut addrs: Vec<IpAddr> = nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref())
+        .filter(|s| s.state == Some(bollard::models::NodeState::READY))
+        .filter_map(|s| s.addr.as_deref()?.parse::<IpAddr>().ok())
+        .filter(|ip| !ip.is_unspecified())
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    let mut out = Vec::new();
+    for svc in services {
+        let published = svc
+            .endpoint
+            .as_ref()
+            .and_then(|e| e.ports.as_ref())
+            .is_some_and(|p| p.iter().any(|p| p.published_port.is_some()));
+        let (Some(id), Some(spec)) = (&svc.id, &svc.spec) else {
+            continue;
+        };
+        let Some(name) = spec.name.clone() else {
+            continue;
+        };
+        if !published || addrs.is_empty() {
+            continue;
+        }
+        let stack = spec
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("com.docker.stack.namespace"));
+        let aliases = stack
+            .and_then(|ns| {
+                let short = name.strip_prefix(ns.as_str())?.strip_prefix('_')?;
+                Some(format!("{short}.{ns}.{apex}"))
+            })
+            .into_iter()
+            .collect();
+        out.push(Container {
+            id: format!("{SERVICE_ID_PREFIX}{id}"),
+            name,
+            ips: addrs.clone(),
+            aliases,
+            web: WebPorts::default(),
+        });
+    }
+    out
+}
+
 /// Follows the Docker daemon behind `docker_socket` and keeps `records` up to date. Runs
 /// until the future is dropped; returns an error only if the socket path itself is unusable.
 pub async fn watch_containers(
@@ -159,12 +218,19 @@ async fn follow(path: &str, records: &RecordsHandle, listed: &mut bool) -> Resul
             containers.insert(id, c);
         }
     }
-    publish(records, &containers).await;
+    let apex = {
+        let cfg = records.config();
+        format!("{}.{}", cfg.machine, cfg.tld)
+    };
+    let mut services = swarm_services(&docker, &apex).await?;
+    publish(records, &containers, &services).await;
     *listed = true;
 
     let filters = HashMap::from([(
         "type".to_string(),
-        vec!["container".to_string(), "network".to_string()],
+        ["container", "network", "service", "node"]
+            .map(String::from)
+            .to_vec(),
     )]);
     let options = EventsOptions {
         since: since.map(|s| s.to_string()),
@@ -174,6 +240,17 @@ async fn follow(path: &str, records: &RecordsHandle, listed: &mut bool) -> Resul
     let mut events = docker.events(Some(options));
     while let Some(event) = events.next().await {
         let event = event?;
+        if matches!(
+            event.typ,
+            Some(EventMessageTypeEnum::SERVICE | EventMessageTypeEnum::NODE)
+        ) {
+            let now = swarm_services(&docker, &apex).await?;
+            if now != services {
+                services = now;
+                publish(records, &containers, &services).await;
+            }
+            continue;
+        }
         let Some(id) = event_container_id(&event) else {
             continue;
         };
@@ -183,10 +260,27 @@ async fn follow(path: &str, records: &RecordsHandle, listed: &mut bool) -> Resul
             None => containers.remove(&id).is_some(),
         };
         if changed {
-            publish(records, &containers).await;
+            publish(records, &containers, &services).await;
         }
     }
     Ok(())
+}
+
+/// The services of the swarm this engine manages (none when it manages none).
+async fn swarm_services(docker: &Docker, apex: &str) -> Result<Vec<Container>, DockerError> {
+    let services = match docker.list_services(None).await {
+        Ok(s) => s,
+        // "This node is not a swarm manager": not in a swarm, or a worker.
+        Err(DockerError::DockerResponseServerError {
+            status_code: 503, ..
+        }) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    if services.is_empty() {
+        return Ok(Vec::new());
+    }
+    let nodes = docker.list_nodes(None).await?;
+    Ok(services_from(&services, &nodes, apex))
 }
 
 /// The container if it exists and runs; `None` once it is gone (404) or stopped.
@@ -205,8 +299,13 @@ async fn inspect(docker: &Docker, id: &str) -> Result<Option<Container>, DockerE
 
 /// Rebuilds the records on a blocking thread: a build reads the state directory and takes
 /// file locks ([`RecordsHandle::set_containers`]).
-async fn publish(records: &RecordsHandle, containers: &HashMap<String, Container>) {
-    let list: Vec<Container> = containers.values().cloned().collect();
+async fn publish(
+    records: &RecordsHandle,
+    containers: &HashMap<String, Container>,
+    services: &[Container],
+) {
+    let mut list: Vec<Container> = containers.values().cloned().collect();
+    list.extend(services.iter().cloned());
     let records = records.clone();
     let _ = tokio::task::spawn_blocking(move || records.set_containers(&list)).await;
 }

@@ -29,6 +29,11 @@ pub const ALIAS_ENV: [&str; 2] = ["DEVBOX_ALIAS", "DNSDOCK_ALIAS"];
 /// Labels whose comma-separated values are aliases (`com.dnsdock.alias` for dnsdock users).
 pub const ALIAS_LABELS: [&str; 2] = ["devbox.alias", "com.dnsdock.alias"];
 
+/// Ids of the zone entries that are swarm services, not containers (`watch::services_from`):
+/// their addresses are the swarm nodes' own, so they get no reverse records and no say in
+/// how HTTPS reaches those addresses.
+pub const SERVICE_ID_PREFIX: &str = "swarm-service:";
+
 /// What the zone needs to know about the machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ZoneConfig {
@@ -50,6 +55,13 @@ pub struct Container {
     pub aliases: Vec<String>,
     /// Where HTTPS for its names goes (`crate::tls`).
     pub web: WebPorts,
+}
+
+impl Container {
+    /// Whether the entry is a swarm service ([`SERVICE_ID_PREFIX`]).
+    pub fn is_service(&self) -> bool {
+        self.id.starts_with(SERVICE_ID_PREFIX)
+    }
 }
 
 /// The label that names a container's plain-HTTP port for HTTPS termination (default 80).
@@ -229,7 +241,7 @@ impl Zone {
                     container_names.insert(name.clone(), cname);
                     let ips = wanted.entry(name.clone()).or_default();
                     ips.extend(c.ips.iter().copied());
-                    for ip in &c.ips {
+                    for ip in c.ips.iter().filter(|_| !c.is_service()) {
                         ptrs.entry(*ip).or_default().insert(name.clone());
                     }
                 }
@@ -315,6 +327,7 @@ impl Zone {
         }
         let web = sorted
             .iter()
+            .filter(|c| !c.is_service())
             .flat_map(|c| c.ips.iter().map(|ip| (*ip, c.web)))
             .collect();
         let zone = Zone {

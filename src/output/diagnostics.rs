@@ -96,6 +96,7 @@ dispatch!(
     crate::remote::AdoptError,
     crate::remote::PinError,
     crate::remote::settings::SettingsError,
+    crate::swarm::SwarmError,
     crate::dns::DnsError,
     crate::dns::policy::AllowanceError,
     crate::dns::policy::AllowError,

@@ -355,7 +355,7 @@ impl<'a> Supervisor<'a> {
         )?;
 
         self.state.step("forwarding the machine's traffic out");
-        let nat = Nat::add(&self.spec.name, tap.name(), &self.state)?;
+        let nat = Nat::add(self.store, &self.spec.name, tap.name(), &self.state)?;
         self.parts.add(nat);
         Ok(Some(tap))
     }
