@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use anyhow::{Context, Result};
 use bollard::Docker;
 use bollard::models::{SwarmInitRequest, SwarmJoinRequest};
-use bollard::query_parameters::{DeleteNodeOptions, LeaveSwarmOptions};
+use bollard::query_parameters::{DeleteNodeOptions, LeaveSwarmOptions, UpdateNodeOptions};
 use serde::Serialize;
 
 use crate::cli::{SwarmCommand, SwarmJoinArgs, SwarmLeaveArgs, SwarmLsArgs};
@@ -27,6 +27,8 @@ use crate::swarm::{self, EngineSwarm, Membership, Role, SwarmError};
 
 /// Bound of one engine call, in seconds: a join on an emulated guest takes a few seconds.
 const API_TIMEOUT_SECS: u64 = 120;
+/// Bound of the wait for a demoted manager to become a worker.
+const DEMOTION: std::time::Duration = std::time::Duration::from_secs(60);
 /// Swarm mode's management port, where nodes join.
 const MANAGEMENT_PORT: u16 = 2377;
 
@@ -276,10 +278,16 @@ fn leave(store: &Store, a: &SwarmLeaveArgs) -> Result<i32> {
     let m = local(store, name)?;
     let rt = runtime()?;
     let now = rt.block_on(engine(&m))?;
-    let force = swarm::check_leave(name, &now, a.force)?;
+    let how = swarm::check_leave(name, &now, a.force)?;
     let record = swarm::membership(&m.dir)?;
-    rt.block_on(m.docker.leave_swarm(Some(LeaveSwarmOptions { force })))
-        .map_err(refused(name, "leave the swarm"))?;
+    if how.demote {
+        rt.block_on(demote(&m, now.node.as_deref().unwrap_or_default()))?;
+    }
+    rt.block_on(
+        m.docker
+            .leave_swarm(Some(LeaveSwarmOptions { force: how.force })),
+    )
+    .map_err(refused(name, "leave the swarm"))?;
     let cluster = record.as_ref().map(|r| r.cluster.clone()).or(now.cluster);
     let node = record.as_ref().map(|r| r.node.clone()).or(now.node);
     if let (Some(cluster), Some(node)) = (cluster, node) {
@@ -294,6 +302,42 @@ fn leave(store: &Store, a: &SwarmLeaveArgs) -> Result<i32> {
     swarm::forget(&m.dir)?;
     output::info(format!("Machine {name} left its swarm."));
     Ok(0)
+}
+
+/// Demotes manager `m` (node `node`) to a worker through its own engine and waits until it
+/// is one, so that it can leave without costing the swarm its quorum.
+async fn demote(m: &Local, node: &str) -> Result<()> {
+    let action = "demote itself to a worker";
+    let current = m
+        .docker
+        .inspect_node(node)
+        .await
+        .map_err(refused(&m.name, action))?;
+    let mut spec = current.spec.unwrap_or_default();
+    spec.role = Some(bollard::models::NodeSpecRoleEnum::WORKER);
+    let version = current.version.and_then(|v| v.index).unwrap_or_default();
+    m.docker
+        .update_node(
+            node,
+            spec,
+            UpdateNodeOptions {
+                version: i64::try_from(version).unwrap_or_default(),
+            },
+        )
+        .await
+        .map_err(refused(&m.name, action))?;
+    let deadline = tokio::time::Instant::now() + DEMOTION;
+    while engine(m).await?.manager {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "machine {} is still a manager {} s after its demotion",
+                m.name,
+                DEMOTION.as_secs()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    Ok(())
 }
 
 /// Takes node `node` (machine `name`, gone from the swarm) out of the swarm's node list
@@ -335,10 +379,19 @@ pub fn forget_member(store: &Store, dir: &MachineDir) {
         return;
     };
     if let Ok(m) = local(store, &dir.name) {
-        let left = rt.block_on(
+        // As `leave --force` does: a manager beside others is demoted first.
+        let left = rt.block_on(async {
+            let now = engine(&m).await?;
+            let how = swarm::check_leave(&m.name, &now, true)?;
+            if how.demote {
+                demote(&m, now.node.as_deref().unwrap_or_default()).await?;
+            }
             m.docker
-                .leave_swarm(Some(LeaveSwarmOptions { force: true })),
-        );
+                .leave_swarm(Some(LeaveSwarmOptions { force: how.force }))
+                .await
+                .map_err(refused(&m.name, "leave the swarm"))?;
+            anyhow::Ok(())
+        });
         if let Err(e) = left {
             output::warn(format!(
                 "machine {} could not leave its swarm: {e}",
@@ -359,8 +412,8 @@ struct Row {
     via: String,
     cluster: String,
     node: String,
-    /// The machine's state (`running`, `stopped`, …).
-    state: String,
+    /// The machine's state, as `devbox ls --json` shows it.
+    state: MachineState,
     /// Its engine's swarm state when it runs (`active`, `pending`, …), else null.
     swarm_state: Option<String>,
 }
@@ -388,7 +441,7 @@ fn ls(store: &Store, a: &SwarmLsArgs) -> Result<i32> {
             via: record.via,
             cluster: record.cluster,
             node: record.node,
-            state: state.as_str().to_owned(),
+            state,
             swarm_state,
         });
     }
@@ -411,7 +464,7 @@ fn ls(store: &Store, a: &SwarmLsArgs) -> Result<i32> {
                     r.role.as_str().to_owned(),
                     r.via.clone(),
                     short(&r.cluster),
-                    r.state.clone(),
+                    r.state.as_str().to_owned(),
                     r.swarm_state.clone().unwrap_or_else(|| "-".into()),
                 ]
             })

@@ -126,8 +126,15 @@ pub enum SwarmError {
     Adopted { name: String },
     #[error("a machine cannot join a swarm through itself ({name})")]
     Itself { name: String },
-    #[error("machine {name} is already in a swarm (cluster {cluster})")]
-    AlreadyIn { name: String, cluster: String },
+    #[error(
+        "machine {name} is already in a swarm{}",
+        cluster.as_deref().map(|c| format!(" (cluster {c})")).unwrap_or_default()
+    )]
+    AlreadyIn {
+        name: String,
+        /// Only a manager knows its cluster's id.
+        cluster: Option<String>,
+    },
     #[error("machine {name} is not a swarm manager: {why}")]
     NotAManager { name: String, why: String },
     #[error("machine {name} is not in a swarm")]
@@ -177,10 +184,7 @@ pub fn check_init(name: &str, engine: &EngineSwarm) -> Result<(), SwarmError> {
     if engine.in_swarm() {
         return Err(SwarmError::AlreadyIn {
             name: name.to_owned(),
-            cluster: engine
-                .cluster
-                .clone()
-                .unwrap_or_else(|| engine.state.clone()),
+            cluster: engine.cluster.clone(),
         });
     }
     Ok(())
@@ -223,22 +227,48 @@ pub fn check_join(
     Ok(cluster)
 }
 
-/// How to leave: `Ok(force)` where Docker needs `force` (a manager always: the last manager
-/// of a one-node swarm cannot leave without it), or a refusal when other nodes would be left
-/// without a manager and `force` was not asked.
-pub fn check_leave(name: &str, engine: &EngineSwarm, force: bool) -> Result<bool, SwarmError> {
+/// How a machine leaves its swarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaveHow {
+    /// Demote it to a worker first (through its own engine): a manager beside other managers,
+    /// whose forced departure would cost the swarm its quorum (two managers, one gone, leave
+    /// no majority).
+    pub demote: bool,
+    /// Docker's `force`: the only manager of a swarm (alone, or `--force` over its workers),
+    /// or what the user asked.
+    pub force: bool,
+}
+
+/// How `name` leaves: a refusal when it would leave other nodes without any manager and
+/// `force` was not asked.
+pub fn check_leave(name: &str, engine: &EngineSwarm, force: bool) -> Result<LeaveHow, SwarmError> {
     if !engine.in_swarm() {
         return Err(SwarmError::NotIn {
             name: name.to_owned(),
         });
     }
-    if engine.manager && engine.managers <= 1 && engine.nodes > 1 && !force {
+    if !engine.manager {
+        return Ok(LeaveHow {
+            demote: false,
+            force,
+        });
+    }
+    if engine.managers > 1 {
+        return Ok(LeaveHow {
+            demote: true,
+            force,
+        });
+    }
+    if engine.nodes > 1 && !force {
         return Err(SwarmError::LastManager {
             name: name.to_owned(),
             others: engine.nodes - 1,
         });
     }
-    Ok(force || engine.manager)
+    Ok(LeaveHow {
+        demote: false,
+        force: true,
+    })
 }
 
 /// A machine's link and whether it runs, for the swarm's checks.
@@ -373,6 +403,16 @@ mod tests {
             e.hint().unwrap(),
             "take it out first: `devbox swarm leave b`"
         );
+        let worker_state = EngineSwarm {
+            cluster: None,
+            ..engine("active", false, 0, 0)
+        };
+        let e = check_join("b", &worker_state, "a", &mgr).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "machine b is already in a swarm",
+            "a worker knows no id"
+        );
         assert!(matches!(
             check_join("a", &free, "a", &mgr),
             Err(SwarmError::Itself { .. })
@@ -383,13 +423,18 @@ mod tests {
 
     #[test]
     fn the_last_manager_of_other_nodes_leaves_only_when_forced() {
+        let how = |demote, force| Ok(LeaveHow { demote, force });
         assert_eq!(
             check_leave("w", &engine("active", false, 2, 1), false),
-            Ok(false)
+            how(false, false)
+        );
+        assert_eq!(
+            check_leave("w", &engine("active", false, 2, 1), true),
+            how(false, true)
         );
         assert_eq!(
             check_leave("m", &engine("active", true, 1, 1), false),
-            Ok(true)
+            how(false, true)
         );
         let e = check_leave("m", &engine("active", true, 3, 1), false).unwrap_err();
         assert_eq!(
@@ -399,11 +444,13 @@ mod tests {
         );
         assert_eq!(
             check_leave("m", &engine("active", true, 3, 1), true),
-            Ok(true)
+            how(false, true)
         );
+        // Beside another manager: demoted first, never forced out (two managers, one forced
+        // away, is a swarm without a leader).
         assert_eq!(
-            check_leave("m", &engine("active", true, 3, 3), false),
-            Ok(true)
+            check_leave("m", &engine("active", true, 2, 2), false),
+            how(true, false)
         );
         assert!(matches!(
             check_leave("x", &engine("inactive", false, 0, 0), false),
