@@ -106,6 +106,11 @@ fn a_host_with_docker_is_adopted_with_its_key_pinned() {
             &["far is the host 127.0.0.1 adopted over SSH"],
         );
     }
+    // Swarm ports open between local machines only.
+    refused(
+        &env.run(&["swarm", "init", "far"]),
+        &["far is a host adopted over SSH", "local machines"],
+    );
     // --purge looks for settings of devbox's on the host: none were written there.
     let o = env.run(&["rm", "-y", "--purge", "far"]);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -64,7 +64,7 @@ fn local(store: &Store, name: &str) -> Result<Local> {
     if observed.state != MachineState::Running {
         return Err(SwarmError::NotRunning {
             name: name.to_owned(),
-            state: observed.state.as_str().to_owned(),
+            state: observed.state.as_str().to_lowercase(),
         }
         .into());
     }
@@ -173,6 +173,9 @@ fn join(store: &Store, a: &SwarmJoinArgs) -> Result<i32> {
         }
         .into());
     }
+    // Both named machines exist before either is asked to run.
+    store.existing(name)?;
+    store.existing(manager)?;
     let me = local(store, name)?;
     let mgr = local(store, manager)?;
     let rt = runtime()?;
@@ -446,7 +449,7 @@ fn ls(store: &Store, a: &SwarmLsArgs) -> Result<i32> {
         });
     }
     if a.json {
-        output::data(serde_json::to_string_pretty(&rows)?);
+        output::json::print(&serde_json::json!({ "members": rows }));
         return Ok(0);
     }
     if rows.is_empty() {

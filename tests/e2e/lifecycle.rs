@@ -1,5 +1,6 @@
 //! The machine's life: restart, a supervisor killed with SIGKILL, a disk resized while the
-//! machine is down, two concurrent starts, a second machine beside the first, stop and rm.
+//! machine is down, two concurrent starts, a second machine beside the first (and the two
+//! in a swarm: `swarm.rs`), stop and rm.
 //! These change the shared machine's state, so they run after every shared check, in order.
 
 use std::process::Stdio;
@@ -254,6 +255,7 @@ pub fn second_machine_gets_the_next_subnets(m: &Machine) {
     assert_eq!(m.h.curl(&format!("http://{ip1}/")), "hello from web\n");
     assert_eq!(m.h.curl(&format!("http://{ip2}/")), "hello from web\n");
     ipv6_containers_answer(m, &second_host, &v6);
+    crate::swarm::two_machines_form_a_swarm(m, &second);
     m.ok(&["stop", SECOND]);
     assert!(!m.h.routes().contains("172.20.0.0/16"), "{}", m.h.routes());
     assert!(
@@ -262,6 +264,7 @@ pub fn second_machine_gets_the_next_subnets(m: &Machine) {
         routes6(m)
     );
     m.ok(&["rm", "-y", SECOND]);
+    crate::swarm::nothing_is_left_after_rm(m);
 }
 
 /// The image version a machine's `machine.yaml` names.

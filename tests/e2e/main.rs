@@ -61,6 +61,7 @@ mod remote;
 // Its raw-client check is Linux-only (src/nfs): elsewhere its helpers go unused.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 mod shares;
+mod swarm;
 // Linux only (file capabilities, user namespaces of the test, /dev/net/tun): elsewhere the
 // trial is reported as unsupported.
 #[cfg(target_os = "linux")]
