@@ -35,7 +35,11 @@ fn swarm_verbs_refuse_what_they_cannot_do_and_write_nothing() {
     fails_with(&o, "machine m2 is not running");
     let o = env.run(&["swarm", "join", "m1", "--manager", "m2", "--as", "boss"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("possible values: manager, worker"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("possible values: manager, worker"),
+        "{}",
+        stderr(&o)
+    );
     for name in ["m1", "m2"] {
         no_membership(&env, name);
     }

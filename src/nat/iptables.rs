@@ -3,7 +3,11 @@
 //! place for the rules of others is the `DOCKER-USER` chain, which `FORWARD` jumps to first
 //! (<https://docs.docker.com/engine/network/packet-filtering-firewalls/#add-iptables-policies-before-dockers-rules>):
 //! devbox inserts two accept rules there per machine, the same two its own table has, tagged
-//! `devbox:dbxN`, and deletes exactly the rules with that tag. Pure: argv lists only.
+//! `devbox:dbxN`, and deletes exactly the rules with that tag. Two machines of one swarm get
+//! their swarm ports there too, tagged `devbox:swarm:dbxA:dbxB` (`super::swarm`). Pure: argv
+//! lists only.
+
+use super::swarm::SwarmPair;
 
 /// Docker's chain for rules of others.
 pub const DOCKER_USER: &str = "DOCKER-USER";
@@ -64,21 +68,84 @@ pub fn docker_user_insert_argvs(link: &str, subnet: &str) -> Vec<Vec<String>> {
     vec![out, back]
 }
 
+/// `iptables -I DOCKER-USER …` for the swarm ports between the pair's machines, both ways
+/// (the same four rules as devbox's own table: `super::swarm::add_pair`).
+pub fn docker_user_pair_insert_argvs(pair: &SwarmPair) -> Vec<Vec<String>> {
+    let tag = pair.iptables_tag();
+    let [x, y] = pair.links();
+    let net = |l: &str| {
+        crate::net::devbox_link(l)
+            .expect("a pair holds machine links only")
+            .subnet
+            .to_string()
+    };
+    let mut out = Vec::new();
+    for (from, to) in [(x, y), (y, x)] {
+        for (proto, ports) in [("tcp", super::SWARM_TCP), ("udp", super::SWARM_UDP)] {
+            let ports = format!("{},{}", ports[0], ports[1]);
+            let mut v = argv(&["iptables"]);
+            v.extend(argv(&WAIT));
+            v.extend(argv(&[
+                "-I",
+                DOCKER_USER,
+                "-i",
+                from,
+                "-o",
+                to,
+                "-s",
+                &net(from),
+                "-d",
+                &net(to),
+                "-p",
+                proto,
+                "-m",
+                "multiport",
+                "--dports",
+                &ports,
+                "-m",
+                "comment",
+                "--comment",
+                &tag,
+                "-j",
+                "ACCEPT",
+            ]));
+            out.push(v);
+        }
+    }
+    out
+}
+
 /// The `iptables -D DOCKER-USER …` commands that delete every rule tagged for `link`, from
 /// the chain as `iptables -S DOCKER-USER` prints it. Only lines carrying the exact tag as a
 /// whole word are taken (iptables-nft prints it in double quotes, iptables-legacy bare);
 /// devbox's tags hold no spaces, so such a line splits into the arguments iptables printed.
 pub fn docker_user_delete_argvs(listing: &str, link: &str) -> Vec<Vec<String>> {
     let tag = tag(link);
-    let quoted = format!("\"{tag}\"");
+    delete_tagged(listing, |t| t == tag)
+}
+
+/// The deletes of every swarm pair rule that names `link`.
+pub fn docker_user_pair_delete_argvs(listing: &str, link: &str) -> Vec<Vec<String>> {
+    delete_tagged(listing, |t| {
+        SwarmPair::of_iptables_tag(t).is_some_and(|p| p.links().contains(&link))
+    })
+}
+
+fn delete_tagged(listing: &str, ours: impl Fn(&str) -> bool) -> Vec<Vec<String>> {
     listing
         .lines()
         .filter_map(|line| {
             let words: Vec<&str> = line
                 .split_whitespace()
-                .map(|w| if w == quoted { tag.as_str() } else { w })
+                .map(|w| {
+                    w.strip_prefix('"')
+                        .and_then(|w| w.strip_suffix('"'))
+                        .unwrap_or(w)
+                })
                 .collect();
-            let tagged = words.windows(2).any(|w| w[0] == "--comment" && w[1] == tag);
+            let tagged = words
+                .windows(2)
+                .any(|w| w[0] == "--comment" && w[1].starts_with("devbox:") && ours(w[1]));
             match words.as_slice() {
                 ["-A", chain, rest @ ..] if *chain == DOCKER_USER && tagged => {
                     let mut v = argv(&["iptables"]);
@@ -130,5 +197,40 @@ mod tests {
         assert!(!del[0].iter().any(|a| a.contains('"')), "{del:?}");
         assert!(!del[0].iter().any(|a| a.contains('"')), "{del:?}");
         assert!(docker_user_delete_argvs(listing, "dbx2").is_empty());
+    }
+
+    #[test]
+    fn a_swarm_pair_gets_its_four_rules_and_either_link_takes_them() {
+        let pair = SwarmPair::new("dbx1", "dbx0").unwrap();
+        let ins = docker_user_pair_insert_argvs(&pair);
+        assert_eq!(ins.len(), 4);
+        assert_eq!(
+            ins[0].join(" "),
+            "iptables -w 5 -I DOCKER-USER -i dbx0 -o dbx1 -s 192.168.64.0/24 -d \
+             192.168.65.0/24 -p tcp -m multiport --dports 2377,7946 -m comment --comment \
+             devbox:swarm:dbx0:dbx1 -j ACCEPT"
+        );
+        assert!(ins[3].join(" ").contains("-i dbx1 -o dbx0"), "{:?}", ins[3]);
+        assert!(
+            ins[3]
+                .join(" ")
+                .contains("-p udp -m multiport --dports 7946,4789")
+        );
+        let listing = "-N DOCKER-USER\n\
+            -A DOCKER-USER -s 192.168.64.0/24 -d 192.168.65.0/24 -i dbx0 -o dbx1 -p tcp -m multiport --dports 2377,7946 -m comment --comment \"devbox:swarm:dbx0:dbx1\" -j ACCEPT\n\
+            -A DOCKER-USER -s 192.168.65.0/24 -d 192.168.66.0/24 -i dbx1 -o dbx2 -p udp -m multiport --dports 7946,4789 -m comment --comment devbox:swarm:dbx1:dbx2 -j ACCEPT\n\
+            -A DOCKER-USER -i dbx0 -m comment --comment devbox:dbx0 -j ACCEPT\n\
+            -A DOCKER-USER -j RETURN\n";
+        let del = docker_user_pair_delete_argvs(listing, "dbx0");
+        assert_eq!(del.len(), 1, "{del:?}");
+        assert!(
+            del[0]
+                .join(" ")
+                .ends_with("--comment devbox:swarm:dbx0:dbx1 -j ACCEPT")
+        );
+        assert_eq!(docker_user_pair_delete_argvs(listing, "dbx1").len(), 2);
+        assert!(docker_user_pair_delete_argvs(listing, "dbx3").is_empty());
+        // The link's own rule is not a pair's, and a pair's is not the link's.
+        assert_eq!(docker_user_delete_argvs(listing, "dbx0").len(), 1);
     }
 }

@@ -25,7 +25,10 @@ mod ruleset;
 mod swarm;
 
 pub use firewall::{Blocker, FirewallReport, find_blockers};
-pub use iptables::{DOCKER_USER, docker_user_delete_argvs, docker_user_insert_argvs};
+pub use iptables::{
+    DOCKER_USER, docker_user_delete_argvs, docker_user_insert_argvs, docker_user_pair_delete_argvs,
+    docker_user_pair_insert_argvs,
+};
 pub use ruleset::{
     DevboxTable, FORWARDING_MARK, NatChange, TABLE, add_change, remove_change, render_text,
 };

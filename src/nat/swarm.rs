@@ -67,6 +67,18 @@ impl SwarmPair {
         SwarmPair::new(a, b).filter(|p| p.a == a)
     }
 
+    /// The tag of the pair's rules in Docker's `DOCKER-USER` chain (no spaces: iptables
+    /// prints it back as one word).
+    pub fn iptables_tag(&self) -> String {
+        format!("devbox:swarm:{}:{}", self.a, self.b)
+    }
+
+    /// The pair an iptables tag names, if it is a swarm rule's.
+    pub fn of_iptables_tag(tag: &str) -> Option<SwarmPair> {
+        let (a, b) = tag.strip_prefix("devbox:swarm:")?.split_once(':')?;
+        SwarmPair::new(a, b).filter(|p| p.a == a)
+    }
+
     /// Whether the pair is valid as deserialised (serde bypasses [`SwarmPair::new`]).
     pub fn is_valid(&self) -> bool {
         SwarmPair::new(&self.a, &self.b).as_ref() == Some(self)

@@ -57,6 +57,19 @@ fn swarm_rules(m: &Machine) -> usize {
         .count()
 }
 
+/// devbox's swarm rules in Docker's DOCKER-USER chain, where the namespace has one: the run's
+/// earlier check `outside::check_nat_on_a_docker_host` leaves the namespace set up as Docker
+/// leaves a host (FORWARD policy DROP), so in a whole run the swarm works through them.
+fn docker_user_pairs(m: &Machine) -> Option<usize> {
+    let o = m.h.exec("iptables", &["-w", "5", "-S", "DOCKER-USER"]);
+    o.status.success().then(|| {
+        text(&o.stdout)
+            .lines()
+            .filter(|l| l.contains("devbox:swarm:"))
+            .count()
+    })
+}
+
 /// Whether `from`'s guest opens a TCP connection to `ip:port` (busybox nc, 3 s).
 fn reaches(from: &Machine, ip: &str, port: u16) -> bool {
     let o = from.ssh_output(&format!("echo | nc -w 3 {ip} {port} >/dev/null 2>&1"));
@@ -104,6 +117,14 @@ pub fn two_machines_form_a_swarm(m: &Machine, second: &Machine) {
         t.elapsed().as_secs_f64()
     );
     assert_eq!(swarm_rules(m), 4, "two protocols, both ways");
+    let docker_host = docker_user_pairs(m);
+    eprintln!(
+        "[e2e] swarm behind Docker's FORWARD policy (DOCKER-USER): {}",
+        if docker_host.is_some() { "yes" } else { "no" }
+    );
+    if let Some(n) = docker_host {
+        assert_eq!(n, 4, "{}", m.h.exec_ok("iptables", &["-S", "DOCKER-USER"]));
+    }
     refused(
         m,
         &["swarm", "join", &second.name, "--manager", &m.name],
@@ -236,6 +257,7 @@ pub fn two_machines_form_a_swarm(m: &Machine, second: &Machine) {
     m.docker_ok(&["stack", "rm", STACK]);
     m.ok(&["swarm", "leave", &second.name]);
     assert_eq!(swarm_rules(m), 0);
+    assert!(matches!(docker_user_pairs(m), None | Some(0)));
     assert!(!reaches(second, &ip1, 2377));
     wait(
         Duration::from_secs(30),
@@ -251,6 +273,7 @@ pub fn two_machines_form_a_swarm(m: &Machine, second: &Machine) {
 /// list lost it with its `rm`; the manager leaves, and nothing is left of the swarm.
 pub fn nothing_is_left_after_rm(m: &Machine) {
     assert_eq!(swarm_rules(m), 0);
+    assert!(matches!(docker_user_pairs(m), None | Some(0)));
     wait(
         Duration::from_secs(30),
         || m.docker_ok(&["node", "ls", "-q"]).lines().count() == 1,

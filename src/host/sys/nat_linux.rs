@@ -23,7 +23,8 @@ use crate::host::apply::Outcome;
 use crate::host::privileged::{spawn_with_net_admin, with_net_admin};
 use crate::nat::{
     self, Blocker, DOCKER_USER, DevboxTable, NatError, NatLink, PairRefusal, SwarmPair,
-    docker_user_delete_argvs, docker_user_insert_argvs, find_blockers,
+    docker_user_delete_argvs, docker_user_insert_argvs, docker_user_pair_delete_argvs,
+    docker_user_pair_insert_argvs, find_blockers,
 };
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
@@ -57,7 +58,11 @@ pub fn add_nat(link: &str) -> Result<(Outcome, Vec<Blocker>), HostError> {
         write_forwarding(true)?;
     }
     if let Some(listing) = &docker_user {
-        for argv in docker_user_delete_argvs(listing, link) {
+        // The link's rules and its swarm pairs from an earlier run, as in devbox's table.
+        for argv in docker_user_delete_argvs(listing, link)
+            .into_iter()
+            .chain(docker_user_pair_delete_argvs(listing, link))
+        {
             run(&argv)?;
         }
         if report.use_docker_user {
@@ -75,7 +80,10 @@ pub fn remove_nat(link: &str) -> Result<Outcome, HostError> {
     nat_link(link)?;
     let mut changed = false;
     if let Some(listing) = iptables_output(&["-S", DOCKER_USER]).ok().flatten() {
-        for argv in docker_user_delete_argvs(&listing, link) {
+        for argv in docker_user_delete_argvs(&listing, link)
+            .into_iter()
+            .chain(docker_user_pair_delete_argvs(&listing, link))
+        {
             run(&argv)?;
             changed = true;
         }
@@ -104,13 +112,27 @@ pub fn remove_nat(link: &str) -> Result<Outcome, HostError> {
 pub fn add_swarm(pair: &SwarmPair) -> Result<Outcome, HostError> {
     let ruleset = nft_output(&["-j", "list", "ruleset"])?;
     let current = DevboxTable::parse(&ruleset)?;
-    match nat::add_pair(current.as_ref(), pair) {
-        Ok(batch) => nft_batch(&batch).map(|()| Outcome::Done),
-        Err(PairRefusal::NotRunning(link)) => Err(HostError::Refused {
-            item: format!("open the swarm ports between {pair}"),
-            why: format!("the machine on {link} is not running"),
-        }),
+    let batch = match nat::add_pair(current.as_ref(), pair) {
+        Ok(batch) => batch,
+        Err(PairRefusal::NotRunning(link)) => {
+            return Err(HostError::Refused {
+                item: format!("open the swarm ports between {pair}"),
+                why: format!("the machine on {link} is not running"),
+            });
+        }
+    };
+    nft_batch(&batch)?;
+    // On a host that runs Docker, its FORWARD policy drops what devbox's table accepts.
+    if let Some(listing) = iptables_output(&["-S", DOCKER_USER]).ok().flatten() {
+        let [a, _] = pair.links();
+        let stale = docker_user_pair_delete_argvs(&listing, a)
+            .into_iter()
+            .filter(|argv| argv.iter().any(|w| *w == pair.iptables_tag()));
+        for argv in stale.chain(docker_user_pair_insert_argvs(pair)) {
+            run(&argv)?;
+        }
     }
+    Ok(Outcome::Done)
 }
 
 /// Closes every swarm pair of `link`. The caller holds the host-wide lock.
@@ -120,12 +142,19 @@ pub fn remove_swarm(link: &str) -> Result<Outcome, HostError> {
         Err(HostError::Nat(NatError::MissingTool { .. })) => return Ok(Outcome::AlreadyDone),
         Err(e) => return Err(e),
     };
+    let mut changed = false;
+    if let Some(listing) = iptables_output(&["-S", DOCKER_USER]).ok().flatten() {
+        for argv in docker_user_pair_delete_argvs(&listing, link) {
+            run(&argv)?;
+            changed = true;
+        }
+    }
     let Some(current) = DevboxTable::parse(&ruleset)? else {
-        return Ok(Outcome::AlreadyDone);
+        return Ok(outcome(changed));
     };
     match nat::remove_pairs(&current, link) {
         Some(batch) => nft_batch(&batch).map(|()| Outcome::Done),
-        None => Ok(Outcome::AlreadyDone),
+        None => Ok(outcome(changed)),
     }
 }
 
