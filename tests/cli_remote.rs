@@ -9,7 +9,7 @@ use std::process::Output;
 
 mod support;
 use support::cli::{Env, stderr, stdout};
-use support::sshd::{SSHD, Sshd, fake_bin, fake_engine, free_port, have, server};
+use support::sshd::{SSHD, Sshd, calls, fake_bin, fake_engine, free_port, have, server};
 
 fn adopt(env: &Env, sshd: &Sshd, name: &str, extra: &[&str]) -> Output {
     let port = sshd.target.addr.port().to_string();
@@ -219,6 +219,49 @@ fn hosts_that_cannot_be_adopted_are_refused_and_leave_nothing() {
 /// A host with Docker and without systemd: devbox writes no settings to it (the settings
 /// and their restart are `tests/remote_adopt.rs`'s, in a directory of the test's own, never
 /// this host's /etc/docker).
+/// A user who is not root, with sudo, on a host without Docker: the CLI installs Debian's
+/// engine through `sudo -n` and makes the user join the `docker` group (the socket is
+/// forwarded over SSH, which cannot go through sudo), as the commands the host received show.
+/// (No systemd here, so that nothing reaches this host's own /etc/docker.)
+#[test]
+fn a_user_who_is_not_root_gets_docker_through_sudo_and_joins_its_group() {
+    if !have(SSHD) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let bin = work.path().join("bin");
+    fake_bin(&bin);
+    std::fs::remove_file(bin.join("systemctl")).unwrap();
+    script(&bin, "id", "[ \"$1\" = -u ] && echo 1000 || echo uid=1000");
+    let log = bin.join("calls.log");
+    script(
+        &bin,
+        "usermod",
+        &format!("echo \"usermod $*\" >> {}", log.display()),
+    );
+    let sshd = server(&bin);
+    let env = Env::new();
+    let o = adopt(&env, &sshd, "far", &[]);
+    let all = format!("{}{}", stderr(&o), stdout(&o));
+    assert!(o.status.success(), "{all}");
+    assert!(all.contains("Docker 26.1.5-fake"), "{all}");
+    let user = &sshd.target.user;
+    let want = [
+        "sudo -n env DEBIAN_FRONTEND=noninteractive apt-get update -q".to_owned(),
+        "apt-get update -q".to_owned(),
+        "sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -q -y docker.io".to_owned(),
+        "apt-get install -q -y docker.io".to_owned(),
+        format!("sudo -n usermod -aG docker {user}"),
+        format!("usermod -aG docker {user}"),
+    ];
+    let got: Vec<String> = calls(&bin)
+        .into_iter()
+        .filter(|c| !c.starts_with("sudo -n true") && !c.contains("version"))
+        .collect();
+    assert_eq!(got, want, "{all}");
+    assert!(env.machine_dir("far").join("machine.yaml").exists());
+}
+
 fn no_systemd(bin: &Path) {
     fake_bin(bin);
     fake_engine(bin);
