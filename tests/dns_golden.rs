@@ -104,6 +104,6 @@ fn no_resolved_text() {
     golden(
         "dns",
         "no-resolved.txt",
-        &manual_instructions(&domains(), server()),
+        &manual_instructions(&domains(), server(), false),
     );
 }

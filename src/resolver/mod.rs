@@ -118,10 +118,14 @@ pub fn host_change(
             };
             HostResolverChange::Plan(Box::new(plan))
         }
-        HostOs::Linux if !resolved => HostResolverChange::Manual {
+        // No resolved, or a server on loopback (an adopted host's), which resolved's per-link
+        // settings cannot reach.
+        HostOs::Linux if !resolved || st.server.ip().is_loopback() => HostResolverChange::Manual {
             install,
             text: if install {
-                plan::manual_instructions(&st.domains, st.server)
+                plan::manual_instructions(&st.domains, st.server, resolved)
+            } else if resolved {
+                "systemd-resolved was not given this machine's names: nothing to undo.".into()
             } else {
                 "systemd-resolved is not running: nothing to undo.".into()
             },
@@ -213,6 +217,40 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_server_on_loopback_gets_the_manual_steps_even_with_resolved() {
+        // An adopted host's server: resolved's per-link settings cannot reach it.
+        let st = DnsState {
+            server: "127.0.0.1:10054".parse().unwrap(),
+            link: "dbx1".into(),
+            domains: vec!["far.dev".into()],
+            ..state()
+        };
+        match host_change("far", &st, true, HostOs::Linux, true) {
+            HostResolverChange::Manual {
+                install: true,
+                text,
+            } => {
+                assert!(text.contains("server=/far.dev/127.0.0.1#10054"), "{text}");
+                assert!(text.contains("has none on this host"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            host_change("far", &st, false, HostOs::Linux, true),
+            HostResolverChange::Manual { install: false, .. }
+        ));
+        // macOS's /etc/resolver takes the port.
+        let HostResolverChange::Plan(plan) = host_change("far", &st, true, HostOs::Macos, true)
+        else {
+            panic!("a plan");
+        };
+        assert!(
+            plan.write_files[0].contents.contains("port 10054"),
+            "{plan:?}"
+        );
     }
 
     #[test]

@@ -67,12 +67,25 @@ pub fn macos_files(
     files
 }
 
-/// What to tell the user on Linux when systemd-resolved is not running.
-pub fn manual_instructions(domains: &[String], server: SocketAddr) -> String {
+/// What to tell the user on Linux when systemd-resolved is not running, or cannot reach the
+/// machine's server (`resolved`: it runs).
+pub fn manual_instructions(domains: &[String], server: SocketAddr, resolved: bool) -> String {
     let (ip, port) = (server.ip(), server.port());
+    let why = if resolved {
+        // systemd-resolved takes a server per link, and a server on loopback (a host adopted
+        // over SSH) has no link of its own on this host.
+        format!(
+            "systemd-resolved routes names to a DNS server per network link, and this \
+             machine's server ({server}) has none on this host"
+        )
+    } else {
+        format!(
+            "systemd-resolved is not running, so devbox cannot route the machine's names to \
+             its DNS server ({server})"
+        )
+    };
     let mut out = format!(
-        "systemd-resolved is not running, so devbox cannot route the machine's names to its DNS \
-         server ({server}).\nTo resolve them, configure your local resolver yourself:\n\n\
+        "{why}.\nTo resolve them, configure your local resolver yourself:\n\n\
          - dnsmasq (or NetworkManager with dns=dnsmasq, in /etc/NetworkManager/dnsmasq.d/devbox.conf):\n"
     );
     for d in domains {

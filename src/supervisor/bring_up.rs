@@ -395,7 +395,7 @@ impl<'a> Supervisor<'a> {
     /// Starts the machine's DNS server, answering `<machine>.<tld>` with `guest_ip`.
     ///
     /// Upstreams: `DEVBOX_DNS_UPSTREAMS` (comma-separated `ip:port`), else the host's resolvers.
-    fn dns(
+    pub(super) fn dns(
         &self,
         io: &tokio::runtime::Runtime,
         net: &HostNet,

@@ -58,8 +58,7 @@ pub struct Running {
     pub target: Option<ssh::Target>,
     /// The guest's address, where published ports are forwarded.
     pub guest_ip: std::net::Ipv4Addr,
-    /// The DNS server's records, for the container watcher (none for an adopted host, which
-    /// has no DNS server yet).
+    /// The DNS server's records, for the container watcher.
     pub records: Option<dns::RecordsHandle>,
     pub io: tokio::runtime::Handle,
     /// Taken by the one boot allowed after a kernel panic before ready.
@@ -218,8 +217,9 @@ fn ready(sv: &mut Supervisor, m: &mut Running, docker_version: &str) -> Result<(
         sv.parts
             .add(Task("published-port forwarder", forwarder.abort_handle()));
         // HTTPS is a convenience on top of a running machine: a CA problem is logged with
-        // its fix and the machine runs without it. It needs the machine's DNS names.
-        if let Some(records) = &m.records {
+        // its fix and the machine runs without it. It needs the machine's DNS names, and a
+        // guest of devbox's to redirect (not an adopted host).
+        if let Some(records) = m.records.as_ref().filter(|_| !remote(sv)) {
             match super::https::start(super::https::HttpsSetup {
                 store: sv.store,
                 spec: sv.spec,

@@ -10,18 +10,20 @@
 //!   (vmnet's proxy of the host's resolver, which `/etc/resolver/*` points at devbox), and
 //!   devbox's DNS server listens on loopback, one port per machine. Routes wait for the
 //!   guest's report.
-//! - [`Link::None`] (the fake driver): no TAP, no routes; DNS on a loopback port the system
-//!   picks.
+//! - [`Link::None`]: no TAP, no routes. A host adopted over SSH gets its DNS server on
+//!   loopback, one port per machine as under vz (the names of its containers, answered with
+//!   their addresses on that host); the fake driver's is on a loopback port the system picks.
 //!
 //! Every address comes from the machine's host-only index, never from the addresses stored
 //! in `machine.yaml` (which the spec's validation also holds to the index).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use crate::machine::{Capabilities, Link, MachineSpec};
+use crate::machine::{Capabilities, GuestAccess, Link, MachineSpec};
 use crate::net::{HostOnlyNet, NetError};
 
-/// Loopback port of the first machine's DNS server under vz (machine index 0); machine `i`
+/// Loopback port of the first machine's DNS server under vz or adopted over SSH (machine
+/// index 0); machine `i`
 /// gets `NAT_DNS_PORT_BASE + i`. Fixed per machine, so `/etc/resolver/*` stays valid across
 /// restarts; not 53, which only one machine could hold.
 pub const NAT_DNS_PORT_BASE: u16 = 10053;
@@ -74,7 +76,10 @@ pub fn host_net(spec: &MachineSpec, caps: Capabilities) -> Result<HostNet, NetEr
         Link::None => HostNet {
             hostonly,
             tap: None,
-            dns_bind: loopback(0),
+            dns_bind: loopback(match caps.guest {
+                GuestAccess::Remote => NAT_DNS_PORT_BASE + u16::from(hostonly.index),
+                _ => 0,
+            }),
             guest_dns: Vec::new(),
             resolved_link: None,
         },
@@ -140,6 +145,14 @@ mod tests {
         let n = net(Driver::Fake);
         assert_eq!(n.tap, None);
         assert_eq!(n.dns_bind.to_string(), "127.0.0.1:0");
+        assert_eq!(n.resolved_link, None);
+    }
+
+    #[test]
+    fn an_adopted_host_gets_dns_on_its_own_loopback_port() {
+        let n = net(Driver::Ssh);
+        assert_eq!(n.tap, None);
+        assert_eq!(n.dns_bind.to_string(), "127.0.0.1:10053");
         assert_eq!(n.resolved_link, None);
     }
 }

@@ -12,8 +12,10 @@ use nix::sys::signal::SigSet;
 
 use super::bring_up::Supervisor;
 use super::event_loop::{Guest, Running};
-use super::{Event, client, control, log, watchers};
+use super::watchers::ResolverWatch;
+use super::{Event, client, control, host_net, log, watchers};
 use crate::hypervisor::{HypervisorError, RunningVm, VmExit};
+use crate::resolver::ResolverSync;
 use crate::ssh;
 
 /// How long asking the engine for its version may take.
@@ -68,6 +70,15 @@ impl Supervisor<'_> {
             self.state.clone(),
         )?;
         watchers::spawn_signals(sigs, self.tx.clone());
+        // The names of the host's containers, on a loopback port of this machine's own
+        // (`<container>.<machine>.<tld>`, answered with their addresses on that host).
+        let net = host_net::host_net(self.spec, self.spec.driver.capabilities())?;
+        let dns_server = self.dns(&io, &net, r.address)?;
+        let records = dns_server.records();
+        let resolver = ResolverSync::new(self.dir, self.spec, dns_server.local_addr(), None);
+        self.parts.hold("DNS server", dns_server);
+        self.parts
+            .add(ResolverWatch::spawn(resolver, records.clone()));
         spawn_engine_check(
             target.clone(),
             self.deadline,
@@ -81,7 +92,7 @@ impl Supervisor<'_> {
             })),
             target: Some(target),
             guest_ip: r.address,
-            records: None,
+            records: Some(records),
             io: io.handle().clone(),
             booted: Instant::now(),
             reboot: None,

@@ -87,6 +87,47 @@ pub fn an_adopted_host_is_driven_like_a_machine(m: &Machine) {
         text(&via_context.stderr)
     );
     assert_eq!(r.ssh("cat /etc/hostname"), m.ssh("cat /etc/hostname"));
+
+    // The host's containers by name, from the adopted machine's own DNS server (on its
+    // loopback port), answered with their addresses on that host.
+    let inspect: serde_json::Value = serde_json::from_str(&m.ok(&["inspect", ADOPTED])).unwrap();
+    let index = inspect["spec"]["network"]["index"].as_u64().unwrap();
+    let tld = inspect["spec"]["tld"].as_str().unwrap().to_owned();
+    let port = (10053 + index).to_string();
+    let probe_ip = m.docker_ok(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &probe,
+    ]);
+    let dig = |name: &str| {
+        m.h.exec_ok(
+            "dig",
+            &[
+                "@127.0.0.1",
+                "-p",
+                &port,
+                "+short",
+                "+tries=1",
+                "+time=2",
+                name,
+                "A",
+            ],
+        )
+        .trim()
+        .to_owned()
+    };
+    let name = format!("{probe}.{ADOPTED}.{tld}");
+    let t = Instant::now();
+    while dig(&name) != probe_ip {
+        assert!(
+            t.elapsed().as_secs() < 20,
+            "{name}: {:?}, want {probe_ip}",
+            dig(&name)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(dig(&format!("{ADOPTED}.{tld}")), ip);
     let ls: serde_json::Value = serde_json::from_str(&m.ok(&["ls", "--json"])).unwrap();
     let row = ls["machines"]
         .as_array()
