@@ -146,7 +146,10 @@ pub fn apply_to(
     check_privileges(plan, target)?;
     leases::check_plan_in(plan, &target.registry)?;
 
-    let touches_routes = !plan.routes.add.is_empty() || !plan.routes.remove.is_empty();
+    let touches_routes = !plan.routes.add.is_empty()
+        || !plan.routes.remove.is_empty()
+        || !plan.remote_routes_add.is_empty()
+        || !plan.remote_routes_remove.is_empty();
     let table = if touches_routes {
         sys::routes()?
     } else {
@@ -162,9 +165,35 @@ pub fn apply_to(
             return Err(RouteError::conflict(r.dest, t).into());
         }
     }
+    for remote in &plan.remote_routes_add {
+        let r = remote.route();
+        if !connected(&r, &table) {
+            return Err(HostError::Refused {
+                item: format!("route {r}"),
+                why: format!(
+                    "{} is not on a network this host reaches directly through {}",
+                    r.gateway, r.interface
+                ),
+            });
+        }
+        if present(&r) {
+            continue;
+        }
+        let leaving = |t: &HostRoute| {
+            plan.remote_routes_remove
+                .iter()
+                .any(|x| x.route().matches(t))
+        };
+        if let Some(t) = first_overlap(&r.dest, &table, |t| r.matches(t) || leaving(t)) {
+            return Err(RouteError::conflict(r.dest, t).into());
+        }
+        if let Some(t) = covered_default_route(&r, &table) {
+            return Err(RouteError::conflict(r.dest, t).into());
+        }
+    }
 
     let mut report = AppliedReport::default();
-    let mut added: Vec<&PlannedRoute> = Vec::new();
+    let mut added: Vec<PlannedRoute> = Vec::new();
     for step in &steps {
         let outcome = match run_step(step, os, target, &present, &mut report.warnings) {
             Ok(o) => o,
@@ -176,8 +205,10 @@ pub fn apply_to(
                 return Err(e);
             }
         };
-        if let (Step::AddRoute(r), Outcome::Done) = (step, &outcome) {
-            added.push(r);
+        match (step, &outcome) {
+            (Step::AddRoute(r), Outcome::Done) => added.push((*r).clone()),
+            (Step::AddRemoteRoute(r), Outcome::Done) => added.push(r.route()),
+            _ => {}
         }
         report.steps.push(AppliedStep {
             action: action(step),
@@ -185,6 +216,17 @@ pub fn apply_to(
         });
     }
     Ok(report)
+}
+
+/// Whether `r`'s gateway lies in a network the routing table reaches directly (no gateway)
+/// through `r`'s interface.
+fn connected(r: &PlannedRoute, table: &[HostRoute]) -> bool {
+    table.iter().any(|t| {
+        t.gateway.is_none()
+            && t.interface == r.interface
+            && t.dest.prefix_len() > 0
+            && t.dest.trunc().contains(&r.gateway)
+    })
 }
 
 /// The default route whose gateway `r` would capture: routing that address into a machine
@@ -197,7 +239,10 @@ fn covered_default_route<'t>(r: &PlannedRoute, table: &'t [HostRoute]) -> Option
 }
 
 fn check_privileges(plan: &HostPlan, target: &ApplyTarget) -> Result<(), HostError> {
-    let routes = !plan.routes.add.is_empty() || !plan.routes.remove.is_empty();
+    let routes = !plan.routes.add.is_empty()
+        || !plan.routes.remove.is_empty()
+        || !plan.remote_routes_add.is_empty()
+        || !plan.remote_routes_remove.is_empty();
     let nat = !plan.nat_add.is_empty()
         || !plan.nat_remove.is_empty()
         || !plan.swarm_add.is_empty()
@@ -254,6 +299,10 @@ fn run_step(
         Step::AddRoute(r) => sys::add_route(r).map(|()| Outcome::Done),
         Step::RemoveRoute(r) if !present(r) => Ok(Outcome::AlreadyDone),
         Step::RemoveRoute(r) => sys::delete_route(r).map(|()| Outcome::Done),
+        Step::AddRemoteRoute(r) if present(&r.route()) => Ok(Outcome::AlreadyDone),
+        Step::AddRemoteRoute(r) => sys::add_route(&r.route()).map(|()| Outcome::Done),
+        Step::RemoveRemoteRoute(r) if !present(&r.route()) => Ok(Outcome::AlreadyDone),
+        Step::RemoveRemoteRoute(r) => sys::delete_route(&r.route()).map(|()| Outcome::Done),
         Step::HostFilter(h) => sys::hostfilter(h).map(|()| Outcome::Done),
         // Every user's machines share devbox's table, DOCKER-USER and `ip_forward`: each
         // change reads and writes them under the registry's host-wide lock.

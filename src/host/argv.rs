@@ -215,6 +215,14 @@ pub(super) fn step_lines(step: &Step<'_>, os: HostOs) -> Vec<String> {
         Step::HostFilter(h) => vec![join_argv(&hostfilter_argv(h))],
         Step::AddNat(link) => vec![nat_line(link, "add", os)],
         Step::RemoveNat(link) => vec![nat_line(link, "remove", os)],
+        Step::AddRemoteRoute(r) => vec![match os {
+            HostOs::Linux => join_argv(&ip_route_argv("add", &r.route())) + &machine(&r.route()),
+            HostOs::Macos => join_argv(&route_add_argv(&r.route())) + &machine(&r.route()),
+        }],
+        Step::RemoveRemoteRoute(r) => vec![match os {
+            HostOs::Linux => join_argv(&ip_route_argv("del", &r.route())) + &machine(&r.route()),
+            HostOs::Macos => join_argv(&route_delete_argv(&r.route())) + &machine(&r.route()),
+        }],
         Step::AddSwarm(p) => vec![format!(
             "nft -j -f -  # table inet devbox: open 2377/tcp, 7946/tcp+udp, 4789/udp between {p}"
         )],

@@ -90,6 +90,48 @@ pub fn check_plan(plan: &HostPlan, leases: &[Lease], uid: u32) -> Result<(), Hos
             ));
         }
     }
+    // An adopted host's routes carry its lease's Docker subnets, and nothing another lease
+    // holds, whatever interface they go out of.
+    for (verb, r) in plan
+        .remote_routes_add
+        .iter()
+        .map(|r| ("add", r))
+        .chain(plan.remote_routes_remove.iter().map(|r| ("remove", r)))
+    {
+        let item = || format!("{verb} route {r}");
+        let lease = match leases.iter().find(|l| l.index == r.lease) {
+            Some(l) if l.owner == uid => l,
+            Some(l) => {
+                return Err(refused(
+                    item(),
+                    format!(
+                        "lease {} is uid {}'s, not yours (uid {uid})",
+                        r.lease, l.owner
+                    ),
+                ));
+            }
+            None => return Err(refused(item(), format!("lease {} is no one's", r.lease))),
+        };
+        let dest = r.dest.trunc();
+        if !lease.docker().iter().any(|d| d.trunc() == dest) {
+            return Err(refused(
+                item(),
+                format!(
+                    "{dest} is not one of the Docker subnets of lease {} ({})",
+                    r.lease,
+                    list(lease.docker())
+                ),
+            ));
+        }
+        for other in leases.iter().filter(|l| l.index != lease.index) {
+            if let Some(d) = other.docker().iter().find(|d| overlaps(d, &dest)) {
+                return Err(refused(
+                    item(),
+                    format!("{dest} overlaps {d}, leased with dbx{}", other.index),
+                ));
+            }
+        }
+    }
     // Swarm ports only between two machines of the caller's: a user's swarm never reaches
     // another user's machine.
     for p in &plan.swarm_add {
@@ -137,6 +179,8 @@ pub fn touches_links(plan: &HostPlan) -> bool {
         || !plan.nat_remove.is_empty()
         || !plan.swarm_add.is_empty()
         || !plan.swarm_remove.is_empty()
+        || !plan.remote_routes_add.is_empty()
+        || !plan.remote_routes_remove.is_empty()
 }
 
 /// [`check_plan`] against `registry`, for the caller's real uid.
@@ -346,6 +390,34 @@ mod tests {
         };
         check_plan(&close("dbx2"), &mine, 1000).unwrap();
         assert!(check_plan(&close("dbx1"), &mine, 1000).is_err());
+    }
+
+    #[test]
+    fn an_adopted_hosts_routes_carry_its_own_leases_subnets_only() {
+        let plan = |dest: &str, lease: u8| HostPlan {
+            remote_routes_add: vec![crate::host::RemoteRoute {
+                dest: dest.parse().unwrap(),
+                gateway: "192.168.1.50".parse().unwrap(),
+                interface: "eth0".into(),
+                lease,
+                machine: "far".into(),
+            }],
+            ..HostPlan::default()
+        };
+        assert!(touches_links(&plan("172.18.0.0/16", 0)));
+        check_plan(&plan("172.18.0.0/16", 0), &leases(), 1000).unwrap();
+        let err = check_plan(&plan("172.20.0.0/16", 1), &leases(), 1000).unwrap_err();
+        assert!(err.to_string().contains("lease 1 is uid 1001's"), "{err}");
+        let err = check_plan(&plan("172.20.0.0/16", 0), &leases(), 1000).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("not one of the Docker subnets of lease 0"),
+            "{err}"
+        );
+        assert!(
+            check_plan(&plan("172.18.0.0/16", 5), &leases(), 1000).is_err(),
+            "no lease"
+        );
     }
 
     fn nat(add: &[&str], remove: &[&str]) -> HostPlan {

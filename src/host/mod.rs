@@ -50,7 +50,7 @@ pub use argv::{
 pub use leases::{check_plan as check_leases, open_share_tap, open_tap, require_lease};
 pub use plan::{
     BinaryInstall, DirSpec, FileSpec, HostFilter, HostOs, HostPlan, INSTALLED_BINARY,
-    REGISTRY_DIRS, ResolvedLink, ServiceUnit,
+    REGISTRY_DIRS, RemoteRoute, ResolvedLink, ServiceUnit,
 };
 pub use units::{
     LAUNCHD_LABEL, LAUNCHD_PLIST_PATH, SYSTEMD_PATH_UNIT, SYSTEMD_SERVICE_UNIT, install_plan,

@@ -73,6 +73,41 @@ pub struct ServiceUnit {
     pub path: PathBuf,
 }
 
+/// A route to the Docker subnet of a host adopted over SSH (driver `ssh`), via that host's
+/// address on a network this host is directly connected to. Unlike a machine's routes it is
+/// not on a link of devbox's: what makes it the caller's is `lease`, the machine's lease,
+/// whose Docker subnets `dest` must be one of (`leases.rs`); the applier also checks, against
+/// the routing table, that `gateway` is on a network directly connected through `interface`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RemoteRoute {
+    pub dest: Ipv4Net,
+    /// The adopted host's address.
+    pub gateway: std::net::Ipv4Addr,
+    /// The host interface on that host's network.
+    pub interface: String,
+    /// The adopted machine's lease index.
+    pub lease: u8,
+    pub machine: String,
+}
+
+impl RemoteRoute {
+    /// The route itself, for the routing table.
+    pub fn route(&self) -> PlannedRoute {
+        PlannedRoute {
+            dest: self.dest,
+            gateway: self.gateway,
+            interface: self.interface.clone(),
+            machine: self.machine.clone(),
+        }
+    }
+}
+
+impl fmt::Display for RemoteRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.route())
+    }
+}
+
 /// macOS vmnet: let a bridge member carry packets from addresses vmnet did not assign (the
 /// containers'), `ifconfig <bridge> -hostfilter <member>`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -143,6 +178,11 @@ pub struct HostPlan {
     /// Machine links whose NAT to take away.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nat_remove: Vec<String>,
+    /// Routes to adopted hosts' Docker subnets, via their addresses (see [`RemoteRoute`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_routes_add: Vec<RemoteRoute>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_routes_remove: Vec<RemoteRoute>,
     /// Pairs of machine links between which to open Docker swarm mode's ports (Linux:
     /// `crate::nat::add_pair`); both machines must be running.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -169,6 +209,7 @@ pub struct HostPlan {
 pub(super) enum Step<'p> {
     UnloadUnit(&'p ServiceUnit),
     RemoveRoute(&'p PlannedRoute),
+    RemoveRemoteRoute(&'p RemoteRoute),
     RemoveSwarm(&'p str),
     RemoveNat(&'p str),
     RevertResolved(&'p str),
@@ -179,6 +220,7 @@ pub(super) enum Step<'p> {
     InstallBinary(&'p BinaryInstall),
     WriteFile(&'p FileSpec),
     AddRoute(&'p PlannedRoute),
+    AddRemoteRoute(&'p RemoteRoute),
     AddNat(&'p str),
     AddSwarm(&'p SwarmPair),
     SetResolved(&'p ResolvedLink),
@@ -218,6 +260,10 @@ impl HostPlan {
         self.nat_add.dedup();
         self.nat_remove.sort();
         self.nat_remove.dedup();
+        self.remote_routes_add.sort();
+        self.remote_routes_add.dedup();
+        self.remote_routes_remove.sort();
+        self.remote_routes_remove.dedup();
         self.swarm_add.sort();
         self.swarm_add.dedup();
         self.swarm_remove.sort();
@@ -232,6 +278,11 @@ impl HostPlan {
     pub(super) fn steps(&self) -> Vec<Step<'_>> {
         let mut steps: Vec<Step> = self.unload_units.iter().map(Step::UnloadUnit).collect();
         steps.extend(self.routes.remove.iter().map(Step::RemoveRoute));
+        steps.extend(
+            self.remote_routes_remove
+                .iter()
+                .map(Step::RemoveRemoteRoute),
+        );
         steps.extend(self.swarm_remove.iter().map(|l| Step::RemoveSwarm(l)));
         steps.extend(self.nat_remove.iter().map(|l| Step::RemoveNat(l)));
         steps.extend(self.resolved_revert.iter().map(|l| Step::RevertResolved(l)));
@@ -242,6 +293,7 @@ impl HostPlan {
         steps.extend(self.install_binary.iter().map(Step::InstallBinary));
         steps.extend(self.write_files.iter().map(Step::WriteFile));
         steps.extend(self.routes.add.iter().map(Step::AddRoute));
+        steps.extend(self.remote_routes_add.iter().map(Step::AddRemoteRoute));
         steps.extend(self.nat_add.iter().map(|l| Step::AddNat(l)));
         steps.extend(self.swarm_add.iter().map(Step::AddSwarm));
         steps.extend(self.resolved.iter().map(Step::SetResolved));
@@ -302,6 +354,13 @@ impl HostPlan {
                         .into(),
                 ));
             }
+        }
+        for r in self
+            .remote_routes_add
+            .iter()
+            .chain(&self.remote_routes_remove)
+        {
+            check_remote_route(r)?;
         }
         for p in &self.swarm_add {
             if !p.is_valid() {
@@ -413,6 +472,49 @@ fn check_route(r: &PlannedRoute) -> Result<(), HostError> {
                 "the gateway must be the guest on {}, {}",
                 r.interface, link.guest_ip
             ),
+        ));
+    }
+    validate_docker_subnet(r.dest, &[]).map_err(|e| refused(item(), e.to_string()))
+}
+
+/// A route to an adopted host's Docker subnet: a private Docker subnet, via a private address
+/// outside it, on a real interface name that is not loopback, a machine's share link or a
+/// vmnet bridge, for a lease index of the pool. Whose subnet it is, is the lease check's; that
+/// the gateway is directly connected, the applier's (it needs the routing table).
+fn check_remote_route(r: &RemoteRoute) -> Result<(), HostError> {
+    let item = || format!("route {r}");
+    let gw = Ipv4Net::new(r.gateway, 32).expect("32 is a valid prefix");
+    if !is_private(&gw) || overlaps(&gw, &r.dest) {
+        return Err(refused(
+            item(),
+            format!(
+                "the gateway must be the adopted host's private address, outside {}",
+                r.dest
+            ),
+        ));
+    }
+    let name_ok = !r.interface.is_empty()
+        && r.interface.len() < 16
+        && r.interface
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
+    let share_link = r
+        .interface
+        .strip_suffix('s')
+        .is_some_and(|l| devbox_link(l).is_some());
+    if !name_ok || r.interface == "lo" || share_link || is_vmnet_bridge(&r.interface) {
+        return Err(refused(
+            item(),
+            format!(
+                "{} is not an interface an adopted host can be reached on",
+                r.interface
+            ),
+        ));
+    }
+    if crate::net::HostOnlyNet::from_index(r.lease).is_err() {
+        return Err(refused(
+            item(),
+            format!("lease {} is outside the pool", r.lease),
         ));
     }
     validate_docker_subnet(r.dest, &[]).map_err(|e| refused(item(), e.to_string()))
@@ -543,6 +645,67 @@ mod tests {
             let err = with_route(r.clone()).check_allowed().unwrap_err();
             assert!(err.to_string().contains(why), "{r}: {err}");
         }
+    }
+
+    fn remote(dest: &str, gw: &str, dev: &str) -> HostPlan {
+        HostPlan {
+            remote_routes_add: vec![RemoteRoute {
+                dest: dest.parse().unwrap(),
+                gateway: gw.parse().unwrap(),
+                interface: dev.into(),
+                lease: 2,
+                machine: "far".into(),
+            }],
+            ..HostPlan::default()
+        }
+    }
+
+    #[test]
+    fn an_adopted_hosts_routes_are_docker_subnets_via_a_private_neighbour() {
+        remote("172.22.0.0/16", "192.168.1.50", "eth0")
+            .check_allowed()
+            .unwrap();
+        remote("172.22.0.0/16", "192.168.64.2", "dbx0")
+            .check_allowed()
+            .unwrap();
+        for (dest, gw, dev, why) in [
+            ("172.22.0.0/16", "8.8.8.8", "eth0", "private address"),
+            (
+                "172.22.0.0/16",
+                "172.22.0.1",
+                "eth0",
+                "outside 172.22.0.0/16",
+            ),
+            ("8.8.0.0/16", "192.168.1.50", "eth0", "8.8.0.0/16"),
+            ("172.22.0.0/16", "192.168.1.50", "lo", "not an interface"),
+            ("172.22.0.0/16", "192.168.1.50", "dbx0s", "not an interface"),
+            (
+                "172.22.0.0/16",
+                "192.168.1.50",
+                "bridge100",
+                "not an interface",
+            ),
+            (
+                "172.22.0.0/16",
+                "192.168.1.50",
+                "eth0 up",
+                "not an interface",
+            ),
+        ] {
+            let err = remote(dest, gw, dev)
+                .check_allowed()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{dest} via {gw} dev {dev}: {err}");
+        }
+        let mut p = remote("172.22.0.0/16", "192.168.1.50", "eth0");
+        p.remote_routes_add[0].lease = 64;
+        assert!(
+            p.check_allowed()
+                .unwrap_err()
+                .to_string()
+                .contains("outside the pool")
+        );
     }
 
     #[test]

@@ -12,8 +12,10 @@ use nix::sys::signal::SigSet;
 
 use super::bring_up::Supervisor;
 use super::event_loop::{Guest, Running};
+use super::parts::Part;
 use super::watchers::ResolverWatch;
 use super::{Event, client, control, host_net, log, watchers};
+use crate::host::{HostPlan, RemoteRoute};
 use crate::hypervisor::{HypervisorError, RunningVm, VmExit};
 use crate::resolver::ResolverSync;
 use crate::ssh;
@@ -79,6 +81,9 @@ impl Supervisor<'_> {
         self.parts.hold("DNS server", dns_server);
         self.parts
             .add(ResolverWatch::spawn(resolver, records.clone()));
+        if let Some(routes) = self.route_remote(r) {
+            self.parts.add(routes);
+        }
         spawn_engine_check(
             target.clone(),
             self.deadline,
@@ -97,6 +102,105 @@ impl Supervisor<'_> {
             booted: Instant::now(),
             reboot: None,
         })
+    }
+}
+
+impl Supervisor<'_> {
+    /// Routes the machine's Docker subnets via the host's address when this host reaches that
+    /// address directly (a LAN, a machine of devbox's): the containers then answer by IP as
+    /// a local machine's do. A host behind a router gets no routes, and a route that would
+    /// conflict with the host's table is not made; either is logged and kept in `state.json`
+    /// as a warning: the machine works without them.
+    fn route_remote(&mut self, r: &crate::machine::RemoteSpec) -> Option<RemoteRoutes> {
+        let warn = |state: &super::state::StateWriter, why: String| {
+            log(format!("warning: {why}"));
+            state.update(|s| s.warnings = vec![why]);
+        };
+        let table = match crate::net::host_routes() {
+            Ok(t) => t,
+            Err(e) => {
+                warn(&self.state, format!("container subnets not routed: {e}"));
+                return None;
+            }
+        };
+        let Some(interface) = table
+            .iter()
+            .filter(|t| t.gateway.is_none() && t.dest.prefix_len() > 0 && t.interface != "lo")
+            .filter(|t| t.dest.trunc().contains(&r.address))
+            .max_by_key(|t| t.dest.prefix_len())
+            .map(|t| t.interface.clone())
+        else {
+            warn(
+                &self.state,
+                format!(
+                    "container subnets not routed: {} is not on a network this host is                      directly connected to, so its containers answer only through published                      ports",
+                    r.address
+                ),
+            );
+            return None;
+        };
+        let routes: Vec<RemoteRoute> = self
+            .spec
+            .docker
+            .routed()
+            .into_iter()
+            .map(|dest| RemoteRoute {
+                dest,
+                gateway: r.address,
+                interface: interface.clone(),
+                lease: self.spec.network.index,
+                machine: self.spec.name.clone(),
+            })
+            .collect();
+        let plan = HostPlan {
+            command: format!("start {}", self.spec.name),
+            remote_routes_add: routes.clone(),
+            ..HostPlan::default()
+        };
+        match crate::host::apply(&plan, false) {
+            Ok(_) => {
+                for route in &routes {
+                    log(format!("route {route}"));
+                }
+                Some(RemoteRoutes {
+                    name: self.spec.name.clone(),
+                    routes,
+                })
+            }
+            Err(e) => {
+                let e = anyhow::Error::new(e);
+                let fix = crate::output::diagnostics::hint(&e)
+                    .map(|h| format!(" (fix: {h})"))
+                    .unwrap_or_default();
+                warn(
+                    &self.state,
+                    format!("container subnets not routed: {e}{fix}"),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// The adopted host's routes; stopping takes them away.
+struct RemoteRoutes {
+    name: String,
+    routes: Vec<RemoteRoute>,
+}
+
+impl Part for RemoteRoutes {
+    fn name(&self) -> &str {
+        "routes"
+    }
+    fn stop(self: Box<Self>) {
+        let plan = HostPlan {
+            command: format!("stop {}", self.name),
+            remote_routes_remove: self.routes,
+            ..HostPlan::default()
+        };
+        if let Err(e) = crate::host::apply(&plan, false) {
+            log(format!("removing the routes of {}: {e}", self.name));
+        }
     }
 }
 

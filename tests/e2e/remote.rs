@@ -128,6 +128,47 @@ pub fn an_adopted_host_is_driven_like_a_machine(m: &Machine) {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     assert_eq!(dig(&format!("{ADOPTED}.{tld}")), ip);
+
+    // Its Docker subnets are routed via its address, which this host reaches directly (on
+    // dbx0 here): a container on a network of the adopted machine's bridge subnet answers by
+    // IP from the host.
+    let bridge = inspect["spec"]["docker"]["bridge"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dest: ipnet::Ipv4Net = bridge.parse::<ipnet::Ipv4Net>().unwrap().trunc();
+    let octets = dest.network().octets();
+    let (subnet, web_ip) = (
+        format!("{}.{}.5.0/24", octets[0], octets[1]),
+        format!("{}.{}.5.10", octets[0], octets[1]),
+    );
+    let routes = m.h.routes();
+    assert!(
+        routes.contains(&format!("{dest} via {ip} dev dbx0")),
+        "{routes}"
+    );
+    let (net, web) = (format!("{ADOPTED}-net"), format!("{ADOPTED}-web"));
+    let _ = m.docker(&["rm", "-f", &web]);
+    let _ = m.docker(&["network", "rm", &net]);
+    r.docker_ok(&["network", "create", "--subnet", &subnet, &net]);
+    r.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &web,
+        "--network",
+        &net,
+        "--ip",
+        &web_ip,
+        "bb:e2e",
+        "/bin/httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    assert_eq!(m.h.curl(&format!("http://{web_ip}/")), "hello from web\n");
     let ls: serde_json::Value = serde_json::from_str(&m.ok(&["ls", "--json"])).unwrap();
     let row = ls["machines"]
         .as_array()
@@ -141,8 +182,10 @@ pub fn an_adopted_host_is_driven_like_a_machine(m: &Machine) {
     assert_eq!(row["state"], "running");
     assert!(row["cpus"].is_null(), "{row}");
 
-    // A stop lets go of the host: it keeps running, and so does its container.
+    // A stop lets go of the host: it keeps running, and so does its container; the routes go.
     m.ok(&["stop", ADOPTED]);
+    let routes = m.h.routes();
+    assert!(!routes.contains(&dest.to_string()), "{routes}");
     assert_eq!(r.status().to_lowercase(), "stopped");
     assert_eq!(m.status().to_lowercase(), "running");
     let names = m.docker_ok(&["ps", "--format", "{{.Names}}"]);
@@ -160,5 +203,6 @@ pub fn an_adopted_host_is_driven_like_a_machine(m: &Machine) {
         "{}",
         text(&contexts.stdout)
     );
-    m.docker_ok(&["rm", "-f", &probe]);
+    m.docker_ok(&["rm", "-f", &probe, &web]);
+    m.docker_ok(&["network", "rm", &net]);
 }
