@@ -69,7 +69,9 @@ pub fn docker_user_insert_argvs(link: &str, subnet: &str) -> Vec<Vec<String>> {
 }
 
 /// `iptables -I DOCKER-USER …` for the swarm ports between the pair's machines, both ways
-/// (the same four rules as devbox's own table: `super::swarm::add_pair`).
+/// (the same four rules as devbox's own table: `super::swarm::add_pair`), and the replies
+/// between them, which no machine's own rules let through when it started before the chain
+/// existed.
 pub fn docker_user_pair_insert_argvs(pair: &SwarmPair) -> Vec<Vec<String>> {
     let tag = pair.iptables_tag();
     let [x, y] = pair.links();
@@ -111,6 +113,31 @@ pub fn docker_user_pair_insert_argvs(pair: &SwarmPair) -> Vec<Vec<String>> {
             ]));
             out.push(v);
         }
+        let mut v = argv(&["iptables"]);
+        v.extend(argv(&WAIT));
+        v.extend(argv(&[
+            "-I",
+            DOCKER_USER,
+            "-i",
+            from,
+            "-o",
+            to,
+            "-s",
+            &net(from),
+            "-d",
+            &net(to),
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "RELATED,ESTABLISHED",
+            "-m",
+            "comment",
+            "--comment",
+            &tag,
+            "-j",
+            "ACCEPT",
+        ]));
+        out.push(v);
     }
     out
 }
@@ -203,19 +230,24 @@ mod tests {
     fn a_swarm_pair_gets_its_four_rules_and_either_link_takes_them() {
         let pair = SwarmPair::new("dbx1", "dbx0").unwrap();
         let ins = docker_user_pair_insert_argvs(&pair);
-        assert_eq!(ins.len(), 4);
+        assert_eq!(ins.len(), 6);
         assert_eq!(
             ins[0].join(" "),
             "iptables -w 5 -I DOCKER-USER -i dbx0 -o dbx1 -s 192.168.64.0/24 -d \
              192.168.65.0/24 -p tcp -m multiport --dports 2377,7946 -m comment --comment \
              devbox:swarm:dbx0:dbx1 -j ACCEPT"
         );
-        assert!(ins[3].join(" ").contains("-i dbx1 -o dbx0"), "{:?}", ins[3]);
         assert!(
-            ins[3]
+            ins[1]
                 .join(" ")
                 .contains("-p udp -m multiport --dports 7946,4789")
         );
+        assert!(
+            ins[2]
+                .join(" ")
+                .contains("-m conntrack --ctstate RELATED,ESTABLISHED")
+        );
+        assert!(ins[4].join(" ").contains("-i dbx1 -o dbx0"), "{:?}", ins[4]);
         let listing = "-N DOCKER-USER\n\
             -A DOCKER-USER -s 192.168.64.0/24 -d 192.168.65.0/24 -i dbx0 -o dbx1 -p tcp -m multiport --dports 2377,7946 -m comment --comment \"devbox:swarm:dbx0:dbx1\" -j ACCEPT\n\
             -A DOCKER-USER -s 192.168.65.0/24 -d 192.168.66.0/24 -i dbx1 -o dbx2 -p udp -m multiport --dports 7946,4789 -m comment --comment devbox:swarm:dbx1:dbx2 -j ACCEPT\n\
