@@ -231,6 +231,18 @@ pub fn open_tap(
     Ok((tap, hostonly, v6))
 }
 
+/// The link of host-only `index` (`dbxN`, with the index's host address) for a host adopted
+/// over SSH, which boots nothing on it: [`open_tap`]'s TAP, lease-checked the same way, with
+/// its carrier on although no guest reads it, so that its DNS server has a link that is up
+/// for systemd-resolved's per-link settings. It goes when the TAP is closed. CAP_NET_ADMIN is
+/// raised for the creation and the carrier only.
+#[cfg(target_os = "linux")]
+pub fn open_dns_link(index: u8) -> Result<(Tap, HostOnlyNet), HostError> {
+    let (tap, hostonly, _) = open_tap(index, false, false)?;
+    with_net_admin(|| tap.set_carrier(true))?;
+    Ok((tap, hostonly))
+}
+
 /// Creates and configures the share link of host-only `index` (`dbx<index>s`, the top /30 of
 /// the index's /24, see [`ShareLink`]), after the same lease check as [`open_tap`]: the link
 /// is part of the lease, and nobody else's. CAP_NET_ADMIN is raised for the creation and

@@ -47,6 +47,8 @@ pub use argv::{
     hostfilter_argv, ip_route_argv, launchctl_bootout_argv, launchctl_bootstrap_argv,
     resolved_commands, resolved_revert, route_add_argv, route_delete_argv, systemctl_argv,
 };
+#[cfg(target_os = "linux")]
+pub use leases::open_dns_link;
 pub use leases::{check_plan as check_leases, open_share_tap, open_tap, require_lease};
 pub use plan::{
     BinaryInstall, DirSpec, FileSpec, HostFilter, HostOs, HostPlan, INSTALLED_BINARY,

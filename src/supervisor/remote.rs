@@ -72,12 +72,17 @@ impl Supervisor<'_> {
             self.state.clone(),
         )?;
         watchers::spawn_signals(sigs, self.tx.clone());
-        // The names of the host's containers, on a loopback port of this machine's own
-        // (`<container>.<machine>.<tld>`, answered with their addresses on that host).
-        let net = host_net::host_net(self.spec, self.spec.driver.capabilities())?;
+        // The names of the host's containers (`<container>.<machine>.<tld>`, answered with
+        // their addresses on that host), from a DNS server of the machine's own.
+        let net = self.remote_dns_link()?;
         let dns_server = self.dns(&io, &net, r.address)?;
         let records = dns_server.records();
-        let resolver = ResolverSync::new(self.dir, self.spec, dns_server.local_addr(), None);
+        let resolver = ResolverSync::new(
+            self.dir,
+            self.spec,
+            dns_server.local_addr(),
+            net.resolved_link.clone(),
+        );
         self.parts.hold("DNS server", dns_server);
         self.parts
             .add(ResolverWatch::spawn(resolver, records.clone()));
@@ -106,6 +111,37 @@ impl Supervisor<'_> {
 }
 
 impl Supervisor<'_> {
+    /// Where the machine's DNS server listens. On Linux, a link `dbxN` of its lease's (a TAP
+    /// with carrier and no guest) carries it, port 53 on the index's host address, so that
+    /// systemd-resolved can send the machine's domains to it as for any machine; where that
+    /// link cannot be made (no privilege), and on macOS (whose `/etc/resolver` takes a port),
+    /// a loopback port of its own.
+    fn remote_dns_link(&mut self) -> Result<host_net::HostNet> {
+        let fallback = host_net::host_net(self.spec, self.spec.driver.capabilities())?;
+        #[cfg(target_os = "linux")]
+        match crate::host::open_dns_link(self.spec.network.index) {
+            Ok((link, hostonly)) => {
+                log(format!(
+                    "{} up with {}/{} for the DNS server (no guest on it)",
+                    hostonly.tap_name(),
+                    hostonly.host_ip,
+                    hostonly.subnet.prefix_len()
+                ));
+                self.parts.hold("DNS link", link);
+                return Ok(host_net::HostNet {
+                    dns_bind: std::net::SocketAddr::new(hostonly.host_ip.into(), 53),
+                    resolved_link: Some(hostonly.tap_name()),
+                    ..fallback
+                });
+            }
+            Err(e) => log(format!(
+                "warning: no link for the DNS server ({e}); it listens on {} instead",
+                fallback.dns_bind
+            )),
+        }
+        Ok(fallback)
+    }
+
     /// Routes the machine's Docker subnets via the host's address when this host reaches that
     /// address directly (a LAN, a machine of devbox's): the containers then answer by IP as
     /// a local machine's do. A host behind a router gets no routes, and a route that would

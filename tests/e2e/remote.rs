@@ -88,12 +88,21 @@ pub fn an_adopted_host_is_driven_like_a_machine(m: &Machine) {
     );
     assert_eq!(r.ssh("cat /etc/hostname"), m.ssh("cat /etc/hostname"));
 
-    // The host's containers by name, from the adopted machine's own DNS server (on its
-    // loopback port), answered with their addresses on that host.
+    // The host's containers by name, from the adopted machine's own DNS server, on port 53 of
+    // a link of its lease that is up (for systemd-resolved's per-link settings), answered
+    // with their addresses on that host.
     let inspect: serde_json::Value = serde_json::from_str(&m.ok(&["inspect", ADOPTED])).unwrap();
     let index = inspect["spec"]["network"]["index"].as_u64().unwrap();
     let tld = inspect["spec"]["tld"].as_str().unwrap().to_owned();
-    let port = (10053 + index).to_string();
+    let link = format!("dbx{index}");
+    let dns: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(r.dir().join("dns.json")).unwrap()).unwrap();
+    assert_eq!(dns["link"], link.as_str(), "{dns}");
+    let server: std::net::SocketAddr = dns["server"].as_str().unwrap().parse().unwrap();
+    assert_eq!(server.to_string(), format!("192.168.{}.1:53", 64 + index));
+    let shown = m.h.exec_ok("ip", &["link", "show", &link]);
+    assert!(shown.contains("LOWER_UP"), "{shown}");
+    let (server_ip, port) = (server.ip().to_string(), server.port().to_string());
     let probe_ip = m.docker_ok(&[
         "inspect",
         "-f",
@@ -104,7 +113,7 @@ pub fn an_adopted_host_is_driven_like_a_machine(m: &Machine) {
         m.h.exec_ok(
             "dig",
             &[
-                "@127.0.0.1",
+                &format!("@{server_ip}"),
                 "-p",
                 &port,
                 "+short",
@@ -186,6 +195,10 @@ pub fn an_adopted_host_is_driven_like_a_machine(m: &Machine) {
     m.ok(&["stop", ADOPTED]);
     let routes = m.h.routes();
     assert!(!routes.contains(&dest.to_string()), "{routes}");
+    assert!(
+        !m.h.exec("ip", &["link", "show", &link]).status.success(),
+        "the stop removes {link}"
+    );
     assert_eq!(r.status().to_lowercase(), "stopped");
     assert_eq!(m.status().to_lowercase(), "running");
     let names = m.docker_ok(&["ps", "--format", "{{.Names}}"]);

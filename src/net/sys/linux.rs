@@ -86,34 +86,7 @@ impl Tap {
     /// Assigns `host_ip/prefix` to the interface (replacing the same address if present)
     /// and brings the link up. The kernel then adds the connected route on its own.
     pub fn configure(&self, host_ip: Ipv4Addr, prefix: u8) -> Result<(), NetError> {
-        let what = format!("configure {host_ip}/{prefix} on {}", self.name);
-        if prefix > 32 {
-            return Err(NetError::Io {
-                what,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "an IPv4 prefix is at most 32",
-                ),
-            });
-        }
-        let index =
-            nix::net::if_::if_nametoindex(self.name.as_str()).map_err(|e| NetError::Io {
-                what: what.clone(),
-                source: e.into(),
-            })?;
-        netlink(&what, |handle| async move {
-            handle
-                .address()
-                .add(index, IpAddr::V4(host_ip), prefix)
-                .replace()
-                .execute()
-                .await?;
-            handle
-                .link()
-                .set(LinkUnspec::new_with_index(index).up().build())
-                .execute()
-                .await
-        })
+        configure_link(&self.name, host_ip, prefix)
     }
 
     /// Assigns `addr/prefix` to the interface without duplicate address detection (the
@@ -151,6 +124,24 @@ impl Tap {
                 .execute()
                 .await
         })
+    }
+
+    /// Turns the link's carrier on or off. A TAP has carrier only while a reader holds it
+    /// (QEMU); one that only carries an address for a server of the host (an adopted host's
+    /// DNS server) gets it on, so that the link is up for systemd-resolved, which ignores
+    /// links without it.
+    pub fn set_carrier(&self, on: bool) -> Result<(), NetError> {
+        let on = libc::c_int::from(on);
+        // SAFETY: `self.fd` is an attached TAP descriptor; TUNSETCARRIER reads one `int`
+        // through the pointer, which points at a live local for the whole call.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::TUNSETCARRIER, &on) };
+        if rc < 0 {
+            return Err(NetError::Io {
+                what: format!("set the carrier of {}", self.name),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
     }
 
     pub fn name(&self) -> &str {
@@ -392,6 +383,38 @@ fn host_route(msg: &RouteMessage, names: &HashMap<u32, String>) -> Option<HostRo
         dest,
         gateway,
         interface,
+    })
+}
+
+/// Assigns `host_ip/prefix` to interface `name` (replacing the same address if present) and
+/// brings the link up. The kernel then adds the connected route on its own.
+fn configure_link(name: &str, host_ip: Ipv4Addr, prefix: u8) -> Result<(), NetError> {
+    let what = format!("configure {host_ip}/{prefix} on {name}");
+    if prefix > 32 {
+        return Err(NetError::Io {
+            what,
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "an IPv4 prefix is at most 32",
+            ),
+        });
+    }
+    let index = nix::net::if_::if_nametoindex(name).map_err(|e| NetError::Io {
+        what: what.clone(),
+        source: e.into(),
+    })?;
+    netlink(&what, |handle| async move {
+        handle
+            .address()
+            .add(index, IpAddr::V4(host_ip), prefix)
+            .replace()
+            .execute()
+            .await?;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
     })
 }
 
