@@ -39,18 +39,16 @@ pub fn check_plan(plan: &HostPlan, leases: &[Lease], uid: u32) -> Result<(), Hos
             None => Err(refused(item(), format!("{link} is not leased to anyone"))),
         }
     };
-    for r in &plan.routes.add {
-        let item = || format!("route {r}");
-        let Some(lease) = own(&r.interface, &item)? else {
-            continue;
-        };
-        let dest = r.dest.trunc();
+    // A route's destination must be one of `lease`'s Docker subnets, and overlap no other
+    // lease's.
+    let carries = |lease: &Lease, dest: Ipv4Net, item: &dyn Fn() -> String| {
+        let dest = dest.trunc();
         if !lease.docker().iter().any(|d| d.trunc() == dest) {
             return Err(refused(
                 item(),
                 format!(
-                    "{dest} is not one of the Docker subnets leased with {} ({})",
-                    r.interface,
+                    "{dest} is not one of the Docker subnets leased with dbx{} ({})",
+                    lease.index,
                     list(lease.docker())
                 ),
             ));
@@ -62,6 +60,13 @@ pub fn check_plan(plan: &HostPlan, leases: &[Lease], uid: u32) -> Result<(), Hos
                     format!("{dest} overlaps {d}, leased with dbx{}", other.index),
                 ));
             }
+        }
+        Ok(())
+    };
+    for r in &plan.routes.add {
+        let item = || format!("route {r}");
+        if let Some(lease) = own(&r.interface, &item)? {
+            carries(lease, r.dest, &item)?;
         }
     }
     for r in &plan.routes.remove {
@@ -99,38 +104,14 @@ pub fn check_plan(plan: &HostPlan, leases: &[Lease], uid: u32) -> Result<(), Hos
         .chain(plan.remote_routes_remove.iter().map(|r| ("remove", r)))
     {
         let item = || format!("{verb} route {r}");
-        let lease = match leases.iter().find(|l| l.index == r.lease) {
-            Some(l) if l.owner == uid => l,
-            Some(l) => {
-                return Err(refused(
-                    item(),
-                    format!(
-                        "lease {} is uid {}'s, not yours (uid {uid})",
-                        r.lease, l.owner
-                    ),
-                ));
-            }
-            None => return Err(refused(item(), format!("lease {} is no one's", r.lease))),
-        };
-        let dest = r.dest.trunc();
-        if !lease.docker().iter().any(|d| d.trunc() == dest) {
+        let link = net::tap_name(r.lease);
+        let Some(lease) = own(&link, &item)? else {
             return Err(refused(
                 item(),
-                format!(
-                    "{dest} is not one of the Docker subnets of lease {} ({})",
-                    r.lease,
-                    list(lease.docker())
-                ),
+                format!("lease {} is outside the pool", r.lease),
             ));
-        }
-        for other in leases.iter().filter(|l| l.index != lease.index) {
-            if let Some(d) = other.docker().iter().find(|d| overlaps(d, &dest)) {
-                return Err(refused(
-                    item(),
-                    format!("{dest} overlaps {d}, leased with dbx{}", other.index),
-                ));
-            }
-        }
+        };
+        carries(lease, r.dest, &item)?;
     }
     // Swarm ports only between two machines of the caller's: a user's swarm never reaches
     // another user's machine.
@@ -419,11 +400,15 @@ mod tests {
         assert!(touches_links(&plan("172.18.0.0/16", 0)));
         check_plan(&plan("172.18.0.0/16", 0), &leases(), 1000).unwrap();
         let err = check_plan(&plan("172.20.0.0/16", 1), &leases(), 1000).unwrap_err();
-        assert!(err.to_string().contains("lease 1 is uid 1001's"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("dbx1 is leased to uid 1001, not to you"),
+            "{err}"
+        );
         let err = check_plan(&plan("172.20.0.0/16", 0), &leases(), 1000).unwrap_err();
         assert!(
             err.to_string()
-                .contains("not one of the Docker subnets of lease 0"),
+                .contains("not one of the Docker subnets leased with dbx0"),
             "{err}"
         );
         assert!(

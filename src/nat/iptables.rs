@@ -81,38 +81,9 @@ pub fn docker_user_pair_insert_argvs(pair: &SwarmPair) -> Vec<Vec<String>> {
             .subnet
             .to_string()
     };
-    let mut out = Vec::new();
-    for (from, to) in [(x, y), (y, x)] {
-        for (proto, ports) in [("tcp", super::SWARM_TCP), ("udp", super::SWARM_UDP)] {
-            let ports = format!("{},{}", ports[0], ports[1]);
-            let mut v = argv(&["iptables"]);
-            v.extend(argv(&WAIT));
-            v.extend(argv(&[
-                "-I",
-                DOCKER_USER,
-                "-i",
-                from,
-                "-o",
-                to,
-                "-s",
-                &net(from),
-                "-d",
-                &net(to),
-                "-p",
-                proto,
-                "-m",
-                "multiport",
-                "--dports",
-                &ports,
-                "-m",
-                "comment",
-                "--comment",
-                &tag,
-                "-j",
-                "ACCEPT",
-            ]));
-            out.push(v);
-        }
+    // `iptables -I DOCKER-USER -i FROM -o TO -s FROM's /24 -d TO's /24 MATCH… -j ACCEPT`.
+    let accept = |from: &str, to: &str, matches: &[&str]| {
+        let (src, dst) = (net(from), net(to));
         let mut v = argv(&["iptables"]);
         v.extend(argv(&WAIT));
         v.extend(argv(&[
@@ -123,21 +94,29 @@ pub fn docker_user_pair_insert_argvs(pair: &SwarmPair) -> Vec<Vec<String>> {
             "-o",
             to,
             "-s",
-            &net(from),
+            &src,
             "-d",
-            &net(to),
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "RELATED,ESTABLISHED",
-            "-m",
-            "comment",
-            "--comment",
-            &tag,
-            "-j",
-            "ACCEPT",
+            &dst,
         ]));
-        out.push(v);
+        v.extend(argv(matches));
+        v.extend(argv(&["-m", "comment", "--comment", &tag, "-j", "ACCEPT"]));
+        v
+    };
+    let mut out = Vec::new();
+    for (from, to) in [(x, y), (y, x)] {
+        for (proto, ports) in [("tcp", super::SWARM_TCP), ("udp", super::SWARM_UDP)] {
+            let ports = format!("{},{}", ports[0], ports[1]);
+            out.push(accept(
+                from,
+                to,
+                &["-p", proto, "-m", "multiport", "--dports", &ports],
+            ));
+        }
+        out.push(accept(
+            from,
+            to,
+            &["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"],
+        ));
     }
     out
 }

@@ -173,16 +173,7 @@ impl<'a> Supervisor<'a> {
             Some(d) => d,
             None => self.dns(&io, &net, guest_ip)?,
         };
-        let records = dns_server.records();
-        let resolver = ResolverSync::new(
-            self.dir,
-            self.spec,
-            dns_server.local_addr(),
-            net.resolved_link.clone(),
-        );
-        self.parts.hold("DNS server", dns_server);
-        self.parts
-            .add(ResolverWatch::spawn(resolver, records.clone()));
+        let records = self.serve_names(dns_server, &net);
 
         let target = self.watch_readiness(caps, &mut vm, guest_ip)?;
         Ok(BroughtUp::Running(Running {
@@ -390,6 +381,27 @@ impl<'a> Supervisor<'a> {
             .collect();
         add_routes(self.store, self.spec, ip, &link.bridge, filters)?;
         Ok(link)
+    }
+
+    /// Keeps `server` running as a part of the machine, with the host resolver's side in step
+    /// with the domains it owns (`dns.json`, and systemd-resolved on `net`'s link); its
+    /// records, for the container watcher.
+    pub(super) fn serve_names(
+        &mut self,
+        server: dns::DnsServer,
+        net: &HostNet,
+    ) -> dns::RecordsHandle {
+        let records = server.records();
+        let resolver = ResolverSync::new(
+            self.dir,
+            self.spec,
+            server.local_addr(),
+            net.resolved_link.clone(),
+        );
+        self.parts.hold("DNS server", server);
+        self.parts
+            .add(ResolverWatch::spawn(resolver, records.clone()));
+        records
     }
 
     /// Starts the machine's DNS server, answering `<machine>.<tld>` with `guest_ip`.

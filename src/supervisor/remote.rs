@@ -13,11 +13,9 @@ use nix::sys::signal::SigSet;
 use super::bring_up::Supervisor;
 use super::event_loop::{Guest, Running};
 use super::parts::Part;
-use super::watchers::ResolverWatch;
 use super::{Event, client, control, host_net, log, watchers};
 use crate::host::{HostPlan, RemoteRoute};
 use crate::hypervisor::{HypervisorError, RunningVm, VmExit};
-use crate::resolver::ResolverSync;
 use crate::ssh;
 
 /// How long asking the engine for its version may take.
@@ -76,16 +74,7 @@ impl Supervisor<'_> {
         // their addresses on that host), from a DNS server of the machine's own.
         let net = self.remote_dns_link()?;
         let dns_server = self.dns(&io, &net, r.address)?;
-        let records = dns_server.records();
-        let resolver = ResolverSync::new(
-            self.dir,
-            self.spec,
-            dns_server.local_addr(),
-            net.resolved_link.clone(),
-        );
-        self.parts.hold("DNS server", dns_server);
-        self.parts
-            .add(ResolverWatch::spawn(resolver, records.clone()));
+        let records = self.serve_names(dns_server, &net);
         if let Some(routes) = self.route_remote(r) {
             self.parts.add(routes);
         }
