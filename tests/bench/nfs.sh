@@ -232,7 +232,7 @@ plain_qemu() {
   nsx qemu-system-x86_64 -machine "$machine" -accel tcg -cpu max -smp 2 -m 2048 \
     -nodefaults -no-user-config -display none -no-reboot \
     -chardev "file,id=c,path=$log" -serial chardev:c \
-    -kernel "$img/vmlinuz" -initrd "$img/initrd.img" -append "console=ttyS0 panic=-1 loglevel=4 tsc_early_khz=$khz tsc=reliable" \
+    -kernel "$img/vmlinuz" -initrd "$img/initrd.img" -append "console=ttyS0 panic=-1 loglevel=4 tsc_early_khz=$khz tsc=reliable cgroup.memory=nokmem" \
     -drive "id=config,file=$M/config.tar,format=raw,if=none,readonly=on" -device virtio-blk-device,drive=config,serial=devbox-config \
     -drive "id=data,file=$M/disk.raw,format=raw,if=none,cache=writeback,discard=unmap" -device virtio-blk-device,drive=data,serial=devbox-data \
     -netdev tap,id=n,ifname=tapnfs,script=no,downscript=no,vhost=off -device "virtio-net-device,netdev=n,mac=$(grep mac: "$M/machine.yaml" | awk '{print $2}')" \

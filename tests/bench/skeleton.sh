@@ -54,7 +54,7 @@ nsx "$DEVBOX" stop bench >/dev/null 2>&1
 img=$(nsx "$DEVBOX" inspect bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["image"]["dir"])')
 khz=$(awk -F: '/^cpu MHz/ {printf "%d", $2*1000; exit}' /proc/cpuinfo)
 if [ "$accel" = tcg ]; then
-  accel_args=(-accel tcg -cpu max); cmdline="console=ttyS0 panic=-1 loglevel=4 tsc_early_khz=$khz tsc=reliable"
+  accel_args=(-accel tcg -cpu max); cmdline="console=ttyS0 panic=-1 loglevel=4 tsc_early_khz=$khz tsc=reliable cgroup.memory=nokmem"
 else
   accel_args=(-accel kvm -cpu host); cmdline="console=ttyS0 panic=-1 loglevel=4"
 fi
